@@ -1,0 +1,65 @@
+//! The engine's typed errors. Every fallible public function returns [`Result`]; nothing in the engine panics
+//! on bad input. The server maps each variant to a gRPC status and an HTTP code in one exhaustive table.
+use std::path::PathBuf;
+
+/// Result alias for the engine.
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// An FDE, HNSW or search configuration that cannot work (the message says which field and why).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A vector or token matrix of the wrong width.
+    #[error("dimension mismatch: expected {expected}, got {got}")]
+    DimensionMismatch { expected: usize, got: usize },
+    /// A document or query without any token vector.
+    #[error("empty {what}: it has no token vectors")]
+    Empty { what: &'static str },
+    /// NaN or infinity in an input vector.
+    #[error("non-finite value (NaN or infinity) at token {token}, coordinate {coord}")]
+    NonFinite { token: usize, coord: usize },
+    /// More tokens than a limit allows.
+    #[error("too many tokens: {got} (at most {max})")]
+    TooManyTokens { got: usize, max: usize },
+    /// A request parameter out of range (k, ef, candidate counts, ...).
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParam { name: &'static str, reason: String },
+    /// Two documents with the same external id where ids must be unique.
+    #[error("duplicate document id {0:?}")]
+    DuplicateId(String),
+    /// A document or query id that does not exist.
+    #[error("unknown id {0:?}")]
+    NotFound(String),
+    /// An operating-system I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file that exists but whose bytes are not what they must be (truncated, bit-flipped, wrong magic).
+    #[error("{}: corrupt or truncated file: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    /// A file written by a newer (or older, unsupported) version of chamfer.
+    #[error("{}: unsupported format version {found} (this build reads version {supported})", path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
+    /// A data set folder that does not follow the documented format.
+    #[error("data set {}: {reason}", path.display())]
+    Dataset { path: PathBuf, reason: String },
+    /// Shards or queries built with incompatible FDE configurations.
+    #[error("incompatible index: {0}")]
+    Incompatible(String),
+}
+
+impl IndexError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        IndexError::Io { path: path.into(), source }
+    }
+    /// A corrupt-file error for `path`.
+    pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        IndexError::Corrupt { path: path.into(), reason: reason.into() }
+    }
+    /// An out-of-range parameter.
+    pub fn param(name: &'static str, reason: impl Into<String>) -> Self {
+        IndexError::InvalidParam { name, reason: reason.into() }
+    }
+}

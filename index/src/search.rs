@@ -1,0 +1,341 @@
+//! Search plans over a snapshot of shards.
+//!
+//! Every plan ends with the same exact Chamfer re-rank ([`crate::kernels::chamfer`]); they differ in how the
+//! documents to re-rank are found:
+//!
+//! * [`Plan::Exact`]: every document is scored exactly. The baseline, and the right choice for tiny collections.
+//! * [`Plan::FdeScan`]: the query FDE is scored against every document's full FDE with a sparse,
+//!   coordinate-major scan (the query FDE has at most `tokens x R` non-zero blocks); the best `rerank` go to the
+//!   exact re-rank. Cost grows linearly but slowly with the collection: the default for shards without a graph.
+//! * [`Plan::Hnsw`]: the HNSW graph over a Matryoshka prefix of the FDE returns `candidates` documents, they are
+//!   re-scored with the full FDE, and the best `rerank` are re-ranked exactly. Sub-linear: the default for shards
+//!   with a graph (large ones).
+//!
+//! [`Plan::Auto`] picks per shard: HNSW where a graph exists, else the FDE scan; and exact when the collection is
+//! no larger than the re-rank depth anyway. A filter is applied before any scoring (inside the HNSW walk), so `k`
+//! results come back whenever `k` documents pass it.
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fde::FdeEncoder;
+use crate::kernels::{self, PreparedQuery};
+use crate::shard::{IndexParams, Shard};
+use crate::sys::axpy::axpy_f16;
+use crate::tokens::TokenMatrix;
+use crate::{IndexError, Result};
+
+/// Upper bound of `k` and of the candidate knobs.
+pub const MAX_K: usize = 10_000;
+/// Default exact re-rank depth (documents scored exactly per query).
+pub const DEFAULT_RERANK: usize = 320;
+/// Default number of graph candidates, as a multiple of the re-rank depth.
+pub const DEFAULT_CANDIDATE_FACTOR: usize = 3;
+
+/// How to search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    /// Let the engine choose per shard (see the module documentation).
+    #[default]
+    Auto,
+    /// Exhaustive exact Chamfer over every document.
+    Exact,
+    /// Sparse scan of all FDEs, then exact re-rank.
+    FdeScan,
+    /// HNSW over the FDE prefix, full-FDE re-score, exact re-rank.
+    Hnsw,
+}
+
+impl Plan {
+    /// Stable name (as in bench output).
+    pub fn name(self) -> &'static str {
+        match self {
+            Plan::Auto => "auto",
+            Plan::Exact => "exact",
+            Plan::FdeScan => "fde_scan",
+            Plan::Hnsw => "hnsw",
+        }
+    }
+}
+
+/// Per-request knobs. `None` means the engine's default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchParams {
+    pub k: usize,
+    pub plan: Plan,
+    /// HNSW beam width (default: the number of candidates).
+    pub ef: Option<usize>,
+    /// Documents the graph returns per shard (default: 3 x rerank).
+    pub candidates: Option<usize>,
+    /// Documents re-ranked exactly (default: 320, at least k).
+    pub rerank: Option<usize>,
+    /// Matryoshka prefix (repetitions) used by the graph query; must equal the graph's (default).
+    pub prefix_repetitions: Option<usize>,
+}
+
+impl SearchParams {
+    /// Defaults with `k` results.
+    pub fn new(k: usize) -> Self {
+        SearchParams { k, plan: Plan::Auto, ef: None, candidates: None, rerank: None, prefix_repetitions: None }
+    }
+
+    /// Range checks.
+    pub fn validate(&self) -> Result<()> {
+        let check = |name: &'static str, v: Option<usize>| match v {
+            Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(name, format!("must be in 1..={MAX_K}, got {v}"))),
+            _ => Ok(()),
+        };
+        check("k", Some(self.k))?;
+        check("ef", self.ef)?;
+        check("candidates", self.candidates)?;
+        check("rerank", self.rerank)
+    }
+
+    fn rerank(&self) -> usize {
+        self.rerank.unwrap_or(DEFAULT_RERANK).max(self.k)
+    }
+    fn candidates(&self) -> usize {
+        self.candidates.unwrap_or(self.rerank() * DEFAULT_CANDIDATE_FACTOR).max(self.rerank())
+    }
+}
+
+/// One result: document `doc` of shard `shard` (indices into the searcher's shard list) with its exact score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    pub shard: usize,
+    pub doc: usize,
+    pub score: f32,
+}
+
+/// What a search did (for benchmarks and metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    /// The plan that ran on the largest shard.
+    pub plan: Option<Plan>,
+    /// Documents scored exactly.
+    pub reranked: usize,
+}
+
+/// A filter over (shard index, document index).
+pub type DocFilter<'a> = &'a (dyn Fn(usize, usize) -> bool + Sync);
+
+/// An immutable snapshot of shards sharing one [`IndexParams`]: cheap to build, safe to share across threads.
+pub struct Searcher {
+    params: IndexParams,
+    encoder: FdeEncoder,
+    shards: Vec<Arc<Shard>>,
+}
+
+/// Descending score, then ascending (shard, doc): the ground truth's tie rule.
+fn by_score(a: &Hit, b: &Hit) -> Ordering {
+    b.score.total_cmp(&a.score).then(a.shard.cmp(&b.shard)).then(a.doc.cmp(&b.doc))
+}
+
+/// Keeps the best `n` hits (unordered).
+fn keep_best(hits: &mut Vec<Hit>, n: usize) {
+    if hits.len() > n {
+        hits.select_nth_unstable_by(n - 1, by_score);
+        hits.truncate(n);
+    }
+}
+
+/// The query FDE's non-zero blocks: (offset into the FDE, values). A query token lands in one partition per
+/// repetition, so at most `tokens x R` of the `R x 2^k_sim` blocks are non-zero.
+struct SparseFde {
+    block: usize,
+    offsets: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl SparseFde {
+    fn new(fde: &[f32], block: usize) -> Self {
+        let mut s = SparseFde { block, offsets: vec![], values: vec![] };
+        for (b, chunk) in fde.chunks_exact(block).enumerate() {
+            if chunk.iter().any(|&v| v != 0.0) {
+                s.offsets.push(b * block);
+                s.values.extend_from_slice(chunk);
+            }
+        }
+        s
+    }
+
+    /// <query FDE, document FDE>, touching only the non-zero blocks.
+    fn dot(&self, doc: &[half::f16]) -> f32 {
+        self.offsets
+            .iter()
+            .zip(self.values.chunks_exact(self.block))
+            .map(|(&o, q)| kernels::dot_f32_f16(q, &doc[o..o + self.block]))
+            .sum()
+    }
+
+    /// Scores every document of `shard` into `scores` (coordinate-major scan).
+    fn scan(&self, shard: &Shard, scores: &mut [f32]) {
+        let n = shard.len();
+        let layout = shard.scan_layout();
+        scores.iter_mut().for_each(|s| *s = 0.0);
+        for (&o, q) in self.offsets.iter().zip(self.values.chunks_exact(self.block)) {
+            for (c, &qv) in q.iter().enumerate() {
+                if qv != 0.0 {
+                    let row = &layout[(o + c) * n..(o + c + 1) * n];
+                    axpy_f16(qv, row, scores);
+                }
+            }
+        }
+    }
+}
+
+impl Searcher {
+    /// A searcher over `shards`, which must all have been built with `params`. Prepares each graph-less shard's
+    /// scan layout now, so that the first query does not pay for it.
+    pub fn new(params: IndexParams, shards: Vec<Arc<Shard>>) -> Result<Searcher> {
+        params.validate()?;
+        for s in &shards {
+            if s.params() != &params {
+                return Err(IndexError::Incompatible(format!(
+                    "shard {:?} was built with different parameters (FDE config, seed or graph) than the index",
+                    s.path()
+                )));
+            }
+            if s.graph().is_none() && !s.is_empty() {
+                s.scan_layout();
+            }
+        }
+        let encoder = FdeEncoder::new(params.fde.clone())?;
+        Ok(Searcher { params, encoder, shards })
+    }
+
+    /// The index parameters.
+    pub fn params(&self) -> &IndexParams {
+        &self.params
+    }
+    /// The shards, in hit order.
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+    /// Total documents.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+    /// True without documents.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The plan `requested` resolves to for `shard` (see [`Plan::Auto`]).
+    pub fn resolve_plan(&self, requested: Plan, shard: &Shard, rerank: usize) -> Plan {
+        match requested {
+            Plan::Auto if self.len() <= rerank => Plan::Exact,
+            Plan::Auto | Plan::Hnsw if shard.graph().is_some() => Plan::Hnsw,
+            Plan::Auto | Plan::Hnsw => Plan::FdeScan,
+            p => p,
+        }
+    }
+
+    /// The `p.k` best documents for `query` (descending exact Chamfer score).
+    pub fn search(&self, query: TokenMatrix<'_>, p: &SearchParams, filter: Option<DocFilter<'_>>) -> Result<Vec<Hit>> {
+        self.search_with_stats(query, p, filter).map(|(h, _)| h)
+    }
+
+    /// [`Searcher::search`], also reporting what ran.
+    pub fn search_with_stats(
+        &self,
+        query: TokenMatrix<'_>,
+        p: &SearchParams,
+        filter: Option<DocFilter<'_>>,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
+        p.validate()?;
+        let dim = self.params.fde.dimension;
+        if query.dim() != dim {
+            return Err(IndexError::DimensionMismatch { expected: dim, got: query.dim() });
+        }
+        if let Some(r) = p.prefix_repetitions {
+            if r != self.params.hnsw.prefix_repetitions {
+                return Err(IndexError::param(
+                    "prefix_repetitions",
+                    format!("the graph indexes a {}-repetition prefix, got {r}", self.params.hnsw.prefix_repetitions),
+                ));
+            }
+        }
+        let rerank = p.rerank();
+        let pass = |s: usize, d: usize| filter.is_none_or(|f| f(s, d));
+        let prepared = PreparedQuery::new(query.as_slice(), dim);
+        let mut stats = SearchStats::default();
+        let largest = (0..self.shards.len()).max_by_key(|&i| self.shards[i].len());
+        // Stage 1: candidates with an approximate (FDE) score; exact plans score directly.
+        let mut approx: Vec<Hit> = Vec::new();
+        let mut exact: Vec<Hit> = Vec::new();
+        let plans: Vec<Plan> = self.shards.iter().map(|s| self.resolve_plan(p.plan, s, rerank)).collect();
+        let sparse = if plans.iter().any(|&pl| matches!(pl, Plan::FdeScan | Plan::Hnsw)) {
+            let fde = self.encoder.encode_query(query)?;
+            SparseFde::new(&fde, self.params.fde.block_dim())
+        } else {
+            SparseFde { block: self.params.fde.block_dim(), offsets: vec![], values: vec![] }
+        };
+        let mut scores = Vec::new();
+        for (si, shard) in self.shards.iter().enumerate() {
+            if shard.is_empty() {
+                continue;
+            }
+            let plan = plans[si];
+            if Some(si) == largest {
+                stats.plan = Some(plan);
+            }
+            match plan {
+                Plan::Exact | Plan::Auto => {
+                    for d in (0..shard.len()).filter(|&d| pass(si, d)) {
+                        let score = kernels::chamfer(&prepared, shard.packed_tokens(d), shard.n_tokens(d));
+                        exact.push(Hit { shard: si, doc: d, score });
+                        stats.reranked += 1;
+                    }
+                    keep_best(&mut exact, p.k);
+                }
+                Plan::FdeScan => {
+                    let sp = &sparse;
+                    scores.resize(shard.len(), 0.0);
+                    sp.scan(shard, &mut scores);
+                    let mut hits: Vec<Hit> = scores
+                        .iter()
+                        .enumerate()
+                        .filter(|&(d, _)| pass(si, d))
+                        .map(|(d, &score)| Hit { shard: si, doc: d, score })
+                        .collect();
+                    keep_best(&mut hits, rerank);
+                    approx.extend(hits);
+                }
+                Plan::Hnsw => {
+                    let sp = &sparse;
+                    let graph = shard.graph().ok_or_else(|| IndexError::param("plan", "this shard has no HNSW graph"))?;
+                    let pdim = graph.prefix_dim();
+                    let mut q = vec![0f32; pdim];
+                    for (&o, v) in sp.offsets.iter().zip(sp.values.chunks_exact(sp.block)) {
+                        if o < pdim {
+                            q[o..o + sp.block].copy_from_slice(v);
+                        }
+                    }
+                    let norm = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    if norm > 0.0 {
+                        q.iter_mut().for_each(|v| *v /= norm);
+                    }
+                    let n = p.candidates().min(shard.len());
+                    let ef = p.ef.unwrap_or(n).max(n);
+                    let f = |d: usize| pass(si, d);
+                    let found = graph.search(&q, n, ef, if filter.is_some() { Some(&f) } else { None });
+                    approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: sp.dot(shard.fde(d)) }));
+                }
+            }
+        }
+        // Stage 2: the best `rerank` approximate candidates over all shards are re-ranked exactly.
+        keep_best(&mut approx, rerank);
+        stats.reranked += approx.len();
+        for h in &mut approx {
+            let shard = &self.shards[h.shard];
+            h.score = kernels::chamfer(&prepared, shard.packed_tokens(h.doc), shard.n_tokens(h.doc));
+        }
+        exact.extend(approx);
+        keep_best(&mut exact, p.k);
+        exact.sort_by(by_score);
+        Ok((exact, stats))
+    }
+}

@@ -1,0 +1,111 @@
+//! AVX2+FMA+F16C kernels: 8 f32 lanes, a document panel is processed as two 8-token halves.
+use super::{Lanes, PANEL};
+use half::f16;
+use std::arch::x86_64::*;
+
+/// Query tokens scored together: each keeps 2 ymm accumulators (the two panel halves), so a block of 6 uses
+/// 12 of the 16 ymm registers, leaving room for the two converted half rows and a broadcast.
+const QMAX: usize = 6;
+
+/// Loads 8 f16 and widens them to f32.
+/// # Safety
+/// AVX2 and F16C are available and `p` is valid for reading 8 f16.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn load_ph(p: *const f16) -> __m256 {
+    // SAFETY: the caller guarantees 16 readable bytes at p (unaligned load).
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+}
+
+/// Chamfer score: the sum over the `n_q` query tokens of their max dot product with the document's tokens.
+/// # Safety
+/// AVX2, FMA and F16C are available, `qt` is valid for reading `n_q * dim` f32 (k-major) and `doc` for
+/// reading `n_panels * 16 * dim` f16 (panels).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn chamfer(qt: *const f32, n_q: usize, doc: *const f16, n_panels: usize, dim: usize) -> f32 {
+    let mut total = 0.0;
+    // Balanced blocks of at most QMAX query tokens.
+    let n_blocks = n_q.div_ceil(QMAX);
+    let mut j0 = 0;
+    for b in 0..n_blocks {
+        let qb = n_q / n_blocks + usize::from(b < n_q % n_blocks);
+        // SAFETY: j0 + qb <= n_q, so the block's reads qt[k * n_q + j0 + j] (k < dim, j < qb) stay in qt; the
+        // document reads are the caller's.
+        let q = unsafe { qt.add(j0) };
+        total += unsafe {
+            match qb {
+                1 => block::<1>(q, n_q, doc, n_panels, dim),
+                2 => block::<2>(q, n_q, doc, n_panels, dim),
+                3 => block::<3>(q, n_q, doc, n_panels, dim),
+                4 => block::<4>(q, n_q, doc, n_panels, dim),
+                5 => block::<5>(q, n_q, doc, n_panels, dim),
+                _ => block::<QMAX>(q, n_q, doc, n_panels, dim),
+            }
+        };
+        j0 += qb;
+    }
+    total
+}
+
+/// Sum of the max scores of QB query tokens (`q[k * stride + j]`) over all the document's panels.
+/// # Safety
+/// As [`chamfer`], with `q[k * stride + j]` readable for k < dim, j < QB.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block<const QB: usize>(q: *const f32, stride: usize, doc: *const f16, n_panels: usize, dim: usize) -> f32 {
+    let mut best = [_mm256_set1_ps(f32::NEG_INFINITY); QB];
+    for p in 0..n_panels {
+        // SAFETY: panel p < n_panels starts at p * 16 * dim.
+        let panel = unsafe { doc.add(p * PANEL * dim) };
+        let mut acc = [[_mm256_setzero_ps(); QB]; 2];
+        for k in 0..dim {
+            // SAFETY: k < dim: both 8-token halves of row k are within the panel.
+            let rows = unsafe { [load_ph(panel.add(k * PANEL)), load_ph(panel.add(k * PANEL + 8))] };
+            for j in 0..QB {
+                // SAFETY: k < dim, j < QB: within the query block.
+                let x = _mm256_set1_ps(unsafe { *q.add(k * stride + j) });
+                for h in 0..2 {
+                    acc[h][j] = _mm256_fmadd_ps(x, rows[h], acc[h][j]);
+                }
+            }
+        }
+        for j in 0..QB {
+            best[j] = _mm256_max_ps(best[j], _mm256_max_ps(acc[0][j], acc[1][j]));
+        }
+    }
+    best.iter().map(|&m| hmax(m)).sum()
+}
+
+/// Max of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
+
+/// `sum a[i] * b[i]` for i < n, n a multiple of 8.
+/// # Safety
+/// AVX2, FMA and F16C are available and `a`, `b` are valid for reading n elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot<A: Lanes, B: Lanes>(a: *const A, b: *const B, n: usize) -> f32 {
+    debug_assert_eq!(n % 8, 0);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (l, s) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8 * l + 8 <= n.
+            *s = unsafe { _mm256_fmadd_ps(A::load8(a.add(i + 8 * l)), B::load8(b.add(i + 8 * l)), *s) };
+        }
+        i += 32;
+    }
+    while i < n {
+        // SAFETY: i + 8 <= n since n is a multiple of 8.
+        acc[0] = unsafe { _mm256_fmadd_ps(A::load8(a.add(i)), B::load8(b.add(i)), acc[0]) };
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let m = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
+}

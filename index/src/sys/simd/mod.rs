@@ -1,0 +1,132 @@
+//! SIMD kernels for x86_64: AVX-512F ([`avx512`]) and AVX2+FMA+F16C ([`avx2`]).
+//!
+//! Soundness rests on two things, both checked here in safe code before any `unsafe` call:
+//! * the CPU features: a [`Avx512`] / [`Avx2Fma`] value can only be obtained from its `detect()`, so holding one
+//!   proves the running CPU has the features its `#[target_feature]` functions are compiled for;
+//! * the bounds: every length the raw-pointer loops use is derived from the slices' own lengths.
+//!
+//! Layouts (see `crate::kernels`): a query is k-major, `qt[k * n_q + j]` = coordinate k of query token j; a
+//! document is a sequence of panels of 16 tokens, each k-major, `panel[k * 16 + t]`.
+#![cfg(target_arch = "x86_64")]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod avx2;
+mod avx512;
+
+use half::f16;
+use std::arch::x86_64::{__m256, __m512};
+
+/// Tokens per document panel (`crate::kernels::PANEL`).
+const PANEL: usize = 16;
+
+/// Proof that the CPU supports AVX-512F.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+/// Proof that the CPU supports AVX2, FMA and F16C.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2Fma(());
+
+/// An element type the dot kernels load (f32, or f16 widened to f32).
+pub(crate) trait Lanes: Copy + Into<f32> {
+    /// Loads 16 values as f32.
+    /// # Safety
+    /// The CPU supports AVX-512F and `p` is valid for reading 16 elements.
+    unsafe fn load16(p: *const Self) -> __m512;
+    /// Loads 8 values as f32.
+    /// # Safety
+    /// The CPU supports AVX2 and F16C and `p` is valid for reading 8 elements.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Avx512 {
+    pub(crate) fn detect() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then_some(Self(()))
+    }
+
+    /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
+    pub(crate) fn chamfer(self, qt: &[f32], dim: usize, panels: &[f16]) -> f32 {
+        let Some((n_q, n_panels)) = shape(qt, dim, panels) else { return 0.0 };
+        // SAFETY: `self` proves AVX-512F; `shape` guarantees qt holds n_q * dim values and panels holds
+        // n_panels * 16 * dim values, which are all the kernel reads.
+        unsafe { avx512::chamfer(qt.as_ptr(), n_q, panels.as_ptr(), n_panels, dim) }
+    }
+
+    /// `<a, b>` over the common prefix.
+    pub(crate) fn dot<A: Lanes, B: Lanes>(self, a: &[A], b: &[B]) -> f32 {
+        let n = a.len().min(b.len());
+        let body = n - n % 16;
+        // SAFETY: `self` proves AVX-512F; both slices hold at least `body` elements.
+        let head = unsafe { avx512::dot(a.as_ptr(), b.as_ptr(), body) };
+        head + dot_tail(&a[body..n], &b[body..n])
+    }
+}
+
+impl Avx2Fma {
+    pub(crate) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Self(()))
+    }
+
+    /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
+    pub(crate) fn chamfer(self, qt: &[f32], dim: usize, panels: &[f16]) -> f32 {
+        let Some((n_q, n_panels)) = shape(qt, dim, panels) else { return 0.0 };
+        // SAFETY: `self` proves AVX2+FMA+F16C; `shape` guarantees qt holds n_q * dim values and panels holds
+        // n_panels * 16 * dim values, which are all the kernel reads.
+        unsafe { avx2::chamfer(qt.as_ptr(), n_q, panels.as_ptr(), n_panels, dim) }
+    }
+
+    /// `<a, b>` over the common prefix.
+    pub(crate) fn dot<A: Lanes, B: Lanes>(self, a: &[A], b: &[B]) -> f32 {
+        let n = a.len().min(b.len());
+        let body = n - n % 8;
+        // SAFETY: `self` proves AVX2+FMA+F16C; both slices hold at least `body` elements.
+        let head = unsafe { avx2::dot(a.as_ptr(), b.as_ptr(), body) };
+        head + dot_tail(&a[body..n], &b[body..n])
+    }
+}
+
+/// `(n_q, n_panels)` of a k-major query and a panel slice, `None` if there is nothing to score.
+fn shape(qt: &[f32], dim: usize, panels: &[f16]) -> Option<(usize, usize)> {
+    let n_q = qt.len().checked_div(dim)?;
+    let n_panels = panels.len() / (PANEL * dim);
+    (n_q > 0 && n_panels > 0).then_some((n_q, n_panels))
+}
+
+fn dot_tail<A: Lanes, B: Lanes>(a: &[A], b: &[B]) -> f32 {
+    a.iter().zip(b).map(|(&x, &y)| x.into() * y.into()).sum()
+}
+
+impl Lanes for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable f32 at p (unaligned loads are fine).
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable f32 at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Lanes for f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable f16 (32 bytes) at p; f16 is a plain u16.
+        unsafe { avx512::load_ph(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable f16 (16 bytes) at p.
+        unsafe { avx2::load_ph(p) }
+    }
+}

@@ -1,0 +1,179 @@
+//! `chamfer bench`: build an index in a temp dir, run every query with one search thread, compare with
+//! exhaustive exact search measured in the same run, print a JSON report as the last stdout line.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use chamfer_index::dataset::Dataset;
+use chamfer_index::eval::{ndcg_at_k, percentiles, recall_at_k};
+use chamfer_index::fde::FdeEncoder;
+use chamfer_index::index_dir::{index_bytes, open_index, write_index};
+use chamfer_index::kernels::kernel_level;
+use chamfer_index::search::{Plan, SearchParams, Searcher};
+use chamfer_index::tokens::TokenMatrix;
+use clap::Args;
+use serde_json::json;
+
+use super::engine::dataset_docs;
+use super::params::{bar, IndexArgs, SearchArgs};
+
+#[derive(Args, Debug)]
+pub struct BenchCmd {
+    /// Data set folder with queries and ground truth.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    index: IndexArgs,
+    #[command(flatten)]
+    search: SearchArgs,
+    /// Threads for the index build (searches always run one at a time on one thread).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed passes over the query set (the median pass is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Queries for the exhaustive exact baseline (0 = all).
+    #[arg(long, default_value_t = 0)]
+    exact_queries: usize,
+    /// Keep the index here instead of a temp dir.
+    #[arg(long)]
+    keep_index: Option<PathBuf>,
+}
+
+struct Pass {
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    results: Vec<Vec<usize>>,
+    plan: Option<Plan>,
+}
+
+fn run_pass(s: &Searcher, ds: &Dataset, queries: &[usize], p: &SearchParams) -> anyhow::Result<Pass> {
+    let mut lat = Vec::with_capacity(queries.len());
+    let mut results = Vec::with_capacity(queries.len());
+    let mut plan = None;
+    let start = Instant::now();
+    for &j in queries {
+        let q = TokenMatrix::new(ds.query_tokens(j), ds.dim(), "query")?;
+        let t = Instant::now();
+        let (hits, stats) = s.search_with_stats(q, p, None)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        plan = plan.or(stats.plan);
+        // The bench index is one shard in data set order: doc index == data set row.
+        results.push(hits.iter().map(|h| h.doc).collect());
+    }
+    let total = start.elapsed().as_secs_f64();
+    let (p50_ms, p99_ms) = percentiles(&lat);
+    Ok(Pass { qps: queries.len() as f64 / total, p50_ms, p99_ms, results, plan })
+}
+
+/// Runs `runs` passes and returns the one with the median throughput.
+fn median_pass(s: &Searcher, ds: &Dataset, queries: &[usize], p: &SearchParams, runs: usize) -> anyhow::Result<Pass> {
+    let mut passes = (0..runs.max(1)).map(|_| run_pass(s, ds, queries, p)).collect::<anyhow::Result<Vec<_>>>()?;
+    passes.sort_by(|a, b| a.qps.total_cmp(&b.qps));
+    let mid = passes.len() / 2;
+    Ok(passes.swap_remove(mid))
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+impl BenchCmd {
+    pub fn run(self) -> anyhow::Result<()> {
+        if let Some(t) = self.threads {
+            rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("thread pool")?;
+        }
+        let ds = Dataset::open(&self.data)?;
+        if ds.n_queries() == 0 || ds.gt_ids(0).is_none() {
+            bail!("{}: bench needs queries and gt_chamfer_ids.npy", self.data.display());
+        }
+        let params = self.index.params(ds.dim());
+        params.validate()?;
+        let docs = dataset_docs(&ds)?;
+        let tmp = tempfile::tempdir()?;
+        let dir = self.keep_index.clone().unwrap_or_else(|| tmp.path().join("index"));
+
+        // FDE encoding throughput on one thread (a slice of the corpus, outside the build timing).
+        let enc = FdeEncoder::new(params.fde.clone())?;
+        let sample: Vec<TokenMatrix<'_>> = docs.iter().take(2000).map(|d| d.tokens).collect();
+        let mut out = vec![0f32; sample.len() * params.fde.output_dim()];
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+        let t = Instant::now();
+        one.install(|| enc.encode_documents_into(&sample, &mut out))?;
+        let fde_docs_per_s_1thread = sample.len() as f64 / t.elapsed().as_secs_f64();
+        drop(out);
+
+        let pb = bar(docs.len() as u64, "building");
+        let t = Instant::now();
+        write_index(&dir, &params, &docs, &|n| pb.inc(n))?;
+        let build_s = t.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        let bytes = index_bytes(&dir);
+        let t = Instant::now();
+        let searcher = open_index(&dir)?;
+        let open_s = t.elapsed().as_secs_f64();
+
+        let queries: Vec<usize> = (0..ds.n_queries()).collect();
+        let p = self.search.params();
+        let k = p.k;
+        eprintln!("warming up...");
+        run_pass(&searcher, &ds, &queries[..queries.len().min(50)], &p)?;
+        eprintln!("timing {} runs of {} queries...", self.runs, queries.len());
+        let main = one.install(|| median_pass(&searcher, &ds, &queries, &p, self.runs))?;
+        let recall = mean(queries.iter().zip(&main.results).map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)));
+        let ndcg = ds.has_qrels().then(|| {
+            mean(queries.iter().zip(&main.results).map(|(&j, r)| {
+                let ids: Vec<&str> = r.iter().map(|&d| ds.doc_id(d)).collect();
+                ds.qrels(j).map(|q| ndcg_at_k(&ids, q, 10)).unwrap_or(0.0)
+            }))
+        });
+
+        let n_exact = if self.exact_queries == 0 { queries.len() } else { self.exact_queries.min(queries.len()) };
+        let exact_p = SearchParams { plan: Plan::Exact, ..SearchParams::new(k) };
+        eprintln!("exact baseline over {n_exact} queries...");
+        let exact = one.install(|| median_pass(&searcher, &ds, &queries[..n_exact], &exact_p, self.runs.min(3)))?;
+        let exact_recall = mean(queries.iter().zip(&exact.results).map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)));
+        let q_tokens: f64 = mean(queries[..n_exact].iter().map(|&j| (ds.query_tokens(j).len() / ds.dim()) as f64));
+        let exact_gflops = 2.0 * q_tokens * ds.n_doc_tokens() as f64 * ds.dim() as f64 * exact.qps / 1e9;
+
+        let mut report = json!({
+            "data": ds.path().display().to_string(),
+            "n_docs": ds.n_docs(),
+            "n_queries": queries.len(),
+            "n_doc_tokens": ds.n_doc_tokens(),
+            "build_s": build_s,
+            "open_s": open_s,
+            "index_bytes": bytes,
+            "index_bytes_per_doc": bytes as f64 / ds.n_docs() as f64,
+            "fde_docs_per_s_1thread": fde_docs_per_s_1thread,
+            "recall_at_10": recall,
+            "qps": main.qps,
+            "p50_ms": main.p50_ms,
+            "p99_ms": main.p99_ms,
+            "exact_qps": exact.qps,
+            "exact_recall_at_10": exact_recall,
+            "exact_queries": n_exact,
+            "exact_gflops": exact_gflops,
+            "speedup_vs_exact": main.qps / exact.qps,
+            "plan": main.plan.unwrap_or(Plan::Auto).name(),
+            "kernel": format!("{:?}", kernel_level()),
+            "runs": self.runs,
+            "params": {"index": params, "search": p},
+        });
+        if let Some(n) = ndcg {
+            report["ndcg_at_10"] = json!(n);
+        }
+        eprintln!(
+            "{} docs: recall@10 {:.4}, {:.0} qps (p50 {:.3} ms, p99 {:.3} ms), exact {:.1} qps (recall {:.4}), speed-up {:.1}x, plan {}",
+            ds.n_docs(), recall, main.qps, main.p50_ms, main.p99_ms, exact.qps, exact_recall, main.qps / exact.qps, report["plan"]
+        );
+        println!("{}", serde_json::to_string(&report)?);
+        Ok(())
+    }
+}

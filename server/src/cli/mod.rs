@@ -1,0 +1,40 @@
+//! Command-line interface: argument parsing and one module per group of verbs.
+mod bench;
+mod engine;
+mod params;
+
+use clap::{Parser, Subcommand};
+
+/// chamfer: multi-vector (ColBERT-style) retrieval with MUVERA FDEs, HNSW candidates and exact Chamfer re-rank.
+#[derive(Parser, Debug)]
+#[command(name = "chamfer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build an index from a data set folder.
+    Index(engine::IndexCmd),
+    /// Search an index with a query of a data set folder.
+    Search(engine::SearchCmd),
+    /// Write a synthetic data set that mimics a real one (with exact ground truth).
+    Gen(engine::GenCmd),
+    /// Build an index in a temp dir, run every query, print a JSON report (last stdout line).
+    Bench(bench::BenchCmd),
+    /// Encode one multi-vector input (JSON on stdin) as a MUVERA FDE (JSON array on stdout).
+    Fde(engine::FdeCmd),
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Index(c) => c.run(),
+        Command::Search(c) => c.run(),
+        Command::Gen(c) => c.run(),
+        Command::Bench(c) => c.run(),
+        Command::Fde(c) => c.run(),
+    }
+}

@@ -90,13 +90,18 @@ pub fn packed_len(n_tokens: usize, dim: usize) -> usize {
 
 /// Appends the panels of `tokens` (row-major, `n x dim`, n >= 1) to `out`: [`packed_len`] values.
 pub fn pack_tokens(tokens: &[f32], dim: usize, out: &mut Vec<f16>) {
-    debug_assert!(dim > 0 && tokens.len() % dim == 0 && !tokens.is_empty(), "bad token matrix");
+    debug_assert!(
+        dim > 0 && tokens.len() % dim == 0 && !tokens.is_empty(),
+        "bad token matrix"
+    );
     let n = tokens.len().checked_div(dim).unwrap_or(0);
     out.reserve(packed_len(n, dim));
     for p in 0..n.div_ceil(PANEL) {
         for k in 0..dim {
             // Tokens past the end are copies of the last one.
-            out.extend((0..PANEL).map(|t| f16::from_f32(tokens[(p * PANEL + t).min(n - 1) * dim + k])));
+            out.extend(
+                (0..PANEL).map(|t| f16::from_f32(tokens[(p * PANEL + t).min(n - 1) * dim + k])),
+            );
         }
     }
 }
@@ -136,14 +141,22 @@ impl PreparedQuery {
     pub fn new(tokens: &[f32], dim: usize) -> Self {
         debug_assert!(dim > 0 && tokens.len() % dim == 0, "bad query matrix");
         let n = tokens.len().checked_div(dim).unwrap_or(0);
-        let qt = (0..n * dim).map(|x| tokens[(x % n) * dim + x / n]).collect();
-        PreparedQuery { dim, n_tokens: n, qt }
+        let qt = (0..n * dim)
+            .map(|x| tokens[(x % n) * dim + x / n])
+            .collect();
+        PreparedQuery {
+            dim,
+            n_tokens: n,
+            qt,
+        }
     }
 
+    /// Number of query tokens.
     pub fn n_tokens(&self) -> usize {
         self.n_tokens
     }
 
+    /// Dimension of the tokens.
     pub fn dim(&self) -> usize {
         self.dim
     }
@@ -183,9 +196,9 @@ fn chamfer_portable(q: &PreparedQuery, panels: &[f16]) -> f32 {
         let mut best = [f32::NEG_INFINITY; QB];
         for panel in panels.chunks_exact(PANEL * dim) {
             let mut acc = [[0f32; PANEL]; QB];
-            for (k, half_row) in panel.chunks_exact(PANEL).enumerate() {
+            for (k, packed_row) in panel.chunks_exact(PANEL).enumerate() {
                 let mut row = [0f32; PANEL];
-                half_row.convert_to_f32_slice(&mut row);
+                packed_row.convert_to_f32_slice(&mut row);
                 for (a, &x) in acc.iter_mut().zip(&q.qt[k * n_q + j0..][..qb]) {
                     for t in 0..PANEL {
                         a[t] += x * row[t];
@@ -215,7 +228,8 @@ pub fn chamfer_scalar(q: &PreparedQuery, packed: &[f16], n_tokens: usize) -> f32
         for i in 0..n_doc {
             let mut s = 0.0;
             for k in 0..dim {
-                s += q.qt[k * q.n_tokens + j] * panels[i / PANEL * PANEL * dim + k * PANEL + i % PANEL].to_f32();
+                s += q.qt[k * q.n_tokens + j]
+                    * panels[i / PANEL * PANEL * dim + k * PANEL + i % PANEL].to_f32();
             }
             best = best.max(s);
         }
@@ -331,11 +345,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LEVELS: [KernelLevel; 3] = [KernelLevel::Avx512, KernelLevel::Avx2Fma, KernelLevel::Portable];
+    const LEVELS: [KernelLevel; 3] = [
+        KernelLevel::Avx512,
+        KernelLevel::Avx2Fma,
+        KernelLevel::Portable,
+    ];
 
     /// The levels this CPU runs for real (a missing level would silently test the portable one again).
     fn levels() -> Vec<KernelLevel> {
-        LEVELS.into_iter().filter(|&l| Isa::of(l).level() == l).collect()
+        LEVELS
+            .into_iter()
+            .filter(|&l| Isa::of(l).level() == l)
+            .collect()
     }
 
     fn close(got: f32, want: f32) -> bool {
@@ -362,10 +383,15 @@ mod tests {
     }
 
     fn matrices() -> impl Strategy<Value = (usize, Vec<f32>, Vec<f32>)> {
-        (prop::sample::select(vec![1usize, 3, 16, 17, 128]), 1usize..40, 1usize..70).prop_flat_map(|(d, nq, nd)| {
-            let v = |n| prop::collection::vec(-1.0f32..=1.0, n);
-            (Just(d), v(nq * d), v(nd * d))
-        })
+        (
+            prop::sample::select(vec![1usize, 3, 16, 17, 128]),
+            1usize..40,
+            1usize..70,
+        )
+            .prop_flat_map(|(d, nq, nd)| {
+                let v = |n| prop::collection::vec(-1.0f32..=1.0, n);
+                (Just(d), v(nq * d), v(nd * d))
+            })
     }
 
     proptest! {
@@ -386,10 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_picks_the_best_level() {
+        assert_eq!(kernel_level(), levels()[0]);
+    }
+
+    #[test]
     fn pack_unpack_round_trip() {
         for (n, d) in [(1, 1), (15, 3), (16, 17), (17, 128), (113, 128)] {
             // Multiples of 1/64 in [-1, 1] are exact in f16.
-            let tokens: Vec<f32> = values(n * d, 7).iter().map(|v| (v * 64.0).round() / 64.0).collect();
+            let tokens: Vec<f32> = values(n * d, 7)
+                .iter()
+                .map(|v| (v * 64.0).round() / 64.0)
+                .collect();
             let packed = pack(&tokens, d);
             assert_eq!(packed.len(), packed_len(n, d));
             assert_eq!(unpack_tokens(&packed, n, d), tokens);
@@ -406,17 +440,29 @@ mod tests {
             let last = &doc[(n - 1) * d..];
             for i in n..n.div_ceil(PANEL) * PANEL {
                 let panel = &packed[i / PANEL * PANEL * d..];
-                let pad: Vec<f32> = (0..d).map(|k| panel[k * PANEL + i % PANEL].to_f32()).collect();
-                assert_eq!(pad, last.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<_>>());
+                let pad: Vec<f32> = (0..d)
+                    .map(|k| panel[k * PANEL + i % PANEL].to_f32())
+                    .collect();
+                assert_eq!(
+                    pad,
+                    last.iter()
+                        .map(|&v| f16::from_f32(v).to_f32())
+                        .collect::<Vec<_>>()
+                );
             }
             // The same document with its padding as real tokens scores the same.
             let full = n.div_ceil(PANEL) * PANEL;
-            let padded: Vec<f32> = (0..full).flat_map(|i| doc[i.min(n - 1) * d..][..d].to_vec()).collect();
+            let padded: Vec<f32> = (0..full)
+                .flat_map(|i| doc[i.min(n - 1) * d..][..d].to_vec())
+                .collect();
             assert_eq!(pack(&padded, d), packed);
             let want = chamfer_scalar(&q, &packed, n);
             assert_eq!(chamfer_scalar(&q, &packed, full), want);
             for level in levels() {
-                assert!(close(chamfer_with(level, &q, &packed, n), want), "{level:?} n={n}");
+                assert!(
+                    close(chamfer_with(level, &q, &packed, n), want),
+                    "{level:?} n={n}"
+                );
             }
         }
     }
@@ -426,16 +472,32 @@ mod tests {
         for n in (0..300).chain([512, 10240]) {
             let a = values(n, n as u64 + 1);
             let b = values(n, n as u64 + 1000);
-            let (a16, b16): (Vec<f16>, Vec<f16>) =
-                (a.iter().map(|&v| f16::from_f32(v)).collect(), b.iter().map(|&v| f16::from_f32(v)).collect());
-            let (w1, w2, w3) = (dot_f32_f16_scalar(&a, &b16), dot_f16_scalar(&a16, &b16), dot_f32_scalar(&a, &b));
+            let (a16, b16): (Vec<f16>, Vec<f16>) = (
+                a.iter().map(|&v| f16::from_f32(v)).collect(),
+                b.iter().map(|&v| f16::from_f32(v)).collect(),
+            );
+            let (w1, w2, w3) = (
+                dot_f32_f16_scalar(&a, &b16),
+                dot_f16_scalar(&a16, &b16),
+                dot_f32_scalar(&a, &b),
+            );
             for level in levels() {
                 let isa = Isa::of(level);
-                assert!(close(dot_f32_f16_on(isa, &a, &b16), w1), "{level:?} f32.f16 n={n}");
-                assert!(close(dot_f16_on(isa, &a16, &b16), w2), "{level:?} f16 n={n}");
+                assert!(
+                    close(dot_f32_f16_on(isa, &a, &b16), w1),
+                    "{level:?} f32.f16 n={n}"
+                );
+                assert!(
+                    close(dot_f16_on(isa, &a16, &b16), w2),
+                    "{level:?} f16 n={n}"
+                );
                 assert!(close(dot_f32_on(isa, &a, &b), w3), "{level:?} f32 n={n}");
             }
-            assert!(close(dot_f32_f16(&a, &b16), w1) && close(dot_f16(&a16, &b16), w2) && close(dot_f32(&a, &b), w3));
+            assert!(
+                close(dot_f32_f16(&a, &b16), w1)
+                    && close(dot_f16(&a16, &b16), w2)
+                    && close(dot_f32(&a, &b), w3)
+            );
         }
     }
 
@@ -444,7 +506,15 @@ mod tests {
         let q = PreparedQuery::new(&values(3 * 4, 2), 4);
         assert_eq!(PreparedQuery::new(&[], 4).n_tokens(), 0);
         for level in levels() {
-            assert_eq!(chamfer_with(level, &PreparedQuery::new(&[], 4), &pack(&values(4, 3), 4), 1), 0.0);
+            assert_eq!(
+                chamfer_with(
+                    level,
+                    &PreparedQuery::new(&[], 4),
+                    &pack(&values(4, 3), 4),
+                    1
+                ),
+                0.0
+            );
             assert_eq!(chamfer_with(level, &q, &[], 0), 0.0);
         }
     }

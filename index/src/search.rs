@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fde::FdeEncoder;
+use crate::fde::{FdeConfig, FdeEncoder};
 use crate::kernels::{self, PreparedQuery};
 use crate::shard::{IndexParams, Shard};
 use crate::sys::axpy::axpy_f16;
@@ -202,7 +202,9 @@ impl Searcher {
                 s.scan_layout();
             }
         }
-        let encoder = FdeEncoder::new(params.fde.clone())?;
+        // fill_empty_partitions is a document-side option (the reference rejects it for queries); the query
+        // encoder is otherwise identical, so the document setting is simply cleared here.
+        let encoder = FdeEncoder::new(FdeConfig { fill_empty_partitions: false, ..params.fde.clone() })?;
         Ok(Searcher { params, encoder, shards })
     }
 

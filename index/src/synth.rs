@@ -1,17 +1,17 @@
 //! Synthetic corpora whose statistics mimic a real data set, for scale tests.
 //!
-//! Token vectors of real late-interaction models cluster (a word piece in similar contexts lands in a similar
-//! place), documents are mixtures of a few regions, and queries share regions with their relevant documents.
-//! The generator keeps that structure without copying documents:
+//! Token vectors of real late-interaction models come from word pieces: the same word in another context lands
+//! near the same place (cosine ~0.8-0.9), frequent words recur across documents, and passages of one page or of
+//! related pages share words. The generator keeps that structure without copying documents: every synthetic token
+//! is a noisy copy of a real token (so word frequencies and the geometry of the real embedding carry over), and
 //!
-//! 1. spherical k-means (`clusters` centres) over a sample of the real documents' tokens;
-//! 2. a synthetic document takes a random real document as a *template* for its length and its cluster mix:
-//!    each token keeps the template token's cluster (or, with probability `swap`, a random cluster by global
-//!    frequency), then becomes a random real member token of that cluster plus Gaussian noise, re-normalised
-//!    when the real tokens are unit vectors;
-//! 3. a query picks a random synthetic document (its relevant one), a real query's length, and draws its tokens
-//!    near that document's tokens (with more noise), some from random clusters;
-//! 4. the exact Chamfer top-100 of every query is computed with the engine's kernel.
+//! 1. documents come in topics (`docs_per_topic`, like the passages of one page) and topics in groups (like related
+//!    pages): a document's tokens are copies of its topic template's tokens (`topic_share`, little noise), of its
+//!    group template's tokens (`group_share`), or of random real tokens; lengths follow the real documents';
+//! 2. a query picks a random synthetic document, a real query's length, and makes most of its tokens noisy copies
+//!    of that document's tokens (cosine ~0.8 after `query_noise`), the rest off-topic; its relevant documents
+//!    (qrels) are the documents of that topic;
+//! 3. the exact Chamfer top-100 of every query is computed with the engine's kernel.
 //!
 //! Everything is seeded (ChaCha, platform independent).
 use rand::rngs::StdRng;
@@ -29,20 +29,39 @@ pub struct SynthParams {
     pub docs: usize,
     pub queries: usize,
     pub seed: u64,
-    pub clusters: usize,
-    /// Probability that a document token leaves its template token's cluster.
-    pub swap: f64,
-    /// Noise standard deviation (of the whole vector's norm) added to document tokens.
+    /// Documents per topic (they share a template document's tokens, like the passages of one page).
+    pub docs_per_topic: usize,
+    /// Topics per group (they share a second template's tokens, like related pages).
+    pub topics_per_group: usize,
+    /// Share of a document's tokens that are noisy copies of its topic template's tokens.
+    pub topic_share: f64,
+    /// Share copied from its group's template (the rest: random real tokens).
+    pub group_share: f64,
+    /// Noise (norm) on topic copies.
+    pub topic_noise: f32,
+    /// Noise standard deviation (of the whole vector's norm) added to other document tokens.
     pub doc_noise: f32,
-    /// Noise added to query tokens.
+    /// Noise added to the document tokens a query copies (0.7: cosine ~0.8 to the original, as the real
+    /// manpages queries' best token matches average 0.8).
     pub query_noise: f32,
+    /// Probability that a query token is off-topic (drawn from a random cluster).
+    pub query_offtopic: f64,
     /// Ground-truth depth.
     pub gt_k: usize,
 }
 
 impl SynthParams {
     pub fn new(docs: usize, queries: usize, seed: u64) -> Self {
-        SynthParams { docs, queries, seed, clusters: 256, swap: 0.25, doc_noise: 0.35, query_noise: 0.5, gt_k: 100 }
+        SynthParams {
+            docs,
+            queries,
+            seed,
+            docs_per_topic: 8,
+            topics_per_group: 10,
+            topic_share: 0.5,
+            group_share: 0.4,
+            topic_noise: 0.5,
+            doc_noise: 0.35, query_noise: 0.7, query_offtopic: 0.2, gt_k: 100 }
     }
 }
 
@@ -72,19 +91,8 @@ fn normalise(v: &mut [f32]) {
     }
 }
 
-fn nearest(centres: &[f32], dim: usize, v: &[f32]) -> usize {
-    let mut best = (f32::NEG_INFINITY, 0);
-    for (c, centre) in centres.chunks_exact(dim).enumerate() {
-        let s = dot(centre, v);
-        if s > best.0 {
-            best = (s, c);
-        }
-    }
-    best.1
-}
-
 /// Stage names reported to `progress(stage, done, total)`.
-pub const STAGES: [&str; 4] = ["clustering", "documents", "queries", "ground truth"];
+pub const STAGES: [&str; 4] = ["preparing", "documents", "queries", "ground truth"];
 
 /// Generates a corpus like `like`.
 pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize, usize) + Sync)) -> Result<SynthCorpus> {
@@ -103,37 +111,14 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
         let norms: Vec<f32> = (0..total_tokens.min(1000)).map(|i| dot(all_tokens(i), all_tokens(i)).sqrt()).collect();
         norms.iter().all(|n| (n - 1.0).abs() < 0.01)
     };
-    // 1. Spherical k-means on a sample.
-    progress(STAGES[0], 0, 1);
-    let k = p.clusters.clamp(1, total_tokens);
-    let sample: Vec<usize> = (0..total_tokens.min(30_000)).map(|_| rng.random_range(0..total_tokens)).collect();
-    let mut centres: Vec<f32> = (0..k).flat_map(|_| all_tokens(sample[rng.random_range(0..sample.len())]).to_vec()).collect();
-    for _ in 0..5 {
-        let assign: Vec<usize> = sample.par_iter().map(|&t| nearest(&centres, dim, all_tokens(t))).collect();
-        let mut sums = vec![0f32; k * dim];
-        for (&t, &c) in sample.iter().zip(&assign) {
-            sums[c * dim..(c + 1) * dim].iter_mut().zip(all_tokens(t)).for_each(|(s, v)| *s += v);
-        }
-        for (c, s) in sums.chunks_exact_mut(dim).enumerate() {
-            if s.iter().any(|&v| v != 0.0) {
-                normalise(s);
-                centres[c * dim..(c + 1) * dim].copy_from_slice(s);
-            }
-        }
-    }
-    let assign: Vec<usize> = (0..total_tokens).into_par_iter().map(|t| nearest(&centres, dim, all_tokens(t))).collect();
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); k];
-    for (t, &c) in assign.iter().enumerate() {
-        members[c].push(t as u32);
-    }
     progress(STAGES[0], 1, 1);
+    let topic_noise = Normal::new(0.0f32, p.topic_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
     let doc_noise = Normal::new(0.0f32, p.doc_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
     let query_noise = Normal::new(0.0f32, p.query_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
-    let draw = |rng: &mut StdRng, cluster: usize, noise: &Normal<f32>, out: &mut Vec<f32>| {
-        let m = &members[cluster];
-        let t = if m.is_empty() { rng.random_range(0..total_tokens) } else { m[rng.random_range(0..m.len())] as usize };
+    // A noisy copy of real token `t`, re-normalised when the real tokens are unit vectors.
+    let copy = |rng: &mut StdRng, src: &[f32], noise: &Normal<f32>, out: &mut Vec<f32>| {
         let start = out.len();
-        out.extend(all_tokens(t).iter().map(|&v| v + noise.sample(rng)));
+        out.extend(src.iter().map(|&v| v + noise.sample(rng)));
         if unit {
             normalise(&mut out[start..]);
         }
@@ -146,16 +131,30 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
         }
         v
     };
+    let span = |t: usize| doc_starts[t]..doc_starts[t + 1];
+    let n_topics = (p.docs / p.docs_per_topic.max(1)).max(1);
+    let n_groups = (n_topics / p.topics_per_group.max(1)).max(1);
+    let group_tpl: Vec<usize> = (0..n_groups).map(|_| rng.random_range(0..like.n_docs())).collect();
+    let topic_tpl: Vec<usize> = (0..n_topics).map(|_| rng.random_range(0..like.n_docs())).collect();
+    let topic_group: Vec<usize> = (0..n_topics).map(|_| rng.random_range(0..n_groups)).collect();
     let mut doc_tokens = Vec::new();
     let mut doc_offsets = vec![0usize];
     for i in 0..p.docs {
-        let t = rng.random_range(0..like.n_docs());
-        let (a, b) = (doc_starts[t], doc_starts[t + 1]);
-        for j in a..b {
-            let c = if rng.random_bool(p.swap) { assign[rng.random_range(0..total_tokens)] } else { assign[j] };
-            draw(&mut rng, c, &doc_noise, &mut doc_tokens);
+        // Document i belongs to topic i % n_topics (so every topic has docs_per_topic documents).
+        let topic = i % n_topics;
+        let len = span(rng.random_range(0..like.n_docs())).len();
+        for _ in 0..len {
+            let u: f64 = rng.random();
+            let (src, noise) = if u < p.topic_share {
+                (rng.random_range(span(topic_tpl[topic])), &topic_noise)
+            } else if u < p.topic_share + p.group_share {
+                (rng.random_range(span(group_tpl[topic_group[topic]])), &doc_noise)
+            } else {
+                (rng.random_range(0..total_tokens), &doc_noise)
+            };
+            copy(&mut rng, all_tokens(src), noise, &mut doc_tokens);
         }
-        doc_offsets.push(doc_offsets[i] + (b - a));
+        doc_offsets.push(doc_offsets[i] + len);
         if i % 10_000 == 0 {
             progress(STAGES[1], i, p.docs);
         }
@@ -172,16 +171,23 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
         let len = like.query_tokens(rng.random_range(0..like.n_queries())).len() / dim;
         let (a, b) = (doc_offsets[d], doc_offsets[d + 1]);
         for _ in 0..len {
-            let c = if rng.random_bool(0.3) {
-                assign[rng.random_range(0..total_tokens)]
+            if rng.random_bool(p.query_offtopic) {
+                let t = rng.random_range(0..total_tokens);
+                copy(&mut rng, all_tokens(t), &doc_noise, &mut query_tokens);
             } else {
-                let src = &doc_tokens[rng.random_range(a..b) * dim..][..dim];
-                nearest(&centres, dim, src)
-            };
-            draw(&mut rng, c, &query_noise, &mut query_tokens);
+                let src = rng.random_range(a..b) * dim;
+                let start = query_tokens.len();
+                query_tokens.extend_from_slice(&doc_tokens[src..src + dim]);
+                let noisy: Vec<f32> = query_tokens[start..].to_vec();
+                query_tokens.truncate(start);
+                copy(&mut rng, &noisy, &query_noise, &mut query_tokens);
+            }
         }
         query_offsets.push(query_offsets[j] + len);
-        qrels.push((query_ids[j].clone(), doc_ids[d].clone()));
+        // Relevant: every document of the source document's topic (like the passages of one man page).
+        for r in (d % n_topics..p.docs).step_by(n_topics) {
+            qrels.push((query_ids[j].clone(), doc_ids[r].clone()));
+        }
     }
     progress(STAGES[2], p.queries, p.queries);
     // 4. Exact ground truth.

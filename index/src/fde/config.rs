@@ -95,19 +95,12 @@ impl FdeConfig {
         let k = self.num_simhash_projections as usize;
         too_big(
             "the FDE (num_repetitions x 2^num_simhash_projections x block dimension)",
-            self.num_repetitions
-                .checked_mul(1 << k)
-                .and_then(|v| v.checked_mul(self.block_dim())),
+            self.num_repetitions.checked_mul(1 << k).and_then(|v| v.checked_mul(self.block_dim())),
         )?;
-        too_big(
-            "final_projection_dimension",
-            Some(self.final_projection_dimension.unwrap_or(0)),
-        )?;
+        too_big("final_projection_dimension", Some(self.final_projection_dimension.unwrap_or(0)))?;
         too_big(
             "the SimHash matrices (dimension x num_repetitions x num_simhash_projections)",
-            self.dimension
-                .checked_mul(self.num_repetitions)
-                .and_then(|v| v.checked_mul(k.max(1))),
+            self.dimension.checked_mul(self.num_repetitions).and_then(|v| v.checked_mul(k.max(1))),
         )
     }
 
@@ -148,15 +141,8 @@ mod tests {
     fn paper_default_sizes() {
         let c = FdeConfig::paper_default(128);
         c.validate().unwrap();
-        assert_eq!(
-            (c.num_partitions(), c.block_dim(), c.repetition_dim(), c.output_dim()),
-            (32, 16, 512, 10240)
-        );
-        let c = FdeConfig {
-            projection_type: ProjectionType::Identity,
-            final_projection_dimension: Some(7),
-            ..c
-        };
+        assert_eq!((c.num_partitions(), c.block_dim(), c.repetition_dim(), c.output_dim()), (32, 16, 512, 10240));
+        let c = FdeConfig { projection_type: ProjectionType::Identity, final_projection_dimension: Some(7), ..c };
         assert_eq!((c.block_dim(), c.repetition_dim(), c.output_dim()), (128, 4096, 7));
     }
 
@@ -173,50 +159,17 @@ mod tests {
     fn invalid_configs_are_rejected_with_invalid_config() {
         let ok = FdeConfig::paper_default(128);
         let bad = [
-            FdeConfig {
-                dimension: 0,
-                ..ok.clone()
-            },
-            FdeConfig {
-                num_repetitions: 0,
-                ..ok.clone()
-            },
-            FdeConfig {
-                num_simhash_projections: 31,
-                ..ok.clone()
-            },
-            FdeConfig {
-                num_simhash_projections: 200,
-                ..ok.clone()
-            },
-            FdeConfig {
-                projection_dimension: 0,
-                ..ok.clone()
-            },
-            FdeConfig {
-                final_projection_dimension: Some(0),
-                ..ok.clone()
-            },
-            FdeConfig {
-                final_projection_dimension: Some(MAX_FLOATS + 1),
-                ..ok.clone()
-            },
-            FdeConfig {
-                num_simhash_projections: 30,
-                ..ok.clone()
-            },
-            FdeConfig {
-                num_repetitions: usize::MAX,
-                ..ok.clone()
-            },
-            FdeConfig {
-                projection_dimension: usize::MAX,
-                ..ok.clone()
-            },
-            FdeConfig {
-                dimension: 1 << 30,
-                ..ok.clone()
-            },
+            FdeConfig { dimension: 0, ..ok.clone() },
+            FdeConfig { num_repetitions: 0, ..ok.clone() },
+            FdeConfig { num_simhash_projections: 31, ..ok.clone() },
+            FdeConfig { num_simhash_projections: 200, ..ok.clone() },
+            FdeConfig { projection_dimension: 0, ..ok.clone() },
+            FdeConfig { final_projection_dimension: Some(0), ..ok.clone() },
+            FdeConfig { final_projection_dimension: Some(MAX_FLOATS + 1), ..ok.clone() },
+            FdeConfig { num_simhash_projections: 30, ..ok.clone() },
+            FdeConfig { num_repetitions: usize::MAX, ..ok.clone() },
+            FdeConfig { projection_dimension: usize::MAX, ..ok.clone() },
+            FdeConfig { dimension: 1 << 30, ..ok.clone() },
         ];
         for c in bad {
             match c.validate() {
@@ -227,18 +180,9 @@ mod tests {
             let _ = (c.num_partitions(), c.repetition_dim(), c.output_dim());
         }
         // The projection dimension is ignored without the AMS sketch.
-        FdeConfig {
-            projection_type: ProjectionType::Identity,
-            projection_dimension: 0,
-            ..ok.clone()
-        }
-        .validate()
-        .unwrap();
-        FdeConfig {
-            num_simhash_projections: 0,
-            ..ok
-        }
-        .validate()
-        .unwrap();
+        FdeConfig { projection_type: ProjectionType::Identity, projection_dimension: 0, ..ok.clone() }
+            .validate()
+            .unwrap();
+        FdeConfig { num_simhash_projections: 0, ..ok }.validate().unwrap();
     }
 }

@@ -41,21 +41,21 @@ mod tests;
 pub use config::{EncodingType, FdeConfig, ProjectionType, MAX_FLOATS};
 use rng::{bernoulli_half, uniform_int, Mt19937, NormalF32};
 
-/// 4-lane token vectors per register tile (TT * 4 tokens).
-const TT: usize = 3;
+/// Tokens per register tile (the lanes of one accumulator: two SSE registers, one AVX register).
+const LANES: usize = 8;
 /// Hyperplanes per register tile.
-const TC: usize = 4;
-/// Tokens per tile.
-const TOKENS: usize = TT * 4;
+const TC: usize = 6;
+/// Lanes of one token tile or one pre-broadcast hyperplane entry.
+type Lanes = [f32; LANES];
 /// "No slot" marker of [`Scratch::slot_of`].
 const NONE: u32 = u32::MAX;
 
-/// An AMS projection per repetition, stored by target: for repetition r and target k, the input coordinates
-/// `rows[r*d + starts[r*(dp+1) + k] .. r*d + starts[r*(dp+1) + k + 1]]` (ascending) with their signs.
+/// The AMS projections, stored by target and sign: for repetition r, segment `2k` lists the input coordinates
+/// with target k and sign +1, segment `2k + 1` those with sign -1 (ascending); segment q of repetition r is
+/// `rows[r*d + bounds[r*(2*dp + 1) + q] .. r*d + bounds[r*(2*dp + 1) + q + 1]]`.
 struct Ams {
     rows: Vec<u32>,
-    signs: Vec<f32>,
-    starts: Vec<u32>,
+    bounds: Vec<u32>,
 }
 
 /// A MUVERA encoder: the configuration with every random matrix precomputed. Cheap to share (`&self` methods,
@@ -64,8 +64,8 @@ pub struct FdeEncoder {
     config: FdeConfig,
     /// All SimHash matrices as one `d x (R*k_sim)` matrix (column `r*k_sim + h` = hyperplane h of repetition r),
     /// cut into column tiles of [`TC`] (zero-padded), each tile `d x TC` row-major, entries pre-broadcast:
-    /// `simhash[(tile*d + i)*TC + c] = [G[i][tile*TC + c]; 4]`.
-    simhash: Vec<[f32; 4]>,
+    /// `simhash[(tile*d + i)*TC + c] = [G[i][tile*TC + c]; LANES]`.
+    simhash: Vec<Lanes>,
     ams: Option<Ams>,
     /// Count-Sketch: per coordinate of the full FDE, (target, sign).
     count_sketch: Option<Vec<(u32, f32)>>,
@@ -74,8 +74,10 @@ pub struct FdeEncoder {
 /// Per-thread working memory, grown on demand and reused across documents.
 #[derive(Default)]
 struct Scratch {
-    /// One tile of tokens, transposed: `panel[i*TT + v][l]` = coordinate i of token `4v + l` of the tile.
-    panel: Vec<[f32; 4]>,
+    /// One tile of tokens, transposed: `panel[i][l]` = coordinate i of token l of the tile.
+    panel: Vec<Lanes>,
+    /// A row of d zeros (padding of the last tile).
+    zeros: Vec<f32>,
     /// Partition index of token t in repetition r at `t*R + r`.
     parts: Vec<u32>,
     /// Token sums of the occupied partitions of the current repetition, one row of d per slot.
@@ -84,6 +86,10 @@ struct Scratch {
     slot_of: Vec<u32>,
     /// Occupied partitions of the current repetition, in order of their first token.
     slots: Vec<Slot>,
+    /// Slot of each token in the current repetition.
+    token_slot: Vec<u32>,
+    /// Tokens grouped by slot (ascending within a slot).
+    order: Vec<u32>,
     /// The full FDE, when a final projection follows.
     full: Vec<f32>,
 }
@@ -92,61 +98,52 @@ struct Slot {
     partition: u32,
     count: usize,
     first_token: usize,
+    /// End of the slot's tokens in [`Scratch::order`].
+    end: usize,
 }
 
 impl FdeEncoder {
     /// Validates `config` and draws its matrices.
     pub fn new(config: FdeConfig) -> Result<Self> {
         config.validate()?;
-        let (d, reps, k) = (
-            config.dimension,
-            config.num_repetitions,
-            config.num_simhash_projections as usize,
-        );
+        let (d, reps, k) = (config.dimension, config.num_repetitions, config.num_simhash_projections as usize);
         let seed_of = |r: usize| config.seed.wrapping_add(r as u64) as u32;
 
         let cols = reps * k;
         let tiles = cols.div_ceil(TC);
-        let mut simhash = vec![[0.0f32; 4]; tiles * d * TC];
+        let mut simhash = vec![[0.0f32; LANES]; tiles * d * TC];
         for r in 0..reps {
             let (mut rng, mut normal) = (Mt19937::new(seed_of(r)), NormalF32::new());
             for h in 0..k {
                 let col = r * k + h;
                 let (tile, c) = (col / TC, col % TC);
                 for i in 0..d {
-                    simhash[(tile * d + i) * TC + c] = [normal.sample(&mut rng); 4];
+                    simhash[(tile * d + i) * TC + c] = [normal.sample(&mut rng); LANES];
                 }
             }
         }
 
         let ams = (config.projection_type == ProjectionType::AmsSketch).then(|| {
             let dp = config.projection_dimension;
-            let mut ams = Ams {
-                rows: Vec::with_capacity(reps * d),
-                signs: Vec::new(),
-                starts: Vec::new(),
-            };
-            ams.signs.reserve(reps * d);
-            ams.starts.reserve(reps * (dp + 1));
-            let mut draws = Vec::with_capacity(d);
+            let mut ams = Ams { rows: Vec::with_capacity(reps * d), bounds: Vec::with_capacity(reps * (2 * dp + 1)) };
+            let mut segments = Vec::with_capacity(d);
             for r in 0..reps {
                 let mut rng = Mt19937::new(seed_of(r));
-                draws.clear();
+                segments.clear();
                 for i in 0..d {
                     let j = uniform_int(&mut rng, 0, dp as u64 - 1) as usize;
-                    let sign = if bernoulli_half(&mut rng) { 1.0f32 } else { -1.0 };
-                    draws.push((j, i as u32, sign));
+                    let negative = !bernoulli_half(&mut rng);
+                    segments.push((2 * j + negative as usize, i as u32));
                 }
-                draws.sort_by_key(|&(j, i, _)| (j, i));
+                segments.sort_unstable();
                 let mut next = 0;
-                for k in 0..=dp {
-                    while next < d && draws[next].0 < k {
+                for q in 0..=2 * dp {
+                    while next < d && segments[next].0 < q {
                         next += 1;
                     }
-                    ams.starts.push(next as u32);
+                    ams.bounds.push(next as u32);
                 }
-                ams.rows.extend(draws.iter().map(|&(_, i, _)| i));
-                ams.signs.extend(draws.iter().map(|&(_, _, s)| s));
+                ams.rows.extend(segments.iter().map(|&(_, i)| i));
             }
             ams
         });
@@ -161,12 +158,7 @@ impl FdeEncoder {
                 .collect()
         });
 
-        Ok(FdeEncoder {
-            config,
-            simhash,
-            ams,
-            count_sketch,
-        })
+        Ok(FdeEncoder { config, simhash, ams, count_sketch })
     }
 
     /// The (validated) configuration.
@@ -222,10 +214,7 @@ impl FdeEncoder {
 
     fn check(&self, tokens: &TokenMatrix<'_>, out_len: usize, count: usize) -> Result<()> {
         if tokens.dim() != self.config.dimension {
-            return Err(IndexError::DimensionMismatch {
-                expected: self.config.dimension,
-                got: tokens.dim(),
-            });
+            return Err(IndexError::DimensionMismatch { expected: self.config.dimension, got: tokens.dim() });
         }
         self.check_out(out_len, count)
     }
@@ -235,10 +224,7 @@ impl FdeEncoder {
         if want != Some(out_len) {
             return Err(IndexError::param(
                 "out",
-                format!(
-                    "buffer of {out_len} floats, expected {count} x {}",
-                    self.config.output_dim()
-                ),
+                format!("buffer of {out_len} floats, expected {count} x {}", self.config.output_dim()),
             ));
         }
         Ok(())
@@ -251,6 +237,8 @@ impl FdeEncoder {
                 "FDE: fill_empty_partitions is a document-only option (the reference rejects it for queries)".into(),
             ));
         }
+        s.panel.resize(self.config.dimension, [0.0; LANES]);
+        s.zeros.resize(self.config.dimension, 0.0);
         self.partitions(tokens, s);
         out.fill(0.0);
         match &self.count_sketch {
@@ -274,29 +262,21 @@ impl FdeEncoder {
     /// Fills `s.parts` with every token's partition in every repetition.
     fn partitions(&self, tokens: TokenMatrix<'_>, s: &mut Scratch) {
         let (n, d) = (tokens.len(), self.config.dimension);
-        let (reps, k) = (
-            self.config.num_repetitions,
-            self.config.num_simhash_projections as usize,
-        );
+        let (reps, k) = (self.config.num_repetitions, self.config.num_simhash_projections as usize);
         s.parts.clear();
         s.parts.resize(n * reps, 0);
         if k == 0 {
             return;
         }
         let cols = reps * k;
-        s.panel.resize(d * TT, [0.0; 4]);
-        for (tile_idx, tile_tokens) in tokens.as_slice().chunks(TOKENS * d).enumerate() {
-            let t0 = tile_idx * TOKENS;
-            for (i, lanes) in s.panel.chunks_exact_mut(TT).enumerate() {
-                for (lane, x) in lanes.iter_mut().flatten().enumerate() {
-                    *x = tile_tokens.get(lane * d + i).copied().unwrap_or(0.0);
-                }
-            }
+        for (tile_idx, tile_tokens) in tokens.as_slice().chunks(LANES * d).enumerate() {
+            let t0 = tile_idx * LANES;
+            transpose(tile_tokens, d, &s.zeros, &mut s.panel);
             for (tile, g) in self.simhash.chunks_exact(d * TC).enumerate() {
                 let acc = sketch_tile(&s.panel, g);
                 for (c, values) in acc.iter().enumerate().take(cols.saturating_sub(tile * TC)) {
                     let r = (tile * TC + c) / k;
-                    for (lane, &v) in values.iter().flatten().enumerate().take(n - t0) {
+                    for (lane, &v) in values.iter().enumerate().take(n - t0) {
                         let p = &mut s.parts[(t0 + lane) * reps + r];
                         *p = (*p << 1) + ((v > 0.0) as u32 ^ (*p & 1));
                     }
@@ -315,30 +295,62 @@ impl FdeEncoder {
         }
         s.raw.resize(n.min(parts) * d, 0.0);
         for (r, rep_out) in fde.chunks_exact_mut(parts * bd).enumerate() {
+            // Slots in order of first token, then the tokens grouped by slot (a stable counting sort).
             s.slots.clear();
-            for (t, x) in tokens.rows().enumerate() {
+            s.token_slot.clear();
+            for t in 0..n {
                 let p = s.parts[t * reps + r];
                 let slot = &mut s.slot_of[p as usize];
-                let row_of = |slot: u32| slot as usize * d..(slot as usize + 1) * d;
                 if *slot == NONE {
                     *slot = s.slots.len() as u32;
-                    s.slots.push(Slot {
-                        partition: p,
-                        count: 1,
-                        first_token: t,
-                    });
-                    s.raw[row_of(*slot)].copy_from_slice(x);
-                } else {
-                    s.slots[*slot as usize].count += 1;
-                    for (a, b) in s.raw[row_of(*slot)].iter_mut().zip(x) {
-                        *a += b;
+                    s.slots.push(Slot { partition: p, count: 0, first_token: t, end: 0 });
+                }
+                s.slots[*slot as usize].count += 1;
+                s.token_slot.push(*slot);
+            }
+            let mut end = 0;
+            for slot in s.slots.iter_mut() {
+                slot.end = end;
+                end += slot.count;
+            }
+            s.order.resize(n, 0);
+            for (t, &slot) in s.token_slot.iter().enumerate() {
+                let slot = &mut s.slots[slot as usize];
+                s.order[slot.end] = t as u32;
+                slot.end += 1;
+            }
+            for (slot, raw) in s.slots.iter().zip(s.raw.chunks_exact_mut(d)) {
+                sum_rows(tokens, &s.order[slot.end - slot.count..slot.end], raw);
+            }
+            match &self.ams {
+                None => {
+                    for (slot, raw) in s.slots.iter().zip(s.raw.chunks_exact(d)) {
+                        rep_out[slot.partition as usize * bd..][..bd].copy_from_slice(raw);
+                    }
+                }
+                Some(ams) => {
+                    // LANES occupied partitions at a time: transpose their sums, project all lanes at once.
+                    let (rows, bounds) = ams.repetition(r, d, bd);
+                    for (group, raws) in s.slots.chunks(LANES).zip(s.raw.chunks(LANES * d)) {
+                        transpose(raws, d, &s.zeros, &mut s.panel);
+                        ams_project(
+                            rows,
+                            bounds,
+                            |i| s.panel[i],
+                            |k, values: Lanes| {
+                                for (slot, v) in group.iter().zip(values) {
+                                    rep_out[slot.partition as usize * bd + k] = v;
+                                }
+                            },
+                        );
                     }
                 }
             }
-            for (slot, raw) in s.slots.iter().zip(s.raw.chunks_exact(d)) {
-                let block = &mut rep_out[slot.partition as usize * bd..][..bd];
-                let count = (enc == EncodingType::Average).then_some(slot.count as f32);
-                self.project(r, raw, block, count);
+            if enc == EncodingType::Average {
+                for slot in &s.slots {
+                    let count = slot.count as f32;
+                    rep_out[slot.partition as usize * bd..][..bd].iter_mut().for_each(|v| *v /= count);
+                }
             }
             if fill && s.slots.len() < parts {
                 for (p, block) in rep_out.chunks_exact_mut(bd).enumerate() {
@@ -348,7 +360,14 @@ impl FdeEncoder {
                     let target = (p ^ (p >> 1)) as u32;
                     let distance = |slot: &&Slot| (slot.partition ^ (slot.partition >> 1) ^ target).count_ones();
                     if let Some(nearest) = s.slots.iter().min_by_key(distance) {
-                        self.project(r, tokens.row(nearest.first_token), block, None);
+                        let x = tokens.row(nearest.first_token);
+                        match &self.ams {
+                            None => block.copy_from_slice(x),
+                            Some(ams) => {
+                                let (rows, bounds) = ams.repetition(r, d, bd);
+                                ams_project(rows, bounds, |i| [x[i]], |k, [v]| block[k] = v);
+                            }
+                        }
                     }
                 }
             }
@@ -357,39 +376,81 @@ impl FdeEncoder {
             }
         }
     }
+}
 
-    /// `block = projection_r(src)`, divided by `count` if given.
-    fn project(&self, r: usize, src: &[f32], block: &mut [f32], count: Option<f32>) {
-        let scale = |v: f32| count.map_or(v, |c| v / c);
-        match &self.ams {
-            None => block.iter_mut().zip(src).for_each(|(b, &v)| *b = scale(v)),
-            Some(ams) => {
-                let d = src.len();
-                let (rows, signs) = (&ams.rows[r * d..][..d], &ams.signs[r * d..][..d]);
-                let starts = &ams.starts[r * (block.len() + 1)..][..block.len() + 1];
-                for (b, range) in block.iter_mut().zip(starts.windows(2)) {
-                    let (lo, hi) = (range[0] as usize, range[1] as usize);
-                    let sum = rows[lo..hi]
-                        .iter()
-                        .zip(&signs[lo..hi])
-                        .fold(0.0f32, |acc, (&i, &sign)| acc + sign * src[i as usize]);
-                    *b = scale(sum);
-                }
+impl Ams {
+    /// Rows and segment bounds of repetition r.
+    fn repetition(&self, r: usize, d: usize, dp: usize) -> (&[u32], &[u32]) {
+        (&self.rows[r * d..][..d], &self.bounds[r * (2 * dp + 1)..][..2 * dp + 1])
+    }
+}
+
+/// Applies one repetition's AMS projection to L vectors at once (`value(i)` = coordinate i of each):
+/// `emit(k, sum of the +1 coordinates of target k - sum of its -1 coordinates)` for every target k.
+fn ams_project<const L: usize>(
+    rows: &[u32],
+    bounds: &[u32],
+    value: impl Fn(usize) -> [f32; L],
+    mut emit: impl FnMut(usize, [f32; L]),
+) {
+    let sum = |lo: u32, hi: u32| {
+        rows[lo as usize..hi as usize].iter().fold([0.0f32; L], |mut acc, &i| {
+            let v = value(i as usize);
+            for l in 0..L {
+                acc[l] += v[l];
             }
+            acc
+        })
+    };
+    for (k, seg) in bounds.windows(3).step_by(2).enumerate() {
+        let (pos, neg) = (sum(seg[0], seg[1]), sum(seg[1], seg[2]));
+        emit(k, std::array::from_fn(|l| pos[l] - neg[l]));
+    }
+}
+
+/// `panel[i][l] = rows[l][i]` for the (up to LANES) rows of length d in `rows`, zero-padded from `zeros`.
+fn transpose(rows: &[f32], d: usize, zeros: &[f32], panel: &mut [Lanes]) {
+    let mut it = rows.chunks_exact(d).chain(std::iter::repeat(zeros));
+    let rows: [&[f32]; LANES] = std::array::from_fn(|_| it.next().unwrap_or_default());
+    for (i, x) in panel.iter_mut().enumerate() {
+        *x = std::array::from_fn(|l| rows[l][i]);
+    }
+}
+
+/// `dst = sum of the token rows ids` (in order), accumulated in registers chunk by chunk.
+fn sum_rows(tokens: TokenMatrix<'_>, ids: &[u32], dst: &mut [f32]) {
+    const CHUNK: usize = 32;
+    let Some((&first, rest)) = ids.split_first() else { return };
+    dst.copy_from_slice(tokens.row(first as usize));
+    let mut chunks = dst.chunks_exact_mut(CHUNK);
+    for (c, chunk) in chunks.by_ref().enumerate() {
+        let mut acc = [0.0f32; CHUNK];
+        acc.copy_from_slice(chunk);
+        for &t in rest {
+            let x = &tokens.row(t as usize)[c * CHUNK..][..CHUNK];
+            for l in 0..CHUNK {
+                acc[l] += x[l];
+            }
+        }
+        chunk.copy_from_slice(&acc);
+    }
+    let tail = chunks.into_remainder();
+    let offset = tokens.dim() - tail.len();
+    for &t in rest {
+        for (a, b) in tail.iter_mut().zip(&tokens.row(t as usize)[offset..]) {
+            *a += b;
         }
     }
 }
 
-/// One register tile of the sketch product: for the [`TOKENS`] tokens of `panel` (d x TT lanes) and the
-/// [`TC`] hyperplanes of `g` (d x TC, pre-broadcast), the sequential dot products `sum_i x[i] * g[i]`.
-fn sketch_tile(panel: &[[f32; 4]], g: &[[f32; 4]]) -> [[[f32; 4]; TT]; TC] {
-    let mut acc = [[[0.0f32; 4]; TT]; TC];
-    for (x, g) in panel.chunks_exact(TT).zip(g.chunks_exact(TC)) {
+/// One register tile of the sketch product: for the [`LANES`] tokens of `panel` (d x LANES) and the [`TC`]
+/// hyperplanes of `g` (d x TC, pre-broadcast), the sequential dot products `sum_i x[i] * g[i]`.
+fn sketch_tile(panel: &[Lanes], g: &[Lanes]) -> [Lanes; TC] {
+    let mut acc = [[0.0f32; LANES]; TC];
+    for (x, g) in panel.iter().zip(g.chunks_exact(TC)) {
         for (acc_c, g_c) in acc.iter_mut().zip(g) {
-            for (acc_v, x_v) in acc_c.iter_mut().zip(x) {
-                for l in 0..4 {
-                    acc_v[l] += x_v[l] * g_c[l];
-                }
+            for l in 0..LANES {
+                acc_c[l] += x[l] * g_c[l];
             }
         }
     }

@@ -118,13 +118,31 @@ pub struct GenCmd {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// Documents per topic.
+    #[arg(long, default_value_t = SynthParams::new(1, 1, 0).docs_per_topic)]
+    docs_per_topic: usize,
+    /// Topics per group.
+    #[arg(long, default_value_t = SynthParams::new(1, 1, 0).topics_per_group)]
+    topics_per_group: usize,
+    /// Share of document tokens copied from the topic template.
+    #[arg(long, default_value_t = SynthParams::new(1, 1, 0).topic_share)]
+    topic_share: f64,
+    /// Share of document tokens copied from the group template.
+    #[arg(long, default_value_t = SynthParams::new(1, 1, 0).group_share)]
+    group_share: f64,
 }
 
 impl GenCmd {
     pub fn run(self) -> anyhow::Result<()> {
         let like = Dataset::open(&self.like)?;
-        let p = SynthParams::new(self.docs, self.queries, self.seed);
-        let pb = bar(1, "clustering");
+        let p = SynthParams {
+            docs_per_topic: self.docs_per_topic,
+            topics_per_group: self.topics_per_group,
+            topic_share: self.topic_share,
+            group_share: self.group_share,
+            ..SynthParams::new(self.docs, self.queries, self.seed)
+        };
+        let pb = bar(1, "preparing");
         let corpus = generate(&like, &p, &|stage, done, total| {
             if pb.message() != stage {
                 pb.set_message(stage.to_string());
@@ -211,6 +229,107 @@ impl FdeCmd {
         let fde = if self.query { encoder.encode_query(tokens)? } else { encoder.encode_document(tokens)? };
         // serde_json prints the shortest representation that round-trips: full f32 precision.
         println!("{}", serde_json::to_string(&fde)?);
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SliceCmd {
+    /// Source data set folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Documents to keep: the chosen queries' relevant documents first, then others in folder order.
+    #[arg(long, default_value_t = 300)]
+    docs: usize,
+    /// Queries to keep (every n-th query of the source, for variety).
+    #[arg(long, default_value_t = 50)]
+    queries: usize,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+impl SliceCmd {
+    /// Writes a self-consistent subset of a data set with its exact ground truth recomputed.
+    pub fn run(self) -> anyhow::Result<()> {
+        let ds = Dataset::open(&self.data)?;
+        let dim = ds.dim();
+        if self.queries == 0 || self.queries > ds.n_queries() || self.docs == 0 || self.docs > ds.n_docs() {
+            bail!("--queries must be in 1..={} and --docs in 1..={}", ds.n_queries(), ds.n_docs());
+        }
+        let step = ds.n_queries() / self.queries;
+        let queries: Vec<usize> = (0..self.queries).map(|i| i * step).collect();
+        let row_of: std::collections::HashMap<&str, usize> = (0..ds.n_docs()).map(|i| (ds.doc_id(i), i)).collect();
+        let mut keep: Vec<usize> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &j in &queries {
+            let mut rel: Vec<usize> = ds.qrels(j).map(|q| q.keys().filter_map(|id| row_of.get(id.as_str()).copied()).collect()).unwrap_or_default();
+            rel.sort();
+            rel.extend(ds.gt_ids(j).unwrap_or(&[]).iter().take(3).map(|&g| g as usize));
+            for r in rel {
+                if seen.insert(r) {
+                    keep.push(r);
+                }
+            }
+        }
+        keep.extend((0..ds.n_docs()).filter(|r| !seen.contains(r)).take(self.docs.saturating_sub(keep.len())));
+        keep.truncate(self.docs);
+        keep.sort();
+        let kept: std::collections::HashSet<&str> = keep.iter().map(|&r| ds.doc_id(r)).collect();
+        let mut doc_tokens = Vec::new();
+        let mut doc_offsets = vec![0];
+        for &r in &keep {
+            doc_tokens.extend_from_slice(ds.doc_tokens(r));
+            doc_offsets.push(doc_tokens.len() / dim);
+        }
+        let mut query_tokens = Vec::new();
+        let mut query_offsets = vec![0];
+        for &j in &queries {
+            query_tokens.extend_from_slice(ds.query_tokens(j));
+            query_offsets.push(query_tokens.len() / dim);
+        }
+        let (gt_ids, gt_scores, gt_k) = chamfer_index::synth::exact_ground_truth(&doc_tokens, &doc_offsets, &query_tokens, &query_offsets, dim, 100, &|_, _| {});
+        let doc_ids: Vec<String> = keep.iter().map(|&r| ds.doc_id(r).to_string()).collect();
+        let query_ids: Vec<String> = queries.iter().map(|&j| ds.query_id(j).to_string()).collect();
+        let ds = &ds;
+        let qrels: Vec<(String, String)> = queries
+            .iter()
+            .flat_map(|&j| {
+                let mut rel: Vec<String> = ds.qrels(j).map(|q| q.keys().filter(|d| kept.contains(d.as_str())).cloned().collect()).unwrap_or_default();
+                rel.sort();
+                rel.into_iter().map(move |d| (ds.query_id(j).to_string(), d))
+            })
+            .collect();
+        DatasetWriter {
+            dim,
+            doc_ids: &doc_ids,
+            doc_tokens: &doc_tokens,
+            doc_offsets: &doc_offsets,
+            query_ids: &query_ids,
+            query_tokens: &query_tokens,
+            query_offsets: &query_offsets,
+            gt: Some((&gt_ids, &gt_scores, gt_k)),
+            qrels: &qrels,
+        }
+        .write(&self.out)?;
+        // Texts travel along when the source has them.
+        for (file, ids) in [("docs.jsonl", &doc_ids), ("queries.jsonl", &query_ids)] {
+            if let Ok(text) = std::fs::read_to_string(self.data.join(file)) {
+                let want: std::collections::HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+                let lines: String = text
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(|i| want.contains(i)))
+                            .unwrap_or(false)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(self.out.join(file), lines)?;
+            }
+        }
+        eprintln!("wrote {} documents, {} queries, {} qrels to {}", doc_ids.len(), query_ids.len(), qrels.len(), self.out.display());
         Ok(())
     }
 }

@@ -23,6 +23,8 @@ enum Command {
     Gen(engine::GenCmd),
     /// Build an index in a temp dir, run every query, print a JSON report (last stdout line).
     Bench(bench::BenchCmd),
+    /// Write a subset of a data set (with recomputed exact ground truth), e.g. the bundled demo set.
+    Slice(engine::SliceCmd),
     /// Encode one multi-vector input (JSON on stdin) as a MUVERA FDE (JSON array on stdout).
     Fde(engine::FdeCmd),
 }
@@ -36,5 +38,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Gen(c) => c.run(),
         Command::Bench(c) => c.run(),
         Command::Fde(c) => c.run(),
+        Command::Slice(c) => c.run(),
     }
 }

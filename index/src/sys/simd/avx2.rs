@@ -22,27 +22,19 @@ pub(super) unsafe fn load_ph(p: *const f16) -> __m256 {
 /// AVX2, FMA and F16C are available, `qt` is valid for reading `n_q * dim` f32 (k-major) and `doc` for
 /// reading `n_panels * 16 * dim` f16 (panels).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn chamfer(qt: *const f32, n_q: usize, doc: *const f16, n_panels: usize, dim: usize) -> f32 {
+pub(super) unsafe fn chamfer(
+    qt: *const f32,
+    n_q: usize,
+    doc: *const f16,
+    n_panels: usize,
+    dim: usize,
+) -> f32 {
     let mut total = 0.0;
-    // Balanced blocks of at most QMAX query tokens.
-    let n_blocks = n_q.div_ceil(QMAX);
-    let mut j0 = 0;
-    for b in 0..n_blocks {
-        let qb = n_q / n_blocks + usize::from(b < n_q % n_blocks);
-        // SAFETY: j0 + qb <= n_q, so the block's reads qt[k * n_q + j0 + j] (k < dim, j < qb) stay in qt; the
-        // document reads are the caller's.
-        let q = unsafe { qt.add(j0) };
-        total += unsafe {
-            match qb {
-                1 => block::<1>(q, n_q, doc, n_panels, dim),
-                2 => block::<2>(q, n_q, doc, n_panels, dim),
-                3 => block::<3>(q, n_q, doc, n_panels, dim),
-                4 => block::<4>(q, n_q, doc, n_panels, dim),
-                5 => block::<5>(q, n_q, doc, n_panels, dim),
-                _ => block::<QMAX>(q, n_q, doc, n_panels, dim),
-            }
-        };
-        j0 += qb;
+    for (j0, qb) in super::blocks(n_q, QMAX) {
+        // SAFETY: j0 + qb <= n_q, so the block's reads qt[k * n_q + j0 + j] (k < dim, j < qb) stay within the
+        // caller's n_q * dim values; the document reads are the caller's.
+        total +=
+            unsafe { by_block_size!(qb, block(qt.add(j0), n_q, doc, n_panels, dim); 1 2 3 4 5 6) };
     }
     total
 }
@@ -51,7 +43,13 @@ pub(super) unsafe fn chamfer(qt: *const f32, n_q: usize, doc: *const f16, n_pane
 /// # Safety
 /// As [`chamfer`], with `q[k * stride + j]` readable for k < dim, j < QB.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block<const QB: usize>(q: *const f32, stride: usize, doc: *const f16, n_panels: usize, dim: usize) -> f32 {
+unsafe fn block<const QB: usize>(
+    q: *const f32,
+    stride: usize,
+    doc: *const f16,
+    n_panels: usize,
+    dim: usize,
+) -> f32 {
     let mut best = [_mm256_set1_ps(f32::NEG_INFINITY); QB];
     for p in 0..n_panels {
         // SAFETY: panel p < n_panels starts at p * 16 * dim.
@@ -59,7 +57,12 @@ unsafe fn block<const QB: usize>(q: *const f32, stride: usize, doc: *const f16, 
         let mut acc = [[_mm256_setzero_ps(); QB]; 2];
         for k in 0..dim {
             // SAFETY: k < dim: both 8-token halves of row k are within the panel.
-            let rows = unsafe { [load_ph(panel.add(k * PANEL)), load_ph(panel.add(k * PANEL + 8))] };
+            let rows = unsafe {
+                [
+                    load_ph(panel.add(k * PANEL)),
+                    load_ph(panel.add(k * PANEL + 8)),
+                ]
+            };
             for j in 0..QB {
                 // SAFETY: k < dim, j < QB: within the query block.
                 let x = _mm256_set1_ps(unsafe { *q.add(k * stride + j) });
@@ -95,7 +98,9 @@ pub(super) unsafe fn dot<A: Lanes, B: Lanes>(a: *const A, b: *const B, n: usize)
     while i + 32 <= n {
         for (l, s) in acc.iter_mut().enumerate() {
             // SAFETY: i + 8 * l + 8 <= n.
-            *s = unsafe { _mm256_fmadd_ps(A::load8(a.add(i + 8 * l)), B::load8(b.add(i + 8 * l)), *s) };
+            *s = unsafe {
+                _mm256_fmadd_ps(A::load8(a.add(i + 8 * l)), B::load8(b.add(i + 8 * l)), *s)
+            };
         }
         i += 32;
     }

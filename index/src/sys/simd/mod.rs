@@ -10,6 +10,16 @@
 #![cfg(target_arch = "x86_64")]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// `f::<qb>(args)` for a block size `qb` among the listed literals (the kernels' const generic dispatch).
+macro_rules! by_block_size {
+    ($qb:expr, $f:ident $args:tt; $($n:literal)+) => {
+        match $qb {
+            $($n => $f::<$n> $args,)+
+            _ => unreachable!("block size out of range"),
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 
@@ -46,7 +56,9 @@ impl Avx512 {
 
     /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
     pub(crate) fn chamfer(self, qt: &[f32], dim: usize, panels: &[f16]) -> f32 {
-        let Some((n_q, n_panels)) = shape(qt, dim, panels) else { return 0.0 };
+        let Some((n_q, n_panels)) = shape(qt, dim, panels) else {
+            return 0.0;
+        };
         // SAFETY: `self` proves AVX-512F; `shape` guarantees qt holds n_q * dim values and panels holds
         // n_panels * 16 * dim values, which are all the kernel reads.
         unsafe { avx512::chamfer(qt.as_ptr(), n_q, panels.as_ptr(), n_panels, dim) }
@@ -72,7 +84,9 @@ impl Avx2Fma {
 
     /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
     pub(crate) fn chamfer(self, qt: &[f32], dim: usize, panels: &[f16]) -> f32 {
-        let Some((n_q, n_panels)) = shape(qt, dim, panels) else { return 0.0 };
+        let Some((n_q, n_panels)) = shape(qt, dim, panels) else {
+            return 0.0;
+        };
         // SAFETY: `self` proves AVX2+FMA+F16C; `shape` guarantees qt holds n_q * dim values and panels holds
         // n_panels * 16 * dim values, which are all the kernel reads.
         unsafe { avx2::chamfer(qt.as_ptr(), n_q, panels.as_ptr(), n_panels, dim) }
@@ -93,6 +107,17 @@ fn shape(qt: &[f32], dim: usize, panels: &[f16]) -> Option<(usize, usize)> {
     let n_q = qt.len().checked_div(dim)?;
     let n_panels = panels.len() / (PANEL * dim);
     (n_q > 0 && n_panels > 0).then_some((n_q, n_panels))
+}
+
+/// Balanced blocks `(first, len)` of at most `max` of the `n` query tokens: 32 by at most 24 run as 16 + 16.
+fn blocks(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n_blocks = n.div_ceil(max);
+    (0..n_blocks).map(move |b| {
+        (
+            b * (n / n_blocks) + b.min(n % n_blocks),
+            n / n_blocks + usize::from(b < n % n_blocks),
+        )
+    })
 }
 
 fn dot_tail<A: Lanes, B: Lanes>(a: &[A], b: &[B]) -> f32 {

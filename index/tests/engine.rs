@@ -1,0 +1,242 @@
+//! Engine integration tests (one binary for the crate): shard files, search plans against exact ground truth,
+//! bad inputs. Data: the bundled demo slice (`data/demo`) and the shared manpages set when present.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chamfer_index::dataset::Dataset;
+use chamfer_index::eval::recall_at_k;
+use chamfer_index::index_dir::{open_index, write_index};
+use chamfer_index::search::{Plan, SearchParams, Searcher};
+use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
+use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::IndexError;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn demo() -> Dataset {
+    Dataset::open(&root().join("data/demo")).expect("bundled demo data set")
+}
+
+fn manpages() -> Option<Dataset> {
+    let p = root().join("../shared/data/manpages");
+    p.exists().then(|| Dataset::open(&p).expect("shared manpages data set"))
+}
+
+fn docs(ds: &Dataset) -> Vec<ShardDoc<'_>> {
+    (0..ds.n_docs())
+        .map(|i| ShardDoc { id: ds.doc_id(i), tokens: TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document").unwrap(), payload: &[] })
+        .collect()
+}
+
+fn query(ds: &Dataset, j: usize) -> TokenMatrix<'_> {
+    TokenMatrix::new(ds.query_tokens(j), ds.dim(), "query").unwrap()
+}
+
+/// Mean recall@10 of `searcher` (one shard in data set order) against the data set's exact ground truth.
+fn recall(searcher: &Searcher, ds: &Dataset, p: &SearchParams) -> f64 {
+    let total: f64 = (0..ds.n_queries())
+        .map(|j| {
+            let hits = searcher.search(query(ds, j), p, None).unwrap();
+            let rows: Vec<usize> = hits.iter().map(|h| h.doc).collect();
+            recall_at_k(&rows, ds.gt_ids(j).unwrap(), 10)
+        })
+        .sum();
+    total / ds.n_queries() as f64
+}
+
+/// Exact search must return the ground truth top-10, up to near-ties (scores within 1e-4).
+fn assert_exact_matches_gt(searcher: &Searcher, ds: &Dataset) {
+    let p = SearchParams { plan: Plan::Exact, ..SearchParams::new(10) };
+    for j in 0..ds.n_queries() {
+        let hits = searcher.search(query(ds, j), &p, None).unwrap();
+        let gt = ds.gt_ids(j).unwrap();
+        let gs = ds.gt_scores(j).unwrap();
+        for (r, h) in hits.iter().enumerate() {
+            assert!((h.score - gs[r]).abs() < 1e-4, "query {j} rank {r}: score {} vs ground truth {}", h.score, gs[r]);
+            if h.doc != gt[r] as usize {
+                let tie = gs.iter().zip(gt).any(|(&s, &g)| g as usize == h.doc && (s - h.score).abs() < 1e-4);
+                assert!(tie, "query {j} rank {r}: doc {} is not a near-tie of ground truth {}", h.doc, gt[r]);
+            }
+        }
+    }
+}
+
+#[test]
+fn shard_round_trip_preserves_everything() {
+    let ds = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.chs");
+    let params = IndexParams::new(ds.dim());
+    let mut d = docs(&ds);
+    let payloads: Vec<Vec<u8>> = (0..d.len()).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    for (doc, p) in d.iter_mut().zip(&payloads) {
+        doc.payload = p;
+    }
+    Shard::write(&path, &params, &d, &|_| {}).unwrap();
+    let shard = Shard::open(&path).unwrap();
+    let mem = Shard::build_in_memory(&params, &d).unwrap();
+    assert_eq!(shard.len(), ds.n_docs());
+    assert_eq!(shard.params(), &params);
+    let enc = chamfer_index::fde::FdeEncoder::new(params.fde.clone()).unwrap();
+    for i in (0..ds.n_docs()).step_by(7) {
+        assert_eq!(shard.id(i), ds.doc_id(i));
+        assert_eq!(shard.payload(i), payloads[i].as_slice());
+        // The data set's tokens are float16 already, so the stored f16 copy is exact.
+        assert_eq!(shard.tokens(i), ds.doc_tokens(i));
+        assert_eq!(shard.fde(i), mem.fde(i));
+        let want = enc.encode_document(d[i].tokens).unwrap();
+        for (a, b) in shard.fde(i).iter().zip(&want) {
+            assert!((a.to_f32() - b).abs() <= 1e-3 * b.abs().max(1.0));
+        }
+    }
+    // No temp file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["s.chs".to_string()]);
+}
+
+#[test]
+fn corrupt_or_truncated_shards_are_errors() {
+    let ds = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.chs");
+    Shard::write(&path, &IndexParams::new(ds.dim()), &docs(&ds)[..40], &|_| {}).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let bad = dir.path().join("bad.chs");
+    let open_bytes = |bytes: &[u8]| {
+        std::fs::write(&bad, bytes).unwrap();
+        Shard::open(&bad)
+    };
+    for cut in [0, 10, 64, good.len() / 2, good.len() - 1] {
+        assert!(matches!(open_bytes(&good[..cut]), Err(IndexError::Corrupt { .. })), "truncated at {cut}");
+    }
+    // A flipped bit anywhere (sections, metadata, footer) is caught.
+    for pos in [100, good.len() / 3, good.len() / 2, good.len() - 30, good.len() - 5] {
+        let mut b = good.clone();
+        b[pos] ^= 0x10;
+        assert!(matches!(open_bytes(&b), Err(IndexError::Corrupt { .. })), "bit flip at {pos}");
+    }
+    let mut b = good.clone();
+    b[8] = 99;
+    assert!(matches!(open_bytes(&b), Err(IndexError::UnsupportedVersion { found: 99, .. })));
+    assert!(matches!(Shard::open(&dir.path().join("missing.chs")), Err(IndexError::Io { .. })));
+    assert!(Shard::open(&path).is_ok());
+}
+
+#[test]
+fn graph_is_persisted_reloaded_and_verified() {
+    let ds = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = IndexParams::new(ds.dim());
+    params.hnsw.min_docs = 1;
+    write_index(dir.path(), &params, &docs(&ds), &|_| {}).unwrap();
+    let searcher = open_index(dir.path()).unwrap();
+    assert!(searcher.shards()[0].graph().is_some());
+    let p = SearchParams { plan: Plan::Hnsw, rerank: Some(100), ..SearchParams::new(10) };
+    let r = recall(&searcher, &ds, &p);
+    assert!(r >= 0.97, "HNSW plan recall@10 {r} on the demo set");
+    drop(searcher);
+    // A damaged or missing graph file is a clear error, not a process exit.
+    let graph = dir.path().join("shard-00000.hnsw.graph");
+    let mut g = std::fs::read(&graph).unwrap();
+    let mid = g.len() / 2;
+    g[mid] ^= 1;
+    std::fs::write(&graph, &g).unwrap();
+    assert!(matches!(open_index(dir.path()), Err(IndexError::Corrupt { .. })));
+    std::fs::remove_file(&graph).unwrap();
+    assert!(matches!(open_index(dir.path()), Err(IndexError::Corrupt { .. })));
+}
+
+#[test]
+fn demo_plans_meet_recall_floors_and_exact_matches_ground_truth() {
+    let ds = demo();
+    let dir = tempfile::tempdir().unwrap();
+    write_index(dir.path(), &IndexParams::new(ds.dim()), &docs(&ds), &|_| {}).unwrap();
+    let searcher = open_index(dir.path()).unwrap();
+    assert_exact_matches_gt(&searcher, &ds);
+    let scan = SearchParams { plan: Plan::FdeScan, rerank: Some(60), ..SearchParams::new(10) };
+    let r = recall(&searcher, &ds, &scan);
+    assert!(r >= 0.95, "FDE scan recall@10 {r} with 60 of 300 documents re-ranked");
+    assert_eq!(recall(&searcher, &ds, &SearchParams::new(10)), 1.0, "auto plan on a collection smaller than the re-rank depth is exact");
+}
+
+#[test]
+fn manpages_default_params_recall_floor() {
+    let Some(ds) = manpages() else {
+        eprintln!("skipped: ../shared/data/manpages not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_index(dir.path(), &IndexParams::new(ds.dim()), &docs(&ds), &|_| {}).unwrap();
+    let searcher = open_index(dir.path()).unwrap();
+    let r = recall(&searcher, &ds, &SearchParams::new(10));
+    assert!(r >= 0.98, "manpages recall@10 at default parameters: {r}");
+    assert_exact_matches_gt(&searcher, &ds);
+}
+
+#[test]
+fn filters_and_multiple_shards() {
+    let ds = demo();
+    let params = IndexParams::new(ds.dim());
+    let d = docs(&ds);
+    let (a, b) = d.split_at(170);
+    let shards = vec![Arc::new(Shard::build_in_memory(&params, a).unwrap()), Arc::new(Shard::build_in_memory(&params, b).unwrap())];
+    let split = Searcher::new(params.clone(), shards).unwrap();
+    let whole = Searcher::new(params.clone(), vec![Arc::new(Shard::build_in_memory(&params, &d).unwrap())]).unwrap();
+    let exact = SearchParams { plan: Plan::Exact, ..SearchParams::new(10) };
+    for j in 0..ds.n_queries() {
+        let h1: Vec<(usize, f32)> = split.search(query(&ds, j), &exact, None).unwrap().iter().map(|h| (h.shard * 170 + h.doc, h.score)).collect();
+        let h2: Vec<(usize, f32)> = whole.search(query(&ds, j), &exact, None).unwrap().iter().map(|h| (h.doc, h.score)).collect();
+        assert_eq!(h1, h2, "query {j}");
+        // Only even documents: k results that all pass, with every plan.
+        let even = |s: usize, doc: usize| (s * 170 + doc) % 2 == 0;
+        for plan in [Plan::Exact, Plan::FdeScan, Plan::Auto] {
+            let p = SearchParams { plan, rerank: Some(20), ..SearchParams::new(10) };
+            let hits = split.search(query(&ds, j), &p, Some(&even)).unwrap();
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| even(h.shard, h.doc)));
+        }
+    }
+    // Shards built with another FDE seed cannot be mixed in.
+    let mut other = params.clone();
+    other.fde.seed = 2;
+    let s = Arc::new(Shard::build_in_memory(&other, a).unwrap());
+    assert!(matches!(Searcher::new(params, vec![s]), Err(IndexError::Incompatible(_))));
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let ds = demo();
+    let params = IndexParams::new(ds.dim());
+    let searcher = Searcher::new(params.clone(), vec![Arc::new(Shard::build_in_memory(&params, &docs(&ds)[..20]).unwrap())]).unwrap();
+    assert!(matches!(TokenMatrix::new(&[], 128, "document"), Err(IndexError::Empty { .. })));
+    let mut nan = ds.query_tokens(0).to_vec();
+    nan[5] = f32::NAN;
+    assert!(matches!(TokenMatrix::new(&nan, 128, "query"), Err(IndexError::NonFinite { token: 0, coord: 5 })));
+    assert!(matches!(TokenMatrix::new(&nan[..100], 128, "query"), Err(IndexError::DimensionMismatch { .. })));
+    let q64 = TokenMatrix::new(&ds.query_tokens(0)[..64], 64, "query").unwrap();
+    assert!(matches!(searcher.search(q64, &SearchParams::new(10), None), Err(IndexError::DimensionMismatch { expected: 128, got: 64 })));
+    for bad in [SearchParams::new(0), SearchParams { rerank: Some(0), ..SearchParams::new(5) }, SearchParams::new(1_000_000)] {
+        assert!(matches!(searcher.search(query(&ds, 0), &bad, None), Err(IndexError::InvalidParam { .. })));
+    }
+    // Documents: wrong dimension and duplicate ids.
+    let t = TokenMatrix::new(&ds.doc_tokens(0)[..64], 64, "document").unwrap();
+    let wrong = [ShardDoc { id: "x", tokens: t, payload: &[] }];
+    assert!(matches!(Shard::build_in_memory(&params, &wrong), Err(IndexError::DimensionMismatch { .. })));
+    let d = docs(&ds);
+    let dup = [d[0], ShardDoc { id: d[0].id, ..d[1] }];
+    assert!(matches!(Shard::build_in_memory(&params, &dup), Err(IndexError::DuplicateId(_))));
+    // Invalid index parameters.
+    let mut p = params.clone();
+    p.hnsw.prefix_repetitions = 99;
+    assert!(matches!(p.validate(), Err(IndexError::InvalidConfig(_))));
+    p = params.clone();
+    p.hnsw.m = 1000;
+    assert!(matches!(p.validate(), Err(IndexError::InvalidConfig(_))));
+    // Data set folders.
+    assert!(matches!(Dataset::open(Path::new("/nonexistent")), Err(IndexError::Dataset { .. })));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doc_tokens.npy"), b"not numpy").unwrap();
+    assert!(matches!(Dataset::open(dir.path()), Err(IndexError::Dataset { .. })));
+}

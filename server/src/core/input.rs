@@ -1,0 +1,354 @@
+//! Protocol-neutral request inputs and THE validation every request goes through.
+//!
+//! The adapters only move wire values into these types (gRPC bytes stay bytes, JSON rows stay rows); every
+//! rule (shape, dimension, finite values, token and batch limits, id syntax, duplicate ids, metadata, k range)
+//! is checked here, once, so REST and gRPC cannot drift apart.
+use std::collections::HashSet;
+
+use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::IndexError;
+use serde::Deserialize;
+
+use crate::config::Limits;
+use crate::error::ServiceError;
+
+use super::filter::{Filter, FilterInput};
+
+/// Element type of packed token bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Dtype {
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+}
+
+/// Token vectors as a client sent them.
+#[derive(Clone, Debug)]
+pub enum TokenInput {
+    /// Packed little-endian bytes plus shape (gRPC). `dtype: None` = unspecified or unknown on the wire.
+    Packed { dtype: Option<Dtype>, n_tokens: usize, dim: usize, bytes: Vec<u8> },
+    /// One array of numbers per token (JSON).
+    Rows(Vec<Vec<f32>>),
+}
+
+/// Metadata as a client sent it.
+#[derive(Clone, Debug, Default)]
+pub enum MetadataInput {
+    #[default]
+    None,
+    /// JSON text (gRPC); empty means none.
+    Text(String),
+    /// An already parsed JSON value (REST); null means none.
+    Value(serde_json::Value),
+}
+
+/// One document of an upsert.
+#[derive(Clone, Debug)]
+pub struct DocInput {
+    pub id: String,
+    pub tokens: TokenInput,
+    pub metadata: MetadataInput,
+}
+
+/// One search.
+#[derive(Clone, Debug)]
+pub struct SearchInput {
+    pub query: TokenInput,
+    pub k: usize,
+    pub ef: Option<usize>,
+    pub candidates: Option<usize>,
+    pub rerank: Option<usize>,
+    pub prefix_repetitions: Option<usize>,
+    pub exact: bool,
+    pub filter: Option<FilterInput>,
+    pub with_metadata: bool,
+}
+
+/// Optional FDE / graph parameters of a new collection (unset: the engine's defaults).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionParamsInput {
+    pub num_repetitions: Option<usize>,
+    pub num_simhash_projections: Option<u32>,
+    pub seed: Option<u64>,
+    pub projection_type: Option<chamfer_index::fde::ProjectionType>,
+    pub projection_dimension: Option<usize>,
+    pub fill_empty_partitions: Option<bool>,
+    pub final_projection_dimension: Option<usize>,
+    pub prefix_repetitions: Option<usize>,
+    pub m: Option<usize>,
+    pub ef_construction: Option<usize>,
+    pub storage: Option<chamfer_index::shard::VectorStorage>,
+    pub min_docs: Option<usize>,
+}
+
+/// A validated document, ready for the engine and the log.
+#[derive(Clone, Debug)]
+pub struct ValidDoc {
+    pub id: String,
+    pub tokens: Vec<f32>,
+    /// Compact JSON object text, or empty for none (the shard payload).
+    pub metadata: Vec<u8>,
+}
+
+/// Longest external id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Checks a collection name: 1-64 characters of `[A-Za-z0-9_-]` (it becomes a directory name).
+pub fn validate_collection_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidArgument(format!(
+            "collection name {name:?} must be 1-64 characters of [A-Za-z0-9_-], not starting with '-'"
+        )))
+    }
+}
+
+/// Checks an external document id.
+pub fn validate_id(id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() {
+        return Err(ServiceError::InvalidArgument("document id must not be empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(ServiceError::TooLarge { what: "document id (bytes)", got: id.len(), max: MAX_ID_BYTES });
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidArgument(format!("document id {id:?} contains control characters")));
+    }
+    Ok(())
+}
+
+/// Checks the number of items in one request.
+pub fn check_batch(what: &'static str, n: usize, limits: &Limits) -> Result<(), ServiceError> {
+    if n == 0 {
+        return Err(ServiceError::InvalidArgument(format!("no {what} in the request")));
+    }
+    if n > limits.max_batch {
+        return Err(ServiceError::TooLarge { what, got: n, max: limits.max_batch });
+    }
+    Ok(())
+}
+
+/// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values.
+/// `what` is "document" or "query".
+pub fn decode_tokens(
+    input: &TokenInput,
+    dim: usize,
+    max_tokens: usize,
+    what: &'static str,
+) -> Result<Vec<f32>, ServiceError> {
+    let data = match input {
+        TokenInput::Packed { dtype, n_tokens, dim: got_dim, bytes } => {
+            let dtype = dtype.ok_or_else(|| ServiceError::Malformed(format!("{what} tokens: dtype must be F32 or F16")))?;
+            if *got_dim != dim {
+                return Err(IndexError::DimensionMismatch { expected: dim, got: *got_dim }.into());
+            }
+            if *n_tokens == 0 {
+                return Err(IndexError::Empty { what }.into());
+            }
+            if *n_tokens > max_tokens {
+                return Err(IndexError::TooManyTokens { got: *n_tokens, max: max_tokens }.into());
+            }
+            let want = n_tokens * dim * dtype.size();
+            if bytes.len() != want {
+                return Err(ServiceError::Malformed(format!(
+                    "{what} tokens: {} bytes of data, but {n_tokens} x {dim} {dtype:?} values need {want}",
+                    bytes.len()
+                )));
+            }
+            match dtype {
+                Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Dtype::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect(),
+            }
+        }
+        TokenInput::Rows(rows) => {
+            if rows.is_empty() {
+                return Err(IndexError::Empty { what }.into());
+            }
+            if rows.len() > max_tokens {
+                return Err(IndexError::TooManyTokens { got: rows.len(), max: max_tokens }.into());
+            }
+            let mut buf = Vec::with_capacity(rows.len() * dim);
+            TokenMatrix::from_rows(rows, dim, what, &mut buf)?;
+            buf
+        }
+    };
+    TokenMatrix::new(&data, dim, what)?;
+    Ok(data)
+}
+
+/// Validates metadata: a JSON object (or nothing) of at most `max_bytes`, returned as compact JSON bytes.
+pub fn encode_metadata(input: &MetadataInput, max_bytes: usize) -> Result<Vec<u8>, ServiceError> {
+    let value = match input {
+        MetadataInput::None => return Ok(Vec::new()),
+        MetadataInput::Text(t) if t.trim().is_empty() => return Ok(Vec::new()),
+        MetadataInput::Text(t) => {
+            if t.len() > max_bytes {
+                return Err(ServiceError::TooLarge { what: "metadata (bytes)", got: t.len(), max: max_bytes });
+            }
+            serde_json::from_str::<serde_json::Value>(t)
+                .map_err(|e| ServiceError::Malformed(format!("metadata is not valid JSON: {e}")))?
+        }
+        MetadataInput::Value(v) => v.clone(),
+    };
+    match &value {
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::Object(m) if m.is_empty() => Ok(Vec::new()),
+        serde_json::Value::Object(_) => {
+            let bytes = serde_json::to_vec(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            if bytes.len() > max_bytes {
+                return Err(ServiceError::TooLarge { what: "metadata (bytes)", got: bytes.len(), max: max_bytes });
+            }
+            Ok(bytes)
+        }
+        other => Err(ServiceError::InvalidArgument(format!(
+            "metadata must be a JSON object, got {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Validates an upsert batch: size, ids (syntax, no duplicates), tokens, metadata.
+pub fn validate_docs(docs: &[DocInput], dim: usize, limits: &Limits) -> Result<Vec<ValidDoc>, ServiceError> {
+    check_batch("documents", docs.len(), limits)?;
+    let mut seen = HashSet::with_capacity(docs.len());
+    let mut out = Vec::with_capacity(docs.len());
+    for d in docs {
+        validate_id(&d.id)?;
+        if !seen.insert(d.id.as_str()) {
+            return Err(IndexError::DuplicateId(d.id.clone()).into());
+        }
+        let tokens = decode_tokens(&d.tokens, dim, limits.max_tokens_per_doc, "document")
+            .map_err(|e| in_doc(&d.id, e))?;
+        let metadata = encode_metadata(&d.metadata, limits.max_metadata_bytes).map_err(|e| in_doc(&d.id, e))?;
+        out.push(ValidDoc { id: d.id.clone(), tokens, metadata });
+    }
+    Ok(out)
+}
+
+/// Adds the document id to argument errors, so a client can find the bad document in a large batch.
+fn in_doc(id: &str, e: ServiceError) -> ServiceError {
+    match e {
+        ServiceError::Malformed(m) => ServiceError::Malformed(format!("document {id:?}: {m}")),
+        ServiceError::InvalidArgument(m) => ServiceError::InvalidArgument(format!("document {id:?}: {m}")),
+        other => other,
+    }
+}
+
+/// Validates the id list of a get or delete.
+pub fn validate_ids(ids: &[String], limits: &Limits) -> Result<(), ServiceError> {
+    check_batch("ids", ids.len(), limits)?;
+    ids.iter().try_for_each(|id| validate_id(id))
+}
+
+/// A validated search: query tokens, engine parameters and a compiled filter.
+pub struct ValidSearch {
+    pub query: Vec<f32>,
+    pub params: chamfer_index::search::SearchParams,
+    pub filter: Option<Filter>,
+    pub with_metadata: bool,
+}
+
+/// Validates one search against the collection's dimension and the limits.
+pub fn validate_search(s: &SearchInput, dim: usize, limits: &Limits) -> Result<ValidSearch, ServiceError> {
+    use chamfer_index::search::{Plan, SearchParams, MAX_K};
+    if s.k == 0 || s.k > limits.max_k {
+        return Err(IndexError::param("k", format!("must be in 1..={}, got {}", limits.max_k, s.k)).into());
+    }
+    let knob = |name: &'static str, v: Option<usize>| match v {
+        Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(name, format!("must be in 1..={MAX_K}, got {v}"))),
+        _ => Ok(v),
+    };
+    let mut params = SearchParams::new(s.k);
+    params.ef = knob("ef", s.ef)?;
+    params.candidates = knob("candidates", s.candidates)?;
+    params.rerank = knob("rerank", s.rerank)?;
+    params.prefix_repetitions = knob("prefix_repetitions", s.prefix_repetitions)?;
+    if s.exact {
+        params.plan = Plan::Exact;
+    }
+    params.validate()?;
+    let query = decode_tokens(&s.query, dim, limits.max_query_tokens, "query")?;
+    let filter = s.filter.as_ref().map(Filter::compile).transpose()?.flatten();
+    Ok(ValidSearch { query, params, filter, with_metadata: s.with_metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(dtype: Dtype, n: usize, dim: usize, bytes: Vec<u8>) -> TokenInput {
+        TokenInput::Packed { dtype: Some(dtype), n_tokens: n, dim, bytes }
+    }
+
+    #[test]
+    fn decodes_f16_and_f32_and_rows_identically() {
+        let vals = [0.5f32, -1.0, 2.0, 0.25];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let a = decode_tokens(&packed(Dtype::F32, 2, 2, f32b), 2, 8, "query").unwrap();
+        let b = decode_tokens(&packed(Dtype::F16, 2, 2, f16b), 2, 8, "query").unwrap();
+        let c = decode_tokens(&TokenInput::Rows(vec![vec![0.5, -1.0], vec![2.0, 0.25]]), 2, 8, "query").unwrap();
+        assert_eq!(a, vals);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn rejects_every_bad_shape() {
+        let code = |r: Result<Vec<f32>, ServiceError>| r.unwrap_err().status().code;
+        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 3, vec![0; 12]), 2, 8, "query")), "dimension_mismatch");
+        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 0, 2, vec![]), 2, 8, "query")), "empty");
+        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 9, 2, vec![0; 72]), 2, 8, "query")), "too_many_tokens");
+        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 2, vec![0; 7]), 2, 8, "query")), "malformed");
+        let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 2, nan), 2, 8, "query")), "non_finite");
+        let none = TokenInput::Packed { dtype: None, n_tokens: 1, dim: 2, bytes: vec![0; 8] };
+        assert_eq!(code(decode_tokens(&none, 2, 8, "query")), "malformed");
+        assert_eq!(code(decode_tokens(&TokenInput::Rows(vec![vec![1.0]]), 2, 8, "query")), "dimension_mismatch");
+        assert_eq!(code(decode_tokens(&TokenInput::Rows(vec![]), 2, 8, "query")), "empty");
+    }
+
+    #[test]
+    fn metadata_must_be_a_small_object() {
+        assert_eq!(encode_metadata(&MetadataInput::Text("".into()), 10).unwrap(), b"");
+        assert_eq!(encode_metadata(&MetadataInput::Text(r#"{"b":1, "a":2}"#.into()), 100).unwrap(), br#"{"a":2,"b":1}"#);
+        assert!(encode_metadata(&MetadataInput::Text("[1]".into()), 100).is_err());
+        assert!(encode_metadata(&MetadataInput::Text("{".into()), 100).is_err());
+        assert!(encode_metadata(&MetadataInput::Text(r#"{"a":"0123456789"}"#.into()), 10).is_err());
+    }
+
+    #[test]
+    fn duplicate_ids_in_a_batch_are_rejected() {
+        let doc = |id: &str| DocInput { id: id.into(), tokens: TokenInput::Rows(vec![vec![1.0]]), metadata: MetadataInput::None };
+        let err = validate_docs(&[doc("a"), doc("b"), doc("a")], 1, &Limits::default()).unwrap_err();
+        assert_eq!(err.status().code, "duplicate_id");
+    }
+}

@@ -1,0 +1,459 @@
+//! The service core: the ONE implementation of every operation, called by both the gRPC and the REST adapter.
+//!
+//! It owns the collection registry, the CPU pool and the limits. Each public method validates its input once
+//! (see [`input`]), runs CPU work on the pool, and returns protocol-neutral results or a [`ServiceError`]. The
+//! adapters only translate wire types to and from these.
+//!
+//! On disk: `<data_dir>/LOCK` (an advisory lock: one server per data directory) and
+//! `<data_dir>/collections/<name>/` (see [`manifest`]).
+pub mod collection;
+pub mod filter;
+pub mod input;
+pub mod manifest;
+pub mod pool;
+pub mod wal;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
+use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::IndexError;
+
+use crate::config::{Limits, Settings};
+use crate::error::ServiceError;
+use collection::{Collection, Snapshot, Stats, Tuning, WriteOp};
+use input::{CollectionParamsInput, DocInput, SearchInput, ValidSearch};
+use manifest::{CollectionConfig, Layout, MANIFEST_VERSION};
+use pool::CpuPool;
+
+/// Largest token dimension a collection may have.
+pub const MAX_DIMENSION: usize = 65_536;
+
+/// A collection's description.
+#[derive(Clone, Debug)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub dimension: usize,
+    pub params: IndexParams,
+    pub stats: Stats,
+}
+
+/// Result of an upsert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpsertOutcome {
+    pub upserted: u64,
+    pub sequence: u64,
+}
+
+/// Result of a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub deleted: u64,
+    pub sequence: u64,
+}
+
+/// A fetched document.
+#[derive(Clone, Debug)]
+pub struct DocOut {
+    pub id: String,
+    pub n_tokens: usize,
+    /// Row-major f32 values, when asked for.
+    pub tokens: Option<Vec<f32>>,
+    /// Compact JSON object text, or None.
+    pub metadata: Option<String>,
+}
+
+/// Result of a get.
+#[derive(Clone, Debug, Default)]
+pub struct GetOutcome {
+    pub documents: Vec<DocOut>,
+    pub missing: Vec<String>,
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HitOut {
+    pub id: String,
+    pub score: f32,
+    /// Compact JSON object text when metadata was asked for and the document has some.
+    pub metadata: Option<String>,
+}
+
+struct Inner {
+    limits: Limits,
+    tuning: Tuning,
+    root: PathBuf,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    pool: CpuPool,
+    closed: AtomicBool,
+    _lock: File,
+}
+
+/// The service core (cheap to clone: an `Arc`).
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+impl Core {
+    /// Opens (or creates) the data directory and every collection in it, replaying their logs. Blocking: call
+    /// it from `spawn_blocking` in async code.
+    pub fn open(settings: &Settings) -> Result<Core, ServiceError> {
+        let root = settings.data_dir.join("collections");
+        std::fs::create_dir_all(&root).map_err(|e| ServiceError::io(&root, e))?;
+        let lock_path = settings.data_dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ServiceError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|e| {
+            ServiceError::Unavailable(format!(
+                "data directory {} is in use by another chamfer server ({e})",
+                settings.data_dir.display()
+            ))
+        })?;
+        let tuning = Tuning {
+            flush_threshold_docs: settings.flush_threshold_docs,
+            compaction_max_shards: settings.compaction_max_shards,
+        };
+        let pool = CpuPool::new(settings.cpu_threads())?;
+        let mut collections = BTreeMap::new();
+        for entry in std::fs::read_dir(&root).map_err(|e| ServiceError::io(&root, e))? {
+            let entry = entry.map_err(|e| ServiceError::io(&root, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // An interrupted create or drop: never acknowledged, or already acknowledged as gone.
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let c = pool.install(|| Collection::open(Layout { dir: entry.path() }, tuning))?;
+            collections.insert(name, c);
+        }
+        Ok(Core {
+            inner: Arc::new(Inner {
+                limits: settings.limits.clone(),
+                tuning,
+                root,
+                collections: RwLock::new(collections),
+                pool,
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// False once shutdown started.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Collection>>> {
+        self.inner.collections.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
+        if !self.is_ready() {
+            return Err(ServiceError::Unavailable("the server is shutting down".into()));
+        }
+        self.registry().get(name).cloned().ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))
+    }
+
+    fn info(c: &Collection) -> CollectionInfo {
+        CollectionInfo {
+            name: c.config.name.clone(),
+            dimension: c.config.dimension,
+            params: c.config.params.clone(),
+            stats: c.stats(),
+        }
+    }
+
+    // ----- collections ------------------------------------------------------------------------------------
+
+    /// Creates a collection.
+    pub async fn create_collection(
+        &self,
+        name: String,
+        dimension: usize,
+        overrides: CollectionParamsInput,
+    ) -> Result<CollectionInfo, ServiceError> {
+        if !self.is_ready() {
+            return Err(ServiceError::Unavailable("the server is shutting down".into()));
+        }
+        input::validate_collection_name(&name)?;
+        if dimension == 0 || dimension > MAX_DIMENSION {
+            return Err(ServiceError::InvalidArgument(format!("dimension must be in 1..={MAX_DIMENSION}, got {dimension}")));
+        }
+        let params = resolve_params(dimension, &overrides)?;
+        let core = self.clone();
+        blocking(move || {
+            let mut reg = core.inner.collections.write().unwrap_or_else(|e| e.into_inner());
+            if reg.contains_key(&name) {
+                return Err(ServiceError::CollectionExists(name));
+            }
+            let config = CollectionConfig { format_version: MANIFEST_VERSION, name: name.clone(), dimension, params };
+            let c = Collection::create(&core.inner.root, config, core.inner.tuning)?;
+            let info = Core::info(&c);
+            reg.insert(name, c);
+            tracing::info!(collection = %info.name, dimension, "created collection");
+            Ok(info)
+        })
+        .await
+    }
+
+    /// Every collection, by name.
+    pub fn list_collections(&self) -> Vec<CollectionInfo> {
+        self.registry().values().map(|c| Core::info(c)).collect()
+    }
+
+    /// One collection.
+    pub fn describe(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        let c = self.collection(name)?;
+        Ok(Core::info(&c))
+    }
+
+    /// Deletes a collection and its files.
+    pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
+        let c = {
+            let mut reg = self.inner.collections.write().unwrap_or_else(|e| e.into_inner());
+            reg.remove(name).ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))?
+        };
+        let root = self.inner.root.clone();
+        let name = name.to_string();
+        blocking(move || {
+            c.close();
+            // Rename first: a crash mid-delete leaves a dot-directory that start-up removes, never a half
+            // collection.
+            let trash = root.join(format!(".dropped-{name}"));
+            let _ = std::fs::remove_dir_all(&trash);
+            std::fs::rename(c.dir(), &trash).map_err(|e| ServiceError::io(c.dir(), e))?;
+            wal::sync_dir(&root);
+            std::fs::remove_dir_all(&trash).map_err(|e| ServiceError::io(&trash, e))?;
+            tracing::info!(collection = %name, "dropped collection");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Flushes the memtable into a shard now.
+    pub async fn flush(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        let c = self.collection(name)?;
+        blocking(move || {
+            c.flush()?;
+            Ok(Core::info(&c))
+        })
+        .await
+    }
+
+    /// Merges the shards now.
+    pub async fn compact(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        let c = self.collection(name)?;
+        blocking(move || {
+            c.compact()?;
+            Ok(Core::info(&c))
+        })
+        .await
+    }
+
+    // ----- documents --------------------------------------------------------------------------------------
+
+    /// Inserts or replaces a batch; returns once it is durable and visible.
+    pub async fn upsert(&self, name: &str, docs: Vec<DocInput>) -> Result<UpsertOutcome, ServiceError> {
+        let c = self.collection(name)?;
+        let (dim, params, limits) = (c.config.dimension, c.config.params.clone(), self.inner.limits.clone());
+        let (shard, body) = self
+            .inner
+            .pool
+            .run(move || {
+                let valid = input::validate_docs(&docs, dim, &limits)?;
+                drop(docs);
+                let shard_docs = valid
+                    .iter()
+                    .map(|d| Ok(ShardDoc { id: &d.id, tokens: TokenMatrix::new(&d.tokens, dim, "document")?, payload: &d.metadata }))
+                    .collect::<Result<Vec<_>, IndexError>>()?;
+                let shard = Shard::build_in_memory(&params, &shard_docs)?;
+                let body = wal::encode_upsert(valid.iter().map(|d| (d.id.as_str(), dim, d.tokens.as_slice(), d.metadata.as_slice())));
+                Ok((shard, body))
+            })
+            .await?;
+        let ack = c.write(WriteOp::Upsert { shard: Arc::new(shard) }, wal::KIND_UPSERT, body).await?;
+        Ok(UpsertOutcome { upserted: ack.affected as u64, sequence: ack.seq })
+    }
+
+    /// Deletes documents by id (unknown ids are ignored); returns once durable.
+    pub async fn delete(&self, name: &str, ids: Vec<String>) -> Result<DeleteOutcome, ServiceError> {
+        let c = self.collection(name)?;
+        input::validate_ids(&ids, &self.inner.limits)?;
+        let body = wal::encode_delete(&ids);
+        let ack = c.write(WriteOp::Delete { ids }, wal::KIND_DELETE, body).await?;
+        Ok(DeleteOutcome { deleted: ack.affected as u64, sequence: ack.seq })
+    }
+
+    /// Fetches documents by id.
+    pub async fn get(&self, name: &str, ids: Vec<String>, with_tokens: bool) -> Result<GetOutcome, ServiceError> {
+        let c = self.collection(name)?;
+        input::validate_ids(&ids, &self.inner.limits)?;
+        let found = c.get(&ids);
+        self.inner
+            .pool
+            .run(move || {
+                let mut out = GetOutcome::default();
+                for (id, f) in ids.into_iter().zip(found) {
+                    match f {
+                        Some(r) => {
+                            let payload = r.shard.payload(r.doc);
+                            out.documents.push(DocOut {
+                                id,
+                                n_tokens: r.shard.n_tokens(r.doc),
+                                tokens: with_tokens.then(|| r.shard.tokens(r.doc)),
+                                metadata: (!payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
+                            });
+                        }
+                        None => out.missing.push(id),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    // ----- search -----------------------------------------------------------------------------------------
+
+    /// One search over a consistent snapshot.
+    pub async fn search(&self, name: &str, search: SearchInput) -> Result<Vec<HitOut>, ServiceError> {
+        let c = self.collection(name)?;
+        let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
+        let snap = c.snapshot();
+        self.inner
+            .pool
+            .run(move || {
+                let v = input::validate_search(&search, dim, &limits)?;
+                run_search(&snap, &v, dim)
+            })
+            .await
+    }
+
+    /// Several searches over one snapshot, run in parallel on the pool.
+    pub async fn search_batch(&self, name: &str, searches: Vec<SearchInput>) -> Result<Vec<Vec<HitOut>>, ServiceError> {
+        let c = self.collection(name)?;
+        input::check_batch("searches", searches.len(), &self.inner.limits)?;
+        let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
+        let snap = c.snapshot();
+        self.inner
+            .pool
+            .run(move || {
+                use rayon::prelude::*;
+                let valid = searches.iter().map(|s| input::validate_search(s, dim, &limits)).collect::<Result<Vec<_>, _>>()?;
+                valid.par_iter().map(|v| run_search(&snap, v, dim)).collect()
+            })
+            .await
+    }
+
+    // ----- operations -------------------------------------------------------------------------------------
+
+    /// Statistics of every collection (for metrics).
+    pub fn stats(&self) -> Vec<(String, Stats)> {
+        self.registry().iter().map(|(n, c)| (n.clone(), c.stats())).collect()
+    }
+
+    /// Stops accepting work and closes every collection (their logs are synced). Blocking.
+    pub fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let all: Vec<Arc<Collection>> = self.registry().values().cloned().collect();
+        for c in all {
+            c.close();
+        }
+    }
+
+    /// The data directory's collections folder.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+}
+
+/// Runs blocking work (file I/O, joins) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
+}
+
+/// The engine parameters of a new collection: defaults for `dimension`, then the overrides; validated.
+fn resolve_params(dimension: usize, o: &CollectionParamsInput) -> Result<IndexParams, ServiceError> {
+    let mut p = IndexParams::new(dimension);
+    let f = &mut p.fde;
+    macro_rules! set {
+        ($dst:expr, $src:expr) => {
+            if let Some(v) = $src {
+                $dst = v;
+            }
+        };
+    }
+    set!(f.num_repetitions, o.num_repetitions);
+    set!(f.num_simhash_projections, o.num_simhash_projections);
+    set!(f.seed, o.seed);
+    set!(f.projection_type, o.projection_type);
+    set!(f.projection_dimension, o.projection_dimension);
+    set!(f.fill_empty_partitions, o.fill_empty_partitions);
+    if let Some(v) = o.final_projection_dimension {
+        f.final_projection_dimension = (v > 0).then_some(v);
+    }
+    let h = &mut p.hnsw;
+    set!(h.prefix_repetitions, o.prefix_repetitions);
+    set!(h.m, o.m);
+    set!(h.ef_construction, o.ef_construction);
+    set!(h.storage, o.storage);
+    set!(h.min_docs, o.min_docs);
+    // A smaller FDE without an explicit graph prefix: keep the prefix inside it.
+    if o.prefix_repetitions.is_none() {
+        p.hnsw.prefix_repetitions = p.hnsw.prefix_repetitions.min(p.fde.num_repetitions.max(1));
+    }
+    p.validate()?;
+    Ok(p)
+}
+
+/// Runs a validated search on a snapshot: tombstones and the filter are applied inside the engine's candidate
+/// search.
+fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut>, ServiceError> {
+    let Some(searcher) = &snap.searcher else { return Ok(Vec::new()) };
+    let query = TokenMatrix::new(&v.query, dim, "query")?;
+    let needs_meta = v.filter.as_ref().is_some_and(|f| f.needs_metadata());
+    let metas: Vec<&[Option<serde_json::Value>]> =
+        if needs_meta { snap.segs.iter().map(|s| s.meta.get(&s.shard)).collect() } else { Vec::new() };
+    let pass = |si: usize, d: usize| -> bool {
+        let seg = &snap.segs[si];
+        if seg.deleted.get(d) {
+            return false;
+        }
+        match &v.filter {
+            None => true,
+            Some(f) => f.matches(seg.shard.id(d), if needs_meta { metas[si][d].as_ref() } else { None }),
+        }
+    };
+    let filter: Option<&(dyn Fn(usize, usize) -> bool + Sync)> =
+        if snap.any_deleted || v.filter.is_some() { Some(&pass) } else { None };
+    let hits = searcher.search(query, &v.params, filter)?;
+    Ok(hits
+        .into_iter()
+        .map(|h| {
+            let shard = &snap.segs[h.shard].shard;
+            let payload = shard.payload(h.doc);
+            HitOut {
+                id: shard.id(h.doc).to_string(),
+                score: h.score,
+                metadata: (v.with_metadata && !payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,180 @@
+//! The service's one error type and its one table to both protocols.
+//!
+//! Every failure a request can meet becomes a [`ServiceError`]; [`ServiceError::status`] maps each variant (and
+//! each engine [`IndexError`] variant inside it) to a gRPC code, an HTTP status and a stable machine-readable
+//! `code` string. The matches are exhaustive, with no `_ =>` arm: a new variant in the engine or here does not
+//! compile until someone decides how clients see it.
+//!
+//! | condition | `code` | gRPC | HTTP |
+//! |---|---|---|---|
+//! | malformed JSON, bytes or field | `malformed` | INVALID_ARGUMENT | 400 |
+//! | other bad argument | `invalid_argument` | INVALID_ARGUMENT | 400 |
+//! | wrong token dimension | `dimension_mismatch` | INVALID_ARGUMENT | 400 |
+//! | NaN / infinity | `non_finite` | INVALID_ARGUMENT | 400 |
+//! | document or query without tokens | `empty` | INVALID_ARGUMENT | 400 |
+//! | k, ef, ... out of range | `invalid_parameter` | INVALID_ARGUMENT | 400 |
+//! | duplicate id in one batch | `duplicate_id` | INVALID_ARGUMENT | 400 |
+//! | bad collection parameters | `invalid_config` | INVALID_ARGUMENT | 400 |
+//! | unknown collection | `collection_not_found` | NOT_FOUND | 404 |
+//! | unknown document | `not_found` | NOT_FOUND | 404 |
+//! | collection name taken | `already_exists` | ALREADY_EXISTS | 409 |
+//! | too many tokens | `too_many_tokens` | RESOURCE_EXHAUSTED | 413 |
+//! | request / batch / metadata too large | `too_large` | RESOURCE_EXHAUSTED | 413 |
+//! | missing or wrong API key | `unauthenticated` | UNAUTHENTICATED | 401 |
+//! | shutting down / collection closing | `unavailable` | UNAVAILABLE | 503 |
+//! | I/O error | `io` | INTERNAL | 500 |
+//! | corrupt file | `corrupt` | DATA_LOSS | 500 |
+//! | file of another format version | `unsupported_version` | FAILED_PRECONDITION | 500 |
+//! | incompatible shards | `incompatible` | FAILED_PRECONDITION | 500 |
+//! | data-set folder problem | `dataset` | FAILED_PRECONDITION | 500 |
+//! | bug | `internal` | INTERNAL | 500 |
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chamfer_index::IndexError;
+use serde::Serialize;
+use tonic::Code;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// An engine error (input validation by the engine, or storage).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A body or field that cannot be parsed (bad JSON, wrong byte length, unknown enum value).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// A well-formed but unacceptable argument.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("collection {0:?} does not exist")]
+    CollectionNotFound(String),
+    #[error("collection {0:?} already exists")]
+    CollectionExists(String),
+    /// A request, batch or field larger than a configured limit.
+    #[error("{what} too large: {got} (the limit is {max})")]
+    TooLarge { what: &'static str, got: usize, max: usize },
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    /// The server (or the collection) is shutting down.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure (a panicked worker, a poisoned log).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How one error looks on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorStatus {
+    pub grpc: Code,
+    pub http: StatusCode,
+    /// Stable, machine-readable name (the JSON body's `code`).
+    pub code: &'static str,
+}
+
+const fn st(grpc: Code, http: StatusCode, code: &'static str) -> ErrorStatus {
+    ErrorStatus { grpc, http, code }
+}
+
+impl ServiceError {
+    /// THE table (see the module documentation).
+    pub fn status(&self) -> ErrorStatus {
+        use ServiceError as S;
+        const BAD: StatusCode = StatusCode::BAD_REQUEST;
+        const SERVER: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+        match self {
+            S::Index(e) => match e {
+                IndexError::InvalidConfig(_) => st(Code::InvalidArgument, BAD, "invalid_config"),
+                IndexError::DimensionMismatch { .. } => st(Code::InvalidArgument, BAD, "dimension_mismatch"),
+                IndexError::Empty { .. } => st(Code::InvalidArgument, BAD, "empty"),
+                IndexError::NonFinite { .. } => st(Code::InvalidArgument, BAD, "non_finite"),
+                IndexError::TooManyTokens { .. } => {
+                    st(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "too_many_tokens")
+                }
+                IndexError::InvalidParam { .. } => st(Code::InvalidArgument, BAD, "invalid_parameter"),
+                IndexError::DuplicateId(_) => st(Code::InvalidArgument, BAD, "duplicate_id"),
+                IndexError::NotFound(_) => st(Code::NotFound, StatusCode::NOT_FOUND, "not_found"),
+                IndexError::Io { .. } => st(Code::Internal, SERVER, "io"),
+                IndexError::Corrupt { .. } => st(Code::DataLoss, SERVER, "corrupt"),
+                IndexError::UnsupportedVersion { .. } => st(Code::FailedPrecondition, SERVER, "unsupported_version"),
+                IndexError::Dataset { .. } => st(Code::FailedPrecondition, SERVER, "dataset"),
+                IndexError::Incompatible(_) => st(Code::FailedPrecondition, SERVER, "incompatible"),
+            },
+            S::Malformed(_) => st(Code::InvalidArgument, BAD, "malformed"),
+            S::InvalidArgument(_) => st(Code::InvalidArgument, BAD, "invalid_argument"),
+            S::CollectionNotFound(_) => st(Code::NotFound, StatusCode::NOT_FOUND, "collection_not_found"),
+            S::CollectionExists(_) => st(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists"),
+            S::TooLarge { .. } => st(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            S::Unauthenticated => st(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated"),
+            S::Unavailable(_) => st(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            S::Internal(_) => st(Code::Internal, SERVER, "internal"),
+        }
+    }
+
+    /// A wrapped I/O error.
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        ServiceError::Index(IndexError::io(path, source))
+    }
+
+    /// True for errors caused by the server rather than the request (logged at error level).
+    pub fn is_server_side(&self) -> bool {
+        self.status().http.is_server_error()
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        if e.is_server_side() {
+            tracing::error!(error = %e, "request failed");
+        }
+        let s = e.status();
+        let mut status = tonic::Status::new(s.grpc, e.to_string());
+        if let Ok(v) = s.code.parse() {
+            status.metadata_mut().insert("chamfer-error-code", v);
+        }
+        status
+    }
+}
+
+/// The JSON error body of the REST API.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        if self.is_server_side() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let s = self.status();
+        (s.http, axum::Json(ErrorBody { code: s.code, message: self.to_string() })).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_matches_the_issue() {
+        let cases: Vec<(ServiceError, Code, u16)> = vec![
+            (ServiceError::CollectionNotFound("x".into()), Code::NotFound, 404),
+            (IndexError::DimensionMismatch { expected: 2, got: 3 }.into(), Code::InvalidArgument, 400),
+            (IndexError::NonFinite { token: 0, coord: 0 }.into(), Code::InvalidArgument, 400),
+            (IndexError::Empty { what: "document" }.into(), Code::InvalidArgument, 400),
+            (IndexError::TooManyTokens { got: 9, max: 8 }.into(), Code::ResourceExhausted, 413),
+            (IndexError::param("k", "0").into(), Code::InvalidArgument, 400),
+            (IndexError::DuplicateId("a".into()).into(), Code::InvalidArgument, 400),
+            (ServiceError::TooLarge { what: "request", got: 2, max: 1 }, Code::ResourceExhausted, 413),
+            (ServiceError::Malformed("x".into()), Code::InvalidArgument, 400),
+            (ServiceError::Unauthenticated, Code::Unauthenticated, 401),
+            (ServiceError::CollectionExists("x".into()), Code::AlreadyExists, 409),
+        ];
+        for (e, grpc, http) in cases {
+            let s = e.status();
+            assert_eq!((s.grpc, s.http.as_u16()), (grpc, http), "{e}");
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! is compiled with `#![deny(unsafe_code)]`.
 #![deny(unsafe_code)]
 
+pub mod codebook;
 pub mod dataset;
 pub mod error;
 pub mod eval;

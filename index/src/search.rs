@@ -7,12 +7,15 @@
 //! * [`Plan::FdeScan`]: the query FDE is scored against every document's full FDE with a sparse,
 //!   coordinate-major scan (the query FDE has at most `tokens x R` non-zero blocks); the best `rerank` go to the
 //!   exact re-rank. Cost grows linearly but slowly with the collection: the default for shards without a graph.
+//! * [`Plan::CentroidScan`]: every document's token codes are scored by centroid interaction
+//!   ([`crate::codebook`]: one table load and max per token); the best `rerank` go to the exact re-rank. Cheaper
+//!   per document than the FDE scan and a closer approximation of Chamfer: the default for shards without a graph.
 //! * [`Plan::Hnsw`]: the HNSW graph over a Matryoshka prefix of the FDE returns `candidates` documents, they are
-//!   re-scored with the full FDE, and the best `rerank` are re-ranked exactly. Sub-linear: the default for shards
-//!   with a graph (large ones).
+//!   re-scored by centroid interaction (or the full FDE when the shard has no codebook), and the best `rerank` are
+//!   re-ranked exactly. Sub-linear: the default for shards with a graph (large ones).
 //!
-//! [`Plan::Auto`] picks per shard: HNSW where a graph exists, else the FDE scan; and exact when the collection is
-//! no larger than the re-rank depth anyway. A filter is applied before any scoring (inside the HNSW walk), so `k`
+//! [`Plan::Auto`] picks per shard: HNSW where a graph exists, else the centroid scan (the FDE scan without a
+//! codebook); and exact when the collection is no larger than the re-rank depth anyway. A filter is applied before any scoring (inside the HNSW walk), so `k`
 //! results come back whenever `k` documents pass it.
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -28,8 +31,11 @@ use crate::{IndexError, Result};
 
 /// Upper bound of `k` and of the candidate knobs.
 pub const MAX_K: usize = 10_000;
-/// Default exact re-rank depth (documents scored exactly per query).
-pub const DEFAULT_RERANK: usize = 320;
+/// Default exact re-rank depth bounds: `clamp(documents / 100, MIN, MAX)`. The approximate stages' errors
+/// matter more as a collection grows denser near the top (BENCHMARKS.md), so the depth grows with it.
+pub const DEFAULT_RERANK_MIN: usize = 128;
+/// See [`DEFAULT_RERANK_MIN`].
+pub const DEFAULT_RERANK_MAX: usize = 2048;
 /// Default number of graph candidates, as a multiple of the re-rank depth.
 pub const DEFAULT_CANDIDATE_FACTOR: usize = 3;
 
@@ -44,6 +50,8 @@ pub enum Plan {
     Exact,
     /// Sparse scan of all FDEs, then exact re-rank.
     FdeScan,
+    /// Scan of all token codes (centroid interaction), then exact re-rank.
+    CentroidScan,
     /// HNSW over the FDE prefix, full-FDE re-score, exact re-rank.
     Hnsw,
 }
@@ -55,6 +63,7 @@ impl Plan {
             Plan::Auto => "auto",
             Plan::Exact => "exact",
             Plan::FdeScan => "fde_scan",
+            Plan::CentroidScan => "centroid_scan",
             Plan::Hnsw => "hnsw",
         }
     }
@@ -69,7 +78,7 @@ pub struct SearchParams {
     pub ef: Option<usize>,
     /// Documents the graph returns per shard (default: 3 x rerank).
     pub candidates: Option<usize>,
-    /// Documents re-ranked exactly (default: 320, at least k).
+    /// Documents re-ranked exactly (default: 1% of the collection, within 128..=2048; at least k).
     pub rerank: Option<usize>,
     /// Matryoshka prefix (repetitions) used by the graph query; must equal the graph's (default).
     pub prefix_repetitions: Option<usize>,
@@ -93,11 +102,12 @@ impl SearchParams {
         check("rerank", self.rerank)
     }
 
-    fn rerank(&self) -> usize {
-        self.rerank.unwrap_or(DEFAULT_RERANK).max(self.k)
+    /// Exact re-rank depth for a collection of `n` documents.
+    pub fn rerank_for(&self, n: usize) -> usize {
+        self.rerank.unwrap_or((n / 100).clamp(DEFAULT_RERANK_MIN, DEFAULT_RERANK_MAX)).max(self.k)
     }
-    fn candidates(&self) -> usize {
-        self.candidates.unwrap_or(self.rerank() * DEFAULT_CANDIDATE_FACTOR).max(self.rerank())
+    fn candidates_for(&self, n: usize) -> usize {
+        self.candidates.unwrap_or(self.rerank_for(n) * DEFAULT_CANDIDATE_FACTOR).max(self.rerank_for(n))
     }
 }
 
@@ -230,7 +240,8 @@ impl Searcher {
         match requested {
             Plan::Auto if self.len() <= rerank => Plan::Exact,
             Plan::Auto | Plan::Hnsw if shard.graph().is_some() => Plan::Hnsw,
-            Plan::Auto | Plan::Hnsw => Plan::FdeScan,
+            Plan::Auto | Plan::Hnsw | Plan::CentroidScan if shard.codebook().is_some() => Plan::CentroidScan,
+            Plan::Auto | Plan::Hnsw | Plan::CentroidScan => Plan::FdeScan,
             p => p,
         }
     }
@@ -260,7 +271,7 @@ impl Searcher {
                 ));
             }
         }
-        let rerank = p.rerank();
+        let rerank = p.rerank_for(self.len());
         let pass = |s: usize, d: usize| filter.is_none_or(|f| f(s, d));
         let prepared = PreparedQuery::new(query.as_slice(), dim);
         let mut stats = SearchStats::default();
@@ -306,6 +317,16 @@ impl Searcher {
                     keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }
+                Plan::CentroidScan => {
+                    let Some(book) = shard.codebook() else { return Err(IndexError::param("plan", "this shard has no token codebook")) };
+                    let table = book.query_table(query.as_slice());
+                    let mut hits: Vec<Hit> = (0..shard.len())
+                        .filter(|&d| pass(si, d))
+                        .map(|d| Hit { shard: si, doc: d, score: table.score(shard.codes(d)) })
+                        .collect();
+                    keep_best(&mut hits, rerank);
+                    approx.extend(hits);
+                }
                 Plan::Hnsw => {
                     let sp = &sparse;
                     let graph = shard.graph().ok_or_else(|| IndexError::param("plan", "this shard has no HNSW graph"))?;
@@ -320,11 +341,19 @@ impl Searcher {
                     if norm > 0.0 {
                         q.iter_mut().for_each(|v| *v /= norm);
                     }
-                    let n = p.candidates().min(shard.len());
+                    let n = p.candidates_for(self.len()).min(shard.len());
                     let ef = p.ef.unwrap_or(n).max(n);
                     let f = |d: usize| pass(si, d);
                     let found = graph.search(&q, n, ef, if filter.is_some() { Some(&f) } else { None });
-                    approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: sp.dot(shard.fde(d)) }));
+                    // Re-score the graph's candidates with the sharper signal the shard has: centroid interaction
+                    // when it has a codebook, else the full FDE.
+                    match shard.codebook() {
+                        Some(book) => {
+                            let table = book.query_table(query.as_slice());
+                            approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: table.score(shard.codes(d)) }));
+                        }
+                        None => approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: sp.dot(shard.fde(d)) })),
+                    }
                 }
             }
         }

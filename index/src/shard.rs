@@ -37,7 +37,9 @@ use half::f16;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::codebook::Codebook;
 use crate::fde::{FdeConfig, FdeEncoder};
+use rand::{Rng, SeedableRng};
 use crate::hnsw::{CandidateIndex, GraphBuild, GraphFile};
 pub use crate::hnsw::VectorStorage;
 use crate::kernels;
@@ -75,18 +77,30 @@ impl Default for HnswParams {
     }
 }
 
-/// Everything that defines an index's bytes: the FDE configuration (with its seed) and the graph parameters.
+/// Everything that defines an index's bytes: the FDE configuration (with its seed), the graph parameters and
+/// the token codebook size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexParams {
     pub fde: FdeConfig,
     pub hnsw: HnswParams,
+    /// Centroids of each shard's token codebook (0: no codes; see [`crate::codebook`]). Small shards get fewer
+    /// (one per 16 tokens at most).
+    #[serde(default = "default_codebook_size")]
+    pub codebook_size: usize,
+}
+
+/// Default token codebook size.
+pub const DEFAULT_CODEBOOK_SIZE: usize = 4096;
+
+fn default_codebook_size() -> usize {
+    DEFAULT_CODEBOOK_SIZE
 }
 
 impl IndexParams {
     /// The defaults for token dimension `dim`: FDE (R, k_sim, d_proj) = (20, 5, 16), seed 1, empty partitions
     /// left empty, and a graph over the first 4 repetitions.
     pub fn new(dim: usize) -> Self {
-        IndexParams { fde: FdeConfig::paper_default(dim), hnsw: HnswParams::default() }
+        IndexParams { fde: FdeConfig::paper_default(dim), hnsw: HnswParams::default(), codebook_size: DEFAULT_CODEBOOK_SIZE }
     }
 
     /// Checks every field; the message names the first problem.
@@ -105,6 +119,9 @@ impl IndexParams {
                  an index needs it unset"
                     .into(),
             ));
+        }
+        if self.codebook_size > 1 << 16 {
+            return Err(IndexError::InvalidConfig(format!("codebook_size must be at most 65536, got {}", self.codebook_size)));
         }
         if h.m == 0 || h.m > 128 {
             return Err(IndexError::InvalidConfig(format!("hnsw m must be in 1..=128, got {}", h.m)));
@@ -175,6 +192,10 @@ pub struct Shard {
     panel_start: Range<usize>,
     n_tokens: Range<usize>,
     fde: Range<usize>,
+    codes: Range<usize>,
+    codebook: Option<Codebook>,
+    /// First token of document i (codes are per token, documents one after another).
+    token_start: Vec<usize>,
     id_start: Range<usize>,
     id_bytes: Range<usize>,
     payload_start: Range<usize>,
@@ -232,6 +253,8 @@ struct Built {
     panel_start: Vec<u64>,
     total_tokens: u64,
     prefix_scale: f32,
+    codebook: Option<Codebook>,
+    codes: Vec<u16>,
 }
 
 fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + Sync)) -> Result<Built> {
@@ -277,7 +300,23 @@ fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + 
         .par_chunks(fde_dim.max(1))
         .map(|f| f[..pdim].iter().map(|v| v.to_f32() * v.to_f32()).sum::<f32>().sqrt())
         .reduce(|| 0.0, f32::max);
-    Ok(Built { params: params.clone(), n: docs.len(), fde_dim, fdes, panel_start, total_tokens, prefix_scale })
+    let (codebook, codes) = if params.codebook_size > 0 && !docs.is_empty() {
+        let k = Codebook::effective_size(params.codebook_size, total_tokens as usize);
+        // A seeded sample of tokens (the codebook is part of the shard's bytes, so it must be reproducible).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(params.fde.seed);
+        let want = (k * 16).min(total_tokens as usize);
+        let mut sample = Vec::with_capacity(want * dim);
+        for _ in 0..want {
+            let d = &docs[rng.random_range(0..docs.len())].tokens;
+            sample.extend_from_slice(d.row(rng.random_range(0..d.len())));
+        }
+        let book = Codebook::train(&sample, dim, k, params.fde.seed);
+        let codes: Vec<Vec<u16>> = docs.par_iter().map(|d| book.assign(d.tokens.as_slice())).collect();
+        (Some(book), codes.concat())
+    } else {
+        (None, Vec::new())
+    };
+    Ok(Built { params: params.clone(), n: docs.len(), fde_dim, fdes, panel_start, total_tokens, prefix_scale, codebook, codes })
 }
 
 fn write_body<W: Write>(sw: &mut SectionWriter<W>, b: &Built, docs: &[ShardDoc<'_>]) -> std::io::Result<()> {
@@ -295,6 +334,9 @@ fn write_body<W: Write>(sw: &mut SectionWriter<W>, b: &Built, docs: &[ShardDoc<'
     sw.section("panel_start", [le_bytes_u64(&b.panel_start)])?;
     sw.section("n_tokens", [docs.iter().flat_map(|d| (d.tokens.len() as u32).to_le_bytes()).collect()])?;
     sw.section("fde", b.fdes.chunks(1 << 20).map(|c| bytemuck::cast_slice::<f16, u8>(c).to_vec()))?;
+    let centroids: &[f32] = b.codebook.as_ref().map(|c| c.centroids()).unwrap_or(&[]);
+    sw.section("centroids", [centroids.iter().flat_map(|v| v.to_le_bytes()).collect()])?;
+    sw.section("codes", b.codes.chunks(1 << 20).map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()))?;
     fn id_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
         d.id.as_bytes()
     }
@@ -450,7 +492,7 @@ impl Shard {
         meta.params.validate().map_err(|e| bad(format!("stored parameters: {e}")))?;
         let body_end = (meta_end - meta_len) as u64;
         let mut ranges = Vec::new();
-        for want in ["tokens", "panel_start", "n_tokens", "fde", "id_start", "id_bytes", "payload_start", "payload_bytes"] {
+        for want in ["tokens", "panel_start", "n_tokens", "fde", "centroids", "codes", "id_start", "id_bytes", "payload_start", "payload_bytes"] {
             let s = meta.sections.iter().find(|s| s.name == want).ok_or_else(|| bad(format!("section {want} missing")))?;
             let end = s.offset.checked_add(s.len).filter(|&e| e <= body_end && s.offset >= 64);
             let end = end.ok_or_else(|| bad(format!("section {want} out of bounds")))?;
@@ -463,8 +505,20 @@ impl Shard {
             }
             ranges.push(r);
         }
-        let [tokens, panel_start, n_tokens, fde, id_start, id_bytes, payload_start, payload_bytes]: [Range<usize>; 8] =
+        let [tokens, panel_start, n_tokens, fde, centroids, codes, id_start, id_bytes, payload_start, payload_bytes]: [Range<usize>; 10] =
             ranges.try_into().map_err(|_| bad("section table".into()))?;
+        let dim = meta.params.fde.dimension;
+        let cvals: Vec<f32> = b[centroids.clone()].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if cvals.len() % dim != 0 || codes.len() % 2 != 0 {
+            return Err(bad("codebook sections have the wrong size".into()));
+        }
+        let codebook = (!cvals.is_empty()).then(|| Codebook::from_centroids(dim, cvals));
+        let mut token_start = Vec::with_capacity(meta.n_docs + 1);
+        token_start.push(0usize);
+        for c in b[n_tokens.clone()].chunks_exact(4) {
+            let last = *token_start.last().unwrap_or(&0);
+            token_start.push(last + u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize);
+        }
         let shard = Shard {
             path,
             meta,
@@ -472,6 +526,9 @@ impl Shard {
             panel_start,
             n_tokens,
             fde,
+            codes,
+            codebook,
+            token_start,
             id_start,
             id_bytes,
             payload_start,
@@ -508,6 +565,18 @@ impl Shard {
             if counts[i] == 0 || starts[i + 1].checked_sub(starts[i]) != Some(want) {
                 return Err(format!("token panel offsets of document {i} are inconsistent"));
             }
+        }
+        if let Some(book) = &self.codebook {
+            let total = *self.token_start.last().unwrap_or(&0);
+            if self.codes.len() != total * 2 {
+                return Err("codes section size disagrees with the token count".into());
+            }
+            let k = book.len();
+            if b[self.codes.clone()].chunks_exact(2).any(|c| u16::from_le_bytes([c[0], c[1]]) as usize >= k) {
+                return Err("a token code is out of the codebook's range".into());
+            }
+        } else if !self.codes.is_empty() {
+            return Err("codes without a codebook".into());
         }
         if starts.first() != Some(&0) || starts.last().map(|&s| s * 2) != Some(self.tokens.len() as u64) {
             return Err("token section size disagrees with the panel offsets".into());
@@ -587,6 +656,18 @@ impl Shard {
     pub fn fde(&self, i: usize) -> &[f16] {
         let all: &[f16] = bytemuck::cast_slice(&self.bytes.as_slice()[self.fde.clone()]);
         &all[i * self.meta.fde_dim..(i + 1) * self.meta.fde_dim]
+    }
+    /// The token codebook, when the shard has one.
+    pub fn codebook(&self) -> Option<&Codebook> {
+        self.codebook.as_ref()
+    }
+    /// Document `i`'s token codes (empty without a codebook).
+    pub fn codes(&self, i: usize) -> &[u16] {
+        if self.codebook.is_none() {
+            return &[];
+        }
+        let all: &[u16] = bytemuck::cast_slice(&self.bytes.as_slice()[self.codes.clone()]);
+        &all[self.token_start[i]..self.token_start[i + 1]]
     }
     /// All FDEs, one after another.
     pub fn fdes(&self) -> &[f16] {

@@ -158,7 +158,16 @@ fn demo_plans_meet_recall_floors_and_exact_matches_ground_truth() {
     let scan = SearchParams { plan: Plan::FdeScan, rerank: Some(60), ..SearchParams::new(10) };
     let r = recall(&searcher, &ds, &scan);
     assert!(r >= 0.95, "FDE scan recall@10 {r} with 60 of 300 documents re-ranked");
-    assert_eq!(recall(&searcher, &ds, &SearchParams::new(10)), 1.0, "auto plan on a collection smaller than the re-rank depth is exact");
+    let codes = SearchParams { plan: Plan::CentroidScan, rerank: Some(30), ..SearchParams::new(10) };
+    let r = recall(&searcher, &ds, &codes);
+    assert!(r >= 0.97, "centroid scan recall@10 {r} with 30 of 300 documents re-ranked");
+    let (_, stats) = searcher.search_with_stats(query(&ds, 0), &SearchParams::new(10), None).unwrap();
+    assert_eq!(stats.plan, Some(Plan::CentroidScan));
+    assert!(recall(&searcher, &ds, &SearchParams::new(10)) >= 0.99);
+    // A collection no larger than the re-rank depth is searched exactly.
+    let small = Searcher::new(searcher.params().clone(), vec![Arc::new(Shard::build_in_memory(searcher.params(), &docs(&ds)[..100]).unwrap())]).unwrap();
+    let (_, stats) = small.search_with_stats(query(&ds, 0), &SearchParams::new(10), None).unwrap();
+    assert_eq!((stats.plan, stats.reranked), (Some(Plan::Exact), 100));
 }
 
 #[test]
@@ -191,7 +200,7 @@ fn filters_and_multiple_shards() {
         assert_eq!(h1, h2, "query {j}");
         // Only even documents: k results that all pass, with every plan.
         let even = |s: usize, doc: usize| (s * 170 + doc) % 2 == 0;
-        for plan in [Plan::Exact, Plan::FdeScan, Plan::Auto] {
+        for plan in [Plan::Exact, Plan::FdeScan, Plan::CentroidScan, Plan::Auto] {
             let p = SearchParams { plan, rerank: Some(20), ..SearchParams::new(10) };
             let hits = split.search(query(&ds, j), &p, Some(&even)).unwrap();
             assert_eq!(hits.len(), 10);

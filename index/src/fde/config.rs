@@ -3,8 +3,8 @@
 //! [`encode_document`](super::FdeEncoder::encode_document)), plus validation.
 use crate::{IndexError, Result};
 
-/// Upper bound on every buffer a configuration implies (output, intermediate FDE, SimHash matrices, AMS maps),
-/// in `f32`s: 2^28 floats = 1 GiB.
+/// Upper bound on the FDE a configuration implies (before and after the final projection), in `f32`s: 2^28
+/// floats = 1 GiB. The SimHash matrices (dimension x R x k_sim entries) are limited to `MAX_FLOATS / 16`.
 pub const MAX_FLOATS: usize = 1 << 28;
 
 /// The inner projection applied to each token before it is added to its partition's block.
@@ -98,10 +98,14 @@ impl FdeConfig {
             self.num_repetitions.checked_mul(1 << k).and_then(|v| v.checked_mul(self.block_dim())),
         )?;
         too_big("final_projection_dimension", Some(self.final_projection_dimension.unwrap_or(0)))?;
-        too_big(
-            "the SimHash matrices (dimension x num_repetitions x num_simhash_projections)",
-            self.dimension.checked_mul(self.num_repetitions).and_then(|v| v.checked_mul(k.max(1))),
-        )
+        // The encoder stores each SimHash entry broadcast to 8 lanes.
+        match self.dimension.checked_mul(self.num_repetitions).and_then(|v| v.checked_mul(k.max(1))) {
+            Some(s) if s <= MAX_FLOATS / 16 => Ok(()),
+            _ => fail(format!(
+                "the SimHash matrices (dimension x num_repetitions x num_simhash_projections) would exceed {} entries",
+                MAX_FLOATS / 16
+            )),
+        }
     }
 
     /// B = 2^k_sim partitions per repetition (saturating for an invalid k_sim).
@@ -170,6 +174,7 @@ mod tests {
             FdeConfig { num_repetitions: usize::MAX, ..ok.clone() },
             FdeConfig { projection_dimension: usize::MAX, ..ok.clone() },
             FdeConfig { dimension: 1 << 30, ..ok.clone() },
+            FdeConfig { dimension: 1 << 18, ..ok.clone() },
         ];
         for c in bad {
             match c.validate() {

@@ -16,18 +16,23 @@
 //!   no `1/sqrt(d_proj)` factor.
 //! * Final projection: a **Count-Sketch** drawn from `std::mt19937(seed)` (not `seed + r`).
 //!
-//! Random matrices come from the libstdc++ algorithms modelled in [`rng`] (Gaussians column by column). Sketch
-//! values are sequential `f32` dot products (the reference's Eigen GEMM sums in another order, so a sketch value
-//! within an ulp or so of zero could fall on the other side). Blocks are computed as
-//! `projection(sum of tokens)` instead of the reference's `sum of projection(token)`: the same linear map, with
-//! float rounding in another order (about 1 ulp per element).
+//! Random matrices come from the libstdc++ algorithms modelled in [`rng`] (Gaussians column by column), so they
+//! are bit-identical to the reference's. Arithmetic differs from the reference's Eigen products only in
+//! summation order: a sketch value is the sequential `f32` dot product `sum_i x[i] * g[i]` (a value within an
+//! ulp or so of zero could fall on the other side of the `> 0` test than in the reference), and an AMS
+//! projection sums the +1 coordinates of a target, then subtracts the sum of its -1 coordinates. Tokens are
+//! added to their blocks in token order and averages are the same float divisions, as in the reference. No
+//! fused multiply-add is ever used, so the output does not depend on the target CPU features.
 //!
 //! # Implementation
-//! All `R x k_sim` hyperplanes are one `d x (R*k_sim)` matrix, multiplied by the tokens in register tiles of
-//! 12 tokens x 4 hyperplanes (tokens transposed into 4-lane panels, hyperplane entries pre-broadcast, so the
-//! compiler's auto-vectorisation produces plain packed multiply/adds). Then, per repetition, raw token sums are
-//! accumulated per occupied partition and each occupied block is projected once; an AMS projection is stored as
-//! the input coordinates grouped by target (a gather of `d` values per block).
+//! All `R x k_sim` hyperplanes form one `d x (R*k_sim)` matrix. Tokens are transposed into panels of 8 lanes
+//! (one lane per token) and multiplied by tiles of 6 hyperplanes whose entries are pre-broadcast to 8 lanes:
+//! the inner loop is plain packed loads, multiplies and adds that the compiler vectorises for any SIMD width
+//! (2 x 6 accumulators fill the 16 SSE2 registers; an AVX2 build, e.g. `-C target-cpu=x86-64-v3`, runs the same
+//! operations on 256-bit registers, with identical results). Hyperplane tiles are the outer loop so that each
+//! tile stays in the L1 cache. Sign bits become partition indices (Gray decoding), then for each repetition the
+//! AMS projection of 16 tokens at a time is a gather over the same panels (input coordinates stored grouped by
+//! target and sign), and each projected token is added to its block.
 use rayon::prelude::*;
 
 use crate::tokens::TokenMatrix;
@@ -43,12 +48,16 @@ use rng::{bernoulli_half, uniform_int, Mt19937, NormalF32};
 
 /// Tokens per register tile (the lanes of one accumulator: two SSE registers, one AVX register).
 const LANES: usize = 8;
-/// Hyperplanes per register tile.
+/// Hyperplanes per register tile: 2 x 6 accumulators fill the 16 SSE registers, and a pre-broadcast tile
+/// (d x 6 x 32 bytes, 24 KiB for d = 128) stays in the L1 cache.
 const TC: usize = 6;
-/// Lanes of one token tile or one pre-broadcast hyperplane entry.
-type Lanes = [f32; LANES];
-/// "No slot" marker of [`Scratch::slot_of`].
-const NONE: u32 = u32::MAX;
+/// Lanes of one token tile or one pre-broadcast hyperplane entry, aligned so that no vector load crosses a
+/// cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Lanes([f32; LANES]);
+/// Tokens per AMS gather (two tiles).
+const WIDE: usize = 2 * LANES;
 
 /// The AMS projections, stored by target and sign: for repetition r, segment `2k` lists the input coordinates
 /// with target k and sign +1, segment `2k + 1` those with sign -1 (ascending); segment q of repetition r is
@@ -74,32 +83,17 @@ pub struct FdeEncoder {
 /// Per-thread working memory, grown on demand and reused across documents.
 #[derive(Default)]
 struct Scratch {
-    /// One tile of tokens, transposed: `panel[i][l]` = coordinate i of token l of the tile.
-    panel: Vec<Lanes>,
-    /// A row of d zeros (padding of the last tile).
-    zeros: Vec<f32>,
-    /// Partition index of token t in repetition r at `t*R + r`.
-    parts: Vec<u32>,
-    /// Token sums of the occupied partitions of the current repetition, one row of d per slot.
-    raw: Vec<f32>,
-    /// Slot of each partition in the current repetition ([`NONE`] if empty); all [`NONE`] between repetitions.
-    slot_of: Vec<u32>,
-    /// Occupied partitions of the current repetition, in order of their first token.
-    slots: Vec<Slot>,
-    /// Slot of each token in the current repetition.
-    token_slot: Vec<u32>,
-    /// Tokens grouped by slot (ascending within a slot).
-    order: Vec<u32>,
+    /// The tokens in tiles of LANES (an even number of tiles), each tile transposed and padded to a power-of-two
+    /// number of rows: `panels[tile*stride + i][l]` = coordinate i of token `tile*LANES + l` (zero-padded).
+    panels: Vec<Lanes>,
+    /// Partition of token `tile*LANES + l` in repetition r at `parts[tile*R + r][l]`.
+    parts: Vec<[u32; LANES]>,
+    /// One repetition's projections of two tiles of tokens, token-major (2 LANES x d_proj).
+    proj: Vec<f32>,
+    /// Tokens per partition of one repetition (documents).
+    counts: Vec<u32>,
     /// The full FDE, when a final projection follows.
     full: Vec<f32>,
-}
-
-struct Slot {
-    partition: u32,
-    count: usize,
-    first_token: usize,
-    /// End of the slot's tokens in [`Scratch::order`].
-    end: usize,
 }
 
 impl FdeEncoder {
@@ -111,14 +105,14 @@ impl FdeEncoder {
 
         let cols = reps * k;
         let tiles = cols.div_ceil(TC);
-        let mut simhash = vec![[0.0f32; LANES]; tiles * d * TC];
+        let mut simhash = vec![Lanes::default(); tiles * d * TC];
         for r in 0..reps {
             let (mut rng, mut normal) = (Mt19937::new(seed_of(r)), NormalF32::new());
             for h in 0..k {
                 let col = r * k + h;
                 let (tile, c) = (col / TC, col % TC);
                 for i in 0..d {
-                    simhash[(tile * d + i) * TC + c] = [normal.sample(&mut rng); LANES];
+                    simhash[(tile * d + i) * TC + c] = Lanes([normal.sample(&mut rng); LANES]);
                 }
             }
         }
@@ -237,17 +231,15 @@ impl FdeEncoder {
                 "FDE: fill_empty_partitions is a document-only option (the reference rejects it for queries)".into(),
             ));
         }
-        s.panel.resize(self.config.dimension, [0.0; LANES]);
-        s.zeros.resize(self.config.dimension, 0.0);
-        self.partitions(tokens, s);
         out.fill(0.0);
         match &self.count_sketch {
-            None => self.blocks(tokens, enc, out, s),
+            None => self.encode_full(tokens, enc, out, s),
             Some(map) => {
                 let mut full = std::mem::take(&mut s.full);
                 full.clear();
                 full.resize(self.config.full_dim(), 0.0);
-                self.blocks(tokens, enc, &mut full, s);
+                self.encode_full(tokens, enc, &mut full, s);
+                // Count-Sketch in coordinate order, as the reference; zeros (empty blocks) change nothing.
                 for (&x, &(j, sign)) in full.iter().zip(map) {
                     if x != 0.0 {
                         out[j as usize] += sign * x;
@@ -259,120 +251,101 @@ impl FdeEncoder {
         Ok(())
     }
 
-    /// Fills `s.parts` with every token's partition in every repetition.
-    fn partitions(&self, tokens: TokenMatrix<'_>, s: &mut Scratch) {
-        let (n, d) = (tokens.len(), self.config.dimension);
-        let (reps, k) = (self.config.num_repetitions, self.config.num_simhash_projections as usize);
+    /// The FDE before the final projection, into `fde` (zeroed, length R x repetition_dim).
+    fn encode_full(&self, tokens: TokenMatrix<'_>, enc: EncodingType, fde: &mut [f32], s: &mut Scratch) {
+        let (n, d, reps) = (tokens.len(), self.config.dimension, self.config.num_repetitions);
+        let (rep_dim, bd) = (self.config.repetition_dim(), self.config.block_dim());
+        let (tiles, stride) = (n.div_ceil(LANES), d.next_power_of_two());
         s.parts.clear();
-        s.parts.resize(n * reps, 0);
-        if k == 0 {
-            return;
+        s.parts.resize(tiles * reps, [0; LANES]);
+        if self.config.num_simhash_projections > 0 || self.ams.is_some() {
+            s.panels.resize(tiles.next_multiple_of(2) * stride, Lanes::default());
+            for (rows, panel) in tokens.as_slice().chunks(LANES * d).zip(s.panels.chunks_exact_mut(stride)) {
+                transpose(rows, d, &mut panel[..d]);
+            }
+            self.sketch(&s.panels[..tiles * stride], stride, &mut s.parts);
         }
-        let cols = reps * k;
-        for (tile_idx, tile_tokens) in tokens.as_slice().chunks(LANES * d).enumerate() {
-            let t0 = tile_idx * LANES;
-            transpose(tile_tokens, d, &s.zeros, &mut s.panel);
-            for (tile, g) in self.simhash.chunks_exact(d * TC).enumerate() {
-                let acc = sketch_tile(&s.panel, g);
-                for (c, values) in acc.iter().enumerate().take(cols.saturating_sub(tile * TC)) {
-                    let r = (tile * TC + c) / k;
-                    for (lane, &v) in values.iter().enumerate().take(n - t0) {
-                        let p = &mut s.parts[(t0 + lane) * reps + r];
-                        *p = (*p << 1) + ((v > 0.0) as u32 ^ (*p & 1));
+        // Each projected token added to its block, two tiles at a time (AMS: a wider gather per index).
+        s.proj.resize(WIDE * bd, 0.0);
+        for (pair, rows) in tokens.as_slice().chunks(WIDE * d).enumerate() {
+            for (r, rep) in fde.chunks_exact_mut(rep_dim).enumerate() {
+                let part = |t: usize| s.parts[(2 * pair + t / LANES) * reps + r][t % LANES] as usize;
+                let Some(ams) = &self.ams else {
+                    for (t, x) in rows.chunks_exact(d).enumerate() {
+                        rep[part(t) * d..][..d].iter_mut().zip(x).for_each(|(b, x)| *b += x);
+                    }
+                    continue;
+                };
+                let (ams_rows, bounds) = ams.repetition(r, d, bd);
+                let (lo, hi) = s.panels[2 * pair * stride..].split_at(stride);
+                ams_gather(ams_rows, bounds, [lo, &hi[..stride]], &mut s.proj);
+                for (t, proj) in s.proj.chunks_exact(bd).enumerate().take(rows.len() / d) {
+                    rep[part(t) * bd..][..bd].iter_mut().zip(proj).for_each(|(b, v)| *b += v);
+                }
+            }
+        }
+        if enc == EncodingType::Average {
+            self.average(tokens, fde, s);
+        }
+    }
+
+    /// Documents: every non-empty block divided by its token count; with `fill_empty_partitions`, every empty
+    /// block set to the projection of the first token nearest to the partition in Hamming distance.
+    fn average(&self, tokens: TokenMatrix<'_>, fde: &mut [f32], s: &mut Scratch) {
+        let (n, reps, d, bd) =
+            (tokens.len(), self.config.num_repetitions, self.config.dimension, self.config.block_dim());
+        let fill = self.config.fill_empty_partitions && self.config.num_simhash_projections > 0;
+        for (r, rep) in fde.chunks_exact_mut(self.config.repetition_dim()).enumerate() {
+            let part_of = |t: usize| s.parts[t / LANES * reps + r][t % LANES];
+            s.counts.clear();
+            s.counts.resize(self.config.num_partitions(), 0);
+            for t in 0..n {
+                s.counts[part_of(t) as usize] += 1;
+            }
+            for (p, (block, &count)) in rep.chunks_exact_mut(bd).zip(&s.counts).enumerate() {
+                if count > 0 {
+                    block.iter_mut().for_each(|v| *v /= count as f32);
+                } else if fill {
+                    let target = (p ^ (p >> 1)) as u32;
+                    let distance = |&t: &usize| (part_of(t) ^ (part_of(t) >> 1) ^ target).count_ones();
+                    let Some(nearest) = (0..n).min_by_key(distance) else { continue };
+                    let x = tokens.row(nearest);
+                    match &self.ams {
+                        None => block.copy_from_slice(x),
+                        Some(ams) => {
+                            let (rows, bounds) = ams.repetition(r, d, bd);
+                            ams_project(rows, bounds, x, block);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Writes every repetition's blocks into `fde` (zeroed, length R x repetition_dim), given `s.parts`.
-    fn blocks(&self, tokens: TokenMatrix<'_>, enc: EncodingType, fde: &mut [f32], s: &mut Scratch) {
-        let (n, d, reps) = (tokens.len(), self.config.dimension, self.config.num_repetitions);
-        let (parts, bd) = (self.config.num_partitions(), self.config.block_dim());
-        let fill = enc == EncodingType::Average && self.config.fill_empty_partitions;
-        if s.slot_of.len() != parts {
-            s.slot_of = vec![NONE; parts];
+    /// Partition indices of every token from the token panels (tiles of `stride` rows): `parts[tile*R + r][l]`.
+    /// Sign bits are gathered with hyperplane 0 most significant, then decoded from the reference's Gray code.
+    /// Hyperplane tiles form the outer loop, so that each (pre-broadcast) tile stays in the L1 cache while the
+    /// panels stream by.
+    fn sketch(&self, panels: &[Lanes], stride: usize, parts: &mut [[u32; LANES]]) {
+        let (d, reps, k) =
+            (self.config.dimension, self.config.num_repetitions, self.config.num_simhash_projections as usize);
+        if k == 0 {
+            return;
         }
-        s.raw.resize(n.min(parts) * d, 0.0);
-        for (r, rep_out) in fde.chunks_exact_mut(parts * bd).enumerate() {
-            // Slots in order of first token, then the tokens grouped by slot (a stable counting sort).
-            s.slots.clear();
-            s.token_slot.clear();
-            for t in 0..n {
-                let p = s.parts[t * reps + r];
-                let slot = &mut s.slot_of[p as usize];
-                if *slot == NONE {
-                    *slot = s.slots.len() as u32;
-                    s.slots.push(Slot { partition: p, count: 0, first_token: t, end: 0 });
-                }
-                s.slots[*slot as usize].count += 1;
-                s.token_slot.push(*slot);
-            }
-            let mut end = 0;
-            for slot in s.slots.iter_mut() {
-                slot.end = end;
-                end += slot.count;
-            }
-            s.order.resize(n, 0);
-            for (t, &slot) in s.token_slot.iter().enumerate() {
-                let slot = &mut s.slots[slot as usize];
-                s.order[slot.end] = t as u32;
-                slot.end += 1;
-            }
-            for (slot, raw) in s.slots.iter().zip(s.raw.chunks_exact_mut(d)) {
-                sum_rows(tokens, &s.order[slot.end - slot.count..slot.end], raw);
-            }
-            match &self.ams {
-                None => {
-                    for (slot, raw) in s.slots.iter().zip(s.raw.chunks_exact(d)) {
-                        rep_out[slot.partition as usize * bd..][..bd].copy_from_slice(raw);
-                    }
-                }
-                Some(ams) => {
-                    // LANES occupied partitions at a time: transpose their sums, project all lanes at once.
-                    let (rows, bounds) = ams.repetition(r, d, bd);
-                    for (group, raws) in s.slots.chunks(LANES).zip(s.raw.chunks(LANES * d)) {
-                        transpose(raws, d, &s.zeros, &mut s.panel);
-                        ams_project(
-                            rows,
-                            bounds,
-                            |i| s.panel[i],
-                            |k, values: Lanes| {
-                                for (slot, v) in group.iter().zip(values) {
-                                    rep_out[slot.partition as usize * bd + k] = v;
-                                }
-                            },
-                        );
+        for (tile, g) in self.simhash.chunks_exact(d * TC).enumerate() {
+            for (panel, bits) in panels.chunks_exact(stride).zip(parts.chunks_exact_mut(reps)) {
+                let acc = sketch_tile(&panel[..d], g);
+                for (c, values) in acc.iter().enumerate().take(reps * k - tile * TC) {
+                    for (b, &v) in bits[(tile * TC + c) / k].iter_mut().zip(&values.0) {
+                        *b = (*b << 1) | (v > 0.0) as u32;
                     }
                 }
             }
-            if enc == EncodingType::Average {
-                for slot in &s.slots {
-                    let count = slot.count as f32;
-                    rep_out[slot.partition as usize * bd..][..bd].iter_mut().for_each(|v| *v /= count);
-                }
-            }
-            if fill && s.slots.len() < parts {
-                for (p, block) in rep_out.chunks_exact_mut(bd).enumerate() {
-                    if s.slot_of[p] != NONE {
-                        continue;
-                    }
-                    let target = (p ^ (p >> 1)) as u32;
-                    let distance = |slot: &&Slot| (slot.partition ^ (slot.partition >> 1) ^ target).count_ones();
-                    if let Some(nearest) = s.slots.iter().min_by_key(distance) {
-                        let x = tokens.row(nearest.first_token);
-                        match &self.ams {
-                            None => block.copy_from_slice(x),
-                            Some(ams) => {
-                                let (rows, bounds) = ams.repetition(r, d, bd);
-                                ams_project(rows, bounds, |i| [x[i]], |k, [v]| block[k] = v);
-                            }
-                        }
-                    }
-                }
-            }
-            for slot in &s.slots {
-                s.slot_of[slot.partition as usize] = NONE;
+        }
+        // The reference appends each bit as `(idx << 1) + (bit ^ (idx & 1))`: idx is the prefix XOR of the bits.
+        for b in parts.iter_mut().flatten() {
+            for shift in [1, 2, 4, 8, 16] {
+                *b ^= *b >> shift;
             }
         }
     }
@@ -385,60 +358,49 @@ impl Ams {
     }
 }
 
-/// Applies one repetition's AMS projection to L vectors at once (`value(i)` = coordinate i of each):
-/// `emit(k, sum of the +1 coordinates of target k - sum of its -1 coordinates)` for every target k.
-fn ams_project<const L: usize>(
-    rows: &[u32],
-    bounds: &[u32],
-    value: impl Fn(usize) -> [f32; L],
-    mut emit: impl FnMut(usize, [f32; L]),
-) {
-    let sum = |lo: u32, hi: u32| {
-        rows[lo as usize..hi as usize].iter().fold([0.0f32; L], |mut acc, &i| {
-            let v = value(i as usize);
-            for l in 0..L {
-                acc[l] += v[l];
-            }
-            acc
-        })
-    };
-    for (k, seg) in bounds.windows(3).step_by(2).enumerate() {
-        let (pos, neg) = (sum(seg[0], seg[1]), sum(seg[1], seg[2]));
-        emit(k, std::array::from_fn(|l| pos[l] - neg[l]));
+/// One repetition's AMS projection of one token `x` into `block`: the scalar twin of [`ams_gather`] (same
+/// operations in the same order).
+fn ams_project(rows: &[u32], bounds: &[u32], x: &[f32], block: &mut [f32]) {
+    let sum =
+        |q: usize| rows[bounds[q] as usize..bounds[q + 1] as usize].iter().fold(0.0, |acc, &i| acc + x[i as usize]);
+    for (k, b) in block.iter_mut().enumerate() {
+        *b = sum(2 * k) - sum(2 * k + 1);
     }
 }
 
-/// `panel[i][l] = rows[l][i]` for the (up to LANES) rows of length d in `rows`, zero-padded from `zeros`.
-fn transpose(rows: &[f32], d: usize, zeros: &[f32], panel: &mut [Lanes]) {
-    let mut it = rows.chunks_exact(d).chain(std::iter::repeat(zeros));
-    let rows: [&[f32]; LANES] = std::array::from_fn(|_| it.next().unwrap_or_default());
-    for (i, x) in panel.iter_mut().enumerate() {
-        *x = std::array::from_fn(|l| rows[l][i]);
-    }
-}
-
-/// `dst = sum of the token rows ids` (in order), accumulated in registers chunk by chunk.
-fn sum_rows(tokens: TokenMatrix<'_>, ids: &[u32], dst: &mut [f32]) {
-    const CHUNK: usize = 32;
-    let Some((&first, rest)) = ids.split_first() else { return };
-    dst.copy_from_slice(tokens.row(first as usize));
-    let mut chunks = dst.chunks_exact_mut(CHUNK);
-    for (c, chunk) in chunks.by_ref().enumerate() {
-        let mut acc = [0.0f32; CHUNK];
-        acc.copy_from_slice(chunk);
-        for &t in rest {
-            let x = &tokens.row(t as usize)[c * CHUNK..][..CHUNK];
-            for l in 0..CHUNK {
-                acc[l] += x[l];
+/// One repetition's AMS projection of the 2 x LANES tokens of two panels (`stride` rows each, a power of two),
+/// token-major into `proj` (WIDE x d_proj): for each target k, the +1 coordinates summed minus the -1 ones.
+fn ams_gather(rows: &[u32], bounds: &[u32], panels: [&[Lanes]; 2], proj: &mut [f32]) {
+    let dp = proj.len() / WIDE;
+    let mask = panels[0].len() - 1;
+    let (lo, hi) = (&panels[0][..=mask], &panels[1][..=mask]);
+    let sum = |q: usize| {
+        let mut acc = [0.0f32; WIDE];
+        for &i in &rows[bounds[q] as usize..bounds[q + 1] as usize] {
+            let (a, b) = (&lo[i as usize & mask], &hi[i as usize & mask]);
+            for l in 0..LANES {
+                acc[l] += a.0[l];
+                acc[LANES + l] += b.0[l];
             }
         }
-        chunk.copy_from_slice(&acc);
+        acc
+    };
+    for k in 0..dp {
+        let (pos, neg) = (sum(2 * k), sum(2 * k + 1));
+        let diff: [f32; WIDE] = std::array::from_fn(|t| pos[t] - neg[t]);
+        for (row, v) in proj.chunks_exact_mut(dp).zip(diff) {
+            row[k] = v;
+        }
     }
-    let tail = chunks.into_remainder();
-    let offset = tokens.dim() - tail.len();
-    for &t in rest {
-        for (a, b) in tail.iter_mut().zip(&tokens.row(t as usize)[offset..]) {
-            *a += b;
+}
+
+/// `panel[i][l] = rows[l][i]` for the (up to LANES) rows of length d in `rows`; missing rows give zero lanes.
+fn transpose(rows: &[f32], d: usize, panel: &mut [Lanes]) {
+    let mut rows = rows.chunks_exact(d);
+    for l in 0..LANES {
+        match rows.next() {
+            Some(row) => panel.iter_mut().zip(row).for_each(|(x, &v)| x.0[l] = v),
+            None => panel.iter_mut().for_each(|x| x.0[l] = 0.0),
         }
     }
 }
@@ -446,11 +408,11 @@ fn sum_rows(tokens: TokenMatrix<'_>, ids: &[u32], dst: &mut [f32]) {
 /// One register tile of the sketch product: for the [`LANES`] tokens of `panel` (d x LANES) and the [`TC`]
 /// hyperplanes of `g` (d x TC, pre-broadcast), the sequential dot products `sum_i x[i] * g[i]`.
 fn sketch_tile(panel: &[Lanes], g: &[Lanes]) -> [Lanes; TC] {
-    let mut acc = [[0.0f32; LANES]; TC];
+    let mut acc = [Lanes::default(); TC];
     for (x, g) in panel.iter().zip(g.chunks_exact(TC)) {
         for (acc_c, g_c) in acc.iter_mut().zip(g) {
             for l in 0..LANES {
-                acc_c[l] += x[l] * g_c[l];
+                acc_c.0[l] += x.0[l] * g_c.0[l];
             }
         }
     }

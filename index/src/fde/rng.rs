@@ -180,9 +180,9 @@ mod tests {
         let mut g = Mt19937::new(42);
         let mut d = NormalF32::new();
         let got: Vec<f32> = (0..6).map(|_| d.sample(&mut g)).collect();
-        let want = [1.22192132, -0.516964138, 0.86963594, 0.721332669, 1.58855629, 1.61821711];
-        for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() <= 1e-7 * b.abs(), "{got:?}");
+        let want: [f64; 6] = [1.22192132, -0.516964138, 0.86963594, 0.721332669, 1.58855629, 1.61821711];
+        for (&a, b) in got.iter().zip(want) {
+            assert!((a as f64 - b).abs() <= 1e-7 * b.abs(), "{got:?}");
         }
     }
 
@@ -268,6 +268,6 @@ mod tests {
         assert_eq!(canonical_f32(u32::MAX - 127), below_one);
         assert_eq!(canonical_f32(u32::MAX), below_one);
         let mut g = Mt19937::new(0);
-        assert!((canonical_f32(g.next_u32()) - 0.548813522).abs() < 1e-8);
+        assert!((canonical_f32(g.next_u32()) as f64 - 0.548813522).abs() < 1e-8);
     }
 }

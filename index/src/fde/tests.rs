@@ -283,6 +283,18 @@ fn check_against_naive(got: &[f32], config: &FdeConfig, data: &[f32], enc: Encod
     }
 }
 
+#[test]
+fn many_hyperplanes_match_naive_spec() {
+    // k_sim = 20: partition indices use all the Gray-decoding shifts; most partitions are empty (filled).
+    let config = FdeConfig { num_repetitions: 2, fill_empty_partitions: true, ..identity(3, 20, 99) };
+    let data = [0.3, -0.2, 0.9, -0.5, 0.1, 0.4, 0.0, 0.0, 0.0, 0.7, 0.7, -0.1, 0.3, -0.2, 0.9];
+    let e = FdeEncoder::new(config.clone()).unwrap();
+    check_against_naive(&e.encode_document(tokens(&data, 3)).unwrap(), &config, &data, EncodingType::Average);
+    let config = FdeConfig { fill_empty_partitions: false, ..config };
+    let e = FdeEncoder::new(config.clone()).unwrap();
+    check_against_naive(&e.encode_query(tokens(&data, 3)).unwrap(), &config, &data, EncodingType::Sum);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

@@ -1,6 +1,8 @@
-//! The one audited home of every `unsafe` block in chamfer: memory maps ([`mmap`]) and SIMD intrinsics
-//! ([`simd`], [`axpy`]). Each block carries a `// SAFETY:` comment; everything exported from here is a safe
-//! function, and every SIMD function has a scalar twin it is tested against.
+//! The one audited home of every `unsafe` block in chamfer: memory maps ([`mmap`]), SIMD intrinsics ([`simd`],
+//! [`axpy`], [`codes`]) and the sgemm call ([`gemm`]). Each block carries a `// SAFETY:` comment; everything
+//! exported from here is a safe function, and every SIMD function has a scalar twin it is tested against.
 pub(crate) mod axpy;
+pub(crate) mod codes;
+pub(crate) mod gemm;
 pub(crate) mod mmap;
 pub(crate) mod simd;

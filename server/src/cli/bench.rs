@@ -35,9 +35,9 @@ pub struct BenchCmd {
     /// Queries for the exhaustive exact baseline (0 = all).
     #[arg(long, default_value_t = 0)]
     exact_queries: usize,
-    /// Keep the index here instead of a temp dir.
+    /// Build the index here instead of a temp dir, or reuse the index already there (then build_s is 0).
     #[arg(long)]
-    keep_index: Option<PathBuf>,
+    index_dir: Option<PathBuf>,
 }
 
 struct Pass {
@@ -97,7 +97,8 @@ impl BenchCmd {
         params.validate()?;
         let docs = dataset_docs(&ds)?;
         let tmp = tempfile::tempdir()?;
-        let dir = self.keep_index.clone().unwrap_or_else(|| tmp.path().join("index"));
+        let dir = self.index_dir.clone().unwrap_or_else(|| tmp.path().join("index"));
+        let reuse = dir.join("index.json").exists();
 
         // FDE encoding throughput on one thread (a slice of the corpus, outside the build timing).
         let enc = FdeEncoder::new(params.fde.clone())?;
@@ -109,14 +110,21 @@ impl BenchCmd {
         let fde_docs_per_s_1thread = sample.len() as f64 / t.elapsed().as_secs_f64();
         drop(out);
 
-        let pb = bar(docs.len() as u64, "building");
         let t = Instant::now();
-        write_index(&dir, &params, &docs, &|n| pb.inc(n))?;
-        let build_s = t.elapsed().as_secs_f64();
-        pb.finish_and_clear();
+        if reuse {
+            eprintln!("reusing the index in {}", dir.display());
+        } else {
+            let pb = bar(docs.len() as u64, "building");
+            write_index(&dir, &params, &docs, &|n| pb.inc(n))?;
+            pb.finish_and_clear();
+        }
+        let build_s = if reuse { 0.0 } else { t.elapsed().as_secs_f64() };
         let bytes = index_bytes(&dir);
         let t = Instant::now();
         let searcher = open_index(&dir)?;
+        if reuse && searcher.params() != &params {
+            bail!("{} was built with other parameters than these flags", dir.display());
+        }
         let open_s = t.elapsed().as_secs_f64();
 
         let queries: Vec<usize> = (0..ds.n_queries()).collect();

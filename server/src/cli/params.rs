@@ -1,7 +1,7 @@
 //! Flags shared by several commands: index parameters, search knobs, progress bars.
 use chamfer_index::fde::{FdeConfig, ProjectionType};
 use chamfer_index::search::{Plan, SearchParams};
-use chamfer_index::shard::{HnswParams, IndexParams, VectorStorage};
+use chamfer_index::shard::{HnswParams, IndexParams, VectorStorage, DEFAULT_CODEBOOK_SIZE};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -35,9 +35,12 @@ pub struct IndexArgs {
     /// Precision of the graph's vectors.
     #[arg(long, value_enum, default_value_t = Storage::F16)]
     pub hnsw_storage: Storage,
-    /// Shards with fewer documents get no graph (an FDE scan is faster for them).
+    /// Shards with fewer documents get no graph (a scan is faster for them).
     #[arg(long, default_value_t = HnswParams::default().min_docs)]
     pub graph_min_docs: usize,
+    /// Token codebook size per shard (0: none; centroid-interaction scoring needs it).
+    #[arg(long, default_value_t = DEFAULT_CODEBOOK_SIZE)]
+    pub codebook_size: usize,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -70,7 +73,7 @@ impl IndexArgs {
             storage,
             min_docs: self.graph_min_docs,
         };
-        IndexParams { fde, hnsw }
+        IndexParams { fde, hnsw, codebook_size: self.codebook_size }
     }
 }
 
@@ -79,6 +82,7 @@ pub enum PlanArg {
     Auto,
     Exact,
     FdeScan,
+    CentroidScan,
     Hnsw,
 }
 
@@ -108,6 +112,7 @@ impl SearchArgs {
             PlanArg::Auto => Plan::Auto,
             PlanArg::Exact => Plan::Exact,
             PlanArg::FdeScan => Plan::FdeScan,
+            PlanArg::CentroidScan => Plan::CentroidScan,
             PlanArg::Hnsw => Plan::Hnsw,
         };
         SearchParams { k: self.k, plan, ef: self.ef, candidates: self.candidates, rerank: self.rerank, prefix_repetitions: None }

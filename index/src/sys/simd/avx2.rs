@@ -40,6 +40,8 @@ pub(super) unsafe fn chamfer(
 }
 
 /// Sum of the max scores of QB query tokens (`q[k * stride + j]`) over all the document's panels.
+/// Each panel row is widened once, as two 8-token halves, and multiplied by the QB broadcast query
+/// coordinates: 2 * QB independent FMA chains, two ymm accumulators per query token.
 /// # Safety
 /// As [`chamfer`], with `q[k * stride + j]` readable for k < dim, j < QB.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -54,7 +56,7 @@ unsafe fn block<const QB: usize>(
     for p in 0..n_panels {
         // SAFETY: panel p < n_panels starts at p * 16 * dim.
         let panel = unsafe { doc.add(p * PANEL * dim) };
-        let mut acc = [[_mm256_setzero_ps(); QB]; 2];
+        let mut acc = [[_mm256_setzero_ps(); 2]; QB];
         for k in 0..dim {
             // SAFETY: k < dim: both 8-token halves of row k are within the panel.
             let rows = unsafe {
@@ -63,16 +65,15 @@ unsafe fn block<const QB: usize>(
                     load_ph(panel.add(k * PANEL + 8)),
                 ]
             };
-            for j in 0..QB {
+            for (j, a) in acc.iter_mut().enumerate() {
                 // SAFETY: k < dim, j < QB: within the query block.
                 let x = _mm256_set1_ps(unsafe { *q.add(k * stride + j) });
-                for h in 0..2 {
-                    acc[h][j] = _mm256_fmadd_ps(x, rows[h], acc[h][j]);
-                }
+                a[0] = _mm256_fmadd_ps(x, rows[0], a[0]);
+                a[1] = _mm256_fmadd_ps(x, rows[1], a[1]);
             }
         }
-        for j in 0..QB {
-            best[j] = _mm256_max_ps(best[j], _mm256_max_ps(acc[0][j], acc[1][j]));
+        for (b, a) in best.iter_mut().zip(acc) {
+            *b = _mm256_max_ps(*b, _mm256_max_ps(a[0], a[1]));
         }
     }
     best.iter().map(|&m| hmax(m)).sum()

@@ -5,4 +5,5 @@ pub(crate) mod axpy;
 pub(crate) mod codes;
 pub(crate) mod gemm;
 pub(crate) mod mmap;
+pub(crate) mod multiversion;
 pub(crate) mod simd;

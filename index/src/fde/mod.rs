@@ -456,7 +456,7 @@ mod multiversion_tests {
             return;
         }
         let enc = FdeEncoder::new(FdeConfig::paper_default(128)).unwrap();
-        let n = 37;
+        let n: usize = 37;
         let rows: Vec<f32> = (0..n * 128).map(|i| (((i * 7919) % 1013) as f32 / 506.0 - 1.0) * 1e-3).collect();
         let (tiles, stride) = (n.div_ceil(LANES), 128usize.next_power_of_two());
         let mut panels = vec![Lanes::default(); tiles * stride];

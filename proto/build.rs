@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free in edition 2021; a build script is single-threaded, so mutating the environment is sound.
+    // A build script is single-threaded, so setting an environment variable here is sound.
     std::env::set_var("PROTOC", protoc);
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

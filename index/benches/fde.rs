@@ -15,7 +15,9 @@ const DOCS: usize = 256;
 
 fn corpus() -> Vec<f32> {
     let (mut rng, mut normal) = (Mt19937::new(2024), NormalF32::new());
-    let mut data: Vec<f32> = (0..DOCS * TOKENS * DIM).map(|_| normal.sample(&mut rng)).collect();
+    let mut data: Vec<f32> = (0..DOCS * TOKENS * DIM)
+        .map(|_| normal.sample(&mut rng))
+        .collect();
     for token in data.chunks_exact_mut(DIM) {
         let norm = token.iter().map(|v| v * v).sum::<f32>().sqrt();
         token.iter_mut().for_each(|v| *v /= norm);
@@ -35,26 +37,40 @@ fn process_cpu_time() -> Option<Duration> {
 
 fn bench(c: &mut Criterion) {
     let data = corpus();
-    let docs: Vec<TokenMatrix<'_>> =
-        data.chunks_exact(TOKENS * DIM).map(|d| TokenMatrix::new(d, DIM, "document").unwrap()).collect();
+    let docs: Vec<TokenMatrix<'_>> = data
+        .chunks_exact(TOKENS * DIM)
+        .map(|d| TokenMatrix::new(d, DIM, "document").unwrap())
+        .collect();
     let encoder = FdeEncoder::new(FdeConfig::paper_default(DIM)).unwrap();
     let mut out = vec![0.0f32; DOCS * encoder.config().output_dim()];
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let mut encode = || pool.install(|| encoder.encode_documents_into(&docs, &mut out)).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut encode = || {
+        pool.install(|| encoder.encode_documents_into(&docs, &mut out))
+            .unwrap()
+    };
 
     let mut group = c.benchmark_group("fde");
     group.throughput(Throughput::Elements(DOCS as u64));
-    group.bench_function("encode_documents_into/1 thread/113 tokens/(20,5,16)/wall", |b| b.iter(&mut encode));
+    group.bench_function(
+        "encode_documents_into/1 thread/113 tokens/(20,5,16)/wall",
+        |b| b.iter(&mut encode),
+    );
     if process_cpu_time().is_some() {
-        group.bench_function("encode_documents_into/1 thread/113 tokens/(20,5,16)/cpu", |b| {
-            b.iter_custom(|iters| {
-                let (cpu, wall) = (process_cpu_time().unwrap_or_default(), Instant::now());
-                for _ in 0..iters {
-                    encode();
-                }
-                process_cpu_time().map_or(wall.elapsed(), |now| now.saturating_sub(cpu))
-            })
-        });
+        group.bench_function(
+            "encode_documents_into/1 thread/113 tokens/(20,5,16)/cpu",
+            |b| {
+                b.iter_custom(|iters| {
+                    let (cpu, wall) = (process_cpu_time().unwrap_or_default(), Instant::now());
+                    for _ in 0..iters {
+                        encode();
+                    }
+                    process_cpu_time().map_or(wall.elapsed(), |now| now.saturating_sub(cpu))
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -63,9 +63,17 @@ impl Codebook {
         let sample: Vec<f32> = if take == n {
             tokens[..n * dim].to_vec()
         } else {
-            (0..take).flat_map(|_| tokens[rng.random_range(0..n) * dim..][..dim].iter().copied()).collect()
+            (0..take)
+                .flat_map(|_| {
+                    tokens[rng.random_range(0..n) * dim..][..dim]
+                        .iter()
+                        .copied()
+                })
+                .collect()
         };
-        let mut centroids: Vec<f32> = (0..k).flat_map(|_| sample[rng.random_range(0..take) * dim..][..dim].to_vec()).collect();
+        let mut centroids: Vec<f32> = (0..k)
+            .flat_map(|_| sample[rng.random_range(0..take) * dim..][..dim].to_vec())
+            .collect();
         centroids.chunks_exact_mut(dim).for_each(normalise);
         let mut book = Codebook { dim, centroids };
         for _ in 0..KMEANS_ITERS {
@@ -74,7 +82,10 @@ impl Codebook {
             let mut counts = vec![0usize; k];
             for (t, &c) in assign.iter().enumerate() {
                 counts[c as usize] += 1;
-                sums[c as usize * dim..][..dim].iter_mut().zip(&sample[t * dim..][..dim]).for_each(|(s, v)| *s += v);
+                sums[c as usize * dim..][..dim]
+                    .iter_mut()
+                    .zip(&sample[t * dim..][..dim])
+                    .for_each(|(s, v)| *s += v);
             }
             for (c, s) in sums.chunks_exact_mut(dim).enumerate() {
                 if counts[c] == 0 {
@@ -158,11 +169,19 @@ mod tests {
     fn kmeans_assigns_tokens_to_their_own_cluster() {
         // Three well-separated directions with small perturbations.
         let dim = 4;
-        let base = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let base = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let mut toks = Vec::new();
         for i in 0..300 {
             let b = base[i % 3];
-            let mut v: Vec<f32> = b.iter().enumerate().map(|(j, x)| x + ((i * 7 + j * 3) % 5) as f32 * 0.01).collect();
+            let mut v: Vec<f32> = b
+                .iter()
+                .enumerate()
+                .map(|(j, x)| x + ((i * 7 + j * 3) % 5) as f32 * 0.01)
+                .collect();
             normalise(&mut v);
             toks.extend(v);
         }
@@ -176,7 +195,16 @@ mod tests {
         let q = &toks[..2 * dim];
         let t = book.query_table(q);
         let naive: f32 = (0..2)
-            .map(|qi| codes.iter().map(|&c| (0..dim).map(|j| q[qi * dim + j] * book.centroids()[c as usize * dim + j]).sum::<f32>()).fold(f32::MIN, f32::max))
+            .map(|qi| {
+                codes
+                    .iter()
+                    .map(|&c| {
+                        (0..dim)
+                            .map(|j| q[qi * dim + j] * book.centroids()[c as usize * dim + j])
+                            .sum::<f32>()
+                    })
+                    .fold(f32::MIN, f32::max)
+            })
             .sum();
         assert!((t.score(&codes) - naive).abs() < 1e-4);
         assert_eq!(Codebook::effective_size(1024, 100), 6);

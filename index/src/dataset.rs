@@ -18,7 +18,10 @@ pub struct NpyArray<T> {
 }
 
 fn ds_err(path: &Path, reason: impl Into<String>) -> IndexError {
-    IndexError::Dataset { path: path.to_path_buf(), reason: reason.into() }
+    IndexError::Dataset {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Parses a `.npy` (format 1.x/2.x/3.x, little-endian, C order) header: returns (descr, shape, data offset).
@@ -31,24 +34,44 @@ fn parse_npy_header(path: &Path, b: &[u8]) -> Result<(String, Vec<usize>, usize)
         2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
         v => return Err(ds_err(path, format!("unsupported .npy version {v}"))),
     };
-    let header = b.get(start..start + hlen).ok_or_else(|| ds_err(path, ".npy header truncated"))?;
-    let header = std::str::from_utf8(header).map_err(|_| ds_err(path, ".npy header is not text"))?;
+    let header = b
+        .get(start..start + hlen)
+        .ok_or_else(|| ds_err(path, ".npy header truncated"))?;
+    let header =
+        std::str::from_utf8(header).map_err(|_| ds_err(path, ".npy header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;
-        Some(header[i + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+        Some(
+            header[i + key.len() + 2..]
+                .trim_start()
+                .trim_start_matches(':')
+                .trim_start(),
+        )
     };
-    let descr = field("descr").and_then(|s| s.strip_prefix('\'')).and_then(|s| s.split('\'').next());
-    let descr = descr.ok_or_else(|| ds_err(path, ".npy header has no descr"))?.to_string();
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next());
+    let descr = descr
+        .ok_or_else(|| ds_err(path, ".npy header has no descr"))?
+        .to_string();
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
-        return Err(ds_err(path, "Fortran-order arrays are not supported (save with C order)"));
+        return Err(ds_err(
+            path,
+            "Fortran-order arrays are not supported (save with C order)",
+        ));
     }
-    let shape = field("shape").and_then(|s| s.strip_prefix('(')).and_then(|s| s.split(')').next());
+    let shape = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next());
     let shape = shape.ok_or_else(|| ds_err(path, ".npy header has no shape"))?;
     let shape: Vec<usize> = shape
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| ds_err(path, format!("bad shape entry {s:?}"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| ds_err(path, format!("bad shape entry {s:?}")))
+        })
         .collect::<Result<_>>()?;
     Ok((descr, shape, start + hlen))
 }
@@ -62,10 +85,23 @@ fn read_npy_raw(path: &Path) -> Result<(String, Vec<usize>, Vec<u8>)> {
         "<f4" | "<i4" => 4,
         "<i8" | "<f8" => 8,
         "|u1" | "|i1" => 1,
-        d => return Err(ds_err(path, format!("unsupported dtype {d:?} (little-endian f2/f4/f8/i4/i8 expected)"))),
+        d => {
+            return Err(ds_err(
+                path,
+                format!("unsupported dtype {d:?} (little-endian f2/f4/f8/i4/i8 expected)"),
+            ))
+        }
     };
     if b.len() - off != count * width {
-        return Err(ds_err(path, format!("data holds {} bytes, shape {:?} of {descr} needs {}", b.len() - off, shape, count * width)));
+        return Err(ds_err(
+            path,
+            format!(
+                "data holds {} bytes, shape {:?} of {descr} needs {}",
+                b.len() - off,
+                shape,
+                count * width
+            ),
+        ));
     }
     b.drain(..off);
     Ok((descr, shape, b))
@@ -75,10 +111,24 @@ fn read_npy_raw(path: &Path) -> Result<(String, Vec<usize>, Vec<u8>)> {
 pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
     let (descr, shape, b) = read_npy_raw(path)?;
     let data = match descr.as_str() {
-        "<f2" => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        "<f4" => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        "<f8" => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
-        d => return Err(ds_err(path, format!("expected a float array, found dtype {d:?}"))),
+        "<f2" => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "<f4" => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "<f8" => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        d => {
+            return Err(ds_err(
+                path,
+                format!("expected a float array, found dtype {d:?}"),
+            ))
+        }
     };
     Ok(NpyArray { shape, data })
 }
@@ -87,9 +137,20 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
 pub fn read_npy_i64(path: &Path) -> Result<NpyArray<i64>> {
     let (descr, shape, b) = read_npy_raw(path)?;
     let data = match descr.as_str() {
-        "<i4" => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-        "<i8" => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-        d => return Err(ds_err(path, format!("expected an integer array, found dtype {d:?}"))),
+        "<i4" => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        "<i8" => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        d => {
+            return Err(ds_err(
+                path,
+                format!("expected an integer array, found dtype {d:?}"),
+            ))
+        }
     };
     Ok(NpyArray { shape, data })
 }
@@ -98,9 +159,16 @@ pub fn read_npy_i64(path: &Path) -> Result<NpyArray<i64>> {
 pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
     let shape_s = match shape {
         [n] => format!("({n},)"),
-        s => format!("({})", s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
@@ -136,37 +204,72 @@ impl Items {
         let ids_path = dir.join(format!("{prefix}_ids.txt"));
         let toks = read_npy_f32(&tok_path)?;
         let [rows, d] = toks.shape[..] else {
-            return Err(ds_err(&tok_path, format!("expected a 2-d [rows, dim] array, got shape {:?}", toks.shape)));
+            return Err(ds_err(
+                &tok_path,
+                format!(
+                    "expected a 2-d [rows, dim] array, got shape {:?}",
+                    toks.shape
+                ),
+            ));
         };
         if d == 0 {
             return Err(ds_err(&tok_path, "token dimension is 0"));
         }
         if let Some(want) = dim.filter(|&w| w != d) {
-            return Err(ds_err(&tok_path, format!("token dimension {d} differs from the documents' {want}")));
+            return Err(ds_err(
+                &tok_path,
+                format!("token dimension {d} differs from the documents' {want}"),
+            ));
         }
         if let Some(p) = toks.data.iter().position(|v| !v.is_finite()) {
-            return Err(ds_err(&tok_path, format!("non-finite value at row {}, column {}", p / d, p % d)));
+            return Err(ds_err(
+                &tok_path,
+                format!("non-finite value at row {}, column {}", p / d, p % d),
+            ));
         }
         let offs = read_npy_i64(&off_path)?;
         if offs.shape.len() != 1 || offs.data.len() < 2 {
-            return Err(ds_err(&off_path, format!("expected a 1-d array of at least 2 offsets, got shape {:?}", offs.shape)));
+            return Err(ds_err(
+                &off_path,
+                format!(
+                    "expected a 1-d array of at least 2 offsets, got shape {:?}",
+                    offs.shape
+                ),
+            ));
         }
         if offs.data[0] != 0 || *offs.data.last().unwrap_or(&0) != rows as i64 {
-            return Err(ds_err(&off_path, format!("offsets must start at 0 and end at {rows} (the token rows)")));
+            return Err(ds_err(
+                &off_path,
+                format!("offsets must start at 0 and end at {rows} (the token rows)"),
+            ));
         }
         if let Some(i) = offs.data.windows(2).position(|w| w[1] <= w[0]) {
-            return Err(ds_err(&off_path, format!("item {i} has no tokens (offsets must increase strictly)")));
+            return Err(ds_err(
+                &off_path,
+                format!("item {i} has no tokens (offsets must increase strictly)"),
+            ));
         }
         let text = fs::read_to_string(&ids_path).map_err(|e| IndexError::io(&ids_path, e))?;
-        let ids: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         if ids.len() != offs.data.len() - 1 {
-            return Err(ds_err(&ids_path, format!("{} ids for {} items", ids.len(), offs.data.len() - 1)));
+            return Err(ds_err(
+                &ids_path,
+                format!("{} ids for {} items", ids.len(), offs.data.len() - 1),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
             return Err(ds_err(&ids_path, format!("duplicate id {dup:?}")));
         }
-        Ok(Items { tokens: toks.data, offsets: offs.data.iter().map(|&o| o as usize).collect(), ids })
+        Ok(Items {
+            tokens: toks.data,
+            offsets: offs.data.iter().map(|&o| o as usize).collect(),
+            ids,
+        })
     }
 
     fn tokens(&self, i: usize, dim: usize) -> &[f32] {
@@ -196,20 +299,32 @@ impl Dataset {
         }
         let docs = Items::load(dir, "doc", None)?;
         let dim = docs.tokens.len() / docs.offsets.last().copied().unwrap_or(1).max(1);
-        let queries = if dir.join("query_tokens.npy").exists() { Items::load(dir, "query", Some(dim))? } else { Items::default() };
+        let queries = if dir.join("query_tokens.npy").exists() {
+            Items::load(dir, "query", Some(dim))?
+        } else {
+            Items::default()
+        };
         let nq = queries.ids.len();
         let gt_path = dir.join("gt_chamfer_ids.npy");
         let gt_ids = if gt_path.exists() && nq > 0 {
             let a = read_npy_i64(&gt_path)?;
-            let [rows, width] = a.shape[..] else { return Err(ds_err(&gt_path, "expected [queries, k]")) };
+            let [rows, width] = a.shape[..] else {
+                return Err(ds_err(&gt_path, "expected [queries, k]"));
+            };
             if rows != nq {
                 return Err(ds_err(&gt_path, format!("{rows} rows for {nq} queries")));
             }
             let n = docs.ids.len() as i64;
             if let Some(v) = a.data.iter().find(|&&v| v < 0 || v >= n) {
-                return Err(ds_err(&gt_path, format!("document row {v} out of range 0..{n}")));
+                return Err(ds_err(
+                    &gt_path,
+                    format!("document row {v} out of range 0..{n}"),
+                ));
             }
-            Some((a.data.iter().map(|&v| v as i32).collect::<Vec<i32>>(), width))
+            Some((
+                a.data.iter().map(|&v| v as i32).collect::<Vec<i32>>(),
+                width,
+            ))
         } else {
             None
         };
@@ -226,16 +341,28 @@ impl Dataset {
         };
         let qrels_path = dir.join("qrels.tsv");
         let qrels = if qrels_path.exists() {
-            let text = fs::read_to_string(&qrels_path).map_err(|e| IndexError::io(&qrels_path, e))?;
+            let text =
+                fs::read_to_string(&qrels_path).map_err(|e| IndexError::io(&qrels_path, e))?;
             let mut m: HashMap<String, HashMap<String, f32>> = HashMap::new();
-            for (ln, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (ln, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let f: Vec<&str> = line.split('\t').collect();
                 let grade = f.get(2).map(|g| g.trim().parse::<f32>());
                 match (f.len(), grade) {
                     (3, Some(Ok(g))) => {
-                        m.entry(f[0].to_string()).or_default().insert(f[1].to_string(), g);
+                        m.entry(f[0].to_string())
+                            .or_default()
+                            .insert(f[1].to_string(), g);
                     }
-                    _ => return Err(ds_err(&qrels_path, format!("line {}: expected query_id<TAB>doc_id<TAB>grade", ln + 1))),
+                    _ => {
+                        return Err(ds_err(
+                            &qrels_path,
+                            format!("line {}: expected query_id<TAB>doc_id<TAB>grade", ln + 1),
+                        ))
+                    }
                 }
             }
             Some(m)
@@ -244,20 +371,42 @@ impl Dataset {
         };
         let texts_path = dir.join("docs.jsonl");
         let doc_texts = if texts_path.exists() {
-            let text = fs::read_to_string(&texts_path).map_err(|e| IndexError::io(&texts_path, e))?;
+            let text =
+                fs::read_to_string(&texts_path).map_err(|e| IndexError::io(&texts_path, e))?;
             let mut by_id: HashMap<String, String> = HashMap::new();
-            for (ln, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| ds_err(&texts_path, format!("line {}: {e}", ln + 1)))?;
-                if let (Some(id), Some(t)) = (v.get("id").and_then(|x| x.as_str()), v.get("text").and_then(|x| x.as_str())) {
+            for (ln, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| ds_err(&texts_path, format!("line {}: {e}", ln + 1)))?;
+                if let (Some(id), Some(t)) = (
+                    v.get("id").and_then(|x| x.as_str()),
+                    v.get("text").and_then(|x| x.as_str()),
+                ) {
                     by_id.insert(id.to_string(), t.to_string());
                 }
             }
-            Some(docs.ids.iter().map(|id| by_id.remove(id).unwrap_or_default()).collect())
+            Some(
+                docs.ids
+                    .iter()
+                    .map(|id| by_id.remove(id).unwrap_or_default())
+                    .collect(),
+            )
         } else {
             None
         };
-        Ok(Dataset { path: dir.to_path_buf(), dim, docs, queries, gt_ids, gt_scores, qrels, doc_texts })
+        Ok(Dataset {
+            path: dir.to_path_buf(),
+            dim,
+            docs,
+            queries,
+            gt_ids,
+            gt_scores,
+            qrels,
+            doc_texts,
+        })
     }
 
     /// The folder it was read from.
@@ -266,7 +415,12 @@ impl Dataset {
     }
     /// The folder's name (the default collection name).
     pub fn name(&self) -> String {
-        self.path.canonicalize().unwrap_or_else(|_| self.path.clone()).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into())
+        self.path
+            .canonicalize()
+            .unwrap_or_else(|_| self.path.clone())
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dataset".into())
     }
     /// Token dimension.
     pub fn dim(&self) -> usize {
@@ -316,7 +470,10 @@ impl Dataset {
     /// Relevance labels of query `j` (doc id -> grade), when the folder has qrels.
     pub fn qrels(&self, j: usize) -> Option<&HashMap<String, f32>> {
         static EMPTY: std::sync::OnceLock<HashMap<String, f32>> = std::sync::OnceLock::new();
-        self.qrels.as_ref().map(|m| m.get(self.query_id(j)).unwrap_or_else(|| EMPTY.get_or_init(HashMap::new)))
+        self.qrels.as_ref().map(|m| {
+            m.get(self.query_id(j))
+                .unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
+        })
     }
     /// True when qrels.tsv exists.
     pub fn has_qrels(&self) -> bool {
@@ -324,7 +481,10 @@ impl Dataset {
     }
     /// Text of document `i` from docs.jsonl.
     pub fn doc_text(&self, i: usize) -> Option<&str> {
-        self.doc_texts.as_ref().map(|t| t[i].as_str()).filter(|t| !t.is_empty())
+        self.doc_texts
+            .as_ref()
+            .map(|t| t[i].as_str())
+            .filter(|t| !t.is_empty())
     }
 }
 
@@ -347,15 +507,38 @@ impl DatasetWriter<'_> {
     /// Writes every file into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
-        let f16s = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect() };
-        let i64s = |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect() };
+        let f16s = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                .collect()
+        };
+        let i64s =
+            |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect() };
         for (p, ids, toks, offs) in [
             ("doc", self.doc_ids, self.doc_tokens, self.doc_offsets),
-            ("query", self.query_ids, self.query_tokens, self.query_offsets),
+            (
+                "query",
+                self.query_ids,
+                self.query_tokens,
+                self.query_offsets,
+            ),
         ] {
-            write_npy(&dir.join(format!("{p}_tokens.npy")), "<f2", &[toks.len() / self.dim, self.dim], &f16s(toks))?;
-            write_npy(&dir.join(format!("{p}_offsets.npy")), "<i8", &[offs.len()], &i64s(offs))?;
-            write_atomic(&dir.join(format!("{p}_ids.txt")), (ids.join("\n") + "\n").as_bytes())?;
+            write_npy(
+                &dir.join(format!("{p}_tokens.npy")),
+                "<f2",
+                &[toks.len() / self.dim, self.dim],
+                &f16s(toks),
+            )?;
+            write_npy(
+                &dir.join(format!("{p}_offsets.npy")),
+                "<i8",
+                &[offs.len()],
+                &i64s(offs),
+            )?;
+            write_atomic(
+                &dir.join(format!("{p}_ids.txt")),
+                (ids.join("\n") + "\n").as_bytes(),
+            )?;
         }
         if let Some((ids, scores, k)) = self.gt {
             let nq = ids.len() / k.max(1);
@@ -365,7 +548,11 @@ impl DatasetWriter<'_> {
             write_npy(&dir.join("gt_chamfer_scores.npy"), "<f4", &[nq, k], &b)?;
         }
         if !self.qrels.is_empty() {
-            let s: String = self.qrels.iter().map(|(q, d)| format!("{q}\t{d}\t1\n")).collect();
+            let s: String = self
+                .qrels
+                .iter()
+                .map(|(q, d)| format!("{q}\t{d}\t1\n"))
+                .collect();
             write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
         }
         Ok(())

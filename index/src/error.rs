@@ -34,13 +34,20 @@ pub enum IndexError {
     NotFound(String),
     /// An operating-system I/O error on a named file.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file that exists but whose bytes are not what they must be (truncated, bit-flipped, wrong magic).
     #[error("{}: corrupt or truncated file: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     /// A file written by a newer (or older, unsupported) version of chamfer.
     #[error("{}: unsupported format version {found} (this build reads version {supported})", path.display())]
-    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     /// A data set folder that does not follow the documented format.
     #[error("data set {}: {reason}", path.display())]
     Dataset { path: PathBuf, reason: String },
@@ -52,14 +59,23 @@ pub enum IndexError {
 impl IndexError {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        IndexError::Io { path: path.into(), source }
+        IndexError::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A corrupt-file error for `path`.
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        IndexError::Corrupt { path: path.into(), reason: reason.into() }
+        IndexError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
     /// An out-of-range parameter.
     pub fn param(name: &'static str, reason: impl Into<String>) -> Self {
-        IndexError::InvalidParam { name, reason: reason.into() }
+        IndexError::InvalidParam {
+            name,
+            reason: reason.into(),
+        }
     }
 }

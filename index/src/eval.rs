@@ -7,7 +7,11 @@ pub fn recall_at_k(returned: &[usize], gt: &[i32], k: usize) -> f64 {
         return 0.0;
     }
     let truth: Vec<usize> = gt.iter().take(k).map(|&g| g as usize).collect();
-    let hits = returned.iter().take(k).filter(|r| truth.contains(r)).count();
+    let hits = returned
+        .iter()
+        .take(k)
+        .filter(|r| truth.contains(r))
+        .count();
     hits as f64 / k.min(truth.len()).max(1) as f64
 }
 
@@ -18,11 +22,21 @@ pub fn ndcg_at_k(returned: &[&str], qrels: &HashMap<String, f32>, k: usize) -> f
         .iter()
         .take(k)
         .enumerate()
-        .map(|(i, id)| qrels.get(*id).map(|&g| gain(g) / ((i + 2) as f64).log2()).unwrap_or(0.0))
+        .map(|(i, id)| {
+            qrels
+                .get(*id)
+                .map(|&g| gain(g) / ((i + 2) as f64).log2())
+                .unwrap_or(0.0)
+        })
         .sum();
     let mut ideal: Vec<f32> = qrels.values().copied().filter(|&g| g > 0.0).collect();
     ideal.sort_by(|a, b| b.total_cmp(a));
-    let idcg: f64 = ideal.iter().take(k).enumerate().map(|(i, &g)| gain(g) / ((i + 2) as f64).log2()).sum();
+    let idcg: f64 = ideal
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, &g)| gain(g) / ((i + 2) as f64).log2())
+        .sum();
     if idcg == 0.0 {
         0.0
     } else {

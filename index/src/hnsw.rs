@@ -77,7 +77,10 @@ pub struct CandidateIndex {
 }
 
 fn graph_paths(dir: &Path, base: &str) -> [PathBuf; 2] {
-    [dir.join(format!("{base}.hnsw.graph")), dir.join(format!("{base}.hnsw.data"))]
+    [
+        dir.join(format!("{base}.hnsw.graph")),
+        dir.join(format!("{base}.hnsw.data")),
+    ]
 }
 
 /// Lists the graph files of shard base name `base` in `dir` (whether or not they exist).
@@ -101,14 +104,21 @@ impl CandidateIndex {
         base: &str,
     ) -> Result<Vec<GraphFile>> {
         if prefix_dim == 0 || vectors.len() % prefix_dim != 0 {
-            return Err(IndexError::InvalidConfig("graph vectors do not match the prefix dimension".into()));
+            return Err(IndexError::InvalidConfig(
+                "graph vectors do not match the prefix dimension".into(),
+            ));
         }
         // hnsw_rs exits the process for more than 256 connections: refuse before calling it.
         if build.m == 0 || build.m > 128 {
-            return Err(IndexError::InvalidConfig(format!("hnsw m must be in 1..=128, got {}", build.m)));
+            return Err(IndexError::InvalidConfig(format!(
+                "hnsw m must be in 1..=128, got {}",
+                build.m
+            )));
         }
         if build.ef_construction == 0 {
-            return Err(IndexError::InvalidConfig("hnsw ef_construction must be > 0".into()));
+            return Err(IndexError::InvalidConfig(
+                "hnsw ef_construction must be > 0".into(),
+            ));
         }
         let n = vectors.len() / prefix_dim;
         let layers = 16;
@@ -118,27 +128,47 @@ impl CandidateIndex {
         fs::create_dir_all(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
         let dumped = match build.storage {
             VectorStorage::F32 => {
-                let hnsw = Hnsw::<f32, ClampedInnerF32>::new(build.m, n, layers, build.ef_construction, ClampedInnerF32);
-                let data: Vec<(&[f32], usize)> = vectors.chunks_exact(prefix_dim).zip(0..).collect();
+                let hnsw = Hnsw::<f32, ClampedInnerF32>::new(
+                    build.m,
+                    n,
+                    layers,
+                    build.ef_construction,
+                    ClampedInnerF32,
+                );
+                let data: Vec<(&[f32], usize)> =
+                    vectors.chunks_exact(prefix_dim).zip(0..).collect();
                 hnsw.parallel_insert_slice(&data);
                 hnsw.file_dump(&tmp, base)
             }
             VectorStorage::F16 => {
                 let halves: Vec<f16> = vectors.iter().map(|&v| f16::from_f32(v)).collect();
-                let hnsw = Hnsw::<f16, ClampedInnerF16>::new(build.m, n, layers, build.ef_construction, ClampedInnerF16);
+                let hnsw = Hnsw::<f16, ClampedInnerF16>::new(
+                    build.m,
+                    n,
+                    layers,
+                    build.ef_construction,
+                    ClampedInnerF16,
+                );
                 let data: Vec<(&[f16], usize)> = halves.chunks_exact(prefix_dim).zip(0..).collect();
                 hnsw.parallel_insert_slice(&data);
                 hnsw.file_dump(&tmp, base)
             }
         };
-        let dumped = dumped.map_err(|e| IndexError::io(&tmp, std::io::Error::other(e.to_string())))?;
+        let dumped =
+            dumped.map_err(|e| IndexError::io(&tmp, std::io::Error::other(e.to_string())))?;
         let mut files = Vec::new();
-        for (src, dst) in graph_paths(&tmp, &dumped).iter().zip(graph_paths(dir, base).iter()) {
+        for (src, dst) in graph_paths(&tmp, &dumped)
+            .iter()
+            .zip(graph_paths(dir, base).iter())
+        {
             let f = fs::File::open(src).map_err(|e| IndexError::io(src, e))?;
             f.sync_all().map_err(|e| IndexError::io(src, e))?;
             fs::rename(src, dst).map_err(|e| IndexError::io(dst, e))?;
             let (len, crc32) = checksum_file(dst)?;
-            let name = dst.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = dst
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             files.push(GraphFile { name, len, crc32 });
         }
         let _ = fs::remove_dir_all(&tmp);
@@ -146,15 +176,26 @@ impl CandidateIndex {
     }
 
     /// Verifies and loads the graph files of `base` in `dir`.
-    pub fn load(dir: &Path, base: &str, files: &[GraphFile], storage: VectorStorage, prefix_dim: usize) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        base: &str,
+        files: &[GraphFile],
+        storage: VectorStorage,
+        prefix_dim: usize,
+    ) -> Result<Self> {
         let expected = graph_paths(dir, base);
         if files.len() != 2 {
-            return Err(IndexError::corrupt(dir.join(base), "shard lists the wrong number of graph files"));
+            return Err(IndexError::corrupt(
+                dir.join(base),
+                "shard lists the wrong number of graph files",
+            ));
         }
         for (path, want) in expected.iter().zip(files) {
             let (len, crc32) = match checksum_file(path) {
                 Ok(v) => v,
-                Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(IndexError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     return Err(IndexError::corrupt(path, "HNSW graph file is missing"));
                 }
                 Err(e) => return Err(e),
@@ -171,14 +212,16 @@ impl CandidateIndex {
         // per shard open instead of building a self-referential struct.
         let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, base)));
         let graph = match storage {
-            VectorStorage::F16 => Graph::F16(
-                io.load_hnsw::<f16, ClampedInnerF16>()
-                    .map_err(|e| IndexError::corrupt(dir.join(base), format!("HNSW graph reload failed: {e}")))?,
-            ),
-            VectorStorage::F32 => Graph::F32(
-                io.load_hnsw::<f32, ClampedInnerF32>()
-                    .map_err(|e| IndexError::corrupt(dir.join(base), format!("HNSW graph reload failed: {e}")))?,
-            ),
+            VectorStorage::F16 => {
+                Graph::F16(io.load_hnsw::<f16, ClampedInnerF16>().map_err(|e| {
+                    IndexError::corrupt(dir.join(base), format!("HNSW graph reload failed: {e}"))
+                })?)
+            }
+            VectorStorage::F32 => {
+                Graph::F32(io.load_hnsw::<f32, ClampedInnerF32>().map_err(|e| {
+                    IndexError::corrupt(dir.join(base), format!("HNSW graph reload failed: {e}"))
+                })?)
+            }
         };
         Ok(CandidateIndex { graph, prefix_dim })
     }
@@ -190,10 +233,18 @@ impl CandidateIndex {
 
     /// The `n` nearest documents to `query` (unit-normalised prefix) with beam width `ef`, keeping only documents
     /// for which `filter` returns true (applied inside the walk). Returns (doc index, distance), nearest first.
-    pub fn search(&self, query: &[f32], n: usize, ef: usize, filter: Option<&(dyn Fn(usize) -> bool + Sync)>) -> Vec<(usize, f32)> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        n: usize,
+        ef: usize,
+        filter: Option<&(dyn Fn(usize) -> bool + Sync)>,
+    ) -> Vec<(usize, f32)> {
         let ef = ef.max(n);
         let wrapped = filter.map(|f| move |id: &usize| f(*id));
-        let fref: Option<&dyn hnsw_rs::prelude::FilterT> = wrapped.as_ref().map(|w| w as &dyn hnsw_rs::prelude::FilterT);
+        let fref: Option<&dyn hnsw_rs::prelude::FilterT> = wrapped
+            .as_ref()
+            .map(|w| w as &dyn hnsw_rs::prelude::FilterT);
         let found = match &self.graph {
             Graph::F32(h) => h.search_filter(query, n, ef, fref),
             Graph::F16(h) => {

@@ -28,12 +28,23 @@ struct Manifest {
 }
 
 /// Writes `docs` as one shard into `dir` (created if needed) and the manifest naming it.
-pub fn write_index(dir: &Path, params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
+pub fn write_index(
+    dir: &Path,
+    params: &IndexParams,
+    docs: &[ShardDoc<'_>],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
     let name = "shard-00000.chs".to_string();
     Shard::write(&dir.join(&name), params, docs, progress)?;
-    let m = Manifest { format: "chamfer-index".into(), version: MANIFEST_VERSION, params: params.clone(), shards: vec![name] };
-    let json = serde_json::to_vec_pretty(&m).map_err(|e| IndexError::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
+    let m = Manifest {
+        format: "chamfer-index".into(),
+        version: MANIFEST_VERSION,
+        params: params.clone(),
+        shards: vec![name],
+    };
+    let json = serde_json::to_vec_pretty(&m)
+        .map_err(|e| IndexError::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
     write_atomic(&dir.join(MANIFEST), &json)
 }
 
@@ -41,20 +52,35 @@ pub fn write_index(dir: &Path, params: &IndexParams, docs: &[ShardDoc<'_>], prog
 pub fn open_index(dir: &Path) -> Result<Searcher> {
     let path = dir.join(MANIFEST);
     let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| IndexError::corrupt(&path, e.to_string()))?;
+    let m: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| IndexError::corrupt(&path, e.to_string()))?;
     if m.format != "chamfer-index" {
         return Err(IndexError::corrupt(&path, "not a chamfer index manifest"));
     }
     if m.version != MANIFEST_VERSION {
-        return Err(IndexError::UnsupportedVersion { path, found: m.version, supported: MANIFEST_VERSION });
+        return Err(IndexError::UnsupportedVersion {
+            path,
+            found: m.version,
+            supported: MANIFEST_VERSION,
+        });
     }
-    let shards = m.shards.iter().map(|s| Shard::open(&dir.join(s)).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+    let shards = m
+        .shards
+        .iter()
+        .map(|s| Shard::open(&dir.join(s)).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
     Searcher::new(m.params, shards)
 }
 
 /// Bytes on disk of everything in `dir` (the index size).
 pub fn index_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }

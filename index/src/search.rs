@@ -87,13 +87,23 @@ pub struct SearchParams {
 impl SearchParams {
     /// Defaults with `k` results.
     pub fn new(k: usize) -> Self {
-        SearchParams { k, plan: Plan::Auto, ef: None, candidates: None, rerank: None, prefix_repetitions: None }
+        SearchParams {
+            k,
+            plan: Plan::Auto,
+            ef: None,
+            candidates: None,
+            rerank: None,
+            prefix_repetitions: None,
+        }
     }
 
     /// Range checks.
     pub fn validate(&self) -> Result<()> {
         let check = |name: &'static str, v: Option<usize>| match v {
-            Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(name, format!("must be in 1..={MAX_K}, got {v}"))),
+            Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(
+                name,
+                format!("must be in 1..={MAX_K}, got {v}"),
+            )),
             _ => Ok(()),
         };
         check("k", Some(self.k))?;
@@ -104,10 +114,14 @@ impl SearchParams {
 
     /// Exact re-rank depth for a collection of `n` documents.
     pub fn rerank_for(&self, n: usize) -> usize {
-        self.rerank.unwrap_or((n / 100).clamp(DEFAULT_RERANK_MIN, DEFAULT_RERANK_MAX)).max(self.k)
+        self.rerank
+            .unwrap_or((n / 100).clamp(DEFAULT_RERANK_MIN, DEFAULT_RERANK_MAX))
+            .max(self.k)
     }
     fn candidates_for(&self, n: usize) -> usize {
-        self.candidates.unwrap_or(self.rerank_for(n) * DEFAULT_CANDIDATE_FACTOR).max(self.rerank_for(n))
+        self.candidates
+            .unwrap_or(self.rerank_for(n) * DEFAULT_CANDIDATE_FACTOR)
+            .max(self.rerank_for(n))
     }
 }
 
@@ -140,7 +154,10 @@ pub struct Searcher {
 
 /// Descending score, then ascending (shard, doc): the ground truth's tie rule.
 fn by_score(a: &Hit, b: &Hit) -> Ordering {
-    b.score.total_cmp(&a.score).then(a.shard.cmp(&b.shard)).then(a.doc.cmp(&b.doc))
+    b.score
+        .total_cmp(&a.score)
+        .then(a.shard.cmp(&b.shard))
+        .then(a.doc.cmp(&b.doc))
 }
 
 /// Keeps the best `n` hits (unordered).
@@ -161,7 +178,11 @@ struct SparseFde {
 
 impl SparseFde {
     fn new(fde: &[f32], block: usize) -> Self {
-        let mut s = SparseFde { block, offsets: vec![], values: vec![] };
+        let mut s = SparseFde {
+            block,
+            offsets: vec![],
+            values: vec![],
+        };
         for (b, chunk) in fde.chunks_exact(block).enumerate() {
             if chunk.iter().any(|&v| v != 0.0) {
                 s.offsets.push(b * block);
@@ -185,7 +206,11 @@ impl SparseFde {
         let n = shard.len();
         let layout = shard.scan_layout();
         scores.iter_mut().for_each(|s| *s = 0.0);
-        for (&o, q) in self.offsets.iter().zip(self.values.chunks_exact(self.block)) {
+        for (&o, q) in self
+            .offsets
+            .iter()
+            .zip(self.values.chunks_exact(self.block))
+        {
             for (c, &qv) in q.iter().enumerate() {
                 if qv != 0.0 {
                     let row = &layout[(o + c) * n..(o + c + 1) * n];
@@ -214,8 +239,15 @@ impl Searcher {
         }
         // fill_empty_partitions is a document-side option (the reference rejects it for queries); the query
         // encoder is otherwise identical, so the document setting is simply cleared here.
-        let encoder = FdeEncoder::new(FdeConfig { fill_empty_partitions: false, ..params.fde.clone() })?;
-        Ok(Searcher { params, encoder, shards })
+        let encoder = FdeEncoder::new(FdeConfig {
+            fill_empty_partitions: false,
+            ..params.fde.clone()
+        })?;
+        Ok(Searcher {
+            params,
+            encoder,
+            shards,
+        })
     }
 
     /// The index parameters.
@@ -240,14 +272,21 @@ impl Searcher {
         match requested {
             Plan::Auto if self.len() <= rerank => Plan::Exact,
             Plan::Auto | Plan::Hnsw if shard.graph().is_some() => Plan::Hnsw,
-            Plan::Auto | Plan::Hnsw | Plan::CentroidScan if shard.codebook().is_some() => Plan::CentroidScan,
+            Plan::Auto | Plan::Hnsw | Plan::CentroidScan if shard.codebook().is_some() => {
+                Plan::CentroidScan
+            }
             Plan::Auto | Plan::Hnsw | Plan::CentroidScan => Plan::FdeScan,
             p => p,
         }
     }
 
     /// The `p.k` best documents for `query` (descending exact Chamfer score).
-    pub fn search(&self, query: TokenMatrix<'_>, p: &SearchParams, filter: Option<DocFilter<'_>>) -> Result<Vec<Hit>> {
+    pub fn search(
+        &self,
+        query: TokenMatrix<'_>,
+        p: &SearchParams,
+        filter: Option<DocFilter<'_>>,
+    ) -> Result<Vec<Hit>> {
         self.search_with_stats(query, p, filter).map(|(h, _)| h)
     }
 
@@ -261,13 +300,19 @@ impl Searcher {
         p.validate()?;
         let dim = self.params.fde.dimension;
         if query.dim() != dim {
-            return Err(IndexError::DimensionMismatch { expected: dim, got: query.dim() });
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: query.dim(),
+            });
         }
         if let Some(r) = p.prefix_repetitions {
             if r != self.params.hnsw.prefix_repetitions {
                 return Err(IndexError::param(
                     "prefix_repetitions",
-                    format!("the graph indexes a {}-repetition prefix, got {r}", self.params.hnsw.prefix_repetitions),
+                    format!(
+                        "the graph indexes a {}-repetition prefix, got {r}",
+                        self.params.hnsw.prefix_repetitions
+                    ),
                 ));
             }
         }
@@ -279,12 +324,23 @@ impl Searcher {
         // Stage 1: candidates with an approximate (FDE) score; exact plans score directly.
         let mut approx: Vec<Hit> = Vec::new();
         let mut exact: Vec<Hit> = Vec::new();
-        let plans: Vec<Plan> = self.shards.iter().map(|s| self.resolve_plan(p.plan, s, rerank)).collect();
-        let sparse = if plans.iter().any(|&pl| matches!(pl, Plan::FdeScan | Plan::Hnsw)) {
+        let plans: Vec<Plan> = self
+            .shards
+            .iter()
+            .map(|s| self.resolve_plan(p.plan, s, rerank))
+            .collect();
+        let sparse = if plans
+            .iter()
+            .any(|&pl| matches!(pl, Plan::FdeScan | Plan::Hnsw))
+        {
             let fde = self.encoder.encode_query(query)?;
             SparseFde::new(&fde, self.params.fde.block_dim())
         } else {
-            SparseFde { block: self.params.fde.block_dim(), offsets: vec![], values: vec![] }
+            SparseFde {
+                block: self.params.fde.block_dim(),
+                offsets: vec![],
+                values: vec![],
+            }
         };
         let mut scores = Vec::new();
         for (si, shard) in self.shards.iter().enumerate() {
@@ -298,8 +354,13 @@ impl Searcher {
             match plan {
                 Plan::Exact | Plan::Auto => {
                     for d in (0..shard.len()).filter(|&d| pass(si, d)) {
-                        let score = kernels::chamfer(&prepared, shard.packed_tokens(d), shard.n_tokens(d));
-                        exact.push(Hit { shard: si, doc: d, score });
+                        let score =
+                            kernels::chamfer(&prepared, shard.packed_tokens(d), shard.n_tokens(d));
+                        exact.push(Hit {
+                            shard: si,
+                            doc: d,
+                            score,
+                        });
                         stats.reranked += 1;
                     }
                     keep_best(&mut exact, p.k);
@@ -312,24 +373,39 @@ impl Searcher {
                         .iter()
                         .enumerate()
                         .filter(|&(d, _)| pass(si, d))
-                        .map(|(d, &score)| Hit { shard: si, doc: d, score })
+                        .map(|(d, &score)| Hit {
+                            shard: si,
+                            doc: d,
+                            score,
+                        })
                         .collect();
                     keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }
                 Plan::CentroidScan => {
-                    let Some(book) = shard.codebook() else { return Err(IndexError::param("plan", "this shard has no token codebook")) };
+                    let Some(book) = shard.codebook() else {
+                        return Err(IndexError::param(
+                            "plan",
+                            "this shard has no token codebook",
+                        ));
+                    };
                     let table = book.query_table(query.as_slice());
                     let mut hits: Vec<Hit> = (0..shard.len())
                         .filter(|&d| pass(si, d))
-                        .map(|d| Hit { shard: si, doc: d, score: table.score(shard.codes(d)) })
+                        .map(|d| Hit {
+                            shard: si,
+                            doc: d,
+                            score: table.score(shard.codes(d)),
+                        })
                         .collect();
                     keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }
                 Plan::Hnsw => {
                     let sp = &sparse;
-                    let graph = shard.graph().ok_or_else(|| IndexError::param("plan", "this shard has no HNSW graph"))?;
+                    let graph = shard
+                        .graph()
+                        .ok_or_else(|| IndexError::param("plan", "this shard has no HNSW graph"))?;
                     let pdim = graph.prefix_dim();
                     let mut q = vec![0f32; pdim];
                     for (&o, v) in sp.offsets.iter().zip(sp.values.chunks_exact(sp.block)) {
@@ -344,15 +420,24 @@ impl Searcher {
                     let n = p.candidates_for(self.len()).min(shard.len());
                     let ef = p.ef.unwrap_or(n).max(n);
                     let f = |d: usize| pass(si, d);
-                    let found = graph.search(&q, n, ef, if filter.is_some() { Some(&f) } else { None });
+                    let found =
+                        graph.search(&q, n, ef, if filter.is_some() { Some(&f) } else { None });
                     // Re-score the graph's candidates with the sharper signal the shard has: centroid interaction
                     // when it has a codebook, else the full FDE.
                     match shard.codebook() {
                         Some(book) => {
                             let table = book.query_table(query.as_slice());
-                            approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: table.score(shard.codes(d)) }));
+                            approx.extend(found.into_iter().map(|(d, _)| Hit {
+                                shard: si,
+                                doc: d,
+                                score: table.score(shard.codes(d)),
+                            }));
                         }
-                        None => approx.extend(found.into_iter().map(|(d, _)| Hit { shard: si, doc: d, score: sp.dot(shard.fde(d)) })),
+                        None => approx.extend(found.into_iter().map(|(d, _)| Hit {
+                            shard: si,
+                            doc: d,
+                            score: sp.dot(shard.fde(d)),
+                        })),
                     }
                 }
             }
@@ -362,7 +447,8 @@ impl Searcher {
         stats.reranked += approx.len();
         for h in &mut approx {
             let shard = &self.shards[h.shard];
-            h.score = kernels::chamfer(&prepared, shard.packed_tokens(h.doc), shard.n_tokens(h.doc));
+            h.score =
+                kernels::chamfer(&prepared, shard.packed_tokens(h.doc), shard.n_tokens(h.doc));
         }
         exact.extend(approx);
         keep_best(&mut exact, p.k);

@@ -39,13 +39,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::codebook::Codebook;
 use crate::fde::{FdeConfig, FdeEncoder};
-use rand::{Rng, SeedableRng};
-use crate::hnsw::{CandidateIndex, GraphBuild, GraphFile};
 pub use crate::hnsw::VectorStorage;
+use crate::hnsw::{CandidateIndex, GraphBuild, GraphFile};
 use crate::kernels;
 use crate::sys::mmap::ReadOnlyMap;
 use crate::tokens::TokenMatrix;
 use crate::{IndexError, Result};
+use rand::{Rng, SeedableRng};
 
 const MAGIC: &[u8; 8] = b"CHMFSHRD";
 const END_MAGIC: &[u8; 8] = b"CHMFEND1";
@@ -73,7 +73,13 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        HnswParams { prefix_repetitions: 4, m: 16, ef_construction: 100, storage: VectorStorage::F16, min_docs: 10_000 }
+        HnswParams {
+            prefix_repetitions: 4,
+            m: 16,
+            ef_construction: 100,
+            storage: VectorStorage::F16,
+            min_docs: 10_000,
+        }
     }
 }
 
@@ -100,7 +106,11 @@ impl IndexParams {
     /// The defaults for token dimension `dim`: FDE (R, k_sim, d_proj) = (20, 5, 16), seed 1, empty partitions
     /// left empty, and a graph over the first 4 repetitions.
     pub fn new(dim: usize) -> Self {
-        IndexParams { fde: FdeConfig::paper_default(dim), hnsw: HnswParams::default(), codebook_size: DEFAULT_CODEBOOK_SIZE }
+        IndexParams {
+            fde: FdeConfig::paper_default(dim),
+            hnsw: HnswParams::default(),
+            codebook_size: DEFAULT_CODEBOOK_SIZE,
+        }
     }
 
     /// Checks every field; the message names the first problem.
@@ -121,13 +131,22 @@ impl IndexParams {
             ));
         }
         if self.codebook_size > 1 << 16 {
-            return Err(IndexError::InvalidConfig(format!("codebook_size must be at most 65536, got {}", self.codebook_size)));
+            return Err(IndexError::InvalidConfig(format!(
+                "codebook_size must be at most 65536, got {}",
+                self.codebook_size
+            )));
         }
         if h.m == 0 || h.m > 128 {
-            return Err(IndexError::InvalidConfig(format!("hnsw m must be in 1..=128, got {}", h.m)));
+            return Err(IndexError::InvalidConfig(format!(
+                "hnsw m must be in 1..=128, got {}",
+                h.m
+            )));
         }
         if h.ef_construction == 0 || h.ef_construction > 4096 {
-            return Err(IndexError::InvalidConfig(format!("hnsw ef_construction must be in 1..=4096, got {}", h.ef_construction)));
+            return Err(IndexError::InvalidConfig(format!(
+                "hnsw ef_construction must be in 1..=4096, got {}",
+                h.ef_construction
+            )));
         }
         Ok(())
     }
@@ -207,7 +226,10 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("path", &self.path).field("n_docs", &self.meta.n_docs).finish()
+        f.debug_struct("Shard")
+            .field("path", &self.path)
+            .field("n_docs", &self.meta.n_docs)
+            .finish()
     }
 }
 
@@ -226,7 +248,11 @@ impl<W: Write> SectionWriter<W> {
         Ok(())
     }
     /// Writes one section from chunks produced by `fill`.
-    fn section(&mut self, name: &str, chunks: impl IntoIterator<Item = Vec<u8>>) -> std::io::Result<()> {
+    fn section(
+        &mut self,
+        name: &str,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> std::io::Result<()> {
         self.pad()?;
         let offset = self.pos;
         let mut crc = crc32fast::Hasher::new();
@@ -235,7 +261,12 @@ impl<W: Write> SectionWriter<W> {
             self.out.write_all(&chunk)?;
             self.pos += chunk.len() as u64;
         }
-        self.sections.push(Section { name: name.into(), offset, len: self.pos - offset, crc32: crc.finalize() });
+        self.sections.push(Section {
+            name: name.into(),
+            offset,
+            len: self.pos - offset,
+            crc32: crc.finalize(),
+        });
         Ok(())
     }
 }
@@ -257,13 +288,20 @@ struct Built {
     codes: Vec<u16>,
 }
 
-fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + Sync)) -> Result<Built> {
+fn build(
+    params: &IndexParams,
+    docs: &[ShardDoc<'_>],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Built> {
     params.validate()?;
     let dim = params.fde.dimension;
     let mut seen = std::collections::HashSet::with_capacity(docs.len());
     for d in docs {
         if d.tokens.dim() != dim {
-            return Err(IndexError::DimensionMismatch { expected: dim, got: d.tokens.dim() });
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: d.tokens.dim(),
+            });
         }
         if !seen.insert(d.id) {
             return Err(IndexError::DuplicateId(d.id.to_string()));
@@ -276,15 +314,20 @@ fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + 
     let fde_dim = params.fde.output_dim();
     let mut fdes = vec![f16::ZERO; docs.len() * fde_dim];
     let mut scratch = vec![0f32; ENCODE_BATCH.min(docs.len().max(1)) * fde_dim];
-    for (batch, out) in docs.chunks(ENCODE_BATCH).zip(fdes.chunks_mut(ENCODE_BATCH * fde_dim)) {
+    for (batch, out) in docs
+        .chunks(ENCODE_BATCH)
+        .zip(fdes.chunks_mut(ENCODE_BATCH * fde_dim))
+    {
         let toks: Vec<TokenMatrix<'_>> = batch.iter().map(|d| d.tokens).collect();
         let buf = &mut scratch[..batch.len() * fde_dim];
         encoder.encode_documents_into(&toks, buf)?;
-        out.par_chunks_mut(fde_dim).zip(buf.par_chunks(fde_dim)).for_each(|(o, s)| {
-            for (h, &v) in o.iter_mut().zip(s) {
-                *h = f16::from_f32(v);
-            }
-        });
+        out.par_chunks_mut(fde_dim)
+            .zip(buf.par_chunks(fde_dim))
+            .for_each(|(o, s)| {
+                for (h, &v) in o.iter_mut().zip(s) {
+                    *h = f16::from_f32(v);
+                }
+            });
         progress(batch.len() as u64);
     }
     let mut panel_start = Vec::with_capacity(docs.len() + 1);
@@ -298,7 +341,13 @@ fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + 
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
     let prefix_scale = fdes
         .par_chunks(fde_dim.max(1))
-        .map(|f| f[..pdim].iter().map(|v| v.to_f32() * v.to_f32()).sum::<f32>().sqrt())
+        .map(|f| {
+            f[..pdim]
+                .iter()
+                .map(|v| v.to_f32() * v.to_f32())
+                .sum::<f32>()
+                .sqrt()
+        })
         .reduce(|| 0.0, f32::max);
     let (codebook, codes) = if params.codebook_size > 0 && !docs.is_empty() {
         let k = Codebook::effective_size(params.codebook_size, total_tokens as usize);
@@ -311,15 +360,32 @@ fn build(params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + 
             sample.extend_from_slice(d.row(rng.random_range(0..d.len())));
         }
         let book = Codebook::train(&sample, dim, k, params.fde.seed);
-        let codes: Vec<Vec<u16>> = docs.par_iter().map(|d| book.assign(d.tokens.as_slice())).collect();
+        let codes: Vec<Vec<u16>> = docs
+            .par_iter()
+            .map(|d| book.assign(d.tokens.as_slice()))
+            .collect();
         (Some(book), codes.concat())
     } else {
         (None, Vec::new())
     };
-    Ok(Built { params: params.clone(), n: docs.len(), fde_dim, fdes, panel_start, total_tokens, prefix_scale, codebook, codes })
+    Ok(Built {
+        params: params.clone(),
+        n: docs.len(),
+        fde_dim,
+        fdes,
+        panel_start,
+        total_tokens,
+        prefix_scale,
+        codebook,
+        codes,
+    })
 }
 
-fn write_body<W: Write>(sw: &mut SectionWriter<W>, b: &Built, docs: &[ShardDoc<'_>]) -> std::io::Result<()> {
+fn write_body<W: Write>(
+    sw: &mut SectionWriter<W>,
+    b: &Built,
+    docs: &[ShardDoc<'_>],
+) -> std::io::Result<()> {
     let dim = b.params.fde.dimension;
     sw.section(
         "tokens",
@@ -332,18 +398,40 @@ fn write_body<W: Write>(sw: &mut SectionWriter<W>, b: &Built, docs: &[ShardDoc<'
         }),
     )?;
     sw.section("panel_start", [le_bytes_u64(&b.panel_start)])?;
-    sw.section("n_tokens", [docs.iter().flat_map(|d| (d.tokens.len() as u32).to_le_bytes()).collect()])?;
-    sw.section("fde", b.fdes.chunks(1 << 20).map(|c| bytemuck::cast_slice::<f16, u8>(c).to_vec()))?;
+    sw.section(
+        "n_tokens",
+        [docs
+            .iter()
+            .flat_map(|d| (d.tokens.len() as u32).to_le_bytes())
+            .collect()],
+    )?;
+    sw.section(
+        "fde",
+        b.fdes
+            .chunks(1 << 20)
+            .map(|c| bytemuck::cast_slice::<f16, u8>(c).to_vec()),
+    )?;
     let centroids: &[f32] = b.codebook.as_ref().map(|c| c.centroids()).unwrap_or(&[]);
-    sw.section("centroids", [centroids.iter().flat_map(|v| v.to_le_bytes()).collect()])?;
-    sw.section("codes", b.codes.chunks(1 << 20).map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()))?;
+    sw.section(
+        "centroids",
+        [centroids.iter().flat_map(|v| v.to_le_bytes()).collect()],
+    )?;
+    sw.section(
+        "codes",
+        b.codes
+            .chunks(1 << 20)
+            .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()),
+    )?;
     fn id_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
         d.id.as_bytes()
     }
     fn payload_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
         d.payload
     }
-    for (name, field) in [("id", id_of as for<'a> fn(&ShardDoc<'a>) -> &'a [u8]), ("payload", payload_of)] {
+    for (name, field) in [
+        ("id", id_of as for<'a> fn(&ShardDoc<'a>) -> &'a [u8]),
+        ("payload", payload_of),
+    ] {
         let mut starts = vec![0u64];
         let mut acc = 0u64;
         for d in docs {
@@ -351,12 +439,20 @@ fn write_body<W: Write>(sw: &mut SectionWriter<W>, b: &Built, docs: &[ShardDoc<'
             starts.push(acc);
         }
         sw.section(&format!("{name}_start"), [le_bytes_u64(&starts)])?;
-        sw.section(&format!("{name}_bytes"), docs.chunks(4096).map(|c| c.iter().flat_map(|d| field(d).to_vec()).collect()))?;
+        sw.section(
+            &format!("{name}_bytes"),
+            docs.chunks(4096)
+                .map(|c| c.iter().flat_map(|d| field(d).to_vec()).collect()),
+        )?;
     }
     Ok(())
 }
 
-fn finish<W: Write>(mut sw: SectionWriter<W>, b: &Built, graph: Option<Vec<GraphFile>>) -> std::io::Result<W> {
+fn finish<W: Write>(
+    mut sw: SectionWriter<W>,
+    b: &Built,
+    graph: Option<Vec<GraphFile>>,
+) -> std::io::Result<W> {
     let meta = Meta {
         format: "chamfer-shard".into(),
         params: b.params.clone(),
@@ -385,38 +481,62 @@ fn header() -> [u8; 64] {
 }
 
 fn read_u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
 }
 
 impl Shard {
     /// Writes a shard for `docs` to `path` atomically (temp file, fsync, rename, directory fsync), with its HNSW
     /// graph files beside it when there are at least `params.hnsw.min_docs` documents. `progress` is called with
     /// the number of documents encoded so far (in batches).
-    pub fn write(path: &Path, params: &IndexParams, docs: &[ShardDoc<'_>], progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
+    pub fn write(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
         let built = build(params, docs, progress)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let base = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .ok_or_else(|| IndexError::param("path", "a shard path needs a file name"))?;
         let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
             let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
-            let scale = if built.prefix_scale > 0.0 { 1.0 / built.prefix_scale } else { 1.0 };
+            let scale = if built.prefix_scale > 0.0 {
+                1.0 / built.prefix_scale
+            } else {
+                1.0
+            };
             let vectors: Vec<f32> = built
                 .fdes
                 .chunks(built.fde_dim)
                 .flat_map(|f| f[..pdim].iter().map(move |v| v.to_f32() * scale))
                 .collect();
             let h = &params.hnsw;
-            let gb = GraphBuild { m: h.m, ef_construction: h.ef_construction, storage: h.storage };
-            Some(CandidateIndex::build_and_dump(&vectors, pdim, gb, dir, &base)?)
+            let gb = GraphBuild {
+                m: h.m,
+                ef_construction: h.ef_construction,
+                storage: h.storage,
+            };
+            Some(CandidateIndex::build_and_dump(
+                &vectors, pdim, gb, dir, &base,
+            )?)
         } else {
             None
         };
         let tmp = path.with_extension("tmp");
         let io = |e| IndexError::io(&tmp, e);
         let file = File::create(&tmp).map_err(io)?;
-        let mut sw = SectionWriter { out: BufWriter::with_capacity(1 << 20, file), pos: 64, sections: vec![] };
+        let mut sw = SectionWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            pos: 64,
+            sections: vec![],
+        };
         sw.out.write_all(&header()).map_err(io)?;
         write_body(&mut sw, &built, docs).map_err(io)?;
         let out = finish(sw, &built, graph).map_err(io)?;
@@ -433,7 +553,11 @@ impl Shard {
     /// Builds the same bytes in memory (no file, no graph): for small or unflushed batches.
     pub fn build_in_memory(params: &IndexParams, docs: &[ShardDoc<'_>]) -> Result<Shard> {
         let built = build(params, docs, &|_| {})?;
-        let mut sw = SectionWriter { out: Vec::new(), pos: 64, sections: vec![] };
+        let mut sw = SectionWriter {
+            out: Vec::new(),
+            pos: 64,
+            sections: vec![],
+        };
         let io = |e| IndexError::io("<memory>", e);
         sw.out.extend_from_slice(&header());
         write_body(&mut sw, &built, docs).map_err(io)?;
@@ -451,11 +575,23 @@ impl Shard {
         map.will_need();
         let mut shard = Shard::from_bytes(Some(path.to_path_buf()), Bytes::Mapped(map))?;
         if let Some(files) = &shard.meta.graph {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let base = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let base = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let p = &shard.meta.params;
             let pdim = p.prefix_dim(p.hnsw.prefix_repetitions);
-            shard.graph = Some(CandidateIndex::load(dir, &base, files, p.hnsw.storage, pdim)?);
+            shard.graph = Some(CandidateIndex::load(
+                dir,
+                &base,
+                files,
+                p.hnsw.storage,
+                pdim,
+            )?);
         }
         Ok(shard)
     }
@@ -472,7 +608,11 @@ impl Shard {
         }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version != FORMAT_VERSION {
-            return Err(IndexError::UnsupportedVersion { path: name, found: version, supported: FORMAT_VERSION });
+            return Err(IndexError::UnsupportedVersion {
+                path: name,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let foot = &b[b.len() - FOOTER..];
         if &foot[16..24] != END_MAGIC {
@@ -489,12 +629,32 @@ impl Shard {
             return Err(bad("metadata checksum mismatch".into()));
         }
         let meta: Meta = serde_json::from_slice(json).map_err(|e| bad(format!("metadata: {e}")))?;
-        meta.params.validate().map_err(|e| bad(format!("stored parameters: {e}")))?;
+        meta.params
+            .validate()
+            .map_err(|e| bad(format!("stored parameters: {e}")))?;
         let body_end = (meta_end - meta_len) as u64;
         let mut ranges = Vec::new();
-        for want in ["tokens", "panel_start", "n_tokens", "fde", "centroids", "codes", "id_start", "id_bytes", "payload_start", "payload_bytes"] {
-            let s = meta.sections.iter().find(|s| s.name == want).ok_or_else(|| bad(format!("section {want} missing")))?;
-            let end = s.offset.checked_add(s.len).filter(|&e| e <= body_end && s.offset >= 64);
+        for want in [
+            "tokens",
+            "panel_start",
+            "n_tokens",
+            "fde",
+            "centroids",
+            "codes",
+            "id_start",
+            "id_bytes",
+            "payload_start",
+            "payload_bytes",
+        ] {
+            let s = meta
+                .sections
+                .iter()
+                .find(|s| s.name == want)
+                .ok_or_else(|| bad(format!("section {want} missing")))?;
+            let end = s
+                .offset
+                .checked_add(s.len)
+                .filter(|&e| e <= body_end && s.offset >= 64);
             let end = end.ok_or_else(|| bad(format!("section {want} out of bounds")))?;
             if s.offset as usize % ALIGN != 0 {
                 return Err(bad(format!("section {want} misaligned")));
@@ -508,7 +668,10 @@ impl Shard {
         let [tokens, panel_start, n_tokens, fde, centroids, codes, id_start, id_bytes, payload_start, payload_bytes]: [Range<usize>; 10] =
             ranges.try_into().map_err(|_| bad("section table".into()))?;
         let dim = meta.params.fde.dimension;
-        let cvals: Vec<f32> = b[centroids.clone()].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let cvals: Vec<f32> = b[centroids.clone()]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if cvals.len() % dim != 0 || codes.len() % 2 != 0 {
             return Err(bad("codebook sections have the wrong size".into()));
         }
@@ -559,11 +722,16 @@ impl Shard {
             return Err("section sizes disagree with the document count".into());
         }
         let starts: Vec<u64> = read_u64s(&b[self.panel_start.clone()]).collect();
-        let counts: Vec<u32> = b[self.n_tokens.clone()].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let counts: Vec<u32> = b[self.n_tokens.clone()]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         for i in 0..n {
             let want = kernels::packed_len(counts[i] as usize, dim) as u64;
             if counts[i] == 0 || starts[i + 1].checked_sub(starts[i]) != Some(want) {
-                return Err(format!("token panel offsets of document {i} are inconsistent"));
+                return Err(format!(
+                    "token panel offsets of document {i} are inconsistent"
+                ));
             }
         }
         if let Some(book) = &self.codebook {
@@ -572,18 +740,29 @@ impl Shard {
                 return Err("codes section size disagrees with the token count".into());
             }
             let k = book.len();
-            if b[self.codes.clone()].chunks_exact(2).any(|c| u16::from_le_bytes([c[0], c[1]]) as usize >= k) {
+            if b[self.codes.clone()]
+                .chunks_exact(2)
+                .any(|c| u16::from_le_bytes([c[0], c[1]]) as usize >= k)
+            {
                 return Err("a token code is out of the codebook's range".into());
             }
         } else if !self.codes.is_empty() {
             return Err("codes without a codebook".into());
         }
-        if starts.first() != Some(&0) || starts.last().map(|&s| s * 2) != Some(self.tokens.len() as u64) {
+        if starts.first() != Some(&0)
+            || starts.last().map(|&s| s * 2) != Some(self.tokens.len() as u64)
+        {
             return Err("token section size disagrees with the panel offsets".into());
         }
-        for (st, by) in [(&self.id_start, &self.id_bytes), (&self.payload_start, &self.payload_bytes)] {
+        for (st, by) in [
+            (&self.id_start, &self.id_bytes),
+            (&self.payload_start, &self.payload_bytes),
+        ] {
             let s: Vec<u64> = read_u64s(&b[st.clone()]).collect();
-            if s.first() != Some(&0) || s.windows(2).any(|w| w[1] < w[0]) || s.last() != Some(&(by.len() as u64)) {
+            if s.first() != Some(&0)
+                || s.windows(2).any(|w| w[1] < w[0])
+                || s.last() != Some(&(by.len() as u64))
+            {
                 return Err("id or payload offsets are inconsistent".into());
             }
         }
@@ -601,7 +780,10 @@ impl Shard {
     }
 
     fn id_raw(&self, i: usize) -> &[u8] {
-        let (s, e) = (self.u64_at(&self.id_start, i), self.u64_at(&self.id_start, i + 1));
+        let (s, e) = (
+            self.u64_at(&self.id_start, i),
+            self.u64_at(&self.id_start, i + 1),
+        );
         &self.bytes.as_slice()[self.id_bytes.start + s..self.id_bytes.start + e]
     }
 
@@ -635,12 +817,16 @@ impl Shard {
     }
     /// Payload of document `i`.
     pub fn payload(&self, i: usize) -> &[u8] {
-        let (s, e) = (self.u64_at(&self.payload_start, i), self.u64_at(&self.payload_start, i + 1));
+        let (s, e) = (
+            self.u64_at(&self.payload_start, i),
+            self.u64_at(&self.payload_start, i + 1),
+        );
         &self.bytes.as_slice()[self.payload_bytes.start + s..self.payload_bytes.start + e]
     }
     /// Real token count of document `i`.
     pub fn n_tokens(&self, i: usize) -> usize {
-        let b = &self.bytes.as_slice()[self.n_tokens.start + 4 * i..self.n_tokens.start + 4 * i + 4];
+        let b =
+            &self.bytes.as_slice()[self.n_tokens.start + 4 * i..self.n_tokens.start + 4 * i + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
     }
     /// Document `i`'s packed token panels (the kernel layout).
@@ -650,7 +836,11 @@ impl Shard {
     }
     /// Document `i`'s token vectors, decoded to row-major f32.
     pub fn tokens(&self, i: usize) -> Vec<f32> {
-        kernels::unpack_tokens(self.packed_tokens(i), self.n_tokens(i), self.meta.params.fde.dimension)
+        kernels::unpack_tokens(
+            self.packed_tokens(i),
+            self.n_tokens(i),
+            self.meta.params.fde.dimension,
+        )
     }
     /// Document `i`'s full FDE (f16, repetition-major).
     pub fn fde(&self, i: usize) -> &[f16] {
@@ -690,27 +880,39 @@ impl Shard {
             let fdes = self.fdes();
             let mut out = vec![f16::ZERO; n * dim];
             const B: usize = 64;
-            out.par_chunks_mut(B * n.max(1)).enumerate().for_each(|(cb, rows)| {
-                for (r, row) in rows.chunks_mut(n.max(1)).enumerate() {
-                    let c = cb * B + r;
-                    for (i, v) in row.iter_mut().enumerate() {
-                        *v = fdes[i * dim + c];
+            out.par_chunks_mut(B * n.max(1))
+                .enumerate()
+                .for_each(|(cb, rows)| {
+                    for (r, row) in rows.chunks_mut(n.max(1)).enumerate() {
+                        let c = cb * B + r;
+                        for (i, v) in row.iter_mut().enumerate() {
+                            *v = fdes[i * dim + c];
+                        }
                     }
-                }
-            });
+                });
             out
         })
     }
     /// Bytes on disk of the graph files.
     pub fn graph_bytes(&self) -> u64 {
-        self.meta.graph.as_ref().map(|g| g.iter().map(|f| f.len).sum()).unwrap_or(0)
+        self.meta
+            .graph
+            .as_ref()
+            .map(|g| g.iter().map(|f| f.len).sum())
+            .unwrap_or(0)
     }
 }
 
 /// Removes a shard file and its graph files (missing files are not an error).
 pub fn remove_shard_files(path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut all = vec![path.to_path_buf()];
     all.extend(crate::hnsw::graph_file_paths(dir, &base));
     for p in all {

@@ -61,7 +61,11 @@ impl SynthParams {
             topic_share: 0.5,
             group_share: 0.4,
             topic_noise: 0.5,
-            doc_noise: 0.35, query_noise: 0.7, query_offtopic: 0.2, gt_k: 100 }
+            doc_noise: 0.35,
+            query_noise: 0.7,
+            query_offtopic: 0.2,
+            gt_k: 100,
+        }
     }
 }
 
@@ -95,12 +99,19 @@ fn normalise(v: &mut [f32]) {
 pub const STAGES: [&str; 4] = ["preparing", "documents", "queries", "ground truth"];
 
 /// Generates a corpus like `like`.
-pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize, usize) + Sync)) -> Result<SynthCorpus> {
+pub fn generate(
+    like: &Dataset,
+    p: &SynthParams,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<SynthCorpus> {
     if p.docs == 0 {
         return Err(IndexError::param("docs", "must be > 0"));
     }
     if like.n_queries() == 0 && p.queries > 0 {
-        return Err(IndexError::param("like", "the template data set has no queries (their lengths are needed)"));
+        return Err(IndexError::param(
+            "like",
+            "the template data set has no queries (their lengths are needed)",
+        ));
     }
     let dim = like.dim();
     let mut rng = StdRng::seed_from_u64(p.seed);
@@ -108,13 +119,18 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
     let rows = like.all_doc_tokens();
     let all_tokens = |i: usize| -> &[f32] { &rows[i * dim..(i + 1) * dim] };
     let unit = {
-        let norms: Vec<f32> = (0..total_tokens.min(1000)).map(|i| dot(all_tokens(i), all_tokens(i)).sqrt()).collect();
+        let norms: Vec<f32> = (0..total_tokens.min(1000))
+            .map(|i| dot(all_tokens(i), all_tokens(i)).sqrt())
+            .collect();
         norms.iter().all(|n| (n - 1.0).abs() < 0.01)
     };
     progress(STAGES[0], 1, 1);
-    let topic_noise = Normal::new(0.0f32, p.topic_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
-    let doc_noise = Normal::new(0.0f32, p.doc_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
-    let query_noise = Normal::new(0.0f32, p.query_noise / (dim as f32).sqrt()).map_err(|e| IndexError::param("noise", e.to_string()))?;
+    let topic_noise = Normal::new(0.0f32, p.topic_noise / (dim as f32).sqrt())
+        .map_err(|e| IndexError::param("noise", e.to_string()))?;
+    let doc_noise = Normal::new(0.0f32, p.doc_noise / (dim as f32).sqrt())
+        .map_err(|e| IndexError::param("noise", e.to_string()))?;
+    let query_noise = Normal::new(0.0f32, p.query_noise / (dim as f32).sqrt())
+        .map_err(|e| IndexError::param("noise", e.to_string()))?;
     // A noisy copy of real token `t`, re-normalised when the real tokens are unit vectors.
     let copy = |rng: &mut StdRng, src: &[f32], noise: &Normal<f32>, out: &mut Vec<f32>| {
         let start = out.len();
@@ -134,9 +150,15 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
     let span = |t: usize| doc_starts[t]..doc_starts[t + 1];
     let n_topics = (p.docs / p.docs_per_topic.max(1)).max(1);
     let n_groups = (n_topics / p.topics_per_group.max(1)).max(1);
-    let group_tpl: Vec<usize> = (0..n_groups).map(|_| rng.random_range(0..like.n_docs())).collect();
-    let topic_tpl: Vec<usize> = (0..n_topics).map(|_| rng.random_range(0..like.n_docs())).collect();
-    let topic_group: Vec<usize> = (0..n_topics).map(|_| rng.random_range(0..n_groups)).collect();
+    let group_tpl: Vec<usize> = (0..n_groups)
+        .map(|_| rng.random_range(0..like.n_docs()))
+        .collect();
+    let topic_tpl: Vec<usize> = (0..n_topics)
+        .map(|_| rng.random_range(0..like.n_docs()))
+        .collect();
+    let topic_group: Vec<usize> = (0..n_topics)
+        .map(|_| rng.random_range(0..n_groups))
+        .collect();
     let mut doc_tokens = Vec::new();
     let mut doc_offsets = vec![0usize];
     for i in 0..p.docs {
@@ -148,7 +170,10 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
             let (src, noise) = if u < p.topic_share {
                 (rng.random_range(span(topic_tpl[topic])), &topic_noise)
             } else if u < p.topic_share + p.group_share {
-                (rng.random_range(span(group_tpl[topic_group[topic]])), &doc_noise)
+                (
+                    rng.random_range(span(group_tpl[topic_group[topic]])),
+                    &doc_noise,
+                )
             } else {
                 (rng.random_range(0..total_tokens), &doc_noise)
             };
@@ -168,7 +193,10 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
     let query_ids: Vec<String> = (0..p.queries).map(|j| format!("synq-{j}")).collect();
     for j in 0..p.queries {
         let d = rng.random_range(0..p.docs);
-        let len = like.query_tokens(rng.random_range(0..like.n_queries())).len() / dim;
+        let len = like
+            .query_tokens(rng.random_range(0..like.n_queries()))
+            .len()
+            / dim;
         let (a, b) = (doc_offsets[d], doc_offsets[d + 1]);
         for _ in 0..len {
             if rng.random_bool(p.query_offtopic) {
@@ -191,8 +219,28 @@ pub fn generate(like: &Dataset, p: &SynthParams, progress: &(dyn Fn(&str, usize,
     }
     progress(STAGES[2], p.queries, p.queries);
     // 4. Exact ground truth.
-    let (gt_ids, gt_scores, gt_k) = exact_ground_truth(&doc_tokens, &doc_offsets, &query_tokens, &query_offsets, dim, p.gt_k, &|d, t| progress(STAGES[3], d, t));
-    Ok(SynthCorpus { dim, doc_ids, doc_tokens, doc_offsets, query_ids, query_tokens, query_offsets, gt_ids, gt_scores, gt_k, qrels })
+    let (gt_ids, gt_scores, gt_k) = exact_ground_truth(
+        &doc_tokens,
+        &doc_offsets,
+        &query_tokens,
+        &query_offsets,
+        dim,
+        p.gt_k,
+        &|d, t| progress(STAGES[3], d, t),
+    );
+    Ok(SynthCorpus {
+        dim,
+        doc_ids,
+        doc_tokens,
+        doc_offsets,
+        query_ids,
+        query_tokens,
+        query_offsets,
+        gt_ids,
+        gt_scores,
+        gt_k,
+        qrels,
+    })
 }
 
 /// Exact Chamfer top-`k` of every query over every document (ties to the lower row), with the engine's kernel.
@@ -212,7 +260,11 @@ pub fn exact_ground_truth(
         .into_par_iter()
         .map(|i| {
             let mut v = Vec::new();
-            kernels::pack_tokens(&doc_tokens[doc_offsets[i] * dim..doc_offsets[i + 1] * dim], dim, &mut v);
+            kernels::pack_tokens(
+                &doc_tokens[doc_offsets[i] * dim..doc_offsets[i + 1] * dim],
+                dim,
+                &mut v,
+            );
             (v, doc_offsets[i + 1] - doc_offsets[i])
         })
         .collect();
@@ -221,15 +273,25 @@ pub fn exact_ground_truth(
     let per_query: Vec<(Vec<i32>, Vec<f32>)> = (0..nq)
         .into_par_iter()
         .map(|j| {
-            let q = PreparedQuery::new(&query_tokens[query_offsets[j] * dim..query_offsets[j + 1] * dim], dim);
-            let mut scored: Vec<(f32, usize)> = packed.iter().enumerate().map(|(i, (p, nt))| (kernels::chamfer(&q, p, *nt), i)).collect();
+            let q = PreparedQuery::new(
+                &query_tokens[query_offsets[j] * dim..query_offsets[j + 1] * dim],
+                dim,
+            );
+            let mut scored: Vec<(f32, usize)> = packed
+                .iter()
+                .enumerate()
+                .map(|(i, (p, nt))| (kernels::chamfer(&q, p, *nt), i))
+                .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if d % 16 == 0 || d == nq {
                 progress(d, nq);
             }
             scored.truncate(k);
-            (scored.iter().map(|s| s.1 as i32).collect(), scored.iter().map(|s| s.0).collect())
+            (
+                scored.iter().map(|s| s.1 as i32).collect(),
+                scored.iter().map(|s| s.0).collect(),
+            )
         })
         .collect();
     let ids = per_query.iter().flat_map(|p| p.0.iter().copied()).collect();

@@ -13,26 +13,42 @@ impl<'a> TokenMatrix<'a> {
     /// every value finite. `what` names the object in the error ("document", "query").
     pub fn new(data: &'a [f32], dim: usize, what: &'static str) -> Result<Self> {
         if dim == 0 {
-            return Err(IndexError::InvalidConfig("token dimension must be > 0".into()));
+            return Err(IndexError::InvalidConfig(
+                "token dimension must be > 0".into(),
+            ));
         }
         if data.is_empty() {
             return Err(IndexError::Empty { what });
         }
         if data.len() % dim != 0 {
-            return Err(IndexError::DimensionMismatch { expected: dim, got: data.len() % dim });
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: data.len() % dim,
+            });
         }
         if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
-            return Err(IndexError::NonFinite { token: pos / dim, coord: pos % dim });
+            return Err(IndexError::NonFinite {
+                token: pos / dim,
+                coord: pos % dim,
+            });
         }
         Ok(TokenMatrix { data, dim })
     }
 
     /// Validates a list of rows (as JSON gives them): every row must have `dim` values.
-    pub fn from_rows(rows: &[Vec<f32>], dim: usize, what: &'static str, buf: &'a mut Vec<f32>) -> Result<Self> {
+    pub fn from_rows(
+        rows: &[Vec<f32>],
+        dim: usize,
+        what: &'static str,
+        buf: &'a mut Vec<f32>,
+    ) -> Result<Self> {
         buf.clear();
         for row in rows {
             if row.len() != dim {
-                return Err(IndexError::DimensionMismatch { expected: dim, got: row.len() });
+                return Err(IndexError::DimensionMismatch {
+                    expected: dim,
+                    got: row.len(),
+                });
             }
             buf.extend_from_slice(row);
         }
@@ -71,16 +87,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_matrices() {
-        assert!(matches!(TokenMatrix::new(&[], 4, "query"), Err(IndexError::Empty { what: "query" })));
+        assert!(matches!(
+            TokenMatrix::new(&[], 4, "query"),
+            Err(IndexError::Empty { what: "query" })
+        ));
         assert!(matches!(
             TokenMatrix::new(&[1.0; 7], 4, "document"),
-            Err(IndexError::DimensionMismatch { expected: 4, got: 3 })
+            Err(IndexError::DimensionMismatch {
+                expected: 4,
+                got: 3
+            })
         ));
         assert!(matches!(
             TokenMatrix::new(&[1.0, 2.0, f32::NAN, 0.0], 2, "document"),
             Err(IndexError::NonFinite { token: 1, coord: 0 })
         ));
-        assert!(matches!(TokenMatrix::new(&[1.0], 0, "query"), Err(IndexError::InvalidConfig(_))));
+        assert!(matches!(
+            TokenMatrix::new(&[1.0], 0, "query"),
+            Err(IndexError::InvalidConfig(_))
+        ));
         let m = TokenMatrix::new(&[1.0, 2.0, 3.0, 4.0], 2, "query").unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m.row(1), &[3.0, 4.0]);

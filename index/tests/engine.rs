@@ -12,7 +12,10 @@ use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn demo() -> Dataset {
@@ -21,12 +24,17 @@ fn demo() -> Dataset {
 
 fn manpages() -> Option<Dataset> {
     let p = root().join("../shared/data/manpages");
-    p.exists().then(|| Dataset::open(&p).expect("shared manpages data set"))
+    p.exists()
+        .then(|| Dataset::open(&p).expect("shared manpages data set"))
 }
 
 fn docs(ds: &Dataset) -> Vec<ShardDoc<'_>> {
     (0..ds.n_docs())
-        .map(|i| ShardDoc { id: ds.doc_id(i), tokens: TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document").unwrap(), payload: &[] })
+        .map(|i| ShardDoc {
+            id: ds.doc_id(i),
+            tokens: TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document").unwrap(),
+            payload: &[],
+        })
         .collect()
 }
 
@@ -48,16 +56,31 @@ fn recall(searcher: &Searcher, ds: &Dataset, p: &SearchParams) -> f64 {
 
 /// Exact search must return the ground truth top-10, up to near-ties (scores within 1e-4).
 fn assert_exact_matches_gt(searcher: &Searcher, ds: &Dataset) {
-    let p = SearchParams { plan: Plan::Exact, ..SearchParams::new(10) };
+    let p = SearchParams {
+        plan: Plan::Exact,
+        ..SearchParams::new(10)
+    };
     for j in 0..ds.n_queries() {
         let hits = searcher.search(query(ds, j), &p, None).unwrap();
         let gt = ds.gt_ids(j).unwrap();
         let gs = ds.gt_scores(j).unwrap();
         for (r, h) in hits.iter().enumerate() {
-            assert!((h.score - gs[r]).abs() < 1e-4, "query {j} rank {r}: score {} vs ground truth {}", h.score, gs[r]);
+            assert!(
+                (h.score - gs[r]).abs() < 1e-4,
+                "query {j} rank {r}: score {} vs ground truth {}",
+                h.score,
+                gs[r]
+            );
             if h.doc != gt[r] as usize {
-                let tie = gs.iter().zip(gt).any(|(&s, &g)| g as usize == h.doc && (s - h.score).abs() < 1e-4);
-                assert!(tie, "query {j} rank {r}: doc {} is not a near-tie of ground truth {}", h.doc, gt[r]);
+                let tie = gs
+                    .iter()
+                    .zip(gt)
+                    .any(|(&s, &g)| g as usize == h.doc && (s - h.score).abs() < 1e-4);
+                assert!(
+                    tie,
+                    "query {j} rank {r}: doc {} is not a near-tie of ground truth {}",
+                    h.doc, gt[r]
+                );
             }
         }
     }
@@ -70,7 +93,9 @@ fn shard_round_trip_preserves_everything() {
     let path = dir.path().join("s.chs");
     let params = IndexParams::new(ds.dim());
     let mut d = docs(&ds);
-    let payloads: Vec<Vec<u8>> = (0..d.len()).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    let payloads: Vec<Vec<u8>> = (0..d.len())
+        .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+        .collect();
     for (doc, p) in d.iter_mut().zip(&payloads) {
         doc.payload = p;
     }
@@ -92,7 +117,10 @@ fn shard_round_trip_preserves_everything() {
         }
     }
     // No temp file is left behind.
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["s.chs".to_string()]);
 }
 
@@ -101,7 +129,13 @@ fn corrupt_or_truncated_shards_are_errors() {
     let ds = demo();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.chs");
-    Shard::write(&path, &IndexParams::new(ds.dim()), &docs(&ds)[..40], &|_| {}).unwrap();
+    Shard::write(
+        &path,
+        &IndexParams::new(ds.dim()),
+        &docs(&ds)[..40],
+        &|_| {},
+    )
+    .unwrap();
     let good = std::fs::read(&path).unwrap();
     let bad = dir.path().join("bad.chs");
     let open_bytes = |bytes: &[u8]| {
@@ -109,18 +143,36 @@ fn corrupt_or_truncated_shards_are_errors() {
         Shard::open(&bad)
     };
     for cut in [0, 10, 64, good.len() / 2, good.len() - 1] {
-        assert!(matches!(open_bytes(&good[..cut]), Err(IndexError::Corrupt { .. })), "truncated at {cut}");
+        assert!(
+            matches!(open_bytes(&good[..cut]), Err(IndexError::Corrupt { .. })),
+            "truncated at {cut}"
+        );
     }
     // A flipped bit anywhere (sections, metadata, footer) is caught.
-    for pos in [100, good.len() / 3, good.len() / 2, good.len() - 30, good.len() - 5] {
+    for pos in [
+        100,
+        good.len() / 3,
+        good.len() / 2,
+        good.len() - 30,
+        good.len() - 5,
+    ] {
         let mut b = good.clone();
         b[pos] ^= 0x10;
-        assert!(matches!(open_bytes(&b), Err(IndexError::Corrupt { .. })), "bit flip at {pos}");
+        assert!(
+            matches!(open_bytes(&b), Err(IndexError::Corrupt { .. })),
+            "bit flip at {pos}"
+        );
     }
     let mut b = good.clone();
     b[8] = 99;
-    assert!(matches!(open_bytes(&b), Err(IndexError::UnsupportedVersion { found: 99, .. })));
-    assert!(matches!(Shard::open(&dir.path().join("missing.chs")), Err(IndexError::Io { .. })));
+    assert!(matches!(
+        open_bytes(&b),
+        Err(IndexError::UnsupportedVersion { found: 99, .. })
+    ));
+    assert!(matches!(
+        Shard::open(&dir.path().join("missing.chs")),
+        Err(IndexError::Io { .. })
+    ));
     assert!(Shard::open(&path).is_ok());
 }
 
@@ -133,7 +185,11 @@ fn graph_is_persisted_reloaded_and_verified() {
     write_index(dir.path(), &params, &docs(&ds), &|_| {}).unwrap();
     let searcher = open_index(dir.path()).unwrap();
     assert!(searcher.shards()[0].graph().is_some());
-    let p = SearchParams { plan: Plan::Hnsw, rerank: Some(100), ..SearchParams::new(10) };
+    let p = SearchParams {
+        plan: Plan::Hnsw,
+        rerank: Some(100),
+        ..SearchParams::new(10)
+    };
     let r = recall(&searcher, &ds, &p);
     assert!(r >= 0.97, "HNSW plan recall@10 {r} on the demo set");
     drop(searcher);
@@ -143,9 +199,15 @@ fn graph_is_persisted_reloaded_and_verified() {
     let mid = g.len() / 2;
     g[mid] ^= 1;
     std::fs::write(&graph, &g).unwrap();
-    assert!(matches!(open_index(dir.path()), Err(IndexError::Corrupt { .. })));
+    assert!(matches!(
+        open_index(dir.path()),
+        Err(IndexError::Corrupt { .. })
+    ));
     std::fs::remove_file(&graph).unwrap();
-    assert!(matches!(open_index(dir.path()), Err(IndexError::Corrupt { .. })));
+    assert!(matches!(
+        open_index(dir.path()),
+        Err(IndexError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -155,18 +217,42 @@ fn demo_plans_meet_recall_floors_and_exact_matches_ground_truth() {
     write_index(dir.path(), &IndexParams::new(ds.dim()), &docs(&ds), &|_| {}).unwrap();
     let searcher = open_index(dir.path()).unwrap();
     assert_exact_matches_gt(&searcher, &ds);
-    let scan = SearchParams { plan: Plan::FdeScan, rerank: Some(60), ..SearchParams::new(10) };
+    let scan = SearchParams {
+        plan: Plan::FdeScan,
+        rerank: Some(60),
+        ..SearchParams::new(10)
+    };
     let r = recall(&searcher, &ds, &scan);
-    assert!(r >= 0.95, "FDE scan recall@10 {r} with 60 of 300 documents re-ranked");
-    let codes = SearchParams { plan: Plan::CentroidScan, rerank: Some(30), ..SearchParams::new(10) };
+    assert!(
+        r >= 0.95,
+        "FDE scan recall@10 {r} with 60 of 300 documents re-ranked"
+    );
+    let codes = SearchParams {
+        plan: Plan::CentroidScan,
+        rerank: Some(30),
+        ..SearchParams::new(10)
+    };
     let r = recall(&searcher, &ds, &codes);
-    assert!(r >= 0.97, "centroid scan recall@10 {r} with 30 of 300 documents re-ranked");
-    let (_, stats) = searcher.search_with_stats(query(&ds, 0), &SearchParams::new(10), None).unwrap();
+    assert!(
+        r >= 0.97,
+        "centroid scan recall@10 {r} with 30 of 300 documents re-ranked"
+    );
+    let (_, stats) = searcher
+        .search_with_stats(query(&ds, 0), &SearchParams::new(10), None)
+        .unwrap();
     assert_eq!(stats.plan, Some(Plan::CentroidScan));
     assert!(recall(&searcher, &ds, &SearchParams::new(10)) >= 0.99);
     // A collection no larger than the re-rank depth is searched exactly.
-    let small = Searcher::new(searcher.params().clone(), vec![Arc::new(Shard::build_in_memory(searcher.params(), &docs(&ds)[..100]).unwrap())]).unwrap();
-    let (_, stats) = small.search_with_stats(query(&ds, 0), &SearchParams::new(10), None).unwrap();
+    let small = Searcher::new(
+        searcher.params().clone(),
+        vec![Arc::new(
+            Shard::build_in_memory(searcher.params(), &docs(&ds)[..100]).unwrap(),
+        )],
+    )
+    .unwrap();
+    let (_, stats) = small
+        .search_with_stats(query(&ds, 0), &SearchParams::new(10), None)
+        .unwrap();
     assert_eq!((stats.plan, stats.reranked), (Some(Plan::Exact), 100));
 }
 
@@ -190,18 +276,42 @@ fn filters_and_multiple_shards() {
     let params = IndexParams::new(ds.dim());
     let d = docs(&ds);
     let (a, b) = d.split_at(170);
-    let shards = vec![Arc::new(Shard::build_in_memory(&params, a).unwrap()), Arc::new(Shard::build_in_memory(&params, b).unwrap())];
+    let shards = vec![
+        Arc::new(Shard::build_in_memory(&params, a).unwrap()),
+        Arc::new(Shard::build_in_memory(&params, b).unwrap()),
+    ];
     let split = Searcher::new(params.clone(), shards).unwrap();
-    let whole = Searcher::new(params.clone(), vec![Arc::new(Shard::build_in_memory(&params, &d).unwrap())]).unwrap();
-    let exact = SearchParams { plan: Plan::Exact, ..SearchParams::new(10) };
+    let whole = Searcher::new(
+        params.clone(),
+        vec![Arc::new(Shard::build_in_memory(&params, &d).unwrap())],
+    )
+    .unwrap();
+    let exact = SearchParams {
+        plan: Plan::Exact,
+        ..SearchParams::new(10)
+    };
     for j in 0..ds.n_queries() {
-        let h1: Vec<(usize, f32)> = split.search(query(&ds, j), &exact, None).unwrap().iter().map(|h| (h.shard * 170 + h.doc, h.score)).collect();
-        let h2: Vec<(usize, f32)> = whole.search(query(&ds, j), &exact, None).unwrap().iter().map(|h| (h.doc, h.score)).collect();
+        let h1: Vec<(usize, f32)> = split
+            .search(query(&ds, j), &exact, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.shard * 170 + h.doc, h.score))
+            .collect();
+        let h2: Vec<(usize, f32)> = whole
+            .search(query(&ds, j), &exact, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.doc, h.score))
+            .collect();
         assert_eq!(h1, h2, "query {j}");
         // Only even documents: k results that all pass, with every plan.
         let even = |s: usize, doc: usize| (s * 170 + doc) % 2 == 0;
         for plan in [Plan::Exact, Plan::FdeScan, Plan::CentroidScan, Plan::Auto] {
-            let p = SearchParams { plan, rerank: Some(20), ..SearchParams::new(10) };
+            let p = SearchParams {
+                plan,
+                rerank: Some(20),
+                ..SearchParams::new(10)
+            };
             let hits = split.search(query(&ds, j), &p, Some(&even)).unwrap();
             assert_eq!(hits.len(), 10);
             assert!(hits.iter().all(|h| even(h.shard, h.doc)));
@@ -211,31 +321,81 @@ fn filters_and_multiple_shards() {
     let mut other = params.clone();
     other.fde.seed = 2;
     let s = Arc::new(Shard::build_in_memory(&other, a).unwrap());
-    assert!(matches!(Searcher::new(params, vec![s]), Err(IndexError::Incompatible(_))));
+    assert!(matches!(
+        Searcher::new(params, vec![s]),
+        Err(IndexError::Incompatible(_))
+    ));
 }
 
 #[test]
 fn bad_inputs_are_typed_errors() {
     let ds = demo();
     let params = IndexParams::new(ds.dim());
-    let searcher = Searcher::new(params.clone(), vec![Arc::new(Shard::build_in_memory(&params, &docs(&ds)[..20]).unwrap())]).unwrap();
-    assert!(matches!(TokenMatrix::new(&[], 128, "document"), Err(IndexError::Empty { .. })));
+    let searcher = Searcher::new(
+        params.clone(),
+        vec![Arc::new(
+            Shard::build_in_memory(&params, &docs(&ds)[..20]).unwrap(),
+        )],
+    )
+    .unwrap();
+    assert!(matches!(
+        TokenMatrix::new(&[], 128, "document"),
+        Err(IndexError::Empty { .. })
+    ));
     let mut nan = ds.query_tokens(0).to_vec();
     nan[5] = f32::NAN;
-    assert!(matches!(TokenMatrix::new(&nan, 128, "query"), Err(IndexError::NonFinite { token: 0, coord: 5 })));
-    assert!(matches!(TokenMatrix::new(&nan[..100], 128, "query"), Err(IndexError::DimensionMismatch { .. })));
+    assert!(matches!(
+        TokenMatrix::new(&nan, 128, "query"),
+        Err(IndexError::NonFinite { token: 0, coord: 5 })
+    ));
+    assert!(matches!(
+        TokenMatrix::new(&nan[..100], 128, "query"),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
     let q64 = TokenMatrix::new(&ds.query_tokens(0)[..64], 64, "query").unwrap();
-    assert!(matches!(searcher.search(q64, &SearchParams::new(10), None), Err(IndexError::DimensionMismatch { expected: 128, got: 64 })));
-    for bad in [SearchParams::new(0), SearchParams { rerank: Some(0), ..SearchParams::new(5) }, SearchParams::new(1_000_000)] {
-        assert!(matches!(searcher.search(query(&ds, 0), &bad, None), Err(IndexError::InvalidParam { .. })));
+    assert!(matches!(
+        searcher.search(q64, &SearchParams::new(10), None),
+        Err(IndexError::DimensionMismatch {
+            expected: 128,
+            got: 64
+        })
+    ));
+    for bad in [
+        SearchParams::new(0),
+        SearchParams {
+            rerank: Some(0),
+            ..SearchParams::new(5)
+        },
+        SearchParams::new(1_000_000),
+    ] {
+        assert!(matches!(
+            searcher.search(query(&ds, 0), &bad, None),
+            Err(IndexError::InvalidParam { .. })
+        ));
     }
     // Documents: wrong dimension and duplicate ids.
     let t = TokenMatrix::new(&ds.doc_tokens(0)[..64], 64, "document").unwrap();
-    let wrong = [ShardDoc { id: "x", tokens: t, payload: &[] }];
-    assert!(matches!(Shard::build_in_memory(&params, &wrong), Err(IndexError::DimensionMismatch { .. })));
+    let wrong = [ShardDoc {
+        id: "x",
+        tokens: t,
+        payload: &[],
+    }];
+    assert!(matches!(
+        Shard::build_in_memory(&params, &wrong),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
     let d = docs(&ds);
-    let dup = [d[0], ShardDoc { id: d[0].id, ..d[1] }];
-    assert!(matches!(Shard::build_in_memory(&params, &dup), Err(IndexError::DuplicateId(_))));
+    let dup = [
+        d[0],
+        ShardDoc {
+            id: d[0].id,
+            ..d[1]
+        },
+    ];
+    assert!(matches!(
+        Shard::build_in_memory(&params, &dup),
+        Err(IndexError::DuplicateId(_))
+    ));
     // Invalid index parameters.
     let mut p = params.clone();
     p.hnsw.prefix_repetitions = 99;
@@ -244,8 +404,14 @@ fn bad_inputs_are_typed_errors() {
     p.hnsw.m = 1000;
     assert!(matches!(p.validate(), Err(IndexError::InvalidConfig(_))));
     // Data set folders.
-    assert!(matches!(Dataset::open(Path::new("/nonexistent")), Err(IndexError::Dataset { .. })));
+    assert!(matches!(
+        Dataset::open(Path::new("/nonexistent")),
+        Err(IndexError::Dataset { .. })
+    ));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("doc_tokens.npy"), b"not numpy").unwrap();
-    assert!(matches!(Dataset::open(dir.path()), Err(IndexError::Dataset { .. })));
+    assert!(matches!(
+        Dataset::open(dir.path()),
+        Err(IndexError::Dataset { .. })
+    ));
 }

@@ -181,30 +181,52 @@ impl Settings {
         positive("limits.max_k", l.max_k);
         positive("flush_threshold_docs", self.flush_threshold_docs);
         if l.max_request_bytes < 1024 {
-            p.push(format!("limits.max_request_bytes must be at least 1024, got {}", l.max_request_bytes));
+            p.push(format!(
+                "limits.max_request_bytes must be at least 1024, got {}",
+                l.max_request_bytes
+            ));
         }
         if l.max_request_bytes > 2_000_000_000 {
-            p.push(format!("limits.max_request_bytes must be at most 2000000000, got {}", l.max_request_bytes));
+            p.push(format!(
+                "limits.max_request_bytes must be at most 2000000000, got {}",
+                l.max_request_bytes
+            ));
         }
         if l.max_k > chamfer_index::search::MAX_K {
-            p.push(format!("limits.max_k must be at most {}, got {}", chamfer_index::search::MAX_K, l.max_k));
+            p.push(format!(
+                "limits.max_k must be at most {}, got {}",
+                chamfer_index::search::MAX_K,
+                l.max_k
+            ));
         }
         if self.compaction_max_shards < 2 {
-            p.push(format!("compaction_max_shards must be at least 2, got {}", self.compaction_max_shards));
+            p.push(format!(
+                "compaction_max_shards must be at least 2, got {}",
+                self.compaction_max_shards
+            ));
         }
         if self.search_threads > 1024 {
-            p.push(format!("search_threads must be at most 1024, got {}", self.search_threads));
+            p.push(format!(
+                "search_threads must be at most 1024, got {}",
+                self.search_threads
+            ));
         }
         if let Some(k) = &self.api_key {
             if k.len() < 8 {
                 p.push("api_key must have at least 8 characters".into());
             }
             if !k.bytes().all(|b| b.is_ascii_graphic()) {
-                p.push("api_key must be printable ASCII without spaces (it travels in an HTTP header)".into());
+                p.push(
+                    "api_key must be printable ASCII without spaces (it travels in an HTTP header)"
+                        .into(),
+                );
             }
         }
         if self.http_addr == self.grpc_addr && self.http_addr.port() != 0 {
-            p.push(format!("http_addr and grpc_addr are both {}", self.http_addr));
+            p.push(format!(
+                "http_addr and grpc_addr are both {}",
+                self.http_addr
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             p.push("data_dir must not be empty".into());
@@ -217,7 +239,9 @@ impl Settings {
         if self.search_threads > 0 {
             self.search_threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         }
     }
 
@@ -229,7 +253,9 @@ impl Settings {
             if let Some(v) = v {
                 match v.parse() {
                     Ok(a) => *out = a,
-                    Err(e) => problems.push(format!("{source}: {name} {v:?} is not an IP:port address ({e})")),
+                    Err(e) => problems.push(format!(
+                        "{source}: {name} {v:?} is not an IP:port address ({e})"
+                    )),
                 }
             }
         };
@@ -258,8 +284,11 @@ impl Settings {
 }
 
 fn read_file_layer(path: &Path) -> Result<SettingsLayer, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if is_json {
         serde_json::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     } else {
@@ -268,8 +297,14 @@ fn read_file_layer(path: &Path) -> Result<SettingsLayer, String> {
 }
 
 /// The `CHAMFER_*` variables as a layer; unparsable numbers are problems, unknown names are ignored.
-fn env_layer(env: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<String>) -> SettingsLayer {
-    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("CHAMFER_")).collect();
+fn env_layer(
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<String>,
+) -> SettingsLayer {
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CHAMFER_"))
+        .collect();
     let mut layer = SettingsLayer::default();
     let string = |name: &str| vars.get(name).cloned();
     let mut number = |name: &str| -> Option<usize> {
@@ -277,7 +312,9 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>, problems: &mut Vec
         match v.trim().parse::<usize>() {
             Ok(n) => Some(n),
             Err(_) => {
-                problems.push(format!("environment: {name}={v:?} is not a non-negative integer"));
+                problems.push(format!(
+                    "environment: {name}={v:?} is not a non-negative integer"
+                ));
                 None
             }
         }
@@ -303,7 +340,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -316,11 +356,22 @@ mod tests {
     fn layers_override_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "data_dir = \"/from-file\"\nhttp_addr = \"127.0.0.1:1\"\n[limits]\nmax_k = 7\n").unwrap();
-        let flags = SettingsLayer { http_addr: Some("127.0.0.1:3".into()), ..Default::default() };
+        std::fs::write(
+            &file,
+            "data_dir = \"/from-file\"\nhttp_addr = \"127.0.0.1:1\"\n[limits]\nmax_k = 7\n",
+        )
+        .unwrap();
+        let flags = SettingsLayer {
+            http_addr: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
         let s = Settings::load(
             Some(&file),
-            env(&[("CHAMFER_HTTP_ADDR", "127.0.0.1:2"), ("CHAMFER_MAX_BATCH", "9"), ("OTHER", "x")]),
+            env(&[
+                ("CHAMFER_HTTP_ADDR", "127.0.0.1:2"),
+                ("CHAMFER_MAX_BATCH", "9"),
+                ("OTHER", "x"),
+            ]),
             &flags,
         )
         .unwrap();
@@ -333,7 +384,11 @@ mod tests {
     fn json_files_work_too() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.json");
-        std::fs::write(&file, r#"{"grpc_addr": "127.0.0.1:9", "limits": {"max_batch": 3}}"#).unwrap();
+        std::fs::write(
+            &file,
+            r#"{"grpc_addr": "127.0.0.1:9", "limits": {"max_batch": 3}}"#,
+        )
+        .unwrap();
         let s = Settings::load(Some(&file), env(&[]), &SettingsLayer::default()).unwrap();
         assert_eq!((s.grpc_addr.port(), s.limits.max_batch), (9, 3));
     }
@@ -345,12 +400,25 @@ mod tests {
         std::fs::write(&file, "bogus_key = 1\n").unwrap();
         let err = Settings::load(
             Some(&file),
-            env(&[("CHAMFER_MAX_K", "lots"), ("CHAMFER_GRPC_ADDR", "nowhere"), ("CHAMFER_MAX_BATCH", "0")]),
-            &SettingsLayer { api_key: Some("short".into()), ..Default::default() },
+            env(&[
+                ("CHAMFER_MAX_K", "lots"),
+                ("CHAMFER_GRPC_ADDR", "nowhere"),
+                ("CHAMFER_MAX_BATCH", "0"),
+            ]),
+            &SettingsLayer {
+                api_key: Some("short".into()),
+                ..Default::default()
+            },
         )
         .unwrap_err();
         let text = err.to_string();
-        for needle in ["bogus_key", "CHAMFER_MAX_K", "nowhere", "max_batch", "api_key"] {
+        for needle in [
+            "bogus_key",
+            "CHAMFER_MAX_K",
+            "nowhere",
+            "max_batch",
+            "api_key",
+        ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert_eq!(err.problems.len(), 5, "{text}");

@@ -17,9 +17,10 @@
 //! | bad collection parameters | `invalid_config` | INVALID_ARGUMENT | 400 |
 //! | unknown collection | `collection_not_found` | NOT_FOUND | 404 |
 //! | unknown document | `not_found` | NOT_FOUND | 404 |
+//! | unknown REST route | `not_found` | UNIMPLEMENTED | 404 |
 //! | collection name taken | `already_exists` | ALREADY_EXISTS | 409 |
 //! | too many tokens | `too_many_tokens` | RESOURCE_EXHAUSTED | 413 |
-//! | request / batch / metadata too large | `too_large` | RESOURCE_EXHAUSTED | 413 |
+//! | request / body / batch / metadata too large | `too_large` | RESOURCE_EXHAUSTED | 413 |
 //! | missing or wrong API key | `unauthenticated` | UNAUTHENTICATED | 401 |
 //! | shutting down / collection closing | `unavailable` | UNAVAILABLE | 503 |
 //! | I/O error | `io` | INTERNAL | 500 |
@@ -48,11 +49,21 @@ pub enum ServiceError {
     InvalidArgument(String),
     #[error("collection {0:?} does not exist")]
     CollectionNotFound(String),
+    /// No route for this method and path (REST).
+    #[error("no route for {0}")]
+    RouteNotFound(String),
     #[error("collection {0:?} already exists")]
     CollectionExists(String),
     /// A request, batch or field larger than a configured limit.
     #[error("{what} too large: {got} (the limit is {max})")]
-    TooLarge { what: &'static str, got: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        got: usize,
+        max: usize,
+    },
+    /// A request body above `limits.max_request_bytes`.
+    #[error("request body larger than the limit of {max} bytes")]
+    RequestTooLarge { max: usize },
     #[error("missing or invalid API key")]
     Unauthenticated,
     /// The server (or the collection) is shutting down.
@@ -85,28 +96,60 @@ impl ServiceError {
         match self {
             S::Index(e) => match e {
                 IndexError::InvalidConfig(_) => st(Code::InvalidArgument, BAD, "invalid_config"),
-                IndexError::DimensionMismatch { .. } => st(Code::InvalidArgument, BAD, "dimension_mismatch"),
+                IndexError::DimensionMismatch { .. } => {
+                    st(Code::InvalidArgument, BAD, "dimension_mismatch")
+                }
                 IndexError::Empty { .. } => st(Code::InvalidArgument, BAD, "empty"),
                 IndexError::NonFinite { .. } => st(Code::InvalidArgument, BAD, "non_finite"),
-                IndexError::TooManyTokens { .. } => {
-                    st(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "too_many_tokens")
+                IndexError::TooManyTokens { .. } => st(
+                    Code::ResourceExhausted,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_tokens",
+                ),
+                IndexError::InvalidParam { .. } => {
+                    st(Code::InvalidArgument, BAD, "invalid_parameter")
                 }
-                IndexError::InvalidParam { .. } => st(Code::InvalidArgument, BAD, "invalid_parameter"),
                 IndexError::DuplicateId(_) => st(Code::InvalidArgument, BAD, "duplicate_id"),
                 IndexError::NotFound(_) => st(Code::NotFound, StatusCode::NOT_FOUND, "not_found"),
                 IndexError::Io { .. } => st(Code::Internal, SERVER, "io"),
                 IndexError::Corrupt { .. } => st(Code::DataLoss, SERVER, "corrupt"),
-                IndexError::UnsupportedVersion { .. } => st(Code::FailedPrecondition, SERVER, "unsupported_version"),
+                IndexError::UnsupportedVersion { .. } => {
+                    st(Code::FailedPrecondition, SERVER, "unsupported_version")
+                }
                 IndexError::Dataset { .. } => st(Code::FailedPrecondition, SERVER, "dataset"),
                 IndexError::Incompatible(_) => st(Code::FailedPrecondition, SERVER, "incompatible"),
             },
             S::Malformed(_) => st(Code::InvalidArgument, BAD, "malformed"),
             S::InvalidArgument(_) => st(Code::InvalidArgument, BAD, "invalid_argument"),
-            S::CollectionNotFound(_) => st(Code::NotFound, StatusCode::NOT_FOUND, "collection_not_found"),
-            S::CollectionExists(_) => st(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists"),
-            S::TooLarge { .. } => st(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            S::Unauthenticated => st(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated"),
-            S::Unavailable(_) => st(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            S::CollectionNotFound(_) => st(
+                Code::NotFound,
+                StatusCode::NOT_FOUND,
+                "collection_not_found",
+            ),
+            S::RouteNotFound(_) => st(Code::Unimplemented, StatusCode::NOT_FOUND, "not_found"),
+            S::CollectionExists(_) => {
+                st(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists")
+            }
+            S::TooLarge { .. } => st(
+                Code::ResourceExhausted,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            S::RequestTooLarge { .. } => st(
+                Code::ResourceExhausted,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            S::Unauthenticated => st(
+                Code::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            ),
+            S::Unavailable(_) => st(
+                Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
             S::Internal(_) => st(Code::Internal, SERVER, "internal"),
         }
     }
@@ -149,7 +192,14 @@ impl IntoResponse for ServiceError {
             tracing::error!(error = %self, "request failed");
         }
         let s = self.status();
-        (s.http, axum::Json(ErrorBody { code: s.code, message: self.to_string() })).into_response()
+        (
+            s.http,
+            axum::Json(ErrorBody {
+                code: s.code,
+                message: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -160,17 +210,65 @@ mod tests {
     #[test]
     fn the_table_matches_the_issue() {
         let cases: Vec<(ServiceError, Code, u16)> = vec![
-            (ServiceError::CollectionNotFound("x".into()), Code::NotFound, 404),
-            (IndexError::DimensionMismatch { expected: 2, got: 3 }.into(), Code::InvalidArgument, 400),
-            (IndexError::NonFinite { token: 0, coord: 0 }.into(), Code::InvalidArgument, 400),
-            (IndexError::Empty { what: "document" }.into(), Code::InvalidArgument, 400),
-            (IndexError::TooManyTokens { got: 9, max: 8 }.into(), Code::ResourceExhausted, 413),
-            (IndexError::param("k", "0").into(), Code::InvalidArgument, 400),
-            (IndexError::DuplicateId("a".into()).into(), Code::InvalidArgument, 400),
-            (ServiceError::TooLarge { what: "request", got: 2, max: 1 }, Code::ResourceExhausted, 413),
-            (ServiceError::Malformed("x".into()), Code::InvalidArgument, 400),
+            (
+                ServiceError::CollectionNotFound("x".into()),
+                Code::NotFound,
+                404,
+            ),
+            (
+                IndexError::DimensionMismatch {
+                    expected: 2,
+                    got: 3,
+                }
+                .into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                IndexError::NonFinite { token: 0, coord: 0 }.into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                IndexError::Empty { what: "document" }.into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                IndexError::TooManyTokens { got: 9, max: 8 }.into(),
+                Code::ResourceExhausted,
+                413,
+            ),
+            (
+                IndexError::param("k", "0").into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                IndexError::DuplicateId("a".into()).into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                ServiceError::TooLarge {
+                    what: "request",
+                    got: 2,
+                    max: 1,
+                },
+                Code::ResourceExhausted,
+                413,
+            ),
+            (
+                ServiceError::Malformed("x".into()),
+                Code::InvalidArgument,
+                400,
+            ),
             (ServiceError::Unauthenticated, Code::Unauthenticated, 401),
-            (ServiceError::CollectionExists("x".into()), Code::AlreadyExists, 409),
+            (
+                ServiceError::CollectionExists("x".into()),
+                Code::AlreadyExists,
+                409,
+            ),
         ];
         for (e, grpc, http) in cases {
             let s = e.status();

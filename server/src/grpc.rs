@@ -1,0 +1,510 @@
+//! The gRPC adapter (tonic): translates `chamfer.v1` messages to core inputs and core results back. No
+//! validation or search logic lives here: every rule is in [`crate::core`], so REST and gRPC answer alike.
+//!
+//! Also registered: `grpc.health.v1.Health` (no API key needed) and server reflection (`grpc.reflection.v1`).
+use std::future::Future;
+use std::sync::Arc;
+
+use chamfer_index::fde::ProjectionType;
+use chamfer_index::shard::VectorStorage;
+use chamfer_proto::v1 as pb;
+use pb::collections_server::{Collections, CollectionsServer};
+use pb::documents_server::{Documents, DocumentsServer};
+use pb::search_server::{Search, SearchServer};
+use tokio::net::TcpListener;
+use tonic::codegen::http;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::ApiKey;
+use crate::core::filter::{ConditionInput, FilterInput};
+use crate::core::input::{
+    CollectionParamsInput, DocInput, Dtype, MetadataInput, SearchInput, TokenInput,
+};
+use crate::core::{CollectionInfo, Core, HitOut};
+use crate::error::ServiceError;
+use crate::metrics::{Metrics, Proto};
+
+/// The three chamfer services over one core.
+#[derive(Clone)]
+pub struct GrpcApi {
+    core: Core,
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcApi {
+    pub fn new(core: Core, metrics: Arc<Metrics>) -> Self {
+        GrpcApi { core, metrics }
+    }
+
+    async fn observe<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, ServiceError>>,
+    ) -> Result<Response<T>, Status> {
+        self.metrics
+            .observe(op, Proto::Grpc, fut)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}
+
+// ----- wire -> core ---------------------------------------------------------------------------------------
+
+fn tokens_in(t: Option<pb::Tokens>) -> TokenInput {
+    match t {
+        None => TokenInput::Rows(Vec::new()),
+        Some(t) => TokenInput::Packed {
+            dtype: match pb::Dtype::try_from(t.dtype) {
+                Ok(pb::Dtype::F32) => Some(Dtype::F32),
+                Ok(pb::Dtype::F16) => Some(Dtype::F16),
+                Ok(pb::Dtype::Unspecified) | Err(_) => None,
+            },
+            n_tokens: t.n_tokens as usize,
+            dim: t.dim as usize,
+            bytes: t.data,
+        },
+    }
+}
+
+fn doc_in(d: pb::Document) -> DocInput {
+    DocInput {
+        id: d.id,
+        tokens: tokens_in(d.tokens),
+        metadata: MetadataInput::Text(d.metadata_json),
+    }
+}
+
+fn value_in(v: pb::Value) -> serde_json::Value {
+    use pb::value::Kind;
+    match v.kind {
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::IntValue(i)) => i.into(),
+        Some(Kind::DoubleValue(d)) => {
+            serde_json::Number::from_f64(d).map_or(serde_json::Value::Null, Into::into)
+        }
+        Some(Kind::BoolValue(b)) => b.into(),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn search_in(s: pb::SearchRequest) -> SearchInput {
+    let opt = |v: Option<u32>| v.map(|v| v as usize);
+    SearchInput {
+        query: tokens_in(s.query),
+        k: s.k as usize,
+        ef: opt(s.ef),
+        candidates: opt(s.candidates),
+        rerank: opt(s.rerank),
+        prefix_repetitions: opt(s.prefix_repetitions),
+        exact: s.exact,
+        filter: s.filter.map(|f| FilterInput {
+            must: f
+                .must
+                .into_iter()
+                .map(|c| ConditionInput {
+                    key: c.key,
+                    any_of: c.any_of.into_iter().map(value_in).collect(),
+                    equals: None,
+                })
+                .collect(),
+            ids: f.ids,
+        }),
+        with_metadata: s.with_metadata,
+    }
+}
+
+fn params_in(
+    fde: Option<pb::FdeParams>,
+    hnsw: Option<pb::HnswParams>,
+) -> Result<CollectionParamsInput, ServiceError> {
+    let (f, h) = (fde.unwrap_or_default(), hnsw.unwrap_or_default());
+    let us = |v: Option<u32>| v.map(|v| v as usize);
+    let projection_type = match pb::ProjectionType::try_from(f.projection_type) {
+        Ok(pb::ProjectionType::Unspecified) => None,
+        Ok(pb::ProjectionType::Identity) => Some(ProjectionType::Identity),
+        Ok(pb::ProjectionType::AmsSketch) => Some(ProjectionType::AmsSketch),
+        Err(_) => {
+            return Err(ServiceError::Malformed(format!(
+                "unknown projection_type {}",
+                f.projection_type
+            )))
+        }
+    };
+    let storage = match pb::VectorStorage::try_from(h.storage) {
+        Ok(pb::VectorStorage::Unspecified) => None,
+        Ok(pb::VectorStorage::F16) => Some(VectorStorage::F16),
+        Ok(pb::VectorStorage::F32) => Some(VectorStorage::F32),
+        Err(_) => {
+            return Err(ServiceError::Malformed(format!(
+                "unknown storage {}",
+                h.storage
+            )))
+        }
+    };
+    Ok(CollectionParamsInput {
+        num_repetitions: us(f.num_repetitions),
+        num_simhash_projections: f.num_simhash_projections,
+        seed: f.seed,
+        projection_type,
+        projection_dimension: us(f.projection_dimension),
+        fill_empty_partitions: f.fill_empty_partitions,
+        final_projection_dimension: us(f.final_projection_dimension),
+        prefix_repetitions: us(h.prefix_repetitions),
+        m: us(h.m),
+        ef_construction: us(h.ef_construction),
+        storage,
+        min_docs: us(h.min_docs),
+    })
+}
+
+// ----- core -> wire ---------------------------------------------------------------------------------------
+
+fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
+    let (f, h) = (&i.params.fde, &i.params.hnsw);
+    pb::CollectionInfo {
+        name: i.name,
+        dimension: i.dimension as u32,
+        fde: Some(pb::FdeParams {
+            num_repetitions: Some(f.num_repetitions as u32),
+            num_simhash_projections: Some(f.num_simhash_projections),
+            seed: Some(f.seed),
+            projection_type: match f.projection_type {
+                ProjectionType::Identity => pb::ProjectionType::Identity,
+                ProjectionType::AmsSketch => pb::ProjectionType::AmsSketch,
+            } as i32,
+            projection_dimension: Some(f.projection_dimension as u32),
+            fill_empty_partitions: Some(f.fill_empty_partitions),
+            final_projection_dimension: Some(f.final_projection_dimension.unwrap_or(0) as u32),
+        }),
+        hnsw: Some(pb::HnswParams {
+            prefix_repetitions: Some(h.prefix_repetitions as u32),
+            m: Some(h.m as u32),
+            ef_construction: Some(h.ef_construction as u32),
+            storage: match h.storage {
+                VectorStorage::F16 => pb::VectorStorage::F16,
+                VectorStorage::F32 => pb::VectorStorage::F32,
+            } as i32,
+            min_docs: Some(h.min_docs.min(u32::MAX as usize) as u32),
+        }),
+        stats: Some(pb::CollectionStats {
+            documents: i.stats.documents,
+            shards: i.stats.shards,
+            memtable_documents: i.stats.memtable_documents,
+            tombstones: i.stats.tombstones,
+            wal_bytes: i.stats.wal_bytes,
+            last_sequence: i.stats.last_sequence,
+        }),
+    }
+}
+
+fn hits_out(hits: Vec<HitOut>) -> pb::SearchResponse {
+    pb::SearchResponse {
+        hits: hits
+            .into_iter()
+            .map(|h| pb::ScoredDocument {
+                id: h.id,
+                score: h.score,
+                metadata_json: h.metadata.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// A stream error from tonic's decoder: an over-limit message is ResourceExhausted, like every other limit.
+fn stream_error(s: Status) -> Status {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") {
+        Status::resource_exhausted(s.message().to_string())
+    } else {
+        s
+    }
+}
+
+// ----- services -------------------------------------------------------------------------------------------
+
+#[tonic::async_trait]
+impl Collections for GrpcApi {
+    async fn create(
+        &self,
+        r: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let r = r.into_inner();
+        self.observe("create_collection", async {
+            let params = params_in(r.fde, r.hnsw)?;
+            self.core
+                .create_collection(r.name, r.dimension as usize, params)
+                .await
+                .map(info_out)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        _: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        self.observe("list_collections", async {
+            Ok(pb::ListCollectionsResponse {
+                collections: self
+                    .core
+                    .list_collections()
+                    .into_iter()
+                    .map(info_out)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn describe(
+        &self,
+        r: Request<pb::DescribeCollectionRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let name = r.into_inner().name;
+        self.observe("describe_collection", async {
+            self.core.describe(&name).map(info_out)
+        })
+        .await
+    }
+
+    async fn drop(
+        &self,
+        r: Request<pb::DropCollectionRequest>,
+    ) -> Result<Response<pb::DropCollectionResponse>, Status> {
+        let name = r.into_inner().name;
+        self.observe("drop_collection", async {
+            self.core
+                .drop_collection(&name)
+                .await
+                .map(|()| pb::DropCollectionResponse {})
+        })
+        .await
+    }
+
+    async fn flush(
+        &self,
+        r: Request<pb::FlushRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let name = r.into_inner().name;
+        self.observe("flush", async {
+            self.core.flush(&name).await.map(info_out)
+        })
+        .await
+    }
+
+    async fn compact(
+        &self,
+        r: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let name = r.into_inner().name;
+        self.observe("compact", async {
+            self.core.compact(&name).await.map(info_out)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl Documents for GrpcApi {
+    async fn upsert(
+        &self,
+        r: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::UpsertResponse>, Status> {
+        let r = r.into_inner();
+        self.observe("upsert", async {
+            let docs = r.documents.into_iter().map(doc_in).collect();
+            let o = self.core.upsert(&r.collection, docs).await?;
+            Ok(pb::UpsertResponse {
+                upserted: o.upserted,
+                sequence: o.sequence,
+            })
+        })
+        .await
+    }
+
+    async fn bulk_upsert(
+        &self,
+        r: Request<Streaming<pb::UpsertRequest>>,
+    ) -> Result<Response<pb::UpsertResponse>, Status> {
+        let mut stream = r.into_inner();
+        let mut total = pb::UpsertResponse::default();
+        let mut collection: Option<String> = None;
+        while let Some(msg) = stream.message().await.map_err(stream_error)? {
+            if let Some(c) = &collection {
+                if !msg.collection.is_empty() && &msg.collection != c {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "a bulk upsert goes to one collection: {c:?}, then {:?}",
+                        msg.collection
+                    ))
+                    .into());
+                }
+            } else {
+                collection = Some(msg.collection.clone());
+            }
+            let name = collection.as_deref().unwrap_or_default();
+            let docs = msg.documents.into_iter().map(doc_in).collect();
+            let o = self
+                .observe("bulk_upsert_batch", self.core.upsert(name, docs))
+                .await?
+                .into_inner();
+            total.upserted += o.upserted;
+            total.sequence = o.sequence;
+        }
+        Ok(Response::new(total))
+    }
+
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = r.into_inner();
+        self.observe("get", async {
+            let o = self.core.get(&r.collection, r.ids, r.with_tokens).await?;
+            let dim = if r.with_tokens {
+                self.core.describe(&r.collection)?.dimension
+            } else {
+                0
+            };
+            Ok(pb::GetResponse {
+                documents: o
+                    .documents
+                    .into_iter()
+                    .map(|d| pb::Document {
+                        id: d.id,
+                        tokens: d.tokens.map(|t| chamfer_proto::tokens::pack_f32(&t, dim)),
+                        metadata_json: d.metadata.unwrap_or_default(),
+                    })
+                    .collect(),
+                missing: o.missing,
+            })
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = r.into_inner();
+        self.observe("delete", async {
+            let o = self.core.delete(&r.collection, r.ids).await?;
+            Ok(pb::DeleteResponse {
+                deleted: o.deleted,
+                sequence: o.sequence,
+            })
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl Search for GrpcApi {
+    async fn search(
+        &self,
+        r: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = r.into_inner();
+        let name = r.collection.clone();
+        self.observe("search", async {
+            self.core.search(&name, search_in(r)).await.map(hits_out)
+        })
+        .await
+    }
+
+    async fn search_batch(
+        &self,
+        r: Request<pb::SearchBatchRequest>,
+    ) -> Result<Response<pb::SearchBatchResponse>, Status> {
+        let r = r.into_inner();
+        self.observe("search_batch", async {
+            if let Some(bad) = r
+                .searches
+                .iter()
+                .find(|s| !s.collection.is_empty() && s.collection != r.collection)
+            {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "search for collection {:?} inside a batch for {:?}",
+                    bad.collection, r.collection
+                )));
+            }
+            let searches = r.searches.into_iter().map(search_in).collect();
+            let results = self.core.search_batch(&r.collection, searches).await?;
+            Ok(pb::SearchBatchResponse {
+                results: results.into_iter().map(hits_out).collect(),
+            })
+        })
+        .await
+    }
+}
+
+/// tonic rejects an over-limit message with OUT_OF_RANGE before any handler runs; every other limit is
+/// RESOURCE_EXHAUSTED, so the response is rewritten to match (one limit, one code).
+fn fix_too_large(mut resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let h = resp.headers();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = h.get("grpc-message").is_some_and(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .replace("%20", " ")
+            .contains("message length too large")
+    });
+    if out_of_range && too_large {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves, then finishes in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    api: GrpcApi,
+    key: ApiKey,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CollectionsServer<GrpcApi>>().await;
+    health.set_serving::<DocumentsServer<GrpcApi>>().await;
+    health.set_serving::<SearchServer<GrpcApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chamfer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let auth = move |req: Request<()>| -> Result<Request<()>, Status> {
+        let md = req.metadata();
+        key.check(
+            md.get("authorization").map(|v| v.as_bytes()),
+            md.get("x-api-key").map(|v| v.as_bytes()),
+        )?;
+        Ok(req)
+    };
+    let layers = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc().make_span_with(crate::rest::request_span),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .map_response(fix_too_large)
+        .into_inner();
+    tonic::transport::Server::builder()
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(InterceptedService::new(
+            CollectionsServer::new(api.clone()).max_decoding_message_size(max_request_bytes),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            DocumentsServer::new(api.clone()).max_decoding_message_size(max_request_bytes),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            SearchServer::new(api).max_decoding_message_size(max_request_bytes),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

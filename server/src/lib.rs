@@ -15,6 +15,7 @@ pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod openapi;
 pub mod rest;
 pub mod serve;
 

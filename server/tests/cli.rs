@@ -8,17 +8,35 @@ fn chamfer() -> Command {
 }
 
 fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("data/demo")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("data/demo")
 }
 
 fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = chamfer().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let mut child = chamfer()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn floats(out: &Output) -> Vec<f64> {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -26,11 +44,44 @@ fn floats(out: &Output) -> Vec<f64> {
 fn fde_command_reproduces_golden_vectors() {
     // Spec golden vector: d=3, R=1, k_sim=2, seed=42, identity; points e1, e2, e3, -e1, -e2, -e3.
     let pts = r#"{"vectors": [[1,0,0],[0,1,0],[0,0,1],[-1,0,0],[0,-1,0],[0,0,-1]]}"#;
-    let out = run_with_stdin(&["fde", "--query", "--dimension", "3", "--repetitions", "1", "--simhash-projections", "2", "--seed", "42"], pts);
-    assert_eq!(floats(&out), vec![-1.0, 0.0, -1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0]);
+    let out = run_with_stdin(
+        &[
+            "fde",
+            "--query",
+            "--dimension",
+            "3",
+            "--repetitions",
+            "1",
+            "--simhash-projections",
+            "2",
+            "--seed",
+            "42",
+        ],
+        pts,
+    );
+    assert_eq!(
+        floats(&out),
+        vec![-1.0, 0.0, -1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0]
+    );
     // Spec golden vector: doc + final projection.
     let doc = r#"{"vectors": [[0.5,-0.2,0.1,0.9],[-0.3,0.8,0.4,-0.1],[0.2,0.2,-0.7,0.3]]}"#;
-    let args = ["fde", "--document", "--dimension", "4", "--repetitions", "2", "--simhash-projections", "3", "--seed", "7", "--projection-dimension", "2", "--fill-empty-partitions", "--final-projection-dimension", "8"];
+    let args = [
+        "fde",
+        "--document",
+        "--dimension",
+        "4",
+        "--repetitions",
+        "2",
+        "--simhash-projections",
+        "3",
+        "--seed",
+        "7",
+        "--projection-dimension",
+        "2",
+        "--fill-empty-partitions",
+        "--final-projection-dimension",
+        "8",
+    ];
     let got = floats(&run_with_stdin(&args, doc));
     let want = [-0.6, -0.7, 0.9, -2.65, 0.5, 1.6, 2.3, -1.2];
     assert_eq!(got.len(), 8);
@@ -41,7 +92,16 @@ fn fde_command_reproduces_golden_vectors() {
 
 #[test]
 fn fde_command_rejects_bad_input_with_a_message() {
-    let base = ["fde", "--query", "--dimension", "3", "--repetitions", "1", "--simhash-projections", "2"];
+    let base = [
+        "fde",
+        "--query",
+        "--dimension",
+        "3",
+        "--repetitions",
+        "1",
+        "--simhash-projections",
+        "2",
+    ];
     for (input, needle) in [
         (r#"{"vectors": []}"#, "empty"),
         (r#"{"vectors": [[1,2]]}"#, "dimension"),
@@ -51,10 +111,23 @@ fn fde_command_rejects_bad_input_with_a_message() {
         let out = run_with_stdin(&base, input);
         assert!(!out.status.success(), "accepted {input}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("error") && err.contains(needle), "{input}: {err}");
+        assert!(
+            err.contains("error") && err.contains(needle),
+            "{input}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
-    let out = run_with_stdin(&["fde", "--query", "--dimension", "3", "--simhash-projections", "40"], r#"{"vectors": [[1,2,3]]}"#);
+    let out = run_with_stdin(
+        &[
+            "fde",
+            "--query",
+            "--dimension",
+            "3",
+            "--simhash-projections",
+            "40",
+        ],
+        r#"{"vectors": [[1,2,3]]}"#,
+    );
     assert!(!out.status.success());
 }
 
@@ -62,25 +135,82 @@ fn fde_command_rejects_bad_input_with_a_message() {
 fn index_search_and_bench_on_the_demo_set() {
     let dir = tempfile::tempdir().unwrap();
     let idx = dir.path().join("idx");
-    let out = chamfer().args(["index", "--data"]).arg(demo()).arg("--out").arg(&idx).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chamfer()
+        .args(["index", "--data"])
+        .arg(demo())
+        .arg("--out")
+        .arg(&idx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The first demo query's exact best document comes first.
     let ds = chamfer_index::dataset::Dataset::open(&demo()).unwrap();
     let top = ds.doc_id(ds.gt_ids(0).unwrap()[0] as usize).to_string();
-    let out = chamfer().args(["search", "--json", "--index"]).arg(&idx).arg("--data").arg(demo()).args(["--query-id", ds.query_id(0), "--k", "3"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let first: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let out = chamfer()
+        .args(["search", "--json", "--index"])
+        .arg(&idx)
+        .arg("--data")
+        .arg(demo())
+        .args(["--query-id", ds.query_id(0), "--k", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["id"], top.as_str());
     assert!(!first["text"].as_str().unwrap().is_empty());
-    let out = chamfer().args(["search", "--index"]).arg(&idx).arg("--data").arg(demo()).args(["--query-id", "no-such-query"]).output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-query"));
+    let out = chamfer()
+        .args(["search", "--index"])
+        .arg(&idx)
+        .arg("--data")
+        .arg(demo())
+        .args(["--query-id", "no-such-query"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-query")
+    );
 
-    let out = chamfer().args(["bench", "--runs", "1", "--data"]).arg(demo()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chamfer()
+        .args(["bench", "--runs", "1", "--data"])
+        .arg(demo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    for key in ["n_docs", "n_queries", "build_s", "index_bytes", "recall_at_10", "ndcg_at_10", "qps", "p50_ms", "p99_ms", "exact_qps", "exact_recall_at_10", "speedup_vs_exact", "plan", "params"] {
-        assert!(report.get(key).is_some(), "bench report lacks {key}: {report}");
+    for key in [
+        "n_docs",
+        "n_queries",
+        "build_s",
+        "index_bytes",
+        "recall_at_10",
+        "ndcg_at_10",
+        "qps",
+        "p50_ms",
+        "p99_ms",
+        "exact_qps",
+        "exact_recall_at_10",
+        "speedup_vs_exact",
+        "plan",
+        "params",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "bench report lacks {key}: {report}"
+        );
     }
     assert_eq!(report["n_docs"], 300);
     assert!(report["recall_at_10"].as_f64().unwrap() >= 0.99);
@@ -91,8 +221,27 @@ fn index_search_and_bench_on_the_demo_set() {
 fn gen_writes_a_consistent_data_set() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("syn");
-    let out = chamfer().args(["gen", "--docs", "120", "--queries", "6", "--seed", "3", "--like"]).arg(demo()).arg("--out").arg(&out_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chamfer()
+        .args([
+            "gen",
+            "--docs",
+            "120",
+            "--queries",
+            "6",
+            "--seed",
+            "3",
+            "--like",
+        ])
+        .arg(demo())
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ds = chamfer_index::dataset::Dataset::open(&out_dir).unwrap();
     assert_eq!((ds.n_docs(), ds.n_queries(), ds.dim()), (120, 6, 128));
     assert_eq!(ds.gt_ids(0).unwrap().len(), 100);
@@ -101,6 +250,10 @@ fn gen_writes_a_consistent_data_set() {
         let s = ds.gt_scores(j).unwrap();
         assert!(s.windows(2).all(|w| w[0] >= w[1]));
     }
-    let out = chamfer().args(["gen", "--docs", "0", "--out", "/tmp/x", "--like"]).arg(demo()).output().unwrap();
+    let out = chamfer()
+        .args(["gen", "--docs", "0", "--out", "/tmp/x", "--like"])
+        .arg(demo())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

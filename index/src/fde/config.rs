@@ -95,9 +95,14 @@ impl FdeConfig {
         let k = self.num_simhash_projections as usize;
         too_big(
             "the FDE (num_repetitions x 2^num_simhash_projections x block dimension)",
-            self.num_repetitions.checked_mul(1 << k).and_then(|v| v.checked_mul(self.block_dim())),
+            self.num_repetitions
+                .checked_mul(1 << k)
+                .and_then(|v| v.checked_mul(self.block_dim())),
         )?;
-        too_big("final_projection_dimension", Some(self.final_projection_dimension.unwrap_or(0)))?;
+        too_big(
+            "final_projection_dimension",
+            Some(self.final_projection_dimension.unwrap_or(0)),
+        )?;
         // The encoder stores each SimHash entry broadcast to 8 lanes.
         match self.dimension.checked_mul(self.num_repetitions).and_then(|v| v.checked_mul(k.max(1))) {
             Some(s) if s <= MAX_FLOATS / 16 => Ok(()),
@@ -110,7 +115,9 @@ impl FdeConfig {
 
     /// B = 2^k_sim partitions per repetition (saturating for an invalid k_sim).
     pub fn num_partitions(&self) -> usize {
-        1usize.checked_shl(self.num_simhash_projections).unwrap_or(usize::MAX)
+        1usize
+            .checked_shl(self.num_simhash_projections)
+            .unwrap_or(usize::MAX)
     }
 
     /// Width of one partition's block: d_proj with the AMS sketch, the token dimension with identity.
@@ -133,7 +140,8 @@ impl FdeConfig {
 
     /// Length of the encoder's output: the final projection dimension if set, else R x repetition length.
     pub fn output_dim(&self) -> usize {
-        self.final_projection_dimension.unwrap_or_else(|| self.full_dim())
+        self.final_projection_dimension
+            .unwrap_or_else(|| self.full_dim())
     }
 }
 
@@ -145,36 +153,93 @@ mod tests {
     fn paper_default_sizes() {
         let c = FdeConfig::paper_default(128);
         c.validate().unwrap();
-        assert_eq!((c.num_partitions(), c.block_dim(), c.repetition_dim(), c.output_dim()), (32, 16, 512, 10240));
-        let c = FdeConfig { projection_type: ProjectionType::Identity, final_projection_dimension: Some(7), ..c };
-        assert_eq!((c.block_dim(), c.repetition_dim(), c.output_dim()), (128, 4096, 7));
+        assert_eq!(
+            (
+                c.num_partitions(),
+                c.block_dim(),
+                c.repetition_dim(),
+                c.output_dim()
+            ),
+            (32, 16, 512, 10240)
+        );
+        let c = FdeConfig {
+            projection_type: ProjectionType::Identity,
+            final_projection_dimension: Some(7),
+            ..c
+        };
+        assert_eq!(
+            (c.block_dim(), c.repetition_dim(), c.output_dim()),
+            (128, 4096, 7)
+        );
     }
 
     #[test]
     fn serde_round_trip_uses_snake_case() {
         let c = FdeConfig::paper_default(128);
         let json = serde_json::to_string(&c).unwrap();
-        assert!(json.contains("\"projection_type\":\"ams_sketch\""), "{json}");
+        assert!(
+            json.contains("\"projection_type\":\"ams_sketch\""),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<FdeConfig>(&json).unwrap(), c);
-        assert_eq!(serde_json::to_string(&EncodingType::Average).unwrap(), "\"average\"");
+        assert_eq!(
+            serde_json::to_string(&EncodingType::Average).unwrap(),
+            "\"average\""
+        );
     }
 
     #[test]
     fn invalid_configs_are_rejected_with_invalid_config() {
         let ok = FdeConfig::paper_default(128);
         let bad = [
-            FdeConfig { dimension: 0, ..ok.clone() },
-            FdeConfig { num_repetitions: 0, ..ok.clone() },
-            FdeConfig { num_simhash_projections: 31, ..ok.clone() },
-            FdeConfig { num_simhash_projections: 200, ..ok.clone() },
-            FdeConfig { projection_dimension: 0, ..ok.clone() },
-            FdeConfig { final_projection_dimension: Some(0), ..ok.clone() },
-            FdeConfig { final_projection_dimension: Some(MAX_FLOATS + 1), ..ok.clone() },
-            FdeConfig { num_simhash_projections: 30, ..ok.clone() },
-            FdeConfig { num_repetitions: usize::MAX, ..ok.clone() },
-            FdeConfig { projection_dimension: usize::MAX, ..ok.clone() },
-            FdeConfig { dimension: 1 << 30, ..ok.clone() },
-            FdeConfig { dimension: 1 << 18, ..ok.clone() },
+            FdeConfig {
+                dimension: 0,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_repetitions: 0,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_simhash_projections: 31,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_simhash_projections: 200,
+                ..ok.clone()
+            },
+            FdeConfig {
+                projection_dimension: 0,
+                ..ok.clone()
+            },
+            FdeConfig {
+                final_projection_dimension: Some(0),
+                ..ok.clone()
+            },
+            FdeConfig {
+                final_projection_dimension: Some(MAX_FLOATS + 1),
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_simhash_projections: 30,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_repetitions: usize::MAX,
+                ..ok.clone()
+            },
+            FdeConfig {
+                projection_dimension: usize::MAX,
+                ..ok.clone()
+            },
+            FdeConfig {
+                dimension: 1 << 30,
+                ..ok.clone()
+            },
+            FdeConfig {
+                dimension: 1 << 18,
+                ..ok.clone()
+            },
         ];
         for c in bad {
             match c.validate() {
@@ -185,9 +250,18 @@ mod tests {
             let _ = (c.num_partitions(), c.repetition_dim(), c.output_dim());
         }
         // The projection dimension is ignored without the AMS sketch.
-        FdeConfig { projection_type: ProjectionType::Identity, projection_dimension: 0, ..ok.clone() }
-            .validate()
-            .unwrap();
-        FdeConfig { num_simhash_projections: 0, ..ok }.validate().unwrap();
+        FdeConfig {
+            projection_type: ProjectionType::Identity,
+            projection_dimension: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
+        FdeConfig {
+            num_simhash_projections: 0,
+            ..ok
+        }
+        .validate()
+        .unwrap();
     }
 }

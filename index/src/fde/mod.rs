@@ -100,7 +100,11 @@ impl FdeEncoder {
     /// Validates `config` and draws its matrices.
     pub fn new(config: FdeConfig) -> Result<Self> {
         config.validate()?;
-        let (d, reps, k) = (config.dimension, config.num_repetitions, config.num_simhash_projections as usize);
+        let (d, reps, k) = (
+            config.dimension,
+            config.num_repetitions,
+            config.num_simhash_projections as usize,
+        );
         let seed_of = |r: usize| config.seed.wrapping_add(r as u64) as u32;
 
         let cols = reps * k;
@@ -119,7 +123,10 @@ impl FdeEncoder {
 
         let ams = (config.projection_type == ProjectionType::AmsSketch).then(|| {
             let dp = config.projection_dimension;
-            let mut ams = Ams { rows: Vec::with_capacity(reps * d), bounds: Vec::with_capacity(reps * (2 * dp + 1)) };
+            let mut ams = Ams {
+                rows: Vec::with_capacity(reps * d),
+                bounds: Vec::with_capacity(reps * (2 * dp + 1)),
+            };
             let mut segments = Vec::with_capacity(d);
             for r in 0..reps {
                 let mut rng = Mt19937::new(seed_of(r));
@@ -152,7 +159,12 @@ impl FdeEncoder {
                 .collect()
         });
 
-        Ok(FdeEncoder { config, simhash, ams, count_sketch })
+        Ok(FdeEncoder {
+            config,
+            simhash,
+            ams,
+            count_sketch,
+        })
     }
 
     /// The (validated) configuration.
@@ -208,7 +220,10 @@ impl FdeEncoder {
 
     fn check(&self, tokens: &TokenMatrix<'_>, out_len: usize, count: usize) -> Result<()> {
         if tokens.dim() != self.config.dimension {
-            return Err(IndexError::DimensionMismatch { expected: self.config.dimension, got: tokens.dim() });
+            return Err(IndexError::DimensionMismatch {
+                expected: self.config.dimension,
+                got: tokens.dim(),
+            });
         }
         self.check_out(out_len, count)
     }
@@ -218,14 +233,23 @@ impl FdeEncoder {
         if want != Some(out_len) {
             return Err(IndexError::param(
                 "out",
-                format!("buffer of {out_len} floats, expected {count} x {}", self.config.output_dim()),
+                format!(
+                    "buffer of {out_len} floats, expected {count} x {}",
+                    self.config.output_dim()
+                ),
             ));
         }
         Ok(())
     }
 
     /// Encodes validated `tokens` into `out` (of the right length).
-    fn encode_with(&self, tokens: TokenMatrix<'_>, enc: EncodingType, out: &mut [f32], s: &mut Scratch) -> Result<()> {
+    fn encode_with(
+        &self,
+        tokens: TokenMatrix<'_>,
+        enc: EncodingType,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) -> Result<()> {
         if enc == EncodingType::Sum && self.config.fill_empty_partitions {
             return Err(IndexError::InvalidConfig(
                 "FDE: fill_empty_partitions is a document-only option (the reference rejects it for queries)".into(),
@@ -252,18 +276,38 @@ impl FdeEncoder {
     }
 
     /// The FDE before the final projection, into `fde` (zeroed, length R x repetition_dim).
-    fn encode_full(&self, tokens: TokenMatrix<'_>, enc: EncodingType, fde: &mut [f32], s: &mut Scratch) {
-        let (n, d, reps) = (tokens.len(), self.config.dimension, self.config.num_repetitions);
+    fn encode_full(
+        &self,
+        tokens: TokenMatrix<'_>,
+        enc: EncodingType,
+        fde: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        let (n, d, reps) = (
+            tokens.len(),
+            self.config.dimension,
+            self.config.num_repetitions,
+        );
         let (rep_dim, bd) = (self.config.repetition_dim(), self.config.block_dim());
         let (tiles, stride) = (n.div_ceil(LANES), d.next_power_of_two());
         s.parts.clear();
         s.parts.resize(tiles * reps, [0; LANES]);
         if self.config.num_simhash_projections > 0 || self.ams.is_some() {
-            s.panels.resize(tiles.next_multiple_of(2) * stride, Lanes::default());
-            for (rows, panel) in tokens.as_slice().chunks(LANES * d).zip(s.panels.chunks_exact_mut(stride)) {
+            s.panels
+                .resize(tiles.next_multiple_of(2) * stride, Lanes::default());
+            for (rows, panel) in tokens
+                .as_slice()
+                .chunks(LANES * d)
+                .zip(s.panels.chunks_exact_mut(stride))
+            {
                 transpose(rows, d, &mut panel[..d]);
             }
-            let mut args = SketchArgs { enc: self, panels: &s.panels[..tiles * stride], stride, parts: &mut s.parts };
+            let mut args = SketchArgs {
+                enc: self,
+                panels: &s.panels[..tiles * stride],
+                stride,
+                parts: &mut s.parts,
+            };
             #[cfg(target_arch = "x86_64")]
             crate::sys::multiversion::call_avx2(sketch_avx2, sketch_portable, &mut args);
             #[cfg(not(target_arch = "x86_64"))]
@@ -273,10 +317,14 @@ impl FdeEncoder {
         s.proj.resize(WIDE * bd, 0.0);
         for (pair, rows) in tokens.as_slice().chunks(WIDE * d).enumerate() {
             for (r, rep) in fde.chunks_exact_mut(rep_dim).enumerate() {
-                let part = |t: usize| s.parts[(2 * pair + t / LANES) * reps + r][t % LANES] as usize;
+                let part =
+                    |t: usize| s.parts[(2 * pair + t / LANES) * reps + r][t % LANES] as usize;
                 let Some(ams) = &self.ams else {
                     for (t, x) in rows.chunks_exact(d).enumerate() {
-                        rep[part(t) * d..][..d].iter_mut().zip(x).for_each(|(b, x)| *b += x);
+                        rep[part(t) * d..][..d]
+                            .iter_mut()
+                            .zip(x)
+                            .for_each(|(b, x)| *b += x);
                     }
                     continue;
                 };
@@ -284,7 +332,10 @@ impl FdeEncoder {
                 let (lo, hi) = s.panels[2 * pair * stride..].split_at(stride);
                 ams_gather(ams_rows, bounds, [lo, &hi[..stride]], &mut s.proj);
                 for (t, proj) in s.proj.chunks_exact(bd).enumerate().take(rows.len() / d) {
-                    rep[part(t) * bd..][..bd].iter_mut().zip(proj).for_each(|(b, v)| *b += v);
+                    rep[part(t) * bd..][..bd]
+                        .iter_mut()
+                        .zip(proj)
+                        .for_each(|(b, v)| *b += v);
                 }
             }
         }
@@ -296,10 +347,17 @@ impl FdeEncoder {
     /// Documents: every non-empty block divided by its token count; with `fill_empty_partitions`, every empty
     /// block set to the projection of the first token nearest to the partition in Hamming distance.
     fn average(&self, tokens: TokenMatrix<'_>, fde: &mut [f32], s: &mut Scratch) {
-        let (n, reps, d, bd) =
-            (tokens.len(), self.config.num_repetitions, self.config.dimension, self.config.block_dim());
+        let (n, reps, d, bd) = (
+            tokens.len(),
+            self.config.num_repetitions,
+            self.config.dimension,
+            self.config.block_dim(),
+        );
         let fill = self.config.fill_empty_partitions && self.config.num_simhash_projections > 0;
-        for (r, rep) in fde.chunks_exact_mut(self.config.repetition_dim()).enumerate() {
+        for (r, rep) in fde
+            .chunks_exact_mut(self.config.repetition_dim())
+            .enumerate()
+        {
             let part_of = |t: usize| s.parts[t / LANES * reps + r][t % LANES];
             s.counts.clear();
             s.counts.resize(self.config.num_partitions(), 0);
@@ -311,8 +369,11 @@ impl FdeEncoder {
                     block.iter_mut().for_each(|v| *v /= count as f32);
                 } else if fill {
                     let target = (p ^ (p >> 1)) as u32;
-                    let distance = |&t: &usize| (part_of(t) ^ (part_of(t) >> 1) ^ target).count_ones();
-                    let Some(nearest) = (0..n).min_by_key(distance) else { continue };
+                    let distance =
+                        |&t: &usize| (part_of(t) ^ (part_of(t) >> 1) ^ target).count_ones();
+                    let Some(nearest) = (0..n).min_by_key(distance) else {
+                        continue;
+                    };
                     let x = tokens.row(nearest);
                     match &self.ams {
                         None => block.copy_from_slice(x),
@@ -332,13 +393,19 @@ impl FdeEncoder {
     /// panels stream by.
     #[inline(always)]
     fn sketch(&self, panels: &[Lanes], stride: usize, parts: &mut [[u32; LANES]]) {
-        let (d, reps, k) =
-            (self.config.dimension, self.config.num_repetitions, self.config.num_simhash_projections as usize);
+        let (d, reps, k) = (
+            self.config.dimension,
+            self.config.num_repetitions,
+            self.config.num_simhash_projections as usize,
+        );
         if k == 0 {
             return;
         }
         for (tile, g) in self.simhash.chunks_exact(d * TC).enumerate() {
-            for (panel, bits) in panels.chunks_exact(stride).zip(parts.chunks_exact_mut(reps)) {
+            for (panel, bits) in panels
+                .chunks_exact(stride)
+                .zip(parts.chunks_exact_mut(reps))
+            {
                 let acc = sketch_tile(&panel[..d], g);
                 for (c, values) in acc.iter().enumerate().take(reps * k - tile * TC) {
                     for (b, &v) in bits[(tile * TC + c) / k].iter_mut().zip(&values.0) {
@@ -359,15 +426,21 @@ impl FdeEncoder {
 impl Ams {
     /// Rows and segment bounds of repetition r.
     fn repetition(&self, r: usize, d: usize, dp: usize) -> (&[u32], &[u32]) {
-        (&self.rows[r * d..][..d], &self.bounds[r * (2 * dp + 1)..][..2 * dp + 1])
+        (
+            &self.rows[r * d..][..d],
+            &self.bounds[r * (2 * dp + 1)..][..2 * dp + 1],
+        )
     }
 }
 
 /// One repetition's AMS projection of one token `x` into `block`: the scalar twin of [`ams_gather`] (same
 /// operations in the same order).
 fn ams_project(rows: &[u32], bounds: &[u32], x: &[f32], block: &mut [f32]) {
-    let sum =
-        |q: usize| rows[bounds[q] as usize..bounds[q + 1] as usize].iter().fold(0.0, |acc, &i| acc + x[i as usize]);
+    let sum = |q: usize| {
+        rows[bounds[q] as usize..bounds[q + 1] as usize]
+            .iter()
+            .fold(0.0, |acc, &i| acc + x[i as usize])
+    };
     for (k, b) in block.iter_mut().enumerate() {
         *b = sum(2 * k) - sum(2 * k + 1);
     }
@@ -457,16 +530,35 @@ mod multiversion_tests {
         }
         let enc = FdeEncoder::new(FdeConfig::paper_default(128)).unwrap();
         let n: usize = 37;
-        let rows: Vec<f32> = (0..n * 128).map(|i| (((i * 7919) % 1013) as f32 / 506.0 - 1.0) * 1e-3).collect();
+        let rows: Vec<f32> = (0..n * 128)
+            .map(|i| (((i * 7919) % 1013) as f32 / 506.0 - 1.0) * 1e-3)
+            .collect();
         let (tiles, stride) = (n.div_ceil(LANES), 128usize.next_power_of_two());
         let mut panels = vec![Lanes::default(); tiles * stride];
-        for (r, panel) in rows.chunks(LANES * 128).zip(panels.chunks_exact_mut(stride)) {
+        for (r, panel) in rows
+            .chunks(LANES * 128)
+            .zip(panels.chunks_exact_mut(stride))
+        {
             transpose(r, 128, &mut panel[..128]);
         }
         let mut a = vec![[0u32; LANES]; tiles * 20];
         let mut b = a.clone();
-        sketch_portable(&mut SketchArgs { enc: &enc, panels: &panels, stride, parts: &mut a });
-        crate::sys::multiversion::call_avx2(sketch_avx2, sketch_portable, &mut SketchArgs { enc: &enc, panels: &panels, stride, parts: &mut b });
+        sketch_portable(&mut SketchArgs {
+            enc: &enc,
+            panels: &panels,
+            stride,
+            parts: &mut a,
+        });
+        crate::sys::multiversion::call_avx2(
+            sketch_avx2,
+            sketch_portable,
+            &mut SketchArgs {
+                enc: &enc,
+                panels: &panels,
+                stride,
+                parts: &mut b,
+            },
+        );
         assert_eq!(a, b);
     }
 }

@@ -27,7 +27,9 @@ impl Mt19937 {
         state[0] = seed;
         for i in 1..N {
             let prev = state[i - 1];
-            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+            state[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
         }
         Mt19937 { state, index: N }
     }
@@ -180,7 +182,14 @@ mod tests {
         let mut g = Mt19937::new(42);
         let mut d = NormalF32::new();
         let got: Vec<f32> = (0..6).map(|_| d.sample(&mut g)).collect();
-        let want: [f64; 6] = [1.22192132, -0.516964138, 0.86963594, 0.721332669, 1.58855629, 1.61821711];
+        let want: [f64; 6] = [
+            1.22192132,
+            -0.516964138,
+            0.86963594,
+            0.721332669,
+            1.58855629,
+            1.61821711,
+        ];
         for (&a, b) in got.iter().zip(want) {
             assert!((a as f64 - b).abs() <= 1e-7 * b.abs(), "{got:?}");
         }
@@ -189,8 +198,30 @@ mod tests {
     #[test]
     fn uniform_bernoulli_golden_from_spec() {
         for (seed, hi, want) in [
-            (555u32, 4u64, [(3u64, true), (0, false), (3, false), (4, false), (4, true), (0, false)]),
-            (1234, 31, [(6, false), (26, false), (25, false), (27, true), (8, false), (26, true)]),
+            (
+                555u32,
+                4u64,
+                [
+                    (3u64, true),
+                    (0, false),
+                    (3, false),
+                    (4, false),
+                    (4, true),
+                    (0, false),
+                ],
+            ),
+            (
+                1234,
+                31,
+                [
+                    (6, false),
+                    (26, false),
+                    (25, false),
+                    (27, true),
+                    (8, false),
+                    (26, true),
+                ],
+            ),
         ] {
             let mut g = Mt19937::new(seed);
             for w in want {
@@ -221,7 +252,21 @@ mod tests {
     fn uniform_ranges_match_libstdcxx() {
         let mut g = Mt19937::new(3);
         let mut h = Fnv(FNV_INIT);
-        for r in [1u64, 2, 3, 5, 7, 16, 31, 100, 1000, 65_537, 2_147_483_647, 3_000_000_000, 4_294_967_295] {
+        for r in [
+            1u64,
+            2,
+            3,
+            5,
+            7,
+            16,
+            31,
+            100,
+            1000,
+            65_537,
+            2_147_483_647,
+            3_000_000_000,
+            4_294_967_295,
+        ] {
             for _ in 0..10_000 {
                 h.add(uniform_int(&mut g, 0, r - 1) as u32);
             }

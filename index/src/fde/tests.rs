@@ -12,7 +12,10 @@ fn tokens(data: &[f32], dim: usize) -> TokenMatrix<'_> {
 fn assert_close(got: &[f32], want: &[f32], rel: f32) {
     assert_eq!(got.len(), want.len(), "{got:?}");
     for (a, b) in got.iter().zip(want) {
-        assert!((a - b).abs() <= rel * b.abs().max(1e-6), "got {got:?}\nwant {want:?}");
+        assert!(
+            (a - b).abs() <= rel * b.abs().max(1e-6),
+            "got {got:?}\nwant {want:?}"
+        );
     }
 }
 
@@ -32,7 +35,9 @@ fn identity(dimension: usize, k_sim: u32, seed: u64) -> FdeConfig {
 #[test]
 fn golden_query_identity_k2() {
     let e = FdeEncoder::new(identity(3, 2, 42)).unwrap();
-    let pts = [1., 0., 0., 0., 1., 0., 0., 0., 1., -1., 0., 0., 0., -1., 0., 0., 0., -1.];
+    let pts = [
+        1., 0., 0., 0., 1., 0., 0., 0., 1., -1., 0., 0., 0., -1., 0., 0., 0., -1.,
+    ];
     let want = [-1., 0., -1., 0., 1., 0., 1., 0., 1., 0., -1., 0.];
     assert_close(&e.encode_query(tokens(&pts, 3)).unwrap(), &want, 1e-5);
 }
@@ -41,7 +46,11 @@ fn golden_query_identity_k2() {
 fn golden_query_identity_k1() {
     let e = FdeEncoder::new(identity(3, 1, 12345)).unwrap();
     let pts = [1., 0., 0., 0., 1., 0., 0., 0., 1.];
-    assert_close(&e.encode_query(tokens(&pts, 3)).unwrap(), &[1., 1., 0., 0., 0., 1.], 1e-5);
+    assert_close(
+        &e.encode_query(tokens(&pts, 3)).unwrap(),
+        &[1., 1., 0., 0., 0., 1.],
+        1e-5,
+    );
 }
 
 fn small_doc_config() -> FdeConfig {
@@ -56,28 +65,45 @@ fn small_doc_config() -> FdeConfig {
         final_projection_dimension: None,
     }
 }
-const SMALL_DOC: [f32; 12] = [0.5, -0.2, 0.1, 0.9, -0.3, 0.8, 0.4, -0.1, 0.2, 0.2, -0.7, 0.3];
+const SMALL_DOC: [f32; 12] = [
+    0.5, -0.2, 0.1, 0.9, -0.3, 0.8, 0.4, -0.1, 0.2, 0.2, -0.7, 0.3,
+];
 
 #[test]
 fn golden_document_ams_fill() {
     let e = FdeEncoder::new(small_doc_config()).unwrap();
     let want = [
-        0.6, -0.1, 0.6, -0.1, -0.6, -0.4, -0.1, 0.7, -0.6, -0.4, -0.6, -0.4, -0.6, -0.4, 0.6, -0.1, //
+        0.6, -0.1, 0.6, -0.1, -0.6, -0.4, -0.1, 0.7, -0.6, -0.4, -0.6, -0.4, -0.6, -0.4, 0.6,
+        -0.1, //
         -0.6, -0.65, -1.1, -0.4, -1.1, -0.4, -1.1, -0.4, 0.9, 0.7, 0.9, 0.7, 0.9, 0.7, 0.9, 0.7,
     ];
-    assert_close(&e.encode_document(tokens(&SMALL_DOC, 4)).unwrap(), &want, 1e-5);
+    assert_close(
+        &e.encode_document(tokens(&SMALL_DOC, 4)).unwrap(),
+        &want,
+        1e-5,
+    );
 }
 
 #[test]
 fn golden_document_ams_fill_final_projection() {
-    let e = FdeEncoder::new(FdeConfig { final_projection_dimension: Some(8), ..small_doc_config() }).unwrap();
+    let e = FdeEncoder::new(FdeConfig {
+        final_projection_dimension: Some(8),
+        ..small_doc_config()
+    })
+    .unwrap();
     let want = [-0.6, -0.7, 0.9, -2.65, 0.5, 1.6, 2.3, -1.2];
-    assert_close(&e.encode_document(tokens(&SMALL_DOC, 4)).unwrap(), &want, 1e-5);
+    assert_close(
+        &e.encode_document(tokens(&SMALL_DOC, 4)).unwrap(),
+        &want,
+        1e-5,
+    );
 }
 
 /// The spec's "realistic" tokens: token i, coordinate j = (((i*37 + j*11 + salt) mod 17) - 8) / 8.
 fn realistic_tokens(n: usize, salt: usize) -> Vec<f32> {
-    (0..n * 128).map(|v| (((v / 128) * 37 + (v % 128) * 11 + salt) % 17) as f32 / 8.0 - 1.0).collect()
+    (0..n * 128)
+        .map(|v| (((v / 128) * 37 + (v % 128) * 11 + salt) % 17) as f32 / 8.0 - 1.0)
+        .collect()
 }
 
 fn sum_l2_nnz(v: &[f32]) -> (f64, f64, usize) {
@@ -87,7 +113,10 @@ fn sum_l2_nnz(v: &[f32]) -> (f64, f64, usize) {
 }
 
 fn assert_rel(got: f64, want: f64, rel: f64) {
-    assert!((got - want).abs() <= rel * want.abs(), "got {got}, want {want}");
+    assert!(
+        (got - want).abs() <= rel * want.abs(),
+        "got {got}, want {want}"
+    );
 }
 
 #[test]
@@ -95,31 +124,53 @@ fn golden_realistic() {
     let (q, p) = (realistic_tokens(32, 3), realistic_tokens(80, 5));
     let chamfer: f64 = q
         .chunks(128)
-        .map(|q| p.chunks(128).map(|p| q.iter().zip(p).map(|(a, b)| a * b).sum::<f32>()).fold(f32::MIN, f32::max))
+        .map(|q| {
+            p.chunks(128)
+                .map(|p| q.iter().zip(p).map(|(a, b)| a * b).sum::<f32>())
+                .fold(f32::MIN, f32::max)
+        })
         .map(f64::from)
         .sum();
     assert_eq!(chamfer, 1535.375);
 
     let config = FdeConfig::paper_default(128);
-    let fq = FdeEncoder::new(config.clone()).unwrap().encode_query(tokens(&q, 128)).unwrap();
+    let fq = FdeEncoder::new(config.clone())
+        .unwrap()
+        .encode_query(tokens(&q, 128))
+        .unwrap();
     let (sum, l2, nnz) = sum_l2_nnz(&fq);
     assert_eq!(fq.len(), 10240);
     assert_rel(sum, -3.75, 1e-6);
     assert_rel(l2, 291.895047, 1e-6);
     assert_eq!(nnz, 3641);
 
-    let docs = FdeEncoder::new(FdeConfig { fill_empty_partitions: true, ..config.clone() }).unwrap();
+    let docs = FdeEncoder::new(FdeConfig {
+        fill_empty_partitions: true,
+        ..config.clone()
+    })
+    .unwrap();
     let fd = docs.encode_document(tokens(&p, 128)).unwrap();
     let (sum, l2, nnz) = sum_l2_nnz(&fd);
     assert_rel(sum, -4.460533, 1e-5);
     assert_rel(l2, 177.973986, 1e-6);
     assert_eq!(nnz, 10036);
-    assert_close(&fd[..8], &[-0.875, 1., -4.75, -3.375, 0.875, 2.125, 2.25, 0.875], 1e-6);
+    assert_close(
+        &fd[..8],
+        &[-0.875, 1., -4.75, -3.375, 0.875, 2.125, 2.25, 0.875],
+        1e-6,
+    );
     let dot: f64 = fq.iter().zip(&fd).map(|(&a, &b)| a as f64 * b as f64).sum();
     assert_rel(dot, 26771.4513, 1e-6);
 
-    let projected = FdeConfig { fill_empty_partitions: true, final_projection_dimension: Some(1024), ..config };
-    let fp = FdeEncoder::new(projected).unwrap().encode_document(tokens(&p, 128)).unwrap();
+    let projected = FdeConfig {
+        fill_empty_partitions: true,
+        final_projection_dimension: Some(1024),
+        ..config
+    };
+    let fp = FdeEncoder::new(projected)
+        .unwrap()
+        .encode_document(tokens(&p, 128))
+        .unwrap();
     let (sum, l2, _) = sum_l2_nnz(&fp);
     assert_eq!(fp.len(), 1024);
     assert_rel(sum, -140.8897, 1e-5);
@@ -128,34 +179,69 @@ fn golden_realistic() {
 
 #[test]
 fn errors_are_typed() {
-    let config = FdeConfig { final_projection_dimension: Some(5), ..small_doc_config() };
+    let config = FdeConfig {
+        final_projection_dimension: Some(5),
+        ..small_doc_config()
+    };
     let e = FdeEncoder::new(config.clone()).unwrap();
     let wide = [0.0f32; 10];
-    assert!(matches!(e.encode_document(tokens(&wide, 5)), Err(IndexError::DimensionMismatch { expected: 4, got: 5 })));
+    assert!(matches!(
+        e.encode_document(tokens(&wide, 5)),
+        Err(IndexError::DimensionMismatch {
+            expected: 4,
+            got: 5
+        })
+    ));
     let ok = tokens(&SMALL_DOC, 4);
-    assert!(matches!(e.encode_query(ok), Err(IndexError::InvalidConfig(_))), "fill is document-only");
-    assert!(matches!(e.encode_document_into(ok, &mut [0.0; 4]), Err(IndexError::InvalidParam { name: "out", .. })));
+    assert!(
+        matches!(e.encode_query(ok), Err(IndexError::InvalidConfig(_))),
+        "fill is document-only"
+    );
+    assert!(matches!(
+        e.encode_document_into(ok, &mut [0.0; 4]),
+        Err(IndexError::InvalidParam { name: "out", .. })
+    ));
     assert!(matches!(
         e.encode_documents_into(&[ok, ok], &mut [0.0; 5]),
         Err(IndexError::InvalidParam { name: "out", .. })
     ));
     assert!(matches!(
         e.encode_documents_into(&[ok, tokens(&wide, 5)], &mut [0.0; 10]),
-        Err(IndexError::DimensionMismatch { expected: 4, got: 5 })
+        Err(IndexError::DimensionMismatch {
+            expected: 4,
+            got: 5
+        })
     ));
     e.encode_documents_into(&[], &mut []).unwrap();
-    assert!(matches!(e.encode_documents_into(&[], &mut [0.0]), Err(IndexError::InvalidParam { .. })));
-    let no_fill = FdeEncoder::new(FdeConfig { fill_empty_partitions: false, ..config }).unwrap();
-    assert!(matches!(no_fill.encode_query_into(ok, &mut [0.0; 6]), Err(IndexError::InvalidParam { .. })));
+    assert!(matches!(
+        e.encode_documents_into(&[], &mut [0.0]),
+        Err(IndexError::InvalidParam { .. })
+    ));
+    let no_fill = FdeEncoder::new(FdeConfig {
+        fill_empty_partitions: false,
+        ..config
+    })
+    .unwrap();
+    assert!(matches!(
+        no_fill.encode_query_into(ok, &mut [0.0; 6]),
+        Err(IndexError::InvalidParam { .. })
+    ));
     no_fill.encode_query_into(ok, &mut [1.0; 5]).unwrap();
-    assert!(matches!(FdeEncoder::new(identity(3, 31, 1)), Err(IndexError::InvalidConfig(_))));
+    assert!(matches!(
+        FdeEncoder::new(identity(3, 31, 1)),
+        Err(IndexError::InvalidConfig(_))
+    ));
 }
 
 /// The spec, transcribed literally (dense matrices, per-token projections, sums in f64 beside sums of absolute
 /// values). Sketch values are sequential f32 dot products, as in the encoder, so partitions agree exactly.
 /// Returns (value, magnitude) per output coordinate.
 fn naive(config: &FdeConfig, data: &[f32], enc: EncodingType) -> (Vec<f64>, Vec<f64>) {
-    let (d, reps, k) = (config.dimension, config.num_repetitions, config.num_simhash_projections as usize);
+    let (d, reps, k) = (
+        config.dimension,
+        config.num_repetitions,
+        config.num_simhash_projections as usize,
+    );
     let (parts, bd) = (1usize << k, config.block_dim());
     let points: Vec<&[f32]> = data.chunks(d).collect();
     let mut val = vec![0.0f64; reps * parts * bd];
@@ -180,19 +266,26 @@ fn naive(config: &FdeConfig, data: &[f32], enc: EncodingType) -> (Vec<f64>, Vec<
                 }
             }
         }
-        let bits_of =
-            |x: &[f32]| -> Vec<bool> { (0..k).map(|h| (0..d).fold(0.0f32, |s, i| s + x[i] * g[i][h]) > 0.0).collect() };
+        let bits_of = |x: &[f32]| -> Vec<bool> {
+            (0..k)
+                .map(|h| (0..d).fold(0.0f32, |s, i| s + x[i] * g[i][h]) > 0.0)
+                .collect()
+        };
         let proj = |x: &[f32]| -> Vec<(f64, f64)> {
             (0..bd)
                 .map(|j| {
-                    (0..d).fold((0.0, 0.0), |(v, a), i| (v + x[i] as f64 * m[i][j], a + (x[i] as f64 * m[i][j]).abs()))
+                    (0..d).fold((0.0, 0.0), |(v, a), i| {
+                        (v + x[i] as f64 * m[i][j], a + (x[i] as f64 * m[i][j]).abs())
+                    })
                 })
                 .collect()
         };
         let bits: Vec<Vec<bool>> = points.iter().map(|x| bits_of(x)).collect();
         let mut counts = vec![0usize; parts];
         for (x, b) in points.iter().zip(&bits) {
-            let idx = b.iter().fold(0usize, |idx, &bit| (idx << 1) + (bit as usize ^ (idx & 1)));
+            let idx = b
+                .iter()
+                .fold(0usize, |idx, &bit| (idx << 1) + (bit as usize ^ (idx & 1)));
             counts[idx] += 1;
             for (j, (v, a)) in proj(x).into_iter().enumerate() {
                 val[(r * parts + idx) * bd + j] += v;
@@ -205,7 +298,9 @@ fn naive(config: &FdeConfig, data: &[f32], enc: EncodingType) -> (Vec<f64>, Vec<
                 let gray = p ^ (p >> 1);
                 let want: Vec<bool> = (0..k).map(|h| gray >> (k - 1 - h) & 1 == 1).collect();
                 let distance = |b: &Vec<bool>| b.iter().zip(&want).filter(|(x, y)| x != y).count();
-                let nearest = (0..points.len()).min_by_key(|&t| distance(&bits[t])).unwrap();
+                let nearest = (0..points.len())
+                    .min_by_key(|&t| distance(&bits[t]))
+                    .unwrap();
                 for (j, (v, a)) in proj(points[nearest]).into_iter().enumerate() {
                     val[base + j] = v;
                     mag[base + j] = a;
@@ -246,28 +341,37 @@ fn arb_case() -> impl Strategy<Value = (FdeConfig, Vec<f32>)> {
         any::<bool>(),
         prop::option::of(1usize..=40),
     )
-        .prop_map(|(dimension, num_repetitions, k, seed, ams, fill, final_dim)| FdeConfig {
-            dimension,
-            num_repetitions,
-            num_simhash_projections: k,
-            seed,
-            projection_type: if ams.is_some() { ProjectionType::AmsSketch } else { ProjectionType::Identity },
-            projection_dimension: ams.unwrap_or(0),
-            fill_empty_partitions: fill,
-            final_projection_dimension: final_dim,
-        });
+        .prop_map(
+            |(dimension, num_repetitions, k, seed, ams, fill, final_dim)| FdeConfig {
+                dimension,
+                num_repetitions,
+                num_simhash_projections: k,
+                seed,
+                projection_type: if ams.is_some() {
+                    ProjectionType::AmsSketch
+                } else {
+                    ProjectionType::Identity
+                },
+                projection_dimension: ams.unwrap_or(0),
+                fill_empty_partitions: fill,
+                final_projection_dimension: final_dim,
+            },
+        );
     let value = prop_oneof![-1.0f32..1.0, (-4i32..=4).prop_map(|v| v as f32 / 4.0)];
     let token = move |d: usize| prop_oneof![4 => prop::collection::vec(value.clone(), d), 1 => Just(vec![0.0; d])];
     (config, 1usize..=20).prop_flat_map(move |(c, n)| {
         let d = c.dimension;
-        (Just(c), prop::collection::vec(token(d), n), prop::collection::vec(0usize..n, 0..3)).prop_map(
-            |(c, mut rows, dups)| {
+        (
+            Just(c),
+            prop::collection::vec(token(d), n),
+            prop::collection::vec(0usize..n, 0..3),
+        )
+            .prop_map(|(c, mut rows, dups)| {
                 for i in dups {
                     rows.push(rows[i].clone());
                 }
                 (c, rows.concat())
-            },
-        )
+            })
     })
 }
 
@@ -275,24 +379,48 @@ fn check_against_naive(got: &[f32], config: &FdeConfig, data: &[f32], enc: Encod
     let (val, mag) = naive(config, data, enc);
     let terms = data.len() / config.dimension
         + config.dimension
-        + config.final_projection_dimension.map_or(0, |_| config.full_dim());
+        + config
+            .final_projection_dimension
+            .map_or(0, |_| config.full_dim());
     assert_eq!(got.len(), val.len());
     for (i, ((&g, v), m)) in got.iter().zip(&val).zip(&mag).enumerate() {
         let tol = 2.0 * f32::EPSILON as f64 * terms as f64 * m + 1e-30;
-        assert!((g as f64 - v).abs() <= tol, "coordinate {i}: {g} vs {v} (tolerance {tol})");
+        assert!(
+            (g as f64 - v).abs() <= tol,
+            "coordinate {i}: {g} vs {v} (tolerance {tol})"
+        );
     }
 }
 
 #[test]
 fn many_hyperplanes_match_naive_spec() {
     // k_sim = 20: partition indices use all the Gray-decoding shifts; most partitions are empty (filled).
-    let config = FdeConfig { num_repetitions: 2, fill_empty_partitions: true, ..identity(3, 20, 99) };
-    let data = [0.3, -0.2, 0.9, -0.5, 0.1, 0.4, 0.0, 0.0, 0.0, 0.7, 0.7, -0.1, 0.3, -0.2, 0.9];
+    let config = FdeConfig {
+        num_repetitions: 2,
+        fill_empty_partitions: true,
+        ..identity(3, 20, 99)
+    };
+    let data = [
+        0.3, -0.2, 0.9, -0.5, 0.1, 0.4, 0.0, 0.0, 0.0, 0.7, 0.7, -0.1, 0.3, -0.2, 0.9,
+    ];
     let e = FdeEncoder::new(config.clone()).unwrap();
-    check_against_naive(&e.encode_document(tokens(&data, 3)).unwrap(), &config, &data, EncodingType::Average);
-    let config = FdeConfig { fill_empty_partitions: false, ..config };
+    check_against_naive(
+        &e.encode_document(tokens(&data, 3)).unwrap(),
+        &config,
+        &data,
+        EncodingType::Average,
+    );
+    let config = FdeConfig {
+        fill_empty_partitions: false,
+        ..config
+    };
     let e = FdeEncoder::new(config.clone()).unwrap();
-    check_against_naive(&e.encode_query(tokens(&data, 3)).unwrap(), &config, &data, EncodingType::Sum);
+    check_against_naive(
+        &e.encode_query(tokens(&data, 3)).unwrap(),
+        &config,
+        &data,
+        EncodingType::Sum,
+    );
 }
 
 proptest! {

@@ -70,16 +70,24 @@ mod tests {
     #[test]
     fn simd_axpy_matches_scalar() {
         for n in [0usize, 1, 7, 8, 15, 16, 17, 33, 1000] {
-            let x: Vec<f16> = (0..n).map(|i| f16::from_f32(((i * 7919) % 23) as f32 / 11.0 - 1.0)).collect();
+            let x: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32(((i * 7919) % 23) as f32 / 11.0 - 1.0))
+                .collect();
             let mut want: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
             let mut got = want.clone();
             axpy_f16_scalar(0.37, &x, &mut want);
             axpy_f16(0.37, &x, &mut got);
             for (a, b) in want.iter().zip(&got) {
-                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "n={n}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "n={n}: {a} vs {b}"
+                );
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
                 let mut g2: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
                 // SAFETY: features checked just above.
                 unsafe { axpy_f16_avx2(0.37, &x, &mut g2) };

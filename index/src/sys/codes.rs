@@ -36,7 +36,8 @@ unsafe fn score_avx2(table: &[f32], w: usize, codes: &[u16]) -> f32 {
                 // SAFETY: the caller checked table.len() >= K * w for every code c < K, and base + r*8 + 8
                 // <= c*w + w because block + lanes <= w and lanes is a multiple of 8.
                 unsafe {
-                    acc[r] = _mm256_max_ps(acc[r], _mm256_loadu_ps(table.as_ptr().add(base + r * 8)));
+                    acc[r] =
+                        _mm256_max_ps(acc[r], _mm256_loadu_ps(table.as_ptr().add(base + r * 8)));
                 }
                 r += 1;
             }
@@ -62,7 +63,10 @@ pub(crate) fn score(table: &[f32], w: usize, codes: &[u16]) -> f32 {
         return 0.0;
     }
     #[cfg(target_arch = "x86_64")]
-    if matches!(crate::kernels::kernel_level(), crate::kernels::KernelLevel::Avx512 | crate::kernels::KernelLevel::Avx2Fma) {
+    if matches!(
+        crate::kernels::kernel_level(),
+        crate::kernels::KernelLevel::Avx512 | crate::kernels::KernelLevel::Avx2Fma
+    ) {
         // SAFETY: avx2 was detected at run time (both levels imply it); codes and w were checked above.
         return unsafe { score_avx2(table, w, codes) };
     }
@@ -77,7 +81,9 @@ mod tests {
     fn simd_matches_scalar() {
         for w in [8usize, 16, 24, 40] {
             let k = 37;
-            let table: Vec<f32> = (0..k * w).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+            let table: Vec<f32> = (0..k * w)
+                .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+                .collect();
             for n in [1usize, 2, 9, 113] {
                 let codes: Vec<u16> = (0..n).map(|i| ((i * 31 + 7) % k) as u16).collect();
                 let (a, b) = (score_scalar(&table, w, &codes), score(&table, w, &codes));

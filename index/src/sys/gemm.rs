@@ -2,8 +2,16 @@
 
 /// `c[i * n + j] = <a row i, b row j>` for row-major `a` (`m x k`) and `b` (`n x k`): C = A Bᵀ.
 /// Returns false (and leaves `c` untouched) when a slice is too short for the shapes.
-pub(crate) fn matmul_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) -> bool {
-    let fits = |len: usize, r: usize, cols: usize| r.checked_mul(cols).is_some_and(|need| len >= need);
+pub(crate) fn matmul_abt(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> bool {
+    let fits =
+        |len: usize, r: usize, cols: usize| r.checked_mul(cols).is_some_and(|need| len >= need);
     if !fits(a.len(), m, k) || !fits(b.len(), n, k) || !fits(c.len(), m, n) || m == 0 || n == 0 {
         return false;
     }

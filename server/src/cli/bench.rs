@@ -48,7 +48,12 @@ struct Pass {
     plan: Option<Plan>,
 }
 
-fn run_pass(s: &Searcher, ds: &Dataset, queries: &[usize], p: &SearchParams) -> anyhow::Result<Pass> {
+fn run_pass(
+    s: &Searcher,
+    ds: &Dataset,
+    queries: &[usize],
+    p: &SearchParams,
+) -> anyhow::Result<Pass> {
     let mut lat = Vec::with_capacity(queries.len());
     let mut results = Vec::with_capacity(queries.len());
     let mut plan = None;
@@ -64,12 +69,26 @@ fn run_pass(s: &Searcher, ds: &Dataset, queries: &[usize], p: &SearchParams) -> 
     }
     let total = start.elapsed().as_secs_f64();
     let (p50_ms, p99_ms) = percentiles(&lat);
-    Ok(Pass { qps: queries.len() as f64 / total, p50_ms, p99_ms, results, plan })
+    Ok(Pass {
+        qps: queries.len() as f64 / total,
+        p50_ms,
+        p99_ms,
+        results,
+        plan,
+    })
 }
 
 /// Runs `runs` passes and returns the one with the median throughput.
-fn median_pass(s: &Searcher, ds: &Dataset, queries: &[usize], p: &SearchParams, runs: usize) -> anyhow::Result<Pass> {
-    let mut passes = (0..runs.max(1)).map(|_| run_pass(s, ds, queries, p)).collect::<anyhow::Result<Vec<_>>>()?;
+fn median_pass(
+    s: &Searcher,
+    ds: &Dataset,
+    queries: &[usize],
+    p: &SearchParams,
+    runs: usize,
+) -> anyhow::Result<Pass> {
+    let mut passes = (0..runs.max(1))
+        .map(|_| run_pass(s, ds, queries, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     passes.sort_by(|a, b| a.qps.total_cmp(&b.qps));
     let mid = passes.len() / 2;
     Ok(passes.swap_remove(mid))
@@ -87,17 +106,26 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 impl BenchCmd {
     pub fn run(self) -> anyhow::Result<()> {
         if let Some(t) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("thread pool")?;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build_global()
+                .context("thread pool")?;
         }
         let ds = Dataset::open(&self.data)?;
         if ds.n_queries() == 0 || ds.gt_ids(0).is_none() {
-            bail!("{}: bench needs queries and gt_chamfer_ids.npy", self.data.display());
+            bail!(
+                "{}: bench needs queries and gt_chamfer_ids.npy",
+                self.data.display()
+            );
         }
         let params = self.index.params(ds.dim());
         params.validate()?;
         let docs = dataset_docs(&ds)?;
         let tmp = tempfile::tempdir()?;
-        let dir = self.index_dir.clone().unwrap_or_else(|| tmp.path().join("index"));
+        let dir = self
+            .index_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("index"));
         let reuse = dir.join("index.json").exists();
 
         // FDE encoding throughput on one thread (a slice of the corpus, outside the build timing).
@@ -118,12 +146,19 @@ impl BenchCmd {
             write_index(&dir, &params, &docs, &|n| pb.inc(n))?;
             pb.finish_and_clear();
         }
-        let build_s = if reuse { 0.0 } else { t.elapsed().as_secs_f64() };
+        let build_s = if reuse {
+            0.0
+        } else {
+            t.elapsed().as_secs_f64()
+        };
         let bytes = index_bytes(&dir);
         let t = Instant::now();
         let searcher = open_index(&dir)?;
         if reuse && searcher.params() != &params {
-            bail!("{} was built with other parameters than these flags", dir.display());
+            bail!(
+                "{} was built with other parameters than these flags",
+                dir.display()
+            );
         }
         let open_s = t.elapsed().as_secs_f64();
 
@@ -134,7 +169,12 @@ impl BenchCmd {
         run_pass(&searcher, &ds, &queries[..queries.len().min(50)], &p)?;
         eprintln!("timing {} runs of {} queries...", self.runs, queries.len());
         let main = one.install(|| median_pass(&searcher, &ds, &queries, &p, self.runs))?;
-        let recall = mean(queries.iter().zip(&main.results).map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)));
+        let recall = mean(
+            queries
+                .iter()
+                .zip(&main.results)
+                .map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)),
+        );
         let ndcg = ds.has_qrels().then(|| {
             mean(queries.iter().zip(&main.results).map(|(&j, r)| {
                 let ids: Vec<&str> = r.iter().map(|&d| ds.doc_id(d)).collect();
@@ -142,13 +182,38 @@ impl BenchCmd {
             }))
         });
 
-        let n_exact = if self.exact_queries == 0 { queries.len() } else { self.exact_queries.min(queries.len()) };
-        let exact_p = SearchParams { plan: Plan::Exact, ..SearchParams::new(k) };
+        let n_exact = if self.exact_queries == 0 {
+            queries.len()
+        } else {
+            self.exact_queries.min(queries.len())
+        };
+        let exact_p = SearchParams {
+            plan: Plan::Exact,
+            ..SearchParams::new(k)
+        };
         eprintln!("exact baseline over {n_exact} queries...");
-        let exact = one.install(|| median_pass(&searcher, &ds, &queries[..n_exact], &exact_p, self.runs.min(3)))?;
-        let exact_recall = mean(queries.iter().zip(&exact.results).map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)));
-        let q_tokens: f64 = mean(queries[..n_exact].iter().map(|&j| (ds.query_tokens(j).len() / ds.dim()) as f64));
-        let exact_gflops = 2.0 * q_tokens * ds.n_doc_tokens() as f64 * ds.dim() as f64 * exact.qps / 1e9;
+        let exact = one.install(|| {
+            median_pass(
+                &searcher,
+                &ds,
+                &queries[..n_exact],
+                &exact_p,
+                self.runs.min(3),
+            )
+        })?;
+        let exact_recall = mean(
+            queries
+                .iter()
+                .zip(&exact.results)
+                .map(|(&j, r)| recall_at_k(r, ds.gt_ids(j).unwrap_or(&[]), 10)),
+        );
+        let q_tokens: f64 = mean(
+            queries[..n_exact]
+                .iter()
+                .map(|&j| (ds.query_tokens(j).len() / ds.dim()) as f64),
+        );
+        let exact_gflops =
+            2.0 * q_tokens * ds.n_doc_tokens() as f64 * ds.dim() as f64 * exact.qps / 1e9;
 
         let mut report = json!({
             "data": ds.path().display().to_string(),

@@ -19,7 +19,11 @@ pub fn dataset_docs(ds: &Dataset) -> anyhow::Result<Vec<ShardDoc<'_>>> {
         .map(|i| {
             let tokens = TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document")
                 .with_context(|| format!("document {:?}", ds.doc_id(i)))?;
-            Ok(ShardDoc { id: ds.doc_id(i), tokens, payload: &[] })
+            Ok(ShardDoc {
+                id: ds.doc_id(i),
+                tokens,
+                payload: &[],
+            })
         })
         .collect()
 }
@@ -81,7 +85,11 @@ impl SearchCmd {
         let ds = Dataset::open(&self.data)?;
         let searcher = open_index(&self.index)?;
         let Some(j) = ds.query_index(&self.query_id) else {
-            bail!("query id {:?} is not in {}/query_ids.txt", self.query_id, self.data.display());
+            bail!(
+                "query id {:?} is not in {}/query_ids.txt",
+                self.query_id,
+                self.data.display()
+            );
         };
         let q = TokenMatrix::new(ds.query_tokens(j), ds.dim(), "query")?;
         let hits = searcher.search(q, &self.search.params(), None)?;
@@ -89,9 +97,15 @@ impl SearchCmd {
             let shard = &searcher.shards()[h.shard];
             let id = shard.id(h.doc);
             // The text comes from the data set folder when the index was built from it.
-            let text = ds.doc_text(h.doc).filter(|_| ds.doc_id(h.doc) == id).unwrap_or("");
+            let text = ds
+                .doc_text(h.doc)
+                .filter(|_| ds.doc_id(h.doc) == id)
+                .unwrap_or("");
             if self.json {
-                println!("{}", serde_json::json!({"rank": rank + 1, "id": id, "score": h.score, "text": text}));
+                println!(
+                    "{}",
+                    serde_json::json!({"rank": rank + 1, "id": id, "score": h.score, "text": text})
+                );
             } else {
                 let short: String = text.chars().take(100).collect();
                 println!("{:>3}  {:<32} {:>9.4}  {}", rank + 1, id, h.score, short);
@@ -170,7 +184,12 @@ impl GenCmd {
             corpus.query_ids.len(), corpus.gt_k
         );
         std::fs::write(self.out.join("README.md"), readme)?;
-        eprintln!("wrote {} documents and {} queries to {}", self.docs, self.queries, self.out.display());
+        eprintln!(
+            "wrote {} documents and {} queries to {}",
+            self.docs,
+            self.queries,
+            self.out.display()
+        );
         Ok(())
     }
 }
@@ -214,19 +233,30 @@ impl FdeCmd {
             num_repetitions: self.repetitions,
             num_simhash_projections: self.simhash_projections,
             seed: self.seed,
-            projection_type: if self.projection_dimension.is_some() { ProjectionType::AmsSketch } else { ProjectionType::Identity },
+            projection_type: if self.projection_dimension.is_some() {
+                ProjectionType::AmsSketch
+            } else {
+                ProjectionType::Identity
+            },
             projection_dimension: self.projection_dimension.unwrap_or(0),
             fill_empty_partitions: self.fill_empty_partitions,
             final_projection_dimension: self.final_projection_dimension,
         };
         let encoder = FdeEncoder::new(config)?;
         let mut input = String::new();
-        std::io::stdin().read_to_string(&mut input).context("reading stdin")?;
-        let parsed: FdeInput = serde_json::from_str(&input).context("stdin must be one JSON object {\"vectors\": [[f32, ...], ...]}")?;
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("reading stdin")?;
+        let parsed: FdeInput = serde_json::from_str(&input)
+            .context("stdin must be one JSON object {\"vectors\": [[f32, ...], ...]}")?;
         let mut buf = Vec::new();
         let what = if self.query { "query" } else { "document" };
         let tokens = TokenMatrix::from_rows(&parsed.vectors, self.dimension, what, &mut buf)?;
-        let fde = if self.query { encoder.encode_query(tokens)? } else { encoder.encode_document(tokens)? };
+        let fde = if self.query {
+            encoder.encode_query(tokens)?
+        } else {
+            encoder.encode_document(tokens)?
+        };
         // serde_json prints the shortest representation that round-trips: full f32 precision.
         println!("{}", serde_json::to_string(&fde)?);
         Ok(())
@@ -254,25 +284,51 @@ impl SliceCmd {
     pub fn run(self) -> anyhow::Result<()> {
         let ds = Dataset::open(&self.data)?;
         let dim = ds.dim();
-        if self.queries == 0 || self.queries > ds.n_queries() || self.docs == 0 || self.docs > ds.n_docs() {
-            bail!("--queries must be in 1..={} and --docs in 1..={}", ds.n_queries(), ds.n_docs());
+        if self.queries == 0
+            || self.queries > ds.n_queries()
+            || self.docs == 0
+            || self.docs > ds.n_docs()
+        {
+            bail!(
+                "--queries must be in 1..={} and --docs in 1..={}",
+                ds.n_queries(),
+                ds.n_docs()
+            );
         }
         let step = ds.n_queries() / self.queries;
         let queries: Vec<usize> = (0..self.queries).map(|i| i * step).collect();
-        let row_of: std::collections::HashMap<&str, usize> = (0..ds.n_docs()).map(|i| (ds.doc_id(i), i)).collect();
+        let row_of: std::collections::HashMap<&str, usize> =
+            (0..ds.n_docs()).map(|i| (ds.doc_id(i), i)).collect();
         let mut keep: Vec<usize> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for &j in &queries {
-            let mut rel: Vec<usize> = ds.qrels(j).map(|q| q.keys().filter_map(|id| row_of.get(id.as_str()).copied()).collect()).unwrap_or_default();
+            let mut rel: Vec<usize> = ds
+                .qrels(j)
+                .map(|q| {
+                    q.keys()
+                        .filter_map(|id| row_of.get(id.as_str()).copied())
+                        .collect()
+                })
+                .unwrap_or_default();
             rel.sort();
-            rel.extend(ds.gt_ids(j).unwrap_or(&[]).iter().take(3).map(|&g| g as usize));
+            rel.extend(
+                ds.gt_ids(j)
+                    .unwrap_or(&[])
+                    .iter()
+                    .take(3)
+                    .map(|&g| g as usize),
+            );
             for r in rel {
                 if seen.insert(r) {
                     keep.push(r);
                 }
             }
         }
-        keep.extend((0..ds.n_docs()).filter(|r| !seen.contains(r)).take(self.docs.saturating_sub(keep.len())));
+        keep.extend(
+            (0..ds.n_docs())
+                .filter(|r| !seen.contains(r))
+                .take(self.docs.saturating_sub(keep.len())),
+        );
         keep.truncate(self.docs);
         keep.sort();
         let kept: std::collections::HashSet<&str> = keep.iter().map(|&r| ds.doc_id(r)).collect();
@@ -288,16 +344,36 @@ impl SliceCmd {
             query_tokens.extend_from_slice(ds.query_tokens(j));
             query_offsets.push(query_tokens.len() / dim);
         }
-        let (gt_ids, gt_scores, gt_k) = chamfer_index::synth::exact_ground_truth(&doc_tokens, &doc_offsets, &query_tokens, &query_offsets, dim, 100, &|_, _| {});
+        let (gt_ids, gt_scores, gt_k) = chamfer_index::synth::exact_ground_truth(
+            &doc_tokens,
+            &doc_offsets,
+            &query_tokens,
+            &query_offsets,
+            dim,
+            100,
+            &|_, _| {},
+        );
         let doc_ids: Vec<String> = keep.iter().map(|&r| ds.doc_id(r).to_string()).collect();
-        let query_ids: Vec<String> = queries.iter().map(|&j| ds.query_id(j).to_string()).collect();
+        let query_ids: Vec<String> = queries
+            .iter()
+            .map(|&j| ds.query_id(j).to_string())
+            .collect();
         let ds = &ds;
         let qrels: Vec<(String, String)> = queries
             .iter()
             .flat_map(|&j| {
-                let mut rel: Vec<String> = ds.qrels(j).map(|q| q.keys().filter(|d| kept.contains(d.as_str())).cloned().collect()).unwrap_or_default();
+                let mut rel: Vec<String> = ds
+                    .qrels(j)
+                    .map(|q| {
+                        q.keys()
+                            .filter(|d| kept.contains(d.as_str()))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 rel.sort();
-                rel.into_iter().map(move |d| (ds.query_id(j).to_string(), d))
+                rel.into_iter()
+                    .map(move |d| (ds.query_id(j).to_string(), d))
             })
             .collect();
         DatasetWriter {
@@ -315,13 +391,18 @@ impl SliceCmd {
         // Texts travel along when the source has them.
         for (file, ids) in [("docs.jsonl", &doc_ids), ("queries.jsonl", &query_ids)] {
             if let Ok(text) = std::fs::read_to_string(self.data.join(file)) {
-                let want: std::collections::HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+                let want: std::collections::HashSet<&str> =
+                    ids.iter().map(|s| s.as_str()).collect();
                 let lines: String = text
                     .lines()
                     .filter(|l| {
                         serde_json::from_str::<serde_json::Value>(l)
                             .ok()
-                            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(|i| want.contains(i)))
+                            .and_then(|v| {
+                                v.get("id")
+                                    .and_then(|i| i.as_str())
+                                    .map(|i| want.contains(i))
+                            })
                             .unwrap_or(false)
                     })
                     .map(|l| format!("{l}\n"))
@@ -329,7 +410,13 @@ impl SliceCmd {
                 std::fs::write(self.out.join(file), lines)?;
             }
         }
-        eprintln!("wrote {} documents, {} queries, {} qrels to {}", doc_ids.len(), query_ids.len(), qrels.len(), self.out.display());
+        eprintln!(
+            "wrote {} documents, {} queries, {} qrels to {}",
+            doc_ids.len(),
+            query_ids.len(),
+            qrels.len(),
+            self.out.display()
+        );
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 mod bench;
 mod engine;
 mod params;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the server (gRPC + REST) on a data directory.
+    Serve(serve::ServeCmd),
     /// Build an index from a data set folder.
     Index(engine::IndexCmd),
     /// Search an index with a query of a data set folder.
@@ -33,6 +36,7 @@ enum Command {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(c) => c.run(),
         Command::Index(c) => c.run(),
         Command::Search(c) => c.run(),
         Command::Gen(c) => c.run(),

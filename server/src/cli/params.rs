@@ -57,7 +57,11 @@ impl IndexArgs {
             num_repetitions: self.repetitions,
             num_simhash_projections: self.simhash_projections,
             seed: self.seed,
-            projection_type: if self.projection_dimension == 0 { ProjectionType::Identity } else { ProjectionType::AmsSketch },
+            projection_type: if self.projection_dimension == 0 {
+                ProjectionType::Identity
+            } else {
+                ProjectionType::AmsSketch
+            },
             projection_dimension: self.projection_dimension,
             fill_empty_partitions: self.fill_empty_partitions,
             final_projection_dimension: None,
@@ -73,7 +77,11 @@ impl IndexArgs {
             storage,
             min_docs: self.graph_min_docs,
         };
-        IndexParams { fde, hnsw, codebook_size: self.codebook_size }
+        IndexParams {
+            fde,
+            hnsw,
+            codebook_size: self.codebook_size,
+        }
     }
 }
 
@@ -115,7 +123,14 @@ impl SearchArgs {
             PlanArg::CentroidScan => Plan::CentroidScan,
             PlanArg::Hnsw => Plan::Hnsw,
         };
-        SearchParams { k: self.k, plan, ef: self.ef, candidates: self.candidates, rerank: self.rerank, prefix_repetitions: None }
+        SearchParams {
+            k: self.k,
+            plan,
+            ef: self.ef,
+            candidates: self.candidates,
+            rerank: self.rerank,
+            prefix_repetitions: None,
+        }
     }
 }
 

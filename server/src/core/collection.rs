@@ -75,11 +75,16 @@ pub struct Bitset {
 
 impl Bitset {
     fn new(n: usize) -> Self {
-        Bitset { words: vec![0; n.div_ceil(64)], ones: 0 }
+        Bitset {
+            words: vec![0; n.div_ceil(64)],
+            ones: 0,
+        }
     }
     /// Is bit `i` set?
     pub fn get(&self, i: usize) -> bool {
-        self.words.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+        self.words
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
     fn set(&mut self, i: usize) {
         if let Some(w) = self.words.get_mut(i / 64) {
@@ -94,10 +99,11 @@ impl Bitset {
         self.ones
     }
     fn iter_ones(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words
-            .iter()
-            .enumerate()
-            .flat_map(|(wi, &w)| (0..64).filter(move |b| w >> b & 1 == 1).map(move |b| wi * 64 + b))
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            (0..64)
+                .filter(move |b| w >> b & 1 == 1)
+                .map(move |b| wi * 64 + b)
+        })
     }
 }
 
@@ -159,7 +165,13 @@ impl State {
                 let id = next_segment.fetch_add(1, Ordering::SeqCst);
                 let n = shard.len();
                 for d in 0..n {
-                    if let Some(old) = self.ids.insert(shard.id(d).to_string(), Loc { seg: id, doc: d as u32 }) {
+                    if let Some(old) = self.ids.insert(
+                        shard.id(d).to_string(),
+                        Loc {
+                            seg: id,
+                            doc: d as u32,
+                        },
+                    ) {
                         self.tombstone(old);
                     }
                 }
@@ -213,8 +225,12 @@ impl State {
 /// What one write does once it is in the log.
 pub enum WriteOp {
     /// A validated batch, already built into a memory shard.
-    Upsert { shard: Arc<Shard> },
-    Delete { ids: Vec<String> },
+    Upsert {
+        shard: Arc<Shard>,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
 }
 
 /// The acknowledgement of a durable write.
@@ -230,19 +246,32 @@ struct Rotated {
     closed: Vec<PathBuf>,
 }
 
+/// A new durable segment: id, shard, and where each of its documents came from.
+type NewSegment = (u64, Arc<Shard>, Vec<Loc>);
+
 struct Install {
     remove: Vec<u64>,
     /// New durable segment: id, shard, and where each of its documents came from.
-    add: Option<(u64, Arc<Shard>, Vec<Loc>)>,
+    add: Option<NewSegment>,
     flushed_seq: Option<u64>,
     obsolete_wal: Vec<PathBuf>,
     obsolete_segments: Vec<u64>,
 }
 
 enum Cmd {
-    Write { op: WriteOp, kind: u8, body: Vec<u8>, reply: Reply<WriteAck> },
-    Rotate { reply: Reply<Rotated> },
-    Install { install: Install, reply: Reply<()> },
+    Write {
+        op: WriteOp,
+        kind: u8,
+        body: Vec<u8>,
+        reply: Reply<WriteAck>,
+    },
+    Rotate {
+        reply: Reply<Rotated>,
+    },
+    Install {
+        install: Install,
+        reply: Reply<()>,
+    },
     Stop,
 }
 
@@ -303,7 +332,11 @@ pub struct Collection {
 impl Collection {
     /// Creates the directory of a new collection (atomically: built under a temporary name, then renamed)
     /// and opens it.
-    pub fn create(root: &std::path::Path, config: CollectionConfig, tuning: Tuning) -> Result<Arc<Collection>, ServiceError> {
+    pub fn create(
+        root: &std::path::Path,
+        config: CollectionConfig,
+        tuning: Tuning,
+    ) -> Result<Arc<Collection>, ServiceError> {
         let final_dir = root.join(&config.name);
         let tmp = root.join(format!(".creating-{}", config.name));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -312,7 +345,10 @@ impl Collection {
             std::fs::create_dir_all(&d).map_err(|e| ServiceError::io(&d, e))?;
         }
         manifest::write_json(&l.config(), &config)?;
-        let empty = Manifest { format_version: MANIFEST_VERSION, ..Default::default() };
+        let empty = Manifest {
+            format_version: MANIFEST_VERSION,
+            ..Default::default()
+        };
         manifest::write_json(&l.manifest(), &empty)?;
         std::fs::rename(&tmp, &final_dir).map_err(|e| ServiceError::io(&final_dir, e))?;
         wal::sync_dir(root);
@@ -329,7 +365,11 @@ impl Collection {
             layout,
             tuning,
             state: Mutex::new(state),
-            snapshot: RwLock::new(Arc::new(Snapshot { searcher: None, segs: vec![], any_deleted: false })),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                searcher: None,
+                segs: vec![],
+                any_deleted: false,
+            })),
             tx: Mutex::new(None),
             maint_lock: Mutex::new(()),
             maint_tx: Mutex::new(None),
@@ -368,13 +408,26 @@ impl Collection {
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Appends a write to the log and waits until it is durable and applied.
-    pub async fn write(&self, op: WriteOp, kind: u8, body: Vec<u8>) -> Result<WriteAck, ServiceError> {
+    pub async fn write(
+        &self,
+        op: WriteOp,
+        kind: u8,
+        body: Vec<u8>,
+    ) -> Result<WriteAck, ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Write { op, kind, body, reply })?;
+        self.send(Cmd::Write {
+            op,
+            kind,
+            body,
+            reply,
+        })?;
         rx.await.map_err(|_| closing())?
     }
 
@@ -385,7 +438,10 @@ impl Collection {
             .map(|id| {
                 let loc = st.ids.get(id)?;
                 let seg = st.segment(loc.seg)?;
-                Some(DocRef { shard: seg.shard.clone(), doc: loc.doc as usize })
+                Some(DocRef {
+                    shard: seg.shard.clone(),
+                    doc: loc.doc as usize,
+                })
             })
             .collect()
     }
@@ -396,8 +452,12 @@ impl Collection {
         Stats {
             documents: st.ids.len() as u64,
             shards: st.segments.iter().filter(|s| s.durable).count() as u64,
-            memtable_documents: st.segments.iter().filter(|s| !s.durable).map(|s| s.shard.len() - s.deleted.ones()).sum::<usize>()
-                as u64,
+            memtable_documents: st
+                .segments
+                .iter()
+                .filter(|s| !s.durable)
+                .map(|s| s.shard.len() - s.deleted.ones())
+                .sum::<usize>() as u64,
             tombstones: st.segments.iter().map(|s| s.deleted.ones()).sum::<usize>() as u64,
             wal_bytes: st.wal_bytes,
             last_sequence: st.last_seq,
@@ -456,7 +516,12 @@ impl Collection {
             let mut writes = Vec::new();
             for cmd in cmds {
                 match cmd {
-                    Cmd::Write { op, kind, body, reply } => writes.push((op, kind, body, reply)),
+                    Cmd::Write {
+                        op,
+                        kind,
+                        body,
+                        reply,
+                    } => writes.push((op, kind, body, reply)),
                     Cmd::Rotate { reply } => {
                         self.commit(&mut wal, std::mem::take(&mut writes));
                         let _ = reply.send(self.rotate(&mut wal));
@@ -484,12 +549,17 @@ impl Collection {
             return;
         }
         let base = lock(&self.state).last_seq;
-        let records: Vec<(u64, u8, &[u8])> =
-            writes.iter().enumerate().map(|(i, (_, kind, body, _))| (base + 1 + i as u64, *kind, body.as_slice())).collect();
+        let records: Vec<(u64, u8, &[u8])> = writes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind, body, _))| (base + 1 + i as u64, *kind, body.as_slice()))
+            .collect();
         if let Err(msg) = wal.append(&records) {
             tracing::error!(collection = %self.config.name, error = %msg, "log append failed");
             for (_, _, _, reply) in writes {
-                let _ = reply.send(Err(ServiceError::Internal(format!("write-ahead log append failed: {msg}"))));
+                let _ = reply.send(Err(ServiceError::Internal(format!(
+                    "write-ahead log append failed: {msg}"
+                ))));
             }
             return;
         }
@@ -524,13 +594,27 @@ impl Collection {
             let added = inst.add.map(|(id, shard, origin)| {
                 let mut deleted = Bitset::new(shard.len());
                 for (j, o) in origin.iter().enumerate() {
-                    let live = st.segment(o.seg).is_some_and(|s| !s.deleted.get(o.doc as usize));
+                    let live = st
+                        .segment(o.seg)
+                        .is_some_and(|s| !s.deleted.get(o.doc as usize));
                     match st.ids.get_mut(shard.id(j)) {
-                        Some(loc) if live && loc == o => *loc = Loc { seg: id, doc: j as u32 },
+                        Some(loc) if live && loc == o => {
+                            *loc = Loc {
+                                seg: id,
+                                doc: j as u32,
+                            }
+                        }
                         _ => deleted.set(j),
                     }
                 }
-                Segment { id, shard, durable: true, max_seq: 0, deleted: Arc::new(deleted), meta: Arc::default() }
+                Segment {
+                    id,
+                    shard,
+                    durable: true,
+                    max_seq: 0,
+                    deleted: Arc::new(deleted),
+                    meta: Arc::default(),
+                }
             });
             st.segments.retain(|s| !inst.remove.contains(&s.id));
             st.segments.extend(added);
@@ -560,12 +644,19 @@ impl Collection {
         let segs: Vec<SegView> = lock(&self.state)
             .segments
             .iter()
-            .map(|s| SegView { shard: s.shard.clone(), deleted: s.deleted.clone(), meta: s.meta.clone() })
+            .map(|s| SegView {
+                shard: s.shard.clone(),
+                deleted: s.deleted.clone(),
+                meta: s.meta.clone(),
+            })
             .collect();
         let searcher = if segs.is_empty() {
             None
         } else {
-            match Searcher::new(self.config.params.clone(), segs.iter().map(|s| s.shard.clone()).collect()) {
+            match Searcher::new(
+                self.config.params.clone(),
+                segs.iter().map(|s| s.shard.clone()).collect(),
+            ) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(collection = %self.config.name, error = %e, "cannot build a searcher; keeping the previous snapshot");
@@ -574,7 +665,11 @@ impl Collection {
             }
         };
         let any_deleted = segs.iter().any(|s| s.deleted.ones() > 0);
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot { searcher, segs, any_deleted });
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
+            searcher,
+            segs,
+            any_deleted,
+        });
     }
 
     // ----- background work --------------------------------------------------------------------------------
@@ -582,7 +677,9 @@ impl Collection {
     fn needs_flush(&self) -> bool {
         let st = lock(&self.state);
         let mem = st.segments.iter().filter(|s| !s.durable);
-        let (count, live) = mem.fold((0, 0), |(c, l), s| (c + 1, l + s.shard.len() - s.deleted.ones()));
+        let (count, live) = mem.fold((0, 0), |(c, l), s| {
+            (c + 1, l + s.shard.len() - s.deleted.ones())
+        });
         live >= self.tuning.flush_threshold_docs || count >= MAX_MEMORY_SEGMENTS
     }
 
@@ -660,20 +757,31 @@ impl Collection {
         }
         let add = self.build_segment(&picked)?;
         let ids: Vec<u64> = picked.iter().map(|p| p.0).collect();
-        let install =
-            Install { remove: ids.clone(), add, flushed_seq: None, obsolete_wal: vec![], obsolete_segments: ids };
+        let install = Install {
+            remove: ids.clone(),
+            add,
+            flushed_seq: None,
+            obsolete_wal: vec![],
+            obsolete_segments: ids,
+        };
         self.call(|reply| Cmd::Install { install, reply })?;
         tracing::info!(collection = %self.config.name, merged = picked.len(), "compacted the shards");
         Ok(true)
     }
 
     /// Writes the live documents of `picked` into a new shard file (None when none is live).
-    fn build_segment(&self, picked: &[(u64, Arc<Shard>, Arc<Bitset>)]) -> Result<Option<(u64, Arc<Shard>, Vec<Loc>)>, ServiceError> {
+    fn build_segment(
+        &self,
+        picked: &[(u64, Arc<Shard>, Arc<Bitset>)],
+    ) -> Result<Option<NewSegment>, ServiceError> {
         let mut origin = Vec::new();
         let mut tokens = Vec::new();
         for (sid, shard, deleted) in picked {
             for d in (0..shard.len()).filter(|&d| !deleted.get(d)) {
-                origin.push(Loc { seg: *sid, doc: d as u32 });
+                origin.push(Loc {
+                    seg: *sid,
+                    doc: d as u32,
+                });
                 tokens.push(shard.tokens(d));
             }
         }
@@ -681,13 +789,23 @@ impl Collection {
             return Ok(None);
         }
         let dim = self.config.dimension;
-        let shard_of = |o: &Loc| &picked.iter().find(|p| p.0 == o.seg).expect("origin segment is picked").1;
+        let shard_of = |o: &Loc| {
+            &picked
+                .iter()
+                .find(|p| p.0 == o.seg)
+                .expect("origin segment is picked")
+                .1
+        };
         let docs = origin
             .iter()
             .zip(&tokens)
             .map(|(o, t)| {
                 let s = shard_of(o);
-                Ok(ShardDoc { id: s.id(o.doc as usize), tokens: TokenMatrix::new(t, dim, "document")?, payload: s.payload(o.doc as usize) })
+                Ok(ShardDoc {
+                    id: s.id(o.doc as usize),
+                    tokens: TokenMatrix::new(t, dim, "document")?,
+                    payload: s.payload(o.doc as usize),
+                })
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
         let id = self.next_segment.fetch_add(1, Ordering::SeqCst);
@@ -707,41 +825,85 @@ fn closing() -> ServiceError {
 
 /// Rebuilds the state from the manifest and the log; returns it with an open log writer and the next segment
 /// id.
-fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWriter, u64), ServiceError> {
+fn recover(
+    layout: &Layout,
+    config: &CollectionConfig,
+) -> Result<(State, WalWriter, u64), ServiceError> {
     let mpath = layout.manifest();
     let manifest: Manifest = if mpath.exists() {
         manifest::read_json(&mpath)?
     } else {
-        Manifest { format_version: MANIFEST_VERSION, ..Default::default() }
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            ..Default::default()
+        }
     };
     manifest::check_version(&mpath, manifest.format_version)?;
-    let mut st = State { segments: vec![], ids: HashMap::new(), last_seq: manifest.flushed_seq, flushed_seq: manifest.flushed_seq, wal_bytes: 0 };
+    let mut st = State {
+        segments: vec![],
+        ids: HashMap::new(),
+        last_seq: manifest.flushed_seq,
+        flushed_seq: manifest.flushed_seq,
+        wal_bytes: 0,
+    };
     let mut next_segment = manifest.next_segment_id;
     for e in &manifest.segments {
         let path = layout.segment(e.id);
         let shard = Shard::open(&path)?;
         if shard.len() != e.docs {
-            return Err(IndexError::corrupt(&path, format!("the manifest says {} documents, the shard has {}", e.docs, shard.len())).into());
+            return Err(IndexError::corrupt(
+                &path,
+                format!(
+                    "the manifest says {} documents, the shard has {}",
+                    e.docs,
+                    shard.len()
+                ),
+            )
+            .into());
         }
         if shard.params() != &config.params {
-            return Err(IndexError::Incompatible(format!("{} was built with other parameters", path.display())).into());
+            return Err(IndexError::Incompatible(format!(
+                "{} was built with other parameters",
+                path.display()
+            ))
+            .into());
         }
         let mut deleted = Bitset::new(shard.len());
         for &d in &e.deleted {
             if d as usize >= shard.len() {
-                return Err(IndexError::corrupt(&mpath, format!("deleted document {d} beyond shard {}", e.id)).into());
+                return Err(IndexError::corrupt(
+                    &mpath,
+                    format!("deleted document {d} beyond shard {}", e.id),
+                )
+                .into());
             }
             deleted.set(d as usize);
         }
         for d in (0..shard.len()).filter(|&d| !deleted.get(d)) {
-            if let Some(old) = st.ids.insert(shard.id(d).to_string(), Loc { seg: e.id, doc: d as u32 }) {
+            if let Some(old) = st.ids.insert(
+                shard.id(d).to_string(),
+                Loc {
+                    seg: e.id,
+                    doc: d as u32,
+                },
+            ) {
                 // Cannot happen with a consistent manifest; keep the newest copy rather than two.
-                tracing::warn!(id = shard.id(d), "document live in two shards; keeping the newer");
+                tracing::warn!(
+                    id = shard.id(d),
+                    "document live in two shards; keeping the newer"
+                );
                 st.tombstone(old);
             }
         }
         next_segment = next_segment.max(e.id + 1);
-        st.segments.push(Segment { id: e.id, shard: Arc::new(shard), durable: true, max_seq: 0, deleted: Arc::new(deleted), meta: Arc::default() });
+        st.segments.push(Segment {
+            id: e.id,
+            shard: Arc::new(shard),
+            durable: true,
+            max_seq: 0,
+            deleted: Arc::new(deleted),
+            meta: Arc::default(),
+        });
     }
     remove_orphans(layout, &manifest);
 
@@ -756,14 +918,21 @@ fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWrit
                 return Ok(());
             }
             if seq <= st.last_seq {
-                return Err(IndexError::corrupt(&f.path, format!("sequence {seq} after {}", st.last_seq)));
+                return Err(IndexError::corrupt(
+                    &f.path,
+                    format!("sequence {seq} after {}", st.last_seq),
+                ));
             }
             st.last_seq = seq;
             let (upserts, deletes) = match op {
                 WalOp::Upsert(d) => (d, vec![]),
                 WalOp::Delete(ids) => (vec![], ids),
             };
-            for id in deletes.iter().map(String::as_str).chain(upserts.iter().map(|d| d.id.as_str())) {
+            for id in deletes
+                .iter()
+                .map(String::as_str)
+                .chain(upserts.iter().map(|d| d.id.as_str()))
+            {
                 if let Some(old) = st.ids.remove(id) {
                     st.tombstone(old);
                 }
@@ -773,7 +942,10 @@ fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWrit
             }
             for d in upserts {
                 if d.dim != config.dimension {
-                    return Err(IndexError::corrupt(&f.path, format!("document {:?} has dimension {}", d.id, d.dim)));
+                    return Err(IndexError::corrupt(
+                        &f.path,
+                        format!("document {:?} has dimension {}", d.id, d.dim),
+                    ));
                 }
                 index.insert(d.id.clone(), docs.len());
                 docs.push(Some(d));
@@ -783,7 +955,14 @@ fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWrit
         let last = i + 1 == files.len();
         if !end.clean {
             if !last {
-                return Err(IndexError::corrupt(&f.path, format!("damaged record at byte {} of a closed log file", end.valid_len)).into());
+                return Err(IndexError::corrupt(
+                    &f.path,
+                    format!(
+                        "damaged record at byte {} of a closed log file",
+                        end.valid_len
+                    ),
+                )
+                .into());
             }
             tracing::warn!(file = %f.path.display(), valid_bytes = end.valid_len, "torn log tail (an unacknowledged write); truncating");
         }
@@ -796,16 +975,35 @@ fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWrit
     for chunk in live.chunks(REPLAY_SEGMENT_DOCS) {
         let shard_docs = chunk
             .iter()
-            .map(|d| Ok(ShardDoc { id: &d.id, tokens: TokenMatrix::new(&d.tokens, config.dimension, "document")?, payload: &d.metadata }))
+            .map(|d| {
+                Ok(ShardDoc {
+                    id: &d.id,
+                    tokens: TokenMatrix::new(&d.tokens, config.dimension, "document")?,
+                    payload: &d.metadata,
+                })
+            })
             .collect::<Result<Vec<_>, IndexError>>()?;
         let shard = Arc::new(Shard::build_in_memory(&config.params, &shard_docs)?);
         let id = next_segment;
         next_segment += 1;
         for d in 0..shard.len() {
-            st.ids.insert(shard.id(d).to_string(), Loc { seg: id, doc: d as u32 });
+            st.ids.insert(
+                shard.id(d).to_string(),
+                Loc {
+                    seg: id,
+                    doc: d as u32,
+                },
+            );
         }
         let n = shard.len();
-        st.segments.push(Segment { id, shard, durable: false, max_seq: st.last_seq, deleted: Arc::new(Bitset::new(n)), meta: Arc::default() });
+        st.segments.push(Segment {
+            id,
+            shard,
+            durable: false,
+            max_seq: st.last_seq,
+            deleted: Arc::new(Bitset::new(n)),
+            meta: Arc::default(),
+        });
     }
     let writer = WalWriter::open(&layout.wal(), &files, last_valid_len, st.last_seq + 1)?;
     st.wal_bytes = writer.bytes();
@@ -816,10 +1014,14 @@ fn recover(layout: &Layout, config: &CollectionConfig) -> Result<(State, WalWrit
 
 /// Deletes shard files (and their temp and graph files) that the manifest does not name.
 fn remove_orphans(layout: &Layout, manifest: &Manifest) {
-    let Ok(rd) = std::fs::read_dir(layout.segments()) else { return };
+    let Ok(rd) = std::fs::read_dir(layout.segments()) else {
+        return;
+    };
     for entry in rd.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = Layout::segment_id_of(&name) else { continue };
+        let Some(id) = Layout::segment_id_of(&name) else {
+            continue;
+        };
         if manifest.segments.iter().all(|s| s.id != id) {
             tracing::info!(file = %name, "removing a shard file no manifest names (an interrupted flush or compaction)");
             let _ = std::fs::remove_file(entry.path());

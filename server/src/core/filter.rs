@@ -53,7 +53,10 @@ impl Filter {
         let mut conditions = Vec::with_capacity(input.must.len());
         for c in &input.must {
             if c.key.is_empty() || c.key.split('.').any(str::is_empty) {
-                return Err(ServiceError::InvalidArgument(format!("filter key {:?} is empty or has an empty part", c.key)));
+                return Err(ServiceError::InvalidArgument(format!(
+                    "filter key {:?} is empty or has an empty part",
+                    c.key
+                )));
             }
             let mut values = c.any_of.clone();
             values.extend(c.equals.clone());
@@ -63,16 +66,23 @@ impl Filter {
                     c.key
                 )));
             }
-            if let Some(bad) = values.iter().find(|v| !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))) {
+            if let Some(bad) = values
+                .iter()
+                .find(|v| !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)))
+            {
                 return Err(ServiceError::InvalidArgument(format!(
                     "filter on {:?}: values must be strings, numbers or booleans, got {}",
                     c.key,
                     super::input::json_kind(bad)
                 )));
             }
-            conditions.push(Condition { path: c.key.split('.').map(String::from).collect(), values });
+            conditions.push(Condition {
+                path: c.key.split('.').map(String::from).collect(),
+                values,
+            });
         }
-        let ids = (!input.ids.is_empty()).then(|| input.ids.iter().cloned().collect::<HashSet<_>>());
+        let ids =
+            (!input.ids.is_empty()).then(|| input.ids.iter().cloned().collect::<HashSet<_>>());
         if conditions.is_empty() && ids.is_none() {
             return Ok(None);
         }
@@ -100,7 +110,9 @@ impl Filter {
                 }
             }
             match v {
-                Value::Array(items) => items.iter().any(|item| c.values.iter().any(|w| scalar_eq(item, w))),
+                Value::Array(items) => items
+                    .iter()
+                    .any(|item| c.values.iter().any(|w| scalar_eq(item, w))),
                 one => c.values.iter().any(|w| scalar_eq(one, w)),
             }
         })
@@ -129,18 +141,34 @@ mod tests {
     use serde_json::json;
 
     fn filter(v: Value) -> Filter {
-        Filter::compile(&serde_json::from_value(v).unwrap()).unwrap().unwrap()
+        Filter::compile(&serde_json::from_value(v).unwrap())
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn equality_membership_paths_arrays_and_ids() {
         let meta = json!({"section": "1", "n": 3, "tags": ["a", "b"], "page": {"name": "cp"}});
-        assert!(filter(json!({"must": [{"key": "section", "equals": "1"}]})).matches("x", Some(&meta)));
-        assert!(!filter(json!({"must": [{"key": "section", "equals": 1}]})).matches("x", Some(&meta)));
-        assert!(filter(json!({"must": [{"key": "n", "any_of": [2, 3.0]}]})).matches("x", Some(&meta)));
-        assert!(filter(json!({"must": [{"key": "tags", "any_of": ["b"]}]})).matches("x", Some(&meta)));
-        assert!(filter(json!({"must": [{"key": "page.name", "equals": "cp"}]})).matches("x", Some(&meta)));
-        assert!(!filter(json!({"must": [{"key": "missing", "equals": "cp"}]})).matches("x", Some(&meta)));
+        assert!(
+            filter(json!({"must": [{"key": "section", "equals": "1"}]})).matches("x", Some(&meta))
+        );
+        assert!(
+            !filter(json!({"must": [{"key": "section", "equals": 1}]})).matches("x", Some(&meta))
+        );
+        assert!(
+            filter(json!({"must": [{"key": "n", "any_of": [2, 3.0]}]})).matches("x", Some(&meta))
+        );
+        assert!(
+            filter(json!({"must": [{"key": "tags", "any_of": ["b"]}]})).matches("x", Some(&meta))
+        );
+        assert!(
+            filter(json!({"must": [{"key": "page.name", "equals": "cp"}]}))
+                .matches("x", Some(&meta))
+        );
+        assert!(
+            !filter(json!({"must": [{"key": "missing", "equals": "cp"}]}))
+                .matches("x", Some(&meta))
+        );
         assert!(!filter(json!({"must": [{"key": "section", "equals": "1"}]})).matches("x", None));
         let ids = filter(json!({"ids": ["x", "y"]}));
         assert!(ids.matches("y", None) && !ids.matches("z", Some(&meta)));
@@ -149,7 +177,11 @@ mod tests {
     #[test]
     fn empty_filters_are_none_and_bad_ones_errors() {
         assert!(Filter::compile(&FilterInput::default()).unwrap().is_none());
-        for bad in [json!({"must": [{"key": ""}]}), json!({"must": [{"key": "a"}]}), json!({"must": [{"key": "a", "equals": [1]}]})] {
+        for bad in [
+            json!({"must": [{"key": ""}]}),
+            json!({"must": [{"key": "a"}]}),
+            json!({"must": [{"key": "a", "equals": [1]}]}),
+        ] {
             assert!(Filter::compile(&serde_json::from_value(bad).unwrap()).is_err());
         }
     }

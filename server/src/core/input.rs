@@ -34,7 +34,12 @@ impl Dtype {
 #[derive(Clone, Debug)]
 pub enum TokenInput {
     /// Packed little-endian bytes plus shape (gRPC). `dtype: None` = unspecified or unknown on the wire.
-    Packed { dtype: Option<Dtype>, n_tokens: usize, dim: usize, bytes: Vec<u8> },
+    Packed {
+        dtype: Option<Dtype>,
+        n_tokens: usize,
+        dim: usize,
+        bytes: Vec<u8>,
+    },
     /// One array of numbers per token (JSON).
     Rows(Vec<Vec<f32>>),
 }
@@ -106,7 +111,9 @@ pub const MAX_ID_BYTES: usize = 512;
 pub fn validate_collection_name(name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -120,13 +127,21 @@ pub fn validate_collection_name(name: &str) -> Result<(), ServiceError> {
 /// Checks an external document id.
 pub fn validate_id(id: &str) -> Result<(), ServiceError> {
     if id.is_empty() {
-        return Err(ServiceError::InvalidArgument("document id must not be empty".into()));
+        return Err(ServiceError::InvalidArgument(
+            "document id must not be empty".into(),
+        ));
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(ServiceError::TooLarge { what: "document id (bytes)", got: id.len(), max: MAX_ID_BYTES });
+        return Err(ServiceError::TooLarge {
+            what: "document id (bytes)",
+            got: id.len(),
+            max: MAX_ID_BYTES,
+        });
     }
     if id.chars().any(char::is_control) {
-        return Err(ServiceError::InvalidArgument(format!("document id {id:?} contains control characters")));
+        return Err(ServiceError::InvalidArgument(format!(
+            "document id {id:?} contains control characters"
+        )));
     }
     Ok(())
 }
@@ -134,10 +149,16 @@ pub fn validate_id(id: &str) -> Result<(), ServiceError> {
 /// Checks the number of items in one request.
 pub fn check_batch(what: &'static str, n: usize, limits: &Limits) -> Result<(), ServiceError> {
     if n == 0 {
-        return Err(ServiceError::InvalidArgument(format!("no {what} in the request")));
+        return Err(ServiceError::InvalidArgument(format!(
+            "no {what} in the request"
+        )));
     }
     if n > limits.max_batch {
-        return Err(ServiceError::TooLarge { what, got: n, max: limits.max_batch });
+        return Err(ServiceError::TooLarge {
+            what,
+            got: n,
+            max: limits.max_batch,
+        });
     }
     Ok(())
 }
@@ -151,16 +172,31 @@ pub fn decode_tokens(
     what: &'static str,
 ) -> Result<Vec<f32>, ServiceError> {
     let data = match input {
-        TokenInput::Packed { dtype, n_tokens, dim: got_dim, bytes } => {
-            let dtype = dtype.ok_or_else(|| ServiceError::Malformed(format!("{what} tokens: dtype must be F32 or F16")))?;
+        TokenInput::Packed {
+            dtype,
+            n_tokens,
+            dim: got_dim,
+            bytes,
+        } => {
+            let dtype = dtype.ok_or_else(|| {
+                ServiceError::Malformed(format!("{what} tokens: dtype must be F32 or F16"))
+            })?;
             if *got_dim != dim {
-                return Err(IndexError::DimensionMismatch { expected: dim, got: *got_dim }.into());
+                return Err(IndexError::DimensionMismatch {
+                    expected: dim,
+                    got: *got_dim,
+                }
+                .into());
             }
             if *n_tokens == 0 {
                 return Err(IndexError::Empty { what }.into());
             }
             if *n_tokens > max_tokens {
-                return Err(IndexError::TooManyTokens { got: *n_tokens, max: max_tokens }.into());
+                return Err(IndexError::TooManyTokens {
+                    got: *n_tokens,
+                    max: max_tokens,
+                }
+                .into());
             }
             let want = n_tokens * dim * dtype.size();
             if bytes.len() != want {
@@ -170,7 +206,10 @@ pub fn decode_tokens(
                 )));
             }
             match dtype {
-                Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Dtype::F32 => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 Dtype::F16 => bytes
                     .chunks_exact(2)
                     .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
@@ -182,7 +221,11 @@ pub fn decode_tokens(
                 return Err(IndexError::Empty { what }.into());
             }
             if rows.len() > max_tokens {
-                return Err(IndexError::TooManyTokens { got: rows.len(), max: max_tokens }.into());
+                return Err(IndexError::TooManyTokens {
+                    got: rows.len(),
+                    max: max_tokens,
+                }
+                .into());
             }
             let mut buf = Vec::with_capacity(rows.len() * dim);
             TokenMatrix::from_rows(rows, dim, what, &mut buf)?;
@@ -200,7 +243,11 @@ pub fn encode_metadata(input: &MetadataInput, max_bytes: usize) -> Result<Vec<u8
         MetadataInput::Text(t) if t.trim().is_empty() => return Ok(Vec::new()),
         MetadataInput::Text(t) => {
             if t.len() > max_bytes {
-                return Err(ServiceError::TooLarge { what: "metadata (bytes)", got: t.len(), max: max_bytes });
+                return Err(ServiceError::TooLarge {
+                    what: "metadata (bytes)",
+                    got: t.len(),
+                    max: max_bytes,
+                });
             }
             serde_json::from_str::<serde_json::Value>(t)
                 .map_err(|e| ServiceError::Malformed(format!("metadata is not valid JSON: {e}")))?
@@ -211,9 +258,14 @@ pub fn encode_metadata(input: &MetadataInput, max_bytes: usize) -> Result<Vec<u8
         serde_json::Value::Null => Ok(Vec::new()),
         serde_json::Value::Object(m) if m.is_empty() => Ok(Vec::new()),
         serde_json::Value::Object(_) => {
-            let bytes = serde_json::to_vec(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
             if bytes.len() > max_bytes {
-                return Err(ServiceError::TooLarge { what: "metadata (bytes)", got: bytes.len(), max: max_bytes });
+                return Err(ServiceError::TooLarge {
+                    what: "metadata (bytes)",
+                    got: bytes.len(),
+                    max: max_bytes,
+                });
             }
             Ok(bytes)
         }
@@ -236,7 +288,11 @@ pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 /// Validates an upsert batch: size, ids (syntax, no duplicates), tokens, metadata.
-pub fn validate_docs(docs: &[DocInput], dim: usize, limits: &Limits) -> Result<Vec<ValidDoc>, ServiceError> {
+pub fn validate_docs(
+    docs: &[DocInput],
+    dim: usize,
+    limits: &Limits,
+) -> Result<Vec<ValidDoc>, ServiceError> {
     check_batch("documents", docs.len(), limits)?;
     let mut seen = HashSet::with_capacity(docs.len());
     let mut out = Vec::with_capacity(docs.len());
@@ -247,8 +303,13 @@ pub fn validate_docs(docs: &[DocInput], dim: usize, limits: &Limits) -> Result<V
         }
         let tokens = decode_tokens(&d.tokens, dim, limits.max_tokens_per_doc, "document")
             .map_err(|e| in_doc(&d.id, e))?;
-        let metadata = encode_metadata(&d.metadata, limits.max_metadata_bytes).map_err(|e| in_doc(&d.id, e))?;
-        out.push(ValidDoc { id: d.id.clone(), tokens, metadata });
+        let metadata = encode_metadata(&d.metadata, limits.max_metadata_bytes)
+            .map_err(|e| in_doc(&d.id, e))?;
+        out.push(ValidDoc {
+            id: d.id.clone(),
+            tokens,
+            metadata,
+        });
     }
     Ok(out)
 }
@@ -257,7 +318,9 @@ pub fn validate_docs(docs: &[DocInput], dim: usize, limits: &Limits) -> Result<V
 fn in_doc(id: &str, e: ServiceError) -> ServiceError {
     match e {
         ServiceError::Malformed(m) => ServiceError::Malformed(format!("document {id:?}: {m}")),
-        ServiceError::InvalidArgument(m) => ServiceError::InvalidArgument(format!("document {id:?}: {m}")),
+        ServiceError::InvalidArgument(m) => {
+            ServiceError::InvalidArgument(format!("document {id:?}: {m}"))
+        }
         other => other,
     }
 }
@@ -277,13 +340,24 @@ pub struct ValidSearch {
 }
 
 /// Validates one search against the collection's dimension and the limits.
-pub fn validate_search(s: &SearchInput, dim: usize, limits: &Limits) -> Result<ValidSearch, ServiceError> {
+pub fn validate_search(
+    s: &SearchInput,
+    dim: usize,
+    limits: &Limits,
+) -> Result<ValidSearch, ServiceError> {
     use chamfer_index::search::{Plan, SearchParams, MAX_K};
     if s.k == 0 || s.k > limits.max_k {
-        return Err(IndexError::param("k", format!("must be in 1..={}, got {}", limits.max_k, s.k)).into());
+        return Err(IndexError::param(
+            "k",
+            format!("must be in 1..={}, got {}", limits.max_k, s.k),
+        )
+        .into());
     }
     let knob = |name: &'static str, v: Option<usize>| match v {
-        Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(name, format!("must be in 1..={MAX_K}, got {v}"))),
+        Some(v) if v == 0 || v > MAX_K => Err(IndexError::param(
+            name,
+            format!("must be in 1..={MAX_K}, got {v}"),
+        )),
         _ => Ok(v),
     };
     let mut params = SearchParams::new(s.k);
@@ -296,8 +370,18 @@ pub fn validate_search(s: &SearchInput, dim: usize, limits: &Limits) -> Result<V
     }
     params.validate()?;
     let query = decode_tokens(&s.query, dim, limits.max_query_tokens, "query")?;
-    let filter = s.filter.as_ref().map(Filter::compile).transpose()?.flatten();
-    Ok(ValidSearch { query, params, filter, with_metadata: s.with_metadata })
+    let filter = s
+        .filter
+        .as_ref()
+        .map(Filter::compile)
+        .transpose()?
+        .flatten();
+    Ok(ValidSearch {
+        query,
+        params,
+        filter,
+        with_metadata: s.with_metadata,
+    })
 }
 
 #[cfg(test)]
@@ -305,17 +389,31 @@ mod tests {
     use super::*;
 
     fn packed(dtype: Dtype, n: usize, dim: usize, bytes: Vec<u8>) -> TokenInput {
-        TokenInput::Packed { dtype: Some(dtype), n_tokens: n, dim, bytes }
+        TokenInput::Packed {
+            dtype: Some(dtype),
+            n_tokens: n,
+            dim,
+            bytes,
+        }
     }
 
     #[test]
     fn decodes_f16_and_f32_and_rows_identically() {
         let vals = [0.5f32, -1.0, 2.0, 0.25];
         let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let f16b: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
         let a = decode_tokens(&packed(Dtype::F32, 2, 2, f32b), 2, 8, "query").unwrap();
         let b = decode_tokens(&packed(Dtype::F16, 2, 2, f16b), 2, 8, "query").unwrap();
-        let c = decode_tokens(&TokenInput::Rows(vec![vec![0.5, -1.0], vec![2.0, 0.25]]), 2, 8, "query").unwrap();
+        let c = decode_tokens(
+            &TokenInput::Rows(vec![vec![0.5, -1.0], vec![2.0, 0.25]]),
+            2,
+            8,
+            "query",
+        )
+        .unwrap();
         assert_eq!(a, vals);
         assert_eq!(a, b);
         assert_eq!(a, c);
@@ -324,22 +422,82 @@ mod tests {
     #[test]
     fn rejects_every_bad_shape() {
         let code = |r: Result<Vec<f32>, ServiceError>| r.unwrap_err().status().code;
-        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 3, vec![0; 12]), 2, 8, "query")), "dimension_mismatch");
-        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 0, 2, vec![]), 2, 8, "query")), "empty");
-        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 9, 2, vec![0; 72]), 2, 8, "query")), "too_many_tokens");
-        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 2, vec![0; 7]), 2, 8, "query")), "malformed");
-        let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(code(decode_tokens(&packed(Dtype::F32, 1, 2, nan), 2, 8, "query")), "non_finite");
-        let none = TokenInput::Packed { dtype: None, n_tokens: 1, dim: 2, bytes: vec![0; 8] };
+        assert_eq!(
+            code(decode_tokens(
+                &packed(Dtype::F32, 1, 3, vec![0; 12]),
+                2,
+                8,
+                "query"
+            )),
+            "dimension_mismatch"
+        );
+        assert_eq!(
+            code(decode_tokens(
+                &packed(Dtype::F32, 0, 2, vec![]),
+                2,
+                8,
+                "query"
+            )),
+            "empty"
+        );
+        assert_eq!(
+            code(decode_tokens(
+                &packed(Dtype::F32, 9, 2, vec![0; 72]),
+                2,
+                8,
+                "query"
+            )),
+            "too_many_tokens"
+        );
+        assert_eq!(
+            code(decode_tokens(
+                &packed(Dtype::F32, 1, 2, vec![0; 7]),
+                2,
+                8,
+                "query"
+            )),
+            "malformed"
+        );
+        let nan: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            code(decode_tokens(&packed(Dtype::F32, 1, 2, nan), 2, 8, "query")),
+            "non_finite"
+        );
+        let none = TokenInput::Packed {
+            dtype: None,
+            n_tokens: 1,
+            dim: 2,
+            bytes: vec![0; 8],
+        };
         assert_eq!(code(decode_tokens(&none, 2, 8, "query")), "malformed");
-        assert_eq!(code(decode_tokens(&TokenInput::Rows(vec![vec![1.0]]), 2, 8, "query")), "dimension_mismatch");
-        assert_eq!(code(decode_tokens(&TokenInput::Rows(vec![]), 2, 8, "query")), "empty");
+        assert_eq!(
+            code(decode_tokens(
+                &TokenInput::Rows(vec![vec![1.0]]),
+                2,
+                8,
+                "query"
+            )),
+            "dimension_mismatch"
+        );
+        assert_eq!(
+            code(decode_tokens(&TokenInput::Rows(vec![]), 2, 8, "query")),
+            "empty"
+        );
     }
 
     #[test]
     fn metadata_must_be_a_small_object() {
-        assert_eq!(encode_metadata(&MetadataInput::Text("".into()), 10).unwrap(), b"");
-        assert_eq!(encode_metadata(&MetadataInput::Text(r#"{"b":1, "a":2}"#.into()), 100).unwrap(), br#"{"a":2,"b":1}"#);
+        assert_eq!(
+            encode_metadata(&MetadataInput::Text("".into()), 10).unwrap(),
+            b""
+        );
+        assert_eq!(
+            encode_metadata(&MetadataInput::Text(r#"{"b":1, "a":2}"#.into()), 100).unwrap(),
+            br#"{"a":2,"b":1}"#
+        );
         assert!(encode_metadata(&MetadataInput::Text("[1]".into()), 100).is_err());
         assert!(encode_metadata(&MetadataInput::Text("{".into()), 100).is_err());
         assert!(encode_metadata(&MetadataInput::Text(r#"{"a":"0123456789"}"#.into()), 10).is_err());
@@ -347,8 +505,13 @@ mod tests {
 
     #[test]
     fn duplicate_ids_in_a_batch_are_rejected() {
-        let doc = |id: &str| DocInput { id: id.into(), tokens: TokenInput::Rows(vec![vec![1.0]]), metadata: MetadataInput::None };
-        let err = validate_docs(&[doc("a"), doc("b"), doc("a")], 1, &Limits::default()).unwrap_err();
+        let doc = |id: &str| DocInput {
+            id: id.into(),
+            tokens: TokenInput::Rows(vec![vec![1.0]]),
+            metadata: MetadataInput::None,
+        };
+        let err =
+            validate_docs(&[doc("a"), doc("b"), doc("a")], 1, &Limits::default()).unwrap_err();
         assert_eq!(err.status().code, "duplicate_id");
     }
 }

@@ -104,7 +104,8 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, IndexEr
 
 /// Writes a JSON file atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IndexError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -113,6 +114,10 @@ pub fn check_version(path: &Path, found: u32) -> Result<(), IndexError> {
     if found == MANIFEST_VERSION {
         Ok(())
     } else {
-        Err(IndexError::UnsupportedVersion { path: path.to_path_buf(), found, supported: MANIFEST_VERSION })
+        Err(IndexError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: MANIFEST_VERSION,
+        })
     }
 }

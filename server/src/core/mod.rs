@@ -13,6 +13,9 @@ pub mod manifest;
 pub mod pool;
 pub mod wal;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -162,14 +165,22 @@ impl Core {
     }
 
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Collection>>> {
-        self.inner.collections.read().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .collections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
         if !self.is_ready() {
-            return Err(ServiceError::Unavailable("the server is shutting down".into()));
+            return Err(ServiceError::Unavailable(
+                "the server is shutting down".into(),
+            ));
         }
-        self.registry().get(name).cloned().ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))
+        self.registry()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))
     }
 
     fn info(c: &Collection) -> CollectionInfo {
@@ -191,20 +202,33 @@ impl Core {
         overrides: CollectionParamsInput,
     ) -> Result<CollectionInfo, ServiceError> {
         if !self.is_ready() {
-            return Err(ServiceError::Unavailable("the server is shutting down".into()));
+            return Err(ServiceError::Unavailable(
+                "the server is shutting down".into(),
+            ));
         }
         input::validate_collection_name(&name)?;
         if dimension == 0 || dimension > MAX_DIMENSION {
-            return Err(ServiceError::InvalidArgument(format!("dimension must be in 1..={MAX_DIMENSION}, got {dimension}")));
+            return Err(ServiceError::InvalidArgument(format!(
+                "dimension must be in 1..={MAX_DIMENSION}, got {dimension}"
+            )));
         }
         let params = resolve_params(dimension, &overrides)?;
         let core = self.clone();
         blocking(move || {
-            let mut reg = core.inner.collections.write().unwrap_or_else(|e| e.into_inner());
+            let mut reg = core
+                .inner
+                .collections
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             if reg.contains_key(&name) {
                 return Err(ServiceError::CollectionExists(name));
             }
-            let config = CollectionConfig { format_version: MANIFEST_VERSION, name: name.clone(), dimension, params };
+            let config = CollectionConfig {
+                format_version: MANIFEST_VERSION,
+                name: name.clone(),
+                dimension,
+                params,
+            };
             let c = Collection::create(&core.inner.root, config, core.inner.tuning)?;
             let info = Core::info(&c);
             reg.insert(name, c);
@@ -228,8 +252,13 @@ impl Core {
     /// Deletes a collection and its files.
     pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
         let c = {
-            let mut reg = self.inner.collections.write().unwrap_or_else(|e| e.into_inner());
-            reg.remove(name).ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))?
+            let mut reg = self
+                .inner
+                .collections
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            reg.remove(name)
+                .ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))?
         };
         let root = self.inner.root.clone();
         let name = name.to_string();
@@ -271,9 +300,17 @@ impl Core {
     // ----- documents --------------------------------------------------------------------------------------
 
     /// Inserts or replaces a batch; returns once it is durable and visible.
-    pub async fn upsert(&self, name: &str, docs: Vec<DocInput>) -> Result<UpsertOutcome, ServiceError> {
+    pub async fn upsert(
+        &self,
+        name: &str,
+        docs: Vec<DocInput>,
+    ) -> Result<UpsertOutcome, ServiceError> {
         let c = self.collection(name)?;
-        let (dim, params, limits) = (c.config.dimension, c.config.params.clone(), self.inner.limits.clone());
+        let (dim, params, limits) = (
+            c.config.dimension,
+            c.config.params.clone(),
+            self.inner.limits.clone(),
+        );
         let (shard, body) = self
             .inner
             .pool
@@ -282,28 +319,66 @@ impl Core {
                 drop(docs);
                 let shard_docs = valid
                     .iter()
-                    .map(|d| Ok(ShardDoc { id: &d.id, tokens: TokenMatrix::new(&d.tokens, dim, "document")?, payload: &d.metadata }))
+                    .map(|d| {
+                        Ok(ShardDoc {
+                            id: &d.id,
+                            tokens: TokenMatrix::new(&d.tokens, dim, "document")?,
+                            payload: &d.metadata,
+                        })
+                    })
                     .collect::<Result<Vec<_>, IndexError>>()?;
                 let shard = Shard::build_in_memory(&params, &shard_docs)?;
-                let body = wal::encode_upsert(valid.iter().map(|d| (d.id.as_str(), dim, d.tokens.as_slice(), d.metadata.as_slice())));
+                let body = wal::encode_upsert(valid.iter().map(|d| {
+                    (
+                        d.id.as_str(),
+                        dim,
+                        d.tokens.as_slice(),
+                        d.metadata.as_slice(),
+                    )
+                }));
                 Ok((shard, body))
             })
             .await?;
-        let ack = c.write(WriteOp::Upsert { shard: Arc::new(shard) }, wal::KIND_UPSERT, body).await?;
-        Ok(UpsertOutcome { upserted: ack.affected as u64, sequence: ack.seq })
+        let ack = c
+            .write(
+                WriteOp::Upsert {
+                    shard: Arc::new(shard),
+                },
+                wal::KIND_UPSERT,
+                body,
+            )
+            .await?;
+        Ok(UpsertOutcome {
+            upserted: ack.affected as u64,
+            sequence: ack.seq,
+        })
     }
 
     /// Deletes documents by id (unknown ids are ignored); returns once durable.
-    pub async fn delete(&self, name: &str, ids: Vec<String>) -> Result<DeleteOutcome, ServiceError> {
+    pub async fn delete(
+        &self,
+        name: &str,
+        ids: Vec<String>,
+    ) -> Result<DeleteOutcome, ServiceError> {
         let c = self.collection(name)?;
         input::validate_ids(&ids, &self.inner.limits)?;
         let body = wal::encode_delete(&ids);
-        let ack = c.write(WriteOp::Delete { ids }, wal::KIND_DELETE, body).await?;
-        Ok(DeleteOutcome { deleted: ack.affected as u64, sequence: ack.seq })
+        let ack = c
+            .write(WriteOp::Delete { ids }, wal::KIND_DELETE, body)
+            .await?;
+        Ok(DeleteOutcome {
+            deleted: ack.affected as u64,
+            sequence: ack.seq,
+        })
     }
 
     /// Fetches documents by id.
-    pub async fn get(&self, name: &str, ids: Vec<String>, with_tokens: bool) -> Result<GetOutcome, ServiceError> {
+    pub async fn get(
+        &self,
+        name: &str,
+        ids: Vec<String>,
+        with_tokens: bool,
+    ) -> Result<GetOutcome, ServiceError> {
         let c = self.collection(name)?;
         input::validate_ids(&ids, &self.inner.limits)?;
         let found = c.get(&ids);
@@ -319,7 +394,8 @@ impl Core {
                                 id,
                                 n_tokens: r.shard.n_tokens(r.doc),
                                 tokens: with_tokens.then(|| r.shard.tokens(r.doc)),
-                                metadata: (!payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
+                                metadata: (!payload.is_empty())
+                                    .then(|| String::from_utf8_lossy(payload).into_owned()),
                             });
                         }
                         None => out.missing.push(id),
@@ -333,7 +409,11 @@ impl Core {
     // ----- search -----------------------------------------------------------------------------------------
 
     /// One search over a consistent snapshot.
-    pub async fn search(&self, name: &str, search: SearchInput) -> Result<Vec<HitOut>, ServiceError> {
+    pub async fn search(
+        &self,
+        name: &str,
+        search: SearchInput,
+    ) -> Result<Vec<HitOut>, ServiceError> {
         let c = self.collection(name)?;
         let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
         let snap = c.snapshot();
@@ -347,7 +427,11 @@ impl Core {
     }
 
     /// Several searches over one snapshot, run in parallel on the pool.
-    pub async fn search_batch(&self, name: &str, searches: Vec<SearchInput>) -> Result<Vec<Vec<HitOut>>, ServiceError> {
+    pub async fn search_batch(
+        &self,
+        name: &str,
+        searches: Vec<SearchInput>,
+    ) -> Result<Vec<Vec<HitOut>>, ServiceError> {
         let c = self.collection(name)?;
         input::check_batch("searches", searches.len(), &self.inner.limits)?;
         let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
@@ -356,8 +440,14 @@ impl Core {
             .pool
             .run(move || {
                 use rayon::prelude::*;
-                let valid = searches.iter().map(|s| input::validate_search(s, dim, &limits)).collect::<Result<Vec<_>, _>>()?;
-                valid.par_iter().map(|v| run_search(&snap, v, dim)).collect()
+                let valid = searches
+                    .iter()
+                    .map(|s| input::validate_search(s, dim, &limits))
+                    .collect::<Result<Vec<_>, _>>()?;
+                valid
+                    .par_iter()
+                    .map(|v| run_search(&snap, v, dim))
+                    .collect()
             })
             .await
     }
@@ -366,7 +456,10 @@ impl Core {
 
     /// Statistics of every collection (for metrics).
     pub fn stats(&self) -> Vec<(String, Stats)> {
-        self.registry().iter().map(|(n, c)| (n.clone(), c.stats())).collect()
+        self.registry()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.stats()))
+            .collect()
     }
 
     /// Stops accepting work and closes every collection (their logs are synced). Blocking.
@@ -385,12 +478,19 @@ impl Core {
 }
 
 /// Runs blocking work (file I/O, joins) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// The engine parameters of a new collection: defaults for `dimension`, then the overrides; validated.
-fn resolve_params(dimension: usize, o: &CollectionParamsInput) -> Result<IndexParams, ServiceError> {
+fn resolve_params(
+    dimension: usize,
+    o: &CollectionParamsInput,
+) -> Result<IndexParams, ServiceError> {
     let mut p = IndexParams::new(dimension);
     let f = &mut p.fde;
     macro_rules! set {
@@ -426,11 +526,16 @@ fn resolve_params(dimension: usize, o: &CollectionParamsInput) -> Result<IndexPa
 /// Runs a validated search on a snapshot: tombstones and the filter are applied inside the engine's candidate
 /// search.
 fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut>, ServiceError> {
-    let Some(searcher) = &snap.searcher else { return Ok(Vec::new()) };
+    let Some(searcher) = &snap.searcher else {
+        return Ok(Vec::new());
+    };
     let query = TokenMatrix::new(&v.query, dim, "query")?;
     let needs_meta = v.filter.as_ref().is_some_and(|f| f.needs_metadata());
-    let metas: Vec<&[Option<serde_json::Value>]> =
-        if needs_meta { snap.segs.iter().map(|s| s.meta.get(&s.shard)).collect() } else { Vec::new() };
+    let metas: Vec<&[Option<serde_json::Value>]> = if needs_meta {
+        snap.segs.iter().map(|s| s.meta.get(&s.shard)).collect()
+    } else {
+        Vec::new()
+    };
     let pass = |si: usize, d: usize| -> bool {
         let seg = &snap.segs[si];
         if seg.deleted.get(d) {
@@ -438,11 +543,22 @@ fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut
         }
         match &v.filter {
             None => true,
-            Some(f) => f.matches(seg.shard.id(d), if needs_meta { metas[si][d].as_ref() } else { None }),
+            Some(f) => f.matches(
+                seg.shard.id(d),
+                if needs_meta {
+                    metas[si][d].as_ref()
+                } else {
+                    None
+                },
+            ),
         }
     };
     let filter: Option<&(dyn Fn(usize, usize) -> bool + Sync)> =
-        if snap.any_deleted || v.filter.is_some() { Some(&pass) } else { None };
+        if snap.any_deleted || v.filter.is_some() {
+            Some(&pass)
+        } else {
+            None
+        };
     let hits = searcher.search(query, &v.params, filter)?;
     Ok(hits
         .into_iter()
@@ -452,7 +568,8 @@ fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut
             HitOut {
                 id: shard.id(h.doc).to_string(),
                 score: h.score,
-                metadata: (v.with_metadata && !payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
+                metadata: (v.with_metadata && !payload.is_empty())
+                    .then(|| String::from_utf8_lossy(payload).into_owned()),
             }
         })
         .collect())

@@ -26,14 +26,22 @@ impl CpuPool {
     }
 
     /// Runs `f` on the pool and awaits its result.
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static) -> Result<T, ServiceError> {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
         self.pool.spawn(move || {
-            let r = catch_unwind(AssertUnwindSafe(f))
-                .unwrap_or_else(|p| Err(ServiceError::Internal(format!("a CPU task panicked: {}", panic_message(&p)))));
+            let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+                Err(ServiceError::Internal(format!(
+                    "a CPU task panicked: {}",
+                    panic_message(&p)
+                )))
+            });
             let _ = tx.send(r);
         });
-        rx.await.map_err(|_| ServiceError::Internal("a CPU task was dropped".into()))?
+        rx.await
+            .map_err(|_| ServiceError::Internal("a CPU task was dropped".into()))?
     }
 
     /// Runs `f` inside the pool (so nested rayon calls use it) on the current thread.
@@ -43,5 +51,8 @@ impl CpuPool {
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }

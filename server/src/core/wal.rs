@@ -51,7 +51,9 @@ pub enum WalOp {
 }
 
 /// Encodes an upsert body from borrowed documents `(id, dim, tokens, metadata)`.
-pub fn encode_upsert<'a>(docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])>) -> Vec<u8> {
+pub fn encode_upsert<'a>(
+    docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(docs.len() as u32).to_le_bytes());
     for (id, dim, tokens, meta) in docs {
@@ -93,11 +95,24 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, String> {
                 let id = r.string()?;
                 let dim = r.u32()? as usize;
                 let n_tokens = r.u32()? as usize;
-                let raw = r.take(n_tokens.checked_mul(dim).and_then(|v| v.checked_mul(4)).ok_or("overflow")?)?;
-                let tokens = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let raw = r.take(
+                    n_tokens
+                        .checked_mul(dim)
+                        .and_then(|v| v.checked_mul(4))
+                        .ok_or("overflow")?,
+                )?;
+                let tokens = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
                 let len = r.u32()? as usize;
                 let metadata = r.take(len)?.to_vec();
-                docs.push(WalDoc { id, dim, tokens, metadata });
+                docs.push(WalDoc {
+                    id,
+                    dim,
+                    tokens,
+                    metadata,
+                });
             }
             WalOp::Upsert(docs)
         }
@@ -117,7 +132,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("record body is truncated")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or("record body is truncated")?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -158,8 +177,15 @@ pub fn list(dir: &Path) -> Result<Vec<WalFile>, IndexError> {
     for entry in rd {
         let entry = entry.map_err(|e| IndexError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(seq) = name.strip_prefix("wal-").and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse().ok()) {
-            files.push(WalFile { path: entry.path(), first_seq: seq });
+        if let Some(seq) = name
+            .strip_prefix("wal-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse().ok())
+        {
+            files.push(WalFile {
+                path: entry.path(),
+                first_seq: seq,
+            });
         }
     }
     files.sort_by_key(|f| f.first_seq);
@@ -183,28 +209,52 @@ pub struct ReadEnd {
 
 /// Reads every intact record of `path` in order, calling `f(seq, op)`. Stops at the first torn or corrupt
 /// record and reports where.
-pub fn read_file(path: &Path, mut f: impl FnMut(u64, WalOp) -> Result<(), IndexError>) -> Result<ReadEnd, IndexError> {
+pub fn read_file(
+    path: &Path,
+    mut f: impl FnMut(u64, WalOp) -> Result<(), IndexError>,
+) -> Result<ReadEnd, IndexError> {
     let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
     let size = file.metadata().map_err(|e| IndexError::io(path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
     if size < HEADER_LEN || r.read_exact(&mut header).is_err() {
-        return Ok(ReadEnd { valid_len: 0, clean: size == 0, last_seq: 0 });
+        return Ok(ReadEnd {
+            valid_len: 0,
+            clean: size == 0,
+            last_seq: 0,
+        });
     }
     if &header[..8] != MAGIC {
-        return Err(IndexError::corrupt(path, "not a chamfer write-ahead log (bad magic)"));
+        return Err(IndexError::corrupt(
+            path,
+            "not a chamfer write-ahead log (bad magic)",
+        ));
     }
     let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if version != VERSION {
-        return Err(IndexError::UnsupportedVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+        return Err(IndexError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: VERSION,
+        });
     }
     let mut pos = HEADER_LEN;
     let mut last_seq = 0;
     let mut body = Vec::new();
     loop {
-        let torn = |pos| Ok(ReadEnd { valid_len: pos, clean: false, last_seq });
+        let torn = |pos| {
+            Ok(ReadEnd {
+                valid_len: pos,
+                clean: false,
+                last_seq,
+            })
+        };
         if pos == size {
-            return Ok(ReadEnd { valid_len: pos, clean: true, last_seq });
+            return Ok(ReadEnd {
+                valid_len: pos,
+                clean: true,
+                last_seq,
+            });
         }
         let mut head = [0u8; 8];
         if size - pos < 8 || r.read_exact(&mut head).is_err() {
@@ -247,7 +297,12 @@ pub struct WalWriter {
 impl WalWriter {
     /// Continues the last of `existing` (after truncating it to `valid_len`), or starts a new file whose first
     /// record will be `next_seq`.
-    pub fn open(dir: &Path, existing: &[WalFile], last_valid_len: u64, next_seq: u64) -> Result<WalWriter, IndexError> {
+    pub fn open(
+        dir: &Path,
+        existing: &[WalFile],
+        last_valid_len: u64,
+        next_seq: u64,
+    ) -> Result<WalWriter, IndexError> {
         fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         let mut older = Vec::new();
         for w in existing.iter().take(existing.len().saturating_sub(1)) {
@@ -256,26 +311,47 @@ impl WalWriter {
         }
         if let Some(last) = existing.last() {
             if last_valid_len >= HEADER_LEN {
-                let file = OpenOptions::new().write(true).open(&last.path).map_err(|e| IndexError::io(&last.path, e))?;
-                file.set_len(last_valid_len).map_err(|e| IndexError::io(&last.path, e))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(|e| IndexError::io(&last.path, e))?;
+                file.set_len(last_valid_len)
+                    .map_err(|e| IndexError::io(&last.path, e))?;
                 file.sync_all().map_err(|e| IndexError::io(&last.path, e))?;
-                let mut w =
-                    WalWriter { dir: dir.to_path_buf(), file, path: last.path.clone(), len: last_valid_len, older, poisoned: None };
-                w.file.seek(SeekFrom::Start(last_valid_len)).map_err(|e| IndexError::io(&w.path, e))?;
+                let mut w = WalWriter {
+                    dir: dir.to_path_buf(),
+                    file,
+                    path: last.path.clone(),
+                    len: last_valid_len,
+                    older,
+                    poisoned: None,
+                };
+                w.file
+                    .seek(SeekFrom::Start(last_valid_len))
+                    .map_err(|e| IndexError::io(&w.path, e))?;
                 return Ok(w);
             }
             // A last file without even a complete header (a crash during rotation): start it over.
             fs::remove_file(&last.path).map_err(|e| IndexError::io(&last.path, e))?;
         }
         let (file, path) = create(dir, next_seq)?;
-        Ok(WalWriter { dir: dir.to_path_buf(), file, path, len: HEADER_LEN, older, poisoned: None })
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            len: HEADER_LEN,
+            older,
+            poisoned: None,
+        })
     }
 
     /// Appends records `(seq, kind, body)` and fsyncs. On failure the file is rolled back to its previous
     /// length (or, if even that fails, the log refuses every later write).
     pub fn append(&mut self, records: &[(u64, u8, &[u8])]) -> Result<(), String> {
         if let Some(p) = &self.poisoned {
-            return Err(format!("the write-ahead log is unusable after an earlier failure: {p}"));
+            return Err(format!(
+                "the write-ahead log is unusable after an earlier failure: {p}"
+            ));
         }
         let written = (|| -> io::Result<u64> {
             let mut w = BufWriter::with_capacity(1 << 20, &self.file);
@@ -300,7 +376,10 @@ impl WalWriter {
                 Ok(())
             }
             Err(e) => {
-                let rollback = self.file.set_len(self.len).and_then(|_| self.file.seek(SeekFrom::Start(self.len)));
+                let rollback = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|_| self.file.seek(SeekFrom::Start(self.len)));
                 if let Err(e2) = rollback {
                     self.poisoned = Some(format!("{e}; rollback failed: {e2}"));
                 }
@@ -358,7 +437,9 @@ fn create(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), IndexError> {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    file.write_all(&header).and_then(|_| file.sync_all()).map_err(|e| IndexError::io(&path, e))?;
+    file.write_all(&header)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| IndexError::io(&path, e))?;
     sync_dir(dir);
     Ok((file, path))
 }
@@ -394,7 +475,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::open(dir.path(), &[], 0, 1).unwrap();
         let (a, d) = (upsert("a"), encode_delete(&["a".into(), "b".into()]));
-        w.append(&[(1, KIND_UPSERT, &a), (2, KIND_DELETE, &d)]).unwrap();
+        w.append(&[(1, KIND_UPSERT, &a), (2, KIND_DELETE, &d)])
+            .unwrap();
         let files = list(dir.path()).unwrap();
         assert_eq!(files.len(), 1);
         let (recs, end) = read_all(&files[0].path);
@@ -402,13 +484,21 @@ mod tests {
         assert!(end.clean);
         assert_eq!(end.last_seq, 2);
         match &recs[0].1 {
-            WalOp::Upsert(docs) => assert_eq!((docs[0].id.as_str(), docs[0].tokens.as_slice()), ("a", &[1.0, 2.0][..])),
+            WalOp::Upsert(docs) => assert_eq!(
+                (docs[0].id.as_str(), docs[0].tokens.as_slice()),
+                ("a", &[1.0, 2.0][..])
+            ),
             other => panic!("{other:?}"),
         }
         // Tear the last record: replay keeps the first, reports the valid length, and a reopened writer
         // truncates the garbage and continues.
         let full = fs::metadata(&files[0].path).unwrap().len();
-        OpenOptions::new().write(true).open(&files[0].path).unwrap().set_len(full - 3).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&files[0].path)
+            .unwrap()
+            .set_len(full - 3)
+            .unwrap();
         let (recs, end) = read_all(&files[0].path);
         assert_eq!((recs.len(), end.clean), (1, false));
         let mut w = WalWriter::open(dir.path(), &files, end.valid_len, 2).unwrap();
@@ -423,7 +513,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::open(dir.path(), &[], 0, 1).unwrap();
         let a = upsert("a");
-        w.append(&[(1, KIND_UPSERT, &a), (2, KIND_UPSERT, &a)]).unwrap();
+        w.append(&[(1, KIND_UPSERT, &a), (2, KIND_UPSERT, &a)])
+            .unwrap();
         let path = list(dir.path()).unwrap()[0].path.clone();
         let mut bytes = fs::read(&path).unwrap();
         let n = bytes.len();
@@ -437,13 +528,19 @@ mod tests {
     fn rotation_names_files_by_first_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::open(dir.path(), &[], 0, 1).unwrap();
-        assert!(w.rotate(1).unwrap().is_empty(), "an empty file is not rotated");
+        assert!(
+            w.rotate(1).unwrap().is_empty(),
+            "an empty file is not rotated"
+        );
         let a = upsert("a");
         w.append(&[(1, KIND_UPSERT, &a)]).unwrap();
         let closed = w.rotate(2).unwrap();
         assert_eq!(closed.len(), 1);
         let files = list(dir.path()).unwrap();
-        assert_eq!(files.iter().map(|f| f.first_seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            files.iter().map(|f| f.first_seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         w.remove(&closed).unwrap();
         assert_eq!(list(dir.path()).unwrap().len(), 1);
     }

@@ -2,7 +2,8 @@
 //!
 //! `table` is `K x W` (row-major): row `c` holds the query tokens' inner products with centroid `c`, `W` a
 //! multiple of 8 (padding columns are 0, so they add nothing to the sum). The score of a document with codes
-//! `c_1..c_n` is `sum over columns of max over i of table[c_i][col]`.
+//! `c_1..c_n` is `sum over columns of max over i of table[c_i][col]`. [`centroid_table`] builds the table.
+use half::f16;
 
 /// Scalar twin (the reference).
 pub(crate) fn score_scalar(table: &[f32], w: usize, codes: &[u16]) -> f32 {
@@ -73,9 +74,83 @@ pub(crate) fn score(table: &[f32], w: usize, codes: &[u16]) -> f32 {
     score_scalar(table, w, codes)
 }
 
+/// Scalar twin of [`centroid_table`].
+pub(crate) fn centroid_table_scalar(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
+    for c in 0..k {
+        let (p, t) = (c / 16, c % 16);
+        for j in 0..nq {
+            out[c * w + j] = (0..dim).map(|kk| qt[kk * nq + j] * panels[(p * dim + kk) * 16 + t].to_f32()).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn centroid_table_avx512(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut tmp = [[0f32; 16]; 8];
+    for p in 0..k.div_ceil(16) {
+        for j0 in (0..nq).step_by(8) {
+            let jb = (nq - j0).min(8);
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for kk in 0..dim {
+                // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
+                // p < ceil(k/16), kk < dim, j0 + j < nq.
+                unsafe {
+                    let row = _mm512_cvtph_ps(_mm256_loadu_si256(panels.as_ptr().add((p * dim + kk) * 16).cast()));
+                    for (j, a) in acc.iter_mut().enumerate().take(jb) {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*qt.get_unchecked(kk * nq + j0 + j)), row, *a);
+                    }
+                }
+            }
+            for j in 0..jb {
+                // SAFETY: tmp[j] holds 16 f32.
+                unsafe { _mm512_storeu_ps(tmp[j].as_mut_ptr(), acc[j]) };
+            }
+            for t in 0..16.min(k - p * 16) {
+                for (j, row) in tmp.iter().enumerate().take(jb) {
+                    out[(p * 16 + t) * w + j0 + j] = row[t];
+                }
+            }
+        }
+    }
+}
+
+/// `out[c * w + j] = <centroid c, query token j>` for `k` centroids stored as f16 16-token k-major panels and a
+/// k-major query `qt[kk * nq + j]`; columns `j >= nq` are left as they are. Does nothing on inconsistent sizes.
+pub(crate) fn centroid_table(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
+    if nq > w || qt.len() < dim * nq || panels.len() < k.div_ceil(16) * 16 * dim || out.len() < k * w {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::kernel_level() == crate::kernels::KernelLevel::Avx512 {
+        // SAFETY: AVX-512F was detected at run time; the sizes were checked above.
+        unsafe { centroid_table_avx512(qt, nq, dim, panels, k, w, out) };
+        return;
+    }
+    centroid_table_scalar(qt, nq, dim, panels, k, w, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn centroid_table_matches_scalar() {
+        for (k, nq, dim) in [(1usize, 1usize, 3usize), (17, 9, 16), (40, 8, 128), (5, 20, 7)] {
+            let cents: Vec<f32> = (0..k * dim).map(|i| ((i * 37) % 19) as f32 / 9.0 - 1.0).collect();
+            let mut panels = Vec::new();
+            crate::kernels::pack_tokens(&cents, dim, &mut panels);
+            let qt: Vec<f32> = (0..nq * dim).map(|i| ((i * 11) % 13) as f32 / 6.0 - 1.0).collect();
+            let w = nq.div_ceil(8) * 8;
+            let (mut a, mut b) = (vec![0f32; k * w], vec![0f32; k * w]);
+            centroid_table_scalar(&qt, nq, dim, &panels, k, w, &mut a);
+            centroid_table(&qt, nq, dim, &panels, k, w, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "k={k} nq={nq} dim={dim}");
+            }
+        }
+    }
 
     #[test]
     fn simd_matches_scalar() {

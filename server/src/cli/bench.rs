@@ -143,7 +143,12 @@ impl BenchCmd {
             eprintln!("reusing the index in {}", dir.display());
         } else {
             let pb = bar(docs.len() as u64, "building");
-            write_index(&dir, &params, &docs, &|n| pb.inc(n))?;
+            write_index(&dir, &params, &docs, &|n| {
+                pb.inc(n);
+                if pb.position() >= pb.length().unwrap_or(0) {
+                    pb.set_message("codes + graph");
+                }
+            })?;
             pb.finish_and_clear();
         }
         let build_s = if reuse {

@@ -48,7 +48,12 @@ impl IndexCmd {
         let docs = dataset_docs(&ds)?;
         let pb = bar(docs.len() as u64, "encoding");
         let t = std::time::Instant::now();
-        write_index(&self.out, &params, &docs, &|n| pb.inc(n))?;
+        write_index(&self.out, &params, &docs, &|n| {
+            pb.inc(n);
+            if pb.position() >= pb.length().unwrap_or(0) {
+                pb.set_message("codes + graph");
+            }
+        })?;
         pb.finish_and_clear();
         eprintln!(
             "indexed {} documents ({} tokens) into {} in {:.2} s, {} bytes",

@@ -1,6 +1,10 @@
 //! Command-line interface: argument parsing and one module per group of verbs.
 mod bench;
+mod client;
+mod demo;
 mod engine;
+mod http;
+mod load;
 mod params;
 mod serve;
 
@@ -30,6 +34,18 @@ enum Command {
     Slice(engine::SliceCmd),
     /// Encode one multi-vector input (JSON on stdin) as a MUVERA FDE (JSON array on stdout).
     Fde(engine::FdeCmd),
+    /// Upload documents (a data set folder or JSON Lines) to a server; resumable, idempotent.
+    Ingest(client::IngestCmd),
+    /// Search a collection on a server with a data set query or vectors from a JSON file.
+    Query(client::QueryCmd),
+    /// List, create, describe, drop, flush or compact collections on a server.
+    Collections(client::CollectionsCmd),
+    /// Exit 0 iff GET URL answers 2xx in time (container health checks without a shell).
+    Healthcheck(client::HealthcheckCmd),
+    /// Serve the bundled demo data set on a local data dir, answer one query, show how to ask more.
+    Demo(demo::DemoCmd),
+    /// Load generator: concurrent searches over gRPC or REST, latency, QPS and recall (JSON last line).
+    Load(load::LoadCmd),
 }
 
 /// Parses the command line and runs the command.
@@ -43,5 +59,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(c) => c.run(),
         Command::Fde(c) => c.run(),
         Command::Slice(c) => c.run(),
+        Command::Ingest(c) => c.run(),
+        Command::Query(c) => c.run(),
+        Command::Collections(c) => c.run(),
+        Command::Healthcheck(c) => c.run(),
+        Command::Demo(c) => c.run(),
+        Command::Load(c) => c.run(),
     }
 }

@@ -103,7 +103,7 @@ impl CandidateIndex {
         dir: &Path,
         base: &str,
     ) -> Result<Vec<GraphFile>> {
-        if prefix_dim == 0 || vectors.len() % prefix_dim != 0 {
+        if prefix_dim == 0 || !vectors.len().is_multiple_of(prefix_dim) {
             return Err(IndexError::InvalidConfig(
                 "graph vectors do not match the prefix dimension".into(),
             ));

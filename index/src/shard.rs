@@ -656,7 +656,7 @@ impl Shard {
                 .checked_add(s.len)
                 .filter(|&e| e <= body_end && s.offset >= 64);
             let end = end.ok_or_else(|| bad(format!("section {want} out of bounds")))?;
-            if s.offset as usize % ALIGN != 0 {
+            if !(s.offset as usize).is_multiple_of(ALIGN) {
                 return Err(bad(format!("section {want} misaligned")));
             }
             let r = s.offset as usize..end as usize;
@@ -672,7 +672,7 @@ impl Shard {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if cvals.len() % dim != 0 || codes.len() % 2 != 0 {
+        if !cvals.len().is_multiple_of(dim) || codes.len() % 2 != 0 {
             return Err(bad("codebook sections have the wrong size".into()));
         }
         let codebook = (!cvals.is_empty()).then(|| Codebook::from_centroids(dim, cvals));

@@ -284,7 +284,7 @@ pub fn exact_ground_truth(
                 .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d % 16 == 0 || d == nq {
+            if d.is_multiple_of(16) || d == nq {
                 progress(d, nq);
             }
             scored.truncate(k);

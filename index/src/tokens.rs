@@ -20,7 +20,7 @@ impl<'a> TokenMatrix<'a> {
         if data.is_empty() {
             return Err(IndexError::Empty { what });
         }
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(IndexError::DimensionMismatch {
                 expected: dim,
                 got: data.len() % dim,

@@ -305,7 +305,7 @@ fn filters_and_multiple_shards() {
             .collect();
         assert_eq!(h1, h2, "query {j}");
         // Only even documents: k results that all pass, with every plan.
-        let even = |s: usize, doc: usize| (s * 170 + doc) % 2 == 0;
+        let even = |s: usize, doc: usize| (s * 170 + doc).is_multiple_of(2);
         for plan in [Plan::Exact, Plan::FdeScan, Plan::CentroidScan, Plan::Auto] {
             let p = SearchParams {
                 plan,

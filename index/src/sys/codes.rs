@@ -56,7 +56,7 @@ unsafe fn score_avx2(table: &[f32], w: usize, codes: &[u16]) -> f32 {
 
 /// Dispatched score. Codes must be `< table.len() / w`; out-of-range codes or a bad `w` give 0 (never UB).
 pub(crate) fn score(table: &[f32], w: usize, codes: &[u16]) -> f32 {
-    if w == 0 || w % 8 != 0 || codes.is_empty() {
+    if w == 0 || !w.is_multiple_of(8) || codes.is_empty() {
         return 0.0;
     }
     let k = table.len() / w;

@@ -31,7 +31,7 @@ use crate::{IndexError, Result};
 
 /// Upper bound of `k` and of the candidate knobs.
 pub const MAX_K: usize = 10_000;
-/// Default exact re-rank depth bounds: `clamp(documents / 100, MIN, MAX)`. The approximate stages' errors
+/// Default exact re-rank depth bounds: `clamp(documents / 50, MIN, MAX)`. The approximate stages' errors
 /// matter more as a collection grows denser near the top (BENCHMARKS.md), so the depth grows with it.
 pub const DEFAULT_RERANK_MIN: usize = 128;
 /// See [`DEFAULT_RERANK_MIN`].
@@ -78,7 +78,7 @@ pub struct SearchParams {
     pub ef: Option<usize>,
     /// Documents the graph returns per shard (default: 3 x rerank).
     pub candidates: Option<usize>,
-    /// Documents re-ranked exactly (default: 1% of the collection, within 128..=2048; at least k).
+    /// Documents re-ranked exactly (default: 2% of the collection, within 128..=2048; at least k).
     pub rerank: Option<usize>,
     /// Matryoshka prefix (repetitions) used by the graph query; must equal the graph's (default).
     pub prefix_repetitions: Option<usize>,
@@ -115,7 +115,7 @@ impl SearchParams {
     /// Exact re-rank depth for a collection of `n` documents.
     pub fn rerank_for(&self, n: usize) -> usize {
         self.rerank
-            .unwrap_or((n / 100).clamp(DEFAULT_RERANK_MIN, DEFAULT_RERANK_MAX))
+            .unwrap_or((n / 50).clamp(DEFAULT_RERANK_MIN, DEFAULT_RERANK_MAX))
             .max(self.k)
     }
     fn candidates_for(&self, n: usize) -> usize {

@@ -1,7 +1,8 @@
 //! The gRPC adapter (tonic): translates `chamfer.v1` messages to core inputs and core results back. No
 //! validation or search logic lives here: every rule is in [`crate::core`], so REST and gRPC answer alike.
 //!
-//! Also registered: `grpc.health.v1.Health` (no API key needed) and server reflection (`grpc.reflection.v1`).
+//! Also registered: `grpc.health.v1.Health` (no API key needed) and server reflection (`grpc.reflection.v1`, and
+//! `grpc.reflection.v1alpha` for older tools).
 use std::future::Future;
 use std::sync::Arc;
 
@@ -465,10 +466,17 @@ pub async fn serve(
     health.set_serving::<CollectionsServer<GrpcApi>>().await;
     health.set_serving::<DocumentsServer<GrpcApi>>().await;
     health.set_serving::<SearchServer<GrpcApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chamfer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chamfer_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    // v1alpha too: grpcurl before 1.9, grpc_cli, Postman and Evans only speak the older reflection protocol.
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     let auth = move |req: Request<()>| -> Result<Request<()>, Status> {
         let md = req.metadata();
@@ -490,6 +498,7 @@ pub async fn serve(
         .layer(layers)
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(InterceptedService::new(reflection_alpha, auth.clone()))
         .add_service(InterceptedService::new(
             CollectionsServer::new(api.clone()).max_decoding_message_size(max_request_bytes),
             auth.clone(),
@@ -503,7 +512,17 @@ pub async fn serve(
             auth,
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY on every accepted connection: without it, Nagle's algorithm holds back the small
+            // trailing frames of an answer until the client's delayed ACK (~40 ms on Linux).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             shutdown,
         )
         .await

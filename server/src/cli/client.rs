@@ -97,6 +97,7 @@ pub struct IngestCmd {
 }
 
 /// Documents to upload, from either source.
+#[allow(clippy::large_enum_variant)] // one value per command
 pub enum Source {
     Dataset(Dataset),
     Jsonl { dim: usize, docs: Vec<JsonDoc> },
@@ -218,6 +219,32 @@ impl Source {
     }
 }
 
+/// How to ingest.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOpts {
+    /// Documents per batch (one durable write each).
+    pub batch: usize,
+    pub dtype: Dtype,
+    /// Upload ids that are already stored too.
+    pub force: bool,
+    /// Create the collection when it is absent.
+    pub create: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for IngestOpts {
+    fn default() -> Self {
+        IngestOpts {
+            batch: 64,
+            dtype: Dtype::Auto,
+            force: false,
+            create: true,
+            progress: true,
+        }
+    }
+}
+
 /// What an ingest did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IngestReport {
@@ -236,12 +263,15 @@ pub async fn ingest(
     client: &Client,
     collection: &str,
     src: Arc<Source>,
-    batch: usize,
-    dtype: Dtype,
-    force: bool,
-    create: bool,
-    progress: bool,
+    opts: IngestOpts,
 ) -> anyhow::Result<IngestReport> {
+    let IngestOpts {
+        batch,
+        dtype,
+        force,
+        create,
+        progress,
+    } = opts;
     let t0 = Instant::now();
     match client.collection(collection).await? {
         Some(info) if info.dimension as usize != src.dim() => bail!(
@@ -342,16 +372,14 @@ impl IngestCmd {
         let src = Arc::new(src);
         runtime()?.block_on(async {
             let client = self.conn.connect().await?;
-            let r = ingest(
-                &client,
-                &name,
-                src.clone(),
-                self.batch,
-                self.dtype,
-                self.force,
-                !self.no_create,
-                true,
-            )
+            let opts = IngestOpts {
+                batch: self.batch,
+                dtype: self.dtype,
+                force: self.force,
+                create: !self.no_create,
+                progress: true,
+            };
+            let r = ingest(&client, &name, src.clone(), opts)
             .await?;
             let s = r.seconds.max(1e-9);
             println!(
@@ -609,8 +637,12 @@ impl QueryCmd {
         };
         match self.format {
             Format::Ids => {
-                for h in &hits {
-                    println!("{}", h.id);
+                let ids: String = hits.iter().map(|h| format!("{}\n", h.id)).collect();
+                // `| head -n 1` closes the pipe early: that is not an error.
+                let mut out = std::io::stdout().lock();
+                match std::io::Write::write_all(&mut out, ids.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                    _ => {}
                 }
             }
             Format::Json => {

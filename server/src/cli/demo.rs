@@ -10,7 +10,7 @@ use chamfer_index::dataset::Dataset;
 use chamfer_server::config::{Settings, SettingsLayer};
 use clap::Args;
 
-use super::client::{grpc_body, ingest, rest_body, Dtype, Source};
+use super::client::{grpc_body, ingest, rest_body, IngestOpts, Source};
 
 #[derive(Args, Debug)]
 pub struct DemoCmd {
@@ -65,7 +65,7 @@ fn dialable(a: SocketAddr) -> SocketAddr {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tower_http=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -110,7 +110,7 @@ impl DemoCmd {
                     data_dir.display()
                 ),
                 None => {
-                    let r = ingest(&client, name, src.clone(), 64, Dtype::Auto, false, true, true)
+                    let r = ingest(&client, name, src.clone(), IngestOpts::default())
                         .await?;
                     println!(
                         "loaded {} documents of {} into collection {name} in {:.2} s ({:.0} docs/s); data dir {}",

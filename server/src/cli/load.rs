@@ -21,7 +21,7 @@ use chamfer_index::eval::{percentiles, recall_at_k};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::client::{ingest, Dtype, Source};
+use super::client::{ingest, IngestOpts, Source};
 use super::http::{resolve, HttpConn};
 
 #[derive(Args, Debug)]
@@ -68,12 +68,14 @@ pub struct LoadCmd {
     api_key: Option<String>,
 }
 
+#[allow(clippy::large_enum_variant)] // one per run
 enum Target {
     Grpc(Client),
     Http(SocketAddr),
 }
 
 /// One worker's connection.
+#[allow(clippy::large_enum_variant)] // one per worker
 enum Conn {
     Grpc(Client, String),
     Http(HttpConn, String),
@@ -346,7 +348,7 @@ impl LoadCmd {
         let t0 = Instant::now();
         match target {
             Target::Grpc(c) => {
-                let r = ingest(c, collection, src, 64, Dtype::Auto, false, true, true).await?;
+                let r = ingest(c, collection, src, IngestOpts::default()).await?;
                 eprintln!(
                     "ingested {} documents ({} already stored) in {:.2} s",
                     r.uploaded, r.skipped, r.seconds

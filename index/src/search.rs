@@ -222,8 +222,7 @@ impl SparseFde {
 }
 
 impl Searcher {
-    /// A searcher over `shards`, which must all have been built with `params`. Prepares each graph-less shard's
-    /// scan layout now, so that the first query does not pay for it.
+    /// A searcher over `shards`, which must all have been built with `params`.
     pub fn new(params: IndexParams, shards: Vec<Arc<Shard>>) -> Result<Searcher> {
         params.validate()?;
         for s in &shards {
@@ -233,7 +232,10 @@ impl Searcher {
                     s.path()
                 )));
             }
-            if s.graph().is_none() && !s.is_empty() {
+            // The FDE scan is the default plan only for graph-less shards without a codebook: prepare its
+            // coordinate-major copy now for those, so the first query does not pay for it (others build it lazily
+            // if the plan is forced).
+            if s.graph().is_none() && s.codebook().is_none() && !s.is_empty() {
                 s.scan_layout();
             }
         }

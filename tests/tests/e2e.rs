@@ -1328,7 +1328,11 @@ async fn crash_kill9_mid_ingest_keeps_every_acknowledged_document() {
 fn doc_row(id: &str) -> usize {
     static ROWS: OnceLock<std::collections::HashMap<String, usize>> = OnceLock::new();
     let ds = dataset();
-    ROWS.get_or_init(|| (0..ds.n_docs()).map(|i| (ds.doc_id(i).to_string(), i)).collect())[id]
+    ROWS.get_or_init(|| {
+        (0..ds.n_docs())
+            .map(|i| (ds.doc_id(i).to_string(), i))
+            .collect()
+    })[id]
 }
 
 fn demo_dir() -> PathBuf {
@@ -1381,12 +1385,22 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     let demo = demo.to_str().unwrap();
     const BATCH: usize = 50;
     let args = [
-        "ingest", "--addr", &addr, "--collection", "cli", "--data", demo, "--batch", "50",
+        "ingest",
+        "--addr",
+        &addr,
+        "--collection",
+        "cli",
+        "--data",
+        demo,
+        "--batch",
+        "50",
     ];
     let (ok, out, err) = run_chamfer(&bin, &args).await;
     assert!(ok, "chamfer ingest failed: {out}\n{err}");
     assert!(
-        out.contains(&format!("ingested {n} documents into cli (0 already stored")),
+        out.contains(&format!(
+            "ingested {n} documents into cli (0 already stored"
+        )),
         "{out}"
     );
 
@@ -1419,8 +1433,17 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     let (ok, out, err) = run_chamfer(
         &bin,
         &[
-            "query", "--addr", &addr, "--collection", "cli", "--data", demo, "--query-id", &qid,
-            "--format", "json",
+            "query",
+            "--addr",
+            &addr,
+            "--collection",
+            "cli",
+            "--data",
+            demo,
+            "--query-id",
+            &qid,
+            "--format",
+            "json",
         ],
     )
     .await;
@@ -1441,7 +1464,9 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     let (ok, out, err) = run_chamfer(&bin, &args).await;
     assert!(ok, "{err}");
     assert!(
-        out.contains(&format!("ingested 0 documents into cli ({n} already stored")),
+        out.contains(&format!(
+            "ingested 0 documents into cli ({n} already stored"
+        )),
         "{out}"
     );
 
@@ -1456,7 +1481,13 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     std::fs::write(&jsonl, lines.join("\n")).unwrap();
     let (ok, out, err) = run_chamfer(
         &bin,
-        &["ingest", "--addr", &addr, "--jsonl", jsonl.to_str().unwrap()],
+        &[
+            "ingest",
+            "--addr",
+            &addr,
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(ok, "{out}\n{err}");
@@ -1471,8 +1502,17 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     let (ok, out, err) = run_chamfer(
         &bin,
         &[
-            "query", "--addr", &addr, "--collection", "docs", "--vectors",
-            vecs.to_str().unwrap(), "--filter", "tag=one", "--format", "ids",
+            "query",
+            "--addr",
+            &addr,
+            "--collection",
+            "docs",
+            "--vectors",
+            vecs.to_str().unwrap(),
+            "--filter",
+            "tag=one",
+            "--format",
+            "ids",
         ],
     )
     .await;
@@ -1515,8 +1555,17 @@ async fn cli_load_reports_the_in_process_recall() {
     let http_addr = server.addrs().http.to_string();
     for (proto, addr, ingest) in [("--grpc", &grpc_addr, true), ("--http", &http_addr, false)] {
         let mut args = vec![
-            "load", proto, addr, "--data", demo.to_str().unwrap(), "--collection", "load",
-            "--concurrency", "2", "--duration", "1.5",
+            "load",
+            proto,
+            addr,
+            "--data",
+            demo.to_str().unwrap(),
+            "--collection",
+            "load",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1.5",
         ];
         if ingest {
             args.push("--ingest");
@@ -1540,7 +1589,15 @@ async fn cli_load_reports_the_in_process_recall() {
     // Only loopback targets.
     let (ok, _, err) = run_chamfer(
         &bin,
-        &["load", "--grpc", "10.0.0.1:50051", "--data", demo.to_str().unwrap(), "--duration", "1"],
+        &[
+            "load",
+            "--grpc",
+            "10.0.0.1:50051",
+            "--data",
+            demo.to_str().unwrap(),
+            "--duration",
+            "1",
+        ],
     )
     .await;
     assert!(!ok && err.contains("loopback"), "{err}");
@@ -1583,18 +1640,38 @@ async fn cli_demo_once_loads_and_answers() {
     let data_dir = dir.path().join("data");
     let demo = demo_dir();
     let args = [
-        "demo", "--once", "--data", demo.to_str().unwrap(), "--data-dir",
-        data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
+        "demo",
+        "--once",
+        "--data",
+        demo.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
     ];
     let (ok, out, err) = run_chamfer(&bin, &args).await;
     assert!(ok, "chamfer demo failed: {out}\n{err}");
-    assert!(out.contains(&format!("loaded {} documents", ds.n_docs())), "{out}");
+    assert!(
+        out.contains(&format!("loaded {} documents", ds.n_docs())),
+        "{out}"
+    );
     let gt0 = ds.doc_id(ds.gt_ids(0).unwrap()[0] as usize);
-    assert!(out.contains(&format!("  1. {gt0} ")), "top hit is not {gt0}: {out}");
+    assert!(
+        out.contains(&format!("  1. {gt0} ")),
+        "top hit is not {gt0}: {out}"
+    );
     for needle in ["curl -s", "grpcurl -plaintext", "chamfer query"] {
         assert!(out.contains(needle), "{needle}: {out}");
     }
     let (ok, out, err) = run_chamfer(&bin, &args).await;
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("collection demo is there ({} documents)", ds.n_docs())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "collection demo is there ({} documents)",
+            ds.n_docs()
+        )),
+        "{out}"
+    );
 }

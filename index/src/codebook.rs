@@ -107,7 +107,11 @@ impl Codebook {
         if !centroids.is_empty() {
             crate::kernels::pack_tokens(&centroids, dim, &mut panels);
         }
-        Codebook { dim, centroids, panels }
+        Codebook {
+            dim,
+            centroids,
+            panels,
+        }
     }
 
     /// Number of centroids.
@@ -213,7 +217,11 @@ mod tests {
             })
             .sum();
         // The table is computed from f16 copies of the centroids (relative error <= 2^-11 per value).
-        assert!((t.score(&codes) - naive).abs() < 2e-3, "{} vs {naive}", t.score(&codes));
+        assert!(
+            (t.score(&codes) - naive).abs() < 2e-3,
+            "{} vs {naive}",
+            t.score(&codes)
+        );
         assert_eq!(Codebook::effective_size(1024, 100), 6);
     }
 }

@@ -75,18 +75,36 @@ pub(crate) fn score(table: &[f32], w: usize, codes: &[u16]) -> f32 {
 }
 
 /// Scalar twin of [`centroid_table`].
-pub(crate) fn centroid_table_scalar(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
+pub(crate) fn centroid_table_scalar(
+    qt: &[f32],
+    nq: usize,
+    dim: usize,
+    panels: &[f16],
+    k: usize,
+    w: usize,
+    out: &mut [f32],
+) {
     for c in 0..k {
         let (p, t) = (c / 16, c % 16);
         for j in 0..nq {
-            out[c * w + j] = (0..dim).map(|kk| qt[kk * nq + j] * panels[(p * dim + kk) * 16 + t].to_f32()).sum();
+            out[c * w + j] = (0..dim)
+                .map(|kk| qt[kk * nq + j] * panels[(p * dim + kk) * 16 + t].to_f32())
+                .sum();
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn centroid_table_avx512(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
+unsafe fn centroid_table_avx512(
+    qt: &[f32],
+    nq: usize,
+    dim: usize,
+    panels: &[f16],
+    k: usize,
+    w: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let mut tmp = [[0f32; 16]; 8];
     for p in 0..k.div_ceil(16) {
@@ -97,9 +115,15 @@ unsafe fn centroid_table_avx512(qt: &[f32], nq: usize, dim: usize, panels: &[f16
                 // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
                 // p < ceil(k/16), kk < dim, j0 + j < nq.
                 unsafe {
-                    let row = _mm512_cvtph_ps(_mm256_loadu_si256(panels.as_ptr().add((p * dim + kk) * 16).cast()));
+                    let row = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        panels.as_ptr().add((p * dim + kk) * 16).cast(),
+                    ));
                     for (j, a) in acc.iter_mut().enumerate().take(jb) {
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*qt.get_unchecked(kk * nq + j0 + j)), row, *a);
+                        *a = _mm512_fmadd_ps(
+                            _mm512_set1_ps(*qt.get_unchecked(kk * nq + j0 + j)),
+                            row,
+                            *a,
+                        );
                     }
                 }
             }
@@ -118,8 +142,20 @@ unsafe fn centroid_table_avx512(qt: &[f32], nq: usize, dim: usize, panels: &[f16
 
 /// `out[c * w + j] = <centroid c, query token j>` for `k` centroids stored as f16 16-token k-major panels and a
 /// k-major query `qt[kk * nq + j]`; columns `j >= nq` are left as they are. Does nothing on inconsistent sizes.
-pub(crate) fn centroid_table(qt: &[f32], nq: usize, dim: usize, panels: &[f16], k: usize, w: usize, out: &mut [f32]) {
-    if nq > w || qt.len() < dim * nq || panels.len() < k.div_ceil(16) * 16 * dim || out.len() < k * w {
+pub(crate) fn centroid_table(
+    qt: &[f32],
+    nq: usize,
+    dim: usize,
+    panels: &[f16],
+    k: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    if nq > w
+        || qt.len() < dim * nq
+        || panels.len() < k.div_ceil(16) * 16 * dim
+        || out.len() < k * w
+    {
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -137,17 +173,29 @@ mod tests {
 
     #[test]
     fn centroid_table_matches_scalar() {
-        for (k, nq, dim) in [(1usize, 1usize, 3usize), (17, 9, 16), (40, 8, 128), (5, 20, 7)] {
-            let cents: Vec<f32> = (0..k * dim).map(|i| ((i * 37) % 19) as f32 / 9.0 - 1.0).collect();
+        for (k, nq, dim) in [
+            (1usize, 1usize, 3usize),
+            (17, 9, 16),
+            (40, 8, 128),
+            (5, 20, 7),
+        ] {
+            let cents: Vec<f32> = (0..k * dim)
+                .map(|i| ((i * 37) % 19) as f32 / 9.0 - 1.0)
+                .collect();
             let mut panels = Vec::new();
             crate::kernels::pack_tokens(&cents, dim, &mut panels);
-            let qt: Vec<f32> = (0..nq * dim).map(|i| ((i * 11) % 13) as f32 / 6.0 - 1.0).collect();
+            let qt: Vec<f32> = (0..nq * dim)
+                .map(|i| ((i * 11) % 13) as f32 / 6.0 - 1.0)
+                .collect();
             let w = nq.div_ceil(8) * 8;
             let (mut a, mut b) = (vec![0f32; k * w], vec![0f32; k * w]);
             centroid_table_scalar(&qt, nq, dim, &panels, k, w, &mut a);
             centroid_table(&qt, nq, dim, &panels, k, w, &mut b);
             for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "k={k} nq={nq} dim={dim}");
+                assert!(
+                    (x - y).abs() < 1e-4 * x.abs().max(1.0),
+                    "k={k} nq={nq} dim={dim}"
+                );
             }
         }
     }

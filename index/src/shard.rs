@@ -498,15 +498,11 @@ impl Shard {
         docs: &[ShardDoc<'_>],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
+        if path.file_stem().is_none() {
+            return Err(IndexError::param("path", "a shard path needs a file name"));
+        }
         let built = build(params, docs, progress)?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| IndexError::param("path", "a shard path needs a file name"))?;
+        let (dir, base) = dir_and_base(path);
         let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
             let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
             let scale = if built.prefix_scale > 0.0 {
@@ -577,14 +573,7 @@ impl Shard {
         map.will_need();
         let mut shard = Shard::from_bytes(Some(path.to_path_buf()), Bytes::Mapped(map))?;
         if let Some(files) = &shard.meta.graph {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let (dir, base) = dir_and_base(path);
             let p = &shard.meta.params;
             let pdim = p.prefix_dim(p.hnsw.prefix_repetitions);
             shard.graph = Some(CandidateIndex::load(
@@ -905,8 +894,9 @@ impl Shard {
     }
 }
 
-/// Removes a shard file and its graph files (missing files are not an error).
-pub fn remove_shard_files(path: &Path) -> Result<()> {
+/// The directory of a shard path and its base name (the file name without extension), which also names its
+/// graph files.
+fn dir_and_base(path: &Path) -> (&Path, String) {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -915,6 +905,12 @@ pub fn remove_shard_files(path: &Path) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    (dir, base)
+}
+
+/// Removes a shard file and its graph files (missing files are not an error).
+pub fn remove_shard_files(path: &Path) -> Result<()> {
+    let (dir, base) = dir_and_base(path);
     let mut all = vec![path.to_path_buf()];
     all.extend(crate::hnsw::graph_file_paths(dir, &base));
     for p in all {

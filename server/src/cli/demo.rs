@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chamfer_client::{Query, Vectors};
 use chamfer_index::dataset::Dataset;
-use chamfer_server::config::{Settings, SettingsLayer};
+use chamfer_server::config::Settings;
 use clap::Args;
 
 use super::client::{grpc_body, ingest, rest_body, IngestOpts, Source};
@@ -21,18 +21,8 @@ pub struct DemoCmd {
     /// Collection to load it into.
     #[arg(long, default_value = "demo")]
     collection: String,
-    /// Configuration file, as for `chamfer serve`.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Server data directory [env CHAMFER_DATA_DIR; default ./chamfer-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// HTTP (REST) listen address [env CHAMFER_HTTP_ADDR; default 127.0.0.1:8080].
-    #[arg(long)]
-    http_addr: Option<String>,
-    /// gRPC listen address [env CHAMFER_GRPC_ADDR; default 127.0.0.1:50051].
-    #[arg(long)]
-    grpc_addr: Option<String>,
+    #[command(flatten)]
+    server: super::serve::ServerArgs,
     /// Exit after answering the query (instead of serving until Ctrl-C).
     #[arg(long)]
     once: bool,
@@ -75,13 +65,7 @@ fn init_tracing() {
 impl DemoCmd {
     pub fn run(self) -> anyhow::Result<()> {
         init_tracing();
-        let flags = SettingsLayer {
-            data_dir: self.data_dir.clone(),
-            http_addr: self.http_addr.clone(),
-            grpc_addr: self.grpc_addr.clone(),
-            ..SettingsLayer::default()
-        };
-        let settings = Settings::load(self.config.as_deref(), std::env::vars(), &flags)?;
+        let settings = self.server.settings()?;
         let dir = match &self.data {
             Some(d) => d.clone(),
             None => find_demo().context(

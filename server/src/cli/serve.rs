@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use chamfer_server::config::{Settings, SettingsLayer};
 use clap::Args;
 
+/// Where the server listens and keeps its data (shared by `serve` and `demo`).
 #[derive(Args, Debug)]
-pub struct ServeCmd {
+pub struct ServerArgs {
     /// Configuration file (TOML, or JSON when it ends in .json). Precedence: flags > CHAMFER_* env > file > defaults.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -21,6 +22,30 @@ pub struct ServeCmd {
     /// CPU threads for encoding and search, 0 = all cores [env CHAMFER_SEARCH_THREADS].
     #[arg(long)]
     search_threads: Option<usize>,
+}
+
+impl ServerArgs {
+    /// The validated settings (all problems at once).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let flags = SettingsLayer {
+            data_dir: self.data_dir.clone(),
+            http_addr: self.http_addr.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            search_threads: self.search_threads,
+            ..SettingsLayer::default()
+        };
+        Ok(Settings::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &flags,
+        )?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeCmd {
+    #[command(flatten)]
+    server: ServerArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -41,25 +66,9 @@ pub fn init_tracing(json: bool) {
 }
 
 impl ServeCmd {
-    /// The validated settings (all problems at once).
-    pub fn settings(&self) -> anyhow::Result<Settings> {
-        let flags = SettingsLayer {
-            data_dir: self.data_dir.clone(),
-            http_addr: self.http_addr.clone(),
-            grpc_addr: self.grpc_addr.clone(),
-            search_threads: self.search_threads,
-            ..SettingsLayer::default()
-        };
-        Ok(Settings::load(
-            self.config.as_deref(),
-            std::env::vars(),
-            &flags,
-        )?)
-    }
-
     pub fn run(self) -> anyhow::Result<()> {
         init_tracing(self.log_json);
-        let settings = self.settings()?;
+        let settings = self.server.settings()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;

@@ -76,16 +76,12 @@ pub struct CandidateIndex {
     prefix_dim: usize,
 }
 
-fn graph_paths(dir: &Path, base: &str) -> [PathBuf; 2] {
+/// The graph files of shard base name `base` in `dir` (whether or not they exist).
+pub fn graph_file_paths(dir: &Path, base: &str) -> [PathBuf; 2] {
     [
         dir.join(format!("{base}.hnsw.graph")),
         dir.join(format!("{base}.hnsw.data")),
     ]
-}
-
-/// Lists the graph files of shard base name `base` in `dir` (whether or not they exist).
-pub fn graph_file_paths(dir: &Path, base: &str) -> [PathBuf; 2] {
-    graph_paths(dir, base)
 }
 
 fn checksum_file(path: &Path) -> Result<(u64, u32)> {
@@ -157,9 +153,9 @@ impl CandidateIndex {
         let dumped =
             dumped.map_err(|e| IndexError::io(&tmp, std::io::Error::other(e.to_string())))?;
         let mut files = Vec::new();
-        for (src, dst) in graph_paths(&tmp, &dumped)
+        for (src, dst) in graph_file_paths(&tmp, &dumped)
             .iter()
-            .zip(graph_paths(dir, base).iter())
+            .zip(graph_file_paths(dir, base).iter())
         {
             let f = fs::File::open(src).map_err(|e| IndexError::io(src, e))?;
             f.sync_all().map_err(|e| IndexError::io(src, e))?;
@@ -183,7 +179,7 @@ impl CandidateIndex {
         storage: VectorStorage,
         prefix_dim: usize,
     ) -> Result<Self> {
-        let expected = graph_paths(dir, base);
+        let expected = graph_file_paths(dir, base);
         if files.len() != 2 {
             return Err(IndexError::corrupt(
                 dir.join(base),

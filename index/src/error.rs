@@ -54,6 +54,17 @@ pub enum IndexError {
     /// Shards or queries built with incompatible FDE configurations.
     #[error("incompatible index: {0}")]
     Incompatible(String),
+    /// A finite input value too large to store (token vectors are stored as f16: |x| <= 65504).
+    #[error("value {value} at token {token}, coordinate {coord} is out of range (|x| <= {limit})")]
+    ValueOutOfRange {
+        token: usize,
+        coord: usize,
+        value: f32,
+        limit: f32,
+    },
+    /// Work stopped before it finished because its caller gave up (a deadline passed, or shutdown began).
+    #[error("cancelled: {0}")]
+    Cancelled(&'static str),
 }
 
 impl IndexError {

@@ -22,7 +22,13 @@
 //! | too many tokens | `too_many_tokens` | RESOURCE_EXHAUSTED | 413 |
 //! | request / body / batch / metadata too large | `too_large` | RESOURCE_EXHAUSTED | 413 |
 //! | missing or wrong API key | `unauthenticated` | UNAUTHENTICATED | 401 |
+//! | value too large to store (f16: abs(x) > 65504) | `out_of_range` | INVALID_ARGUMENT | 400 |
 //! | shutting down / collection closing | `unavailable` | UNAVAILABLE | 503 |
+//! | collection damaged or still loading | `collection_unavailable` | UNAVAILABLE | 503 |
+//! | writers faster than flushing (retry later) | `overloaded` | RESOURCE_EXHAUSTED | 429 |
+//! | request deadline passed | `deadline_exceeded` | DEADLINE_EXCEEDED | 504 |
+//! | work cancelled (shutdown) | `cancelled` | CANCELLED | 503 |
+//! | out of disk space | `storage_full` | RESOURCE_EXHAUSTED | 507 |
 //! | I/O error | `io` | INTERNAL | 500 |
 //! | corrupt file | `corrupt` | DATA_LOSS | 500 |
 //! | file of another format version | `unsupported_version` | FAILED_PRECONDITION | 500 |
@@ -69,6 +75,19 @@ pub enum ServiceError {
     /// The server (or the collection) is shutting down.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A collection that exists on disk but cannot serve: damaged (the reason says what and where), or still
+    /// being opened.
+    #[error("collection {name:?} is unavailable: {reason}")]
+    CollectionUnavailable { name: String, reason: String },
+    /// Writes arrive faster than they can be flushed: retry after the hint.
+    #[error("overloaded: {reason}; retry after {retry_after_ms} ms")]
+    Overloaded { reason: String, retry_after_ms: u64 },
+    /// The request's deadline passed before it finished (its work was stopped).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// The disk is full: writes fail until space is freed.
+    #[error("out of disk space: {0}")]
+    StorageFull(String),
     /// A bug or an unexpected failure (a panicked worker, a poisoned log).
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,6 +112,8 @@ impl ServiceError {
         use ServiceError as S;
         const BAD: StatusCode = StatusCode::BAD_REQUEST;
         const SERVER: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+        const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+        const INSUFFICIENT: StatusCode = StatusCode::INSUFFICIENT_STORAGE;
         match self {
             S::Index(e) => match e {
                 IndexError::InvalidConfig(_) => st(Code::InvalidArgument, BAD, "invalid_config"),
@@ -111,6 +132,11 @@ impl ServiceError {
                 }
                 IndexError::DuplicateId(_) => st(Code::InvalidArgument, BAD, "duplicate_id"),
                 IndexError::NotFound(_) => st(Code::NotFound, StatusCode::NOT_FOUND, "not_found"),
+                IndexError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::StorageFull =>
+                {
+                    st(Code::ResourceExhausted, INSUFFICIENT, "storage_full")
+                }
                 IndexError::Io { .. } => st(Code::Internal, SERVER, "io"),
                 IndexError::Corrupt { .. } => st(Code::DataLoss, SERVER, "corrupt"),
                 IndexError::UnsupportedVersion { .. } => {
@@ -118,6 +144,10 @@ impl ServiceError {
                 }
                 IndexError::Dataset { .. } => st(Code::FailedPrecondition, SERVER, "dataset"),
                 IndexError::Incompatible(_) => st(Code::FailedPrecondition, SERVER, "incompatible"),
+                IndexError::ValueOutOfRange { .. } => {
+                    st(Code::InvalidArgument, BAD, "out_of_range")
+                }
+                IndexError::Cancelled(_) => st(Code::Cancelled, UNAVAILABLE, "cancelled"),
             },
             S::Malformed(_) => st(Code::InvalidArgument, BAD, "malformed"),
             S::InvalidArgument(_) => st(Code::InvalidArgument, BAD, "invalid_argument"),
@@ -150,6 +180,20 @@ impl ServiceError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
             ),
+            S::CollectionUnavailable { .. } => {
+                st(Code::Unavailable, UNAVAILABLE, "collection_unavailable")
+            }
+            S::Overloaded { .. } => st(
+                Code::ResourceExhausted,
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+            ),
+            S::DeadlineExceeded(_) => st(
+                Code::DeadlineExceeded,
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+            ),
+            S::StorageFull(_) => st(Code::ResourceExhausted, INSUFFICIENT, "storage_full"),
             S::Internal(_) => st(Code::Internal, SERVER, "internal"),
         }
     }
@@ -175,6 +219,11 @@ impl From<ServiceError> for tonic::Status {
         if let Ok(v) = s.code.parse() {
             status.metadata_mut().insert("chamfer-error-code", v);
         }
+        if let ServiceError::Overloaded { retry_after_ms, .. } = &e {
+            if let Ok(v) = retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+        }
         status
     }
 }
@@ -192,14 +241,24 @@ impl IntoResponse for ServiceError {
             tracing::error!(error = %self, "request failed");
         }
         let s = self.status();
-        (
+        let retry_after = if let ServiceError::Overloaded { retry_after_ms, .. } = &self {
+            Some(retry_after_ms.div_ceil(1000))
+        } else {
+            None
+        };
+        let mut resp = (
             s.http,
             axum::Json(ErrorBody {
                 code: s.code,
                 message: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        resp
     }
 }
 

@@ -1176,7 +1176,7 @@ async fn wait_healthy(http: u16) {
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", http)).await {
             let _ = s
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
                 .await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;

@@ -15,6 +15,8 @@ pub mod pool;
 pub mod wal;
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -143,6 +145,12 @@ impl Core {
     /// Takes the data directory (its lock, the CPU pool) and lists its collections as opening, without
     /// opening them yet: the listeners can answer (not ready, with the reason) while [`Core::load`] runs.
     pub fn new(settings: &Settings) -> Result<Core, ServiceError> {
+        let tuning = Tuning::new(settings.flush_threshold_docs, settings.compaction_max_shards);
+        Core::new_tuned(settings, tuning)
+    }
+
+    /// [`Core::new`] with explicit background-work thresholds (tests use a tiny memtable cap).
+    pub(crate) fn new_tuned(settings: &Settings, tuning: Tuning) -> Result<Core, ServiceError> {
         let root = settings.data_dir.join("collections");
         std::fs::create_dir_all(&root).map_err(|e| ServiceError::io(&root, e))?;
         let lock_path = settings.data_dir.join("LOCK");
@@ -158,10 +166,6 @@ impl Core {
                 settings.data_dir.display()
             ))
         })?;
-        let tuning = Tuning::new(
-            settings.flush_threshold_docs,
-            settings.compaction_max_shards,
-        );
         let pool = CpuPool::new(settings.cpu_threads())?;
         let mut collections = BTreeMap::new();
         for entry in std::fs::read_dir(&root).map_err(|e| ServiceError::io(&root, e))? {

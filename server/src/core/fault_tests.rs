@@ -76,13 +76,19 @@ async fn populate(dir: &Path, flushed: u64) -> Vec<String> {
 async fn assert_all_there(core: &Core, ids: &[String]) {
     let got = core.get("c", ids.to_vec(), true).await.unwrap();
     assert!(got.missing.is_empty(), "lost: {:?}", got.missing);
-    assert_eq!(core.describe("c").unwrap().stats.documents, ids.len() as u64);
+    assert_eq!(
+        core.describe("c").unwrap().stats.documents,
+        ids.len() as u64
+    );
 }
 
 fn unavailable_reason(core: &Core, name: &str) -> String {
     match core.describe(name) {
         Err(ServiceError::CollectionUnavailable { reason, .. }) => reason,
-        other => panic!("expected {name} unavailable, got {:?}", other.map(|i| i.stats)),
+        other => panic!(
+            "expected {name} unavailable, got {:?}",
+            other.map(|i| i.stats)
+        ),
     }
 }
 
@@ -102,8 +108,15 @@ async fn refused_then_restored(damage: impl FnOnce(&Path), expect: &str) {
     let damaged = files(&c);
     let core = open(dir.path()).await;
     let reason = unavailable_reason(&core, "c");
-    assert!(reason.contains(expect), "reason {reason:?} lacks {expect:?}");
-    assert_eq!(files(&c), damaged, "a damaged collection's files are left exactly as they were");
+    assert!(
+        reason.contains(expect),
+        "reason {reason:?} lacks {expect:?}"
+    );
+    assert_eq!(
+        files(&c),
+        damaged,
+        "a damaged collection's files are left exactly as they were"
+    );
     assert_eq!(core.describe("other").unwrap().stats.documents, 5);
     let h = core.health();
     assert!(h.ready, "{h:?}");
@@ -260,7 +273,10 @@ async fn collections_open_after_the_core_answers() {
         .unwrap();
     let h = core.health();
     assert!(!h.ready);
-    assert!(h.reason.unwrap().contains("2 of 2 collections still opening"));
+    assert!(h
+        .reason
+        .unwrap()
+        .contains("2 of 2 collections still opening"));
     assert!(unavailable_reason(&core, "c").contains("still opening"));
     let loader = core.clone();
     tokio::task::spawn_blocking(move || loader.load())
@@ -306,7 +322,10 @@ async fn flush_racing_drop_never_touches_the_next_incarnation() {
         let segs = fs::read_dir(coll_dir(dir.path(), "c").join("segments"))
             .unwrap()
             .count();
-        assert_eq!(segs, 0, "round {round}: a stale flush wrote into the new collection");
+        assert_eq!(
+            segs, 0,
+            "round {round}: a stale flush wrote into the new collection"
+        );
         core.drop_collection("c").await.unwrap();
     }
     shutdown(core).await;
@@ -369,7 +388,10 @@ async fn writers_that_outrun_flushing_are_told_to_retry() {
     let mut acked = 0;
     let mut refused = None;
     for chunk in (0..60u64).collect::<Vec<_>>().chunks(10) {
-        match core.upsert("c", chunk.iter().map(|&i| doc(i)).collect()).await {
+        match core
+            .upsert("c", chunk.iter().map(|&i| doc(i)).collect())
+            .await
+        {
             Ok(o) => acked += o.upserted,
             Err(e) => {
                 refused = Some(e);
@@ -378,7 +400,10 @@ async fn writers_that_outrun_flushing_are_told_to_retry() {
         }
     }
     let e = refused.expect("the memtable cap refuses writes");
-    assert_eq!((e.status().code, e.status().http.as_u16()), ("overloaded", 429));
+    assert_eq!(
+        (e.status().code, e.status().http.as_u16()),
+        ("overloaded", 429)
+    );
     assert_eq!(acked, 30);
     core.flush("c").await.unwrap();
     core.upsert("c", vec![doc(500)]).await.unwrap();
@@ -424,7 +449,11 @@ async fn a_full_disk_answers_storage_full_and_recovers() {
         id: format!("b{i}"),
         tokens: input::TokenInput::Rows(
             (0..64)
-                .map(|t| (0..WIDE).map(|j| ((i as usize + t + j) % 7) as f32 - 3.0).collect())
+                .map(|t| {
+                    (0..WIDE)
+                        .map(|j| ((i as usize + t + j) % 7) as f32 - 3.0)
+                        .collect()
+                })
                 .collect(),
         ),
         metadata: input::MetadataInput::None,
@@ -441,9 +470,20 @@ async fn a_full_disk_answers_storage_full_and_recovers() {
         }
     }
     let e = full.expect("a 6 MiB disk fills up");
-    assert_eq!((e.status().code, e.status().http.as_u16()), ("storage_full", 507), "{e}");
+    assert_eq!(
+        (e.status().code, e.status().http.as_u16()),
+        ("storage_full", 507),
+        "{e}"
+    );
     let h = core.health();
-    assert!(!h.ready && h.reason.as_deref().unwrap_or("").contains("out of disk space"), "{h:?}");
+    assert!(
+        !h.ready
+            && h.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("out of disk space"),
+        "{h:?}"
+    );
     // Space comes back: writes succeed and readiness returns.
     fs::remove_file(&filler).unwrap();
     core.upsert("c", vec![big(1000)]).await.unwrap();
@@ -452,6 +492,10 @@ async fn a_full_disk_answers_storage_full_and_recovers() {
     shutdown(core).await;
     let core = open(&mnt).await;
     let got = core.get("c", acked.clone(), false).await.unwrap();
-    assert!(got.missing.is_empty(), "lost after a full disk: {:?}", got.missing);
+    assert!(
+        got.missing.is_empty(),
+        "lost after a full disk: {:?}",
+        got.missing
+    );
     shutdown(core).await;
 }

@@ -145,7 +145,10 @@ impl Core {
     /// Takes the data directory (its lock, the CPU pool) and lists its collections as opening, without
     /// opening them yet: the listeners can answer (not ready, with the reason) while [`Core::load`] runs.
     pub fn new(settings: &Settings) -> Result<Core, ServiceError> {
-        let tuning = Tuning::new(settings.flush_threshold_docs, settings.compaction_max_shards);
+        let tuning = Tuning::new(
+            settings.flush_threshold_docs,
+            settings.compaction_max_shards,
+        );
         Core::new_tuned(settings, tuning)
     }
 
@@ -230,7 +233,9 @@ impl Core {
                     Err(e) => {
                         tracing::error!(collection = %name, error = %e,
                             "collection is damaged and stays unavailable; nothing in its directory was changed");
-                        Slot::Unavailable(e.to_string())
+                        // Clients see paths relative to the data directory.
+                        let root = format!("{}", self.inner.root.display());
+                        Slot::Unavailable(e.to_string().replace(&root, "collections"))
                     }
                 }
             };

@@ -315,12 +315,12 @@ pub struct Tuning {
 
 impl Tuning {
     /// The thresholds for a flush threshold and a compaction fan-in; the memtable cap is
-    /// `max(8 x flush threshold, 10_000)`.
+    /// `max(4 x flush threshold, 10_000)`.
     pub fn new(flush_threshold_docs: usize, compaction_max_shards: usize) -> Tuning {
         Tuning {
             flush_threshold_docs,
             compaction_max_shards,
-            max_memtable_docs: flush_threshold_docs.saturating_mul(8).max(10_000),
+            max_memtable_docs: flush_threshold_docs.saturating_mul(4).max(10_000),
         }
     }
 }

@@ -645,10 +645,21 @@ impl Soak {
     }
 
     fn start(&mut self, name: &str) -> Result<(), StartError> {
+        self.start_with(name, &self.opts.clone())
+    }
+
+    fn start_with(&mut self, name: &str, opts: &ServerOpts) -> Result<(), StartError> {
         let log = self.logs.join(format!("{name}.log"));
-        let s = Server::start(&self.opts, &log)?;
-        self.server = Some(s);
-        Ok(())
+        match Server::start(opts, &log) {
+            Ok(s) => {
+                self.server = Some(s);
+                Ok(())
+            }
+            Err(e) => {
+                self.check_log(&log);
+                Err(e)
+            }
+        }
     }
 
     /// Creates both collections and fills the untouched one.
@@ -845,7 +856,15 @@ impl Soak {
             .filter(|r| coll.join(r).exists())
             .collect();
         let phase = format!("damaged:{}", d.name());
-        let (outcome, note) = match self.start(&format!("cycle-{cycle:03}-damaged-{}", d.name())) {
+        // No flush or shard-count compaction during the damaged start: a file that disappears was removed by
+        // recovery, not by routine maintenance.
+        let quiet = ServerOpts {
+            flush_threshold_docs: 10_000_000,
+            compaction_max_shards: 1_000_000,
+            ..self.opts.clone()
+        };
+        let started = self.start_with(&format!("cycle-{cycle:03}-damaged-{}", d.name()), &quiet);
+        let (outcome, note) = match started {
             Err(e) => {
                 self.summary.start_failures += 1;
                 self.anomaly(format!(
@@ -863,7 +882,7 @@ impl Soak {
                     None,
                     REQUEST_TIMEOUT,
                 );
-                let (mut outcome, mut note) = match r {
+                let (outcome, note) = match r {
                     Ok(r) if r.status == 200 => {
                         let dim = self.src.dim();
                         let model = self.model.clone();
@@ -909,32 +928,42 @@ impl Soak {
                 };
                 self.verify_keep(cycle, &phase);
                 self.stop();
-                let gone = damage::deleted_files(&coll, &self.opts.data_dir, &present);
-                if !gone.is_empty() {
-                    let f: Vec<Finding> = gone
-                        .iter()
-                        .map(|g| {
-                            finding(
-                                "file_deleted",
-                                g,
-                                "the server deleted a data file of the damaged collection".into(),
-                            )
-                        })
-                        .collect();
-                    self.record(cycle, &phase, &f);
-                    if outcome != Outcome::Unexpected {
-                        outcome = Outcome::Loss;
-                    }
-                    note = format!(
-                        "{note}{}{} file(s) deleted by the server: {}",
-                        if note.is_empty() { "" } else { "; " },
-                        gone.len(),
-                        gone.join(", ")
-                    );
-                }
                 (outcome, note)
             }
         };
+        let (mut outcome, mut note) = (outcome, note);
+        // Whether it started or not, the server must not have deleted data files (moving them into a
+        // quarantine folder is fine).
+        let gone = damage::deleted_files(&coll, &self.opts.data_dir, &present);
+        if !gone.is_empty() && outcome == Outcome::Harmless {
+            // Serving with every acknowledged write intact: a compaction may have replaced files.
+            note = format!(
+                "{} file(s) replaced by maintenance, data intact: {}",
+                gone.len(),
+                gone.join(", ")
+            );
+        } else if !gone.is_empty() {
+            let f: Vec<Finding> = gone
+                .iter()
+                .map(|g| {
+                    finding(
+                        "file_deleted",
+                        g,
+                        "the server deleted a data file of the damaged collection".into(),
+                    )
+                })
+                .collect();
+            self.record(cycle, &phase, &f);
+            if matches!(outcome, Outcome::Harmless | Outcome::Detected) {
+                outcome = Outcome::Loss;
+            }
+            note = format!(
+                "{note}{}{} file(s) deleted by the server: {}",
+                if note.is_empty() { "" } else { "; " },
+                gone.len(),
+                gone.join(", ")
+            );
+        }
         let o = self.summary.damage_outcomes.entry(d.name()).or_default();
         match outcome {
             Outcome::Harmless => o.harmless += 1,

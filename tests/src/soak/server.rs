@@ -61,9 +61,27 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last `n` characters of a log file, on one line.
 pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = strip_ansi(&std::fs::read_to_string(path).unwrap_or_default());
     let lines: Vec<&str> = text.lines().rev().take(4).collect();
     let joined: String = lines.into_iter().rev().collect::<Vec<_>>().join(" | ");
     let skip = joined.chars().count().saturating_sub(n);
@@ -127,6 +145,7 @@ impl Server {
             .env_remove("CHAMFER_API_KEY")
             .env_remove("CHAMFER_DATA_DIR")
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)

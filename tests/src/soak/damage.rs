@@ -118,27 +118,82 @@ fn pick_nonempty(v: Vec<PathBuf>, rng: &mut Rng) -> io::Result<PathBuf> {
     Ok(rng.pick(&v).clone())
 }
 
+/// A log file, and where it stands among the log files ("log 2 of 3").
+fn pick_wal(coll: &Path, rng: &mut Rng) -> io::Result<(PathBuf, String)> {
+    let all = wal_files(coll);
+    let p = pick_nonempty(all.clone(), rng)?;
+    let i = all.iter().position(|x| *x == p).unwrap_or(0);
+    let place = if i + 1 == all.len() {
+        format!("the last of {} log files", all.len())
+    } else {
+        format!("log {} of {}", i + 1, all.len())
+    };
+    Ok((p, place))
+}
+
+/// The segment ids `manifest.json` names, if it can be read.
+fn named_segments(coll: &Path) -> Option<BTreeSet<u64>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(coll.join("manifest.json")).ok()?).ok()?;
+    Some(
+        v.get("segments")?
+            .as_array()?
+            .iter()
+            .filter_map(|s| s.get("id")?.as_u64())
+            .collect(),
+    )
+}
+
+fn segment_id(p: &Path) -> Option<u64> {
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("seg-")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A shard file, preferring the ones the manifest names (an unnamed one is a left-over that may go).
+fn pick_shard(coll: &Path, rng: &mut Rng) -> io::Result<(PathBuf, &'static str)> {
+    let all = shard_files(coll);
+    let named = named_segments(coll).unwrap_or_default();
+    let live: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| segment_id(p).is_some_and(|id| named.contains(&id)))
+        .cloned()
+        .collect();
+    if live.is_empty() {
+        Ok((pick_nonempty(all, rng)?, "not named by the manifest"))
+    } else {
+        Ok((pick_nonempty(live, rng)?, "named by the manifest"))
+    }
+}
+
 /// Applies `d` to the collection directory `coll` (inside `collections/`); returns a description, and the
 /// stray directory it created, if any.
 pub fn apply(d: Damage, coll: &Path, rng: &mut Rng) -> io::Result<(String, Option<PathBuf>)> {
     let manifest = coll.join("manifest.json");
     let desc = match d {
         Damage::WalFlip => {
-            let p = pick_nonempty(wal_files(coll), rng)?;
-            format!("{}: {}", rel(coll, &p), flip(&p, rng)?)
+            let (p, place) = pick_wal(coll, rng)?;
+            format!("{} ({place}): {}", rel(coll, &p), flip(&p, rng)?)
         }
         Damage::WalTruncate => {
-            let p = pick_nonempty(wal_files(coll), rng)?;
+            let (p, place) = pick_wal(coll, rng)?;
             let len = fs::metadata(&p)?.len();
             let to = rng.below(len);
             fs::OpenOptions::new().write(true).open(&p)?.set_len(to)?;
-            format!("{}: truncated from {len} to {to} bytes", rel(coll, &p))
+            format!(
+                "{} ({place}): truncated from {len} to {to} bytes",
+                rel(coll, &p)
+            )
         }
         Damage::WalDelete => {
-            let p = pick_nonempty(wal_files(coll), rng)?;
+            let (p, place) = pick_wal(coll, rng)?;
             let len = fs::metadata(&p)?.len();
             fs::remove_file(&p)?;
-            format!("{}: deleted ({len} bytes)", rel(coll, &p))
+            format!("{} ({place}): deleted ({len} bytes)", rel(coll, &p))
         }
         Damage::ManifestDelete => {
             fs::remove_file(&manifest)?;
@@ -155,13 +210,13 @@ pub fn apply(d: Damage, coll: &Path, rng: &mut Rng) -> io::Result<(String, Optio
             format!("manifest.json: flushed_seq {old} -> {new}")
         }
         Damage::ShardFlip => {
-            let p = pick_nonempty(shard_files(coll), rng)?;
-            format!("{}: {}", rel(coll, &p), flip(&p, rng)?)
+            let (p, which) = pick_shard(coll, rng)?;
+            format!("{} ({which}): {}", rel(coll, &p), flip(&p, rng)?)
         }
         Damage::ShardDelete => {
-            let p = pick_nonempty(shard_files(coll), rng)?;
+            let (p, which) = pick_shard(coll, rng)?;
             fs::remove_file(&p)?;
-            format!("{}: deleted", rel(coll, &p))
+            format!("{} ({which}): deleted", rel(coll, &p))
         }
         Damage::StrayDir => {
             let root = coll.parent().unwrap_or(coll);
@@ -204,23 +259,11 @@ pub fn restore(src: &Path, dst: &Path) -> io::Result<()> {
 /// interrupted flush or compaction, which the server may delete.
 pub fn needed_files(coll: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let named: Option<BTreeSet<u64>> = fs::read(coll.join("manifest.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v.get("segments")?.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|s| s.get("id")?.as_u64())
-                    .collect::<BTreeSet<u64>>()
-            })
-        });
+    let named = named_segments(coll);
     if let Some(named) = named {
         for p in files(coll, "segments", "seg-", "") {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let id = name
-                .strip_prefix("seg-")
-                .and_then(|s| s.split('.').next())
-                .and_then(|s| s.parse::<u64>().ok());
+            let id = segment_id(&p);
             if id.is_some_and(|id| named.contains(&id)) && !name.ends_with(".tmp") {
                 out.insert(rel(coll, &p));
             }
@@ -283,4 +326,102 @@ pub fn deleted_files(coll: &Path, search_root: &Path, expected: &BTreeSet<String
         })
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake collection directory: a manifest naming segment 1, shard files 1 (named) and 2 (left-over),
+    /// two log files (one past its header, one header only).
+    fn fake(root: &Path) -> PathBuf {
+        let coll = root.join("collections").join("c");
+        fs::create_dir_all(coll.join("segments")).unwrap();
+        fs::create_dir_all(coll.join("wal")).unwrap();
+        fs::write(
+            coll.join("manifest.json"),
+            r#"{"format_version": 1, "flushed_seq": 7, "next_segment_id": 3, "segments": [{"id": 1, "docs": 2, "deleted": []}]}"#,
+        )
+        .unwrap();
+        fs::write(coll.join("segments/seg-0000000001.shard"), [7u8; 64]).unwrap();
+        fs::write(coll.join("segments/seg-0000000002.shard"), [7u8; 64]).unwrap();
+        fs::write(coll.join("wal/wal-00000000000000000001.log"), [1u8; 40]).unwrap();
+        fs::write(coll.join("wal/wal-00000000000000000008.log"), [1u8; 16]).unwrap();
+        coll
+    }
+
+    #[test]
+    fn needed_files_are_named_shards_and_logs_with_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let coll = fake(tmp.path());
+        let needed: Vec<String> = needed_files(&coll).into_iter().collect();
+        assert_eq!(
+            needed,
+            [
+                "segments/seg-0000000001.shard",
+                "wal/wal-00000000000000000001.log"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quarantined_file_is_not_deleted_a_removed_one_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let coll = fake(tmp.path());
+        let needed = needed_files(&coll);
+        assert!(deleted_files(&coll, tmp.path(), &needed).is_empty());
+        let q = coll.join("quarantine").join("2026");
+        fs::create_dir_all(&q).unwrap();
+        fs::rename(
+            coll.join("segments/seg-0000000001.shard"),
+            q.join("seg-0000000001.shard"),
+        )
+        .unwrap();
+        assert!(deleted_files(&coll, tmp.path(), &needed).is_empty());
+        fs::remove_file(coll.join("wal/wal-00000000000000000001.log")).unwrap();
+        assert_eq!(
+            deleted_files(&coll, tmp.path(), &needed),
+            ["wal/wal-00000000000000000001.log"]
+        );
+    }
+
+    #[test]
+    fn every_damage_changes_the_directory_and_a_restore_undoes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let coll = fake(tmp.path());
+        let backup = tmp.path().join("backup");
+        restore(&coll, &backup).unwrap();
+        let snapshot = |dir: &Path| {
+            let mut v = Vec::new();
+            let mut stack = vec![dir.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(&d).unwrap().flatten() {
+                    if e.path().is_dir() {
+                        v.push((rel(dir, &e.path()), Vec::new()));
+                        stack.push(e.path());
+                    } else {
+                        v.push((rel(dir, &e.path()), fs::read(e.path()).unwrap()));
+                    }
+                }
+            }
+            v.sort();
+            v
+        };
+        let root = coll.parent().unwrap().to_path_buf();
+        let before = snapshot(&root);
+        let mut rng = Rng::new(3);
+        for d in Damage::ALL {
+            assert!(applicable(d, &coll), "{d:?}");
+            let (what, stray) = apply(d, &coll, &mut rng).unwrap();
+            assert_ne!(snapshot(&root), before, "{d:?} ({what}) changed nothing");
+            if d == Damage::ShardFlip || d == Damage::ShardDelete {
+                assert!(what.contains("named by the manifest"), "{what}");
+            }
+            if let Some(s) = stray {
+                fs::remove_dir_all(s).unwrap();
+            }
+            restore(&backup, &coll).unwrap();
+            assert_eq!(snapshot(&root), before, "{d:?}: restore");
+        }
+    }
 }

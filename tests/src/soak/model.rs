@@ -202,3 +202,56 @@ pub fn chamfer(q: &[f32], d: &[f32], dim: usize) -> f64 {
         })
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(x: f32) -> Arc<Version> {
+        Arc::new(Version {
+            tokens: vec![x, 0.5],
+            metadata: serde_json::json!({"a": 1}),
+        })
+    }
+
+    #[test]
+    fn allowed_states_are_the_acknowledged_one_and_the_unknown_ones() {
+        let mut m = Model::default();
+        m.ack_upsert("a", v(1.0));
+        m.unknown("a", Some(v(2.0)));
+        m.unknown("a", None);
+        let e = &m.entries["a"];
+        assert!(e.allows(Some(&v(1.0))) && e.allows(Some(&v(2.0))) && e.allows(None));
+        assert!(!e.allows(Some(&v(3.0))));
+        m.ack_delete("b");
+        assert!(m.entries["b"].allows(None) && !m.entries["b"].allows(Some(&v(1.0))));
+        assert_eq!((m.live(), m.deleted(), m.ids.len()), (1, 1, 2));
+    }
+
+    #[test]
+    fn synthetic_tokens_are_exact_in_f16_and_survive_json() {
+        let src = TokenSource::Synthetic {
+            dim: 8,
+            max_tokens: 5,
+        };
+        let mut rng = Rng::new(1);
+        for _ in 0..50 {
+            let ver = new_version(&src, &mut rng, 0, 0);
+            assert!(ver.tokens.len() % 8 == 0 && !ver.tokens.is_empty());
+            for x in &ver.tokens {
+                assert_eq!(half::f16::from_f32(*x).to_f32().to_bits(), x.to_bits());
+            }
+            let mut s = String::new();
+            doc_json(&mut s, "id\"1", &ver, 8);
+            let (id, back) = parse_doc(&serde_json::from_str(&s).unwrap()).unwrap();
+            assert_eq!((id.as_str(), &back), ("id\"1", &ver));
+        }
+    }
+
+    #[test]
+    fn chamfer_is_the_sum_of_best_dot_products() {
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let d = [2.0, 0.0, 0.0, 3.0, 1.0, 1.0];
+        assert_eq!(chamfer(&q, &d, 2), 2.0 + 3.0);
+    }
+}

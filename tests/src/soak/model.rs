@@ -237,7 +237,7 @@ mod tests {
         let mut rng = Rng::new(1);
         for _ in 0..50 {
             let ver = new_version(&src, &mut rng, 0, 0);
-            assert!(ver.tokens.len() % 8 == 0 && !ver.tokens.is_empty());
+            assert!(ver.tokens.len().is_multiple_of(8) && !ver.tokens.is_empty());
             for x in &ver.tokens {
                 assert_eq!(half::f16::from_f32(*x).to_f32().to_bits(), x.to_bits());
             }

@@ -95,12 +95,22 @@ fn rel(coll: &Path, p: &Path) -> String {
     p.strip_prefix(coll).unwrap_or(p).display().to_string()
 }
 
-fn flip(path: &Path, rng: &mut Rng) -> io::Result<String> {
+/// Flips one bit of a random byte. With `data_only`, the byte lies before the file's trailing zero fill (a
+/// preallocated log file is mostly zeros after its last record).
+fn flip(path: &Path, rng: &mut Rng, data_only: bool) -> io::Result<String> {
     let mut bytes = fs::read(path)?;
     if bytes.is_empty() {
         return Err(io::Error::other("empty file"));
     }
-    let at = rng.below(bytes.len() as u64) as usize;
+    let end = if data_only {
+        bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(bytes.len(), |i| i + 1)
+    } else {
+        bytes.len()
+    };
+    let at = rng.below(end as u64) as usize;
     let mask = 1u8 << rng.below(8);
     bytes[at] ^= mask;
     fs::write(path, &bytes)?;
@@ -131,12 +141,19 @@ fn pick_wal(coll: &Path, rng: &mut Rng) -> io::Result<(PathBuf, String)> {
     Ok((p, place))
 }
 
+/// The manifest's content: the object itself (format 1) or its `body` (format 2: `{format_version, crc32,
+/// body}`).
+fn manifest_body(v: &serde_json::Value) -> &serde_json::Value {
+    v.get("body").filter(|b| b.is_object()).unwrap_or(v)
+}
+
 /// The segment ids `manifest.json` names, if it can be read.
 fn named_segments(coll: &Path) -> Option<BTreeSet<u64>> {
     let v: serde_json::Value =
         serde_json::from_slice(&fs::read(coll.join("manifest.json")).ok()?).ok()?;
     Some(
-        v.get("segments")?
+        manifest_body(&v)
+            .get("segments")?
             .as_array()?
             .iter()
             .filter_map(|s| s.get("id")?.as_u64())
@@ -177,7 +194,7 @@ pub fn apply(d: Damage, coll: &Path, rng: &mut Rng) -> io::Result<(String, Optio
     let desc = match d {
         Damage::WalFlip => {
             let (p, place) = pick_wal(coll, rng)?;
-            format!("{} ({place}): {}", rel(coll, &p), flip(&p, rng)?)
+            format!("{} ({place}): {}", rel(coll, &p), flip(&p, rng, true)?)
         }
         Damage::WalTruncate => {
             let (p, place) = pick_wal(coll, rng)?;
@@ -199,19 +216,27 @@ pub fn apply(d: Damage, coll: &Path, rng: &mut Rng) -> io::Result<(String, Optio
             fs::remove_file(&manifest)?;
             "manifest.json deleted".to_string()
         }
-        Damage::ManifestFlip => format!("manifest.json: {}", flip(&manifest, rng)?),
+        Damage::ManifestFlip => format!("manifest.json: {}", flip(&manifest, rng, false)?),
         Damage::ManifestFlushedSeq => {
             let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&manifest)?)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            let old = v.get("flushed_seq").and_then(|s| s.as_u64()).unwrap_or(0);
+            let body = if v.get("body").is_some_and(|b| b.is_object()) {
+                &mut v["body"]
+            } else {
+                &mut v
+            };
+            let old = body
+                .get("flushed_seq")
+                .and_then(|s| s.as_u64())
+                .unwrap_or(0);
             let new = old + rng.range(1, 1000);
-            v["flushed_seq"] = new.into();
+            body["flushed_seq"] = new.into();
             fs::write(&manifest, serde_json::to_vec_pretty(&v)?)?;
             format!("manifest.json: flushed_seq {old} -> {new}")
         }
         Damage::ShardFlip => {
             let (p, which) = pick_shard(coll, rng)?;
-            format!("{} ({which}): {}", rel(coll, &p), flip(&p, rng)?)
+            format!("{} ({which}): {}", rel(coll, &p), flip(&p, rng, false)?)
         }
         Damage::ShardDelete => {
             let (p, which) = pick_shard(coll, rng)?;
@@ -270,6 +295,7 @@ pub fn needed_files(coll: &Path) -> BTreeSet<String> {
         }
     }
     for p in wal_files(coll) {
+        // Past the header (16 bytes in format 1, 40 in format 2): a shorter file is an interrupted rotation.
         if fs::metadata(&p).map(|m| m.len() > 16).unwrap_or(false) {
             out.insert(rel(coll, &p));
         }
@@ -362,6 +388,28 @@ mod tests {
                 "wal/wal-00000000000000000001.log"
             ]
         );
+        // Format 2: the same content under "body", with a checksum beside it.
+        fs::write(
+            coll.join("manifest.json"),
+            r#"{"format_version": 2, "crc32": 5, "body": {"format_version": 2, "flushed_seq": 7, "next_segment_id": 3, "segments": [{"id": 2, "docs": 2, "deleted": []}]}}"#,
+        )
+        .unwrap();
+        let needed: Vec<String> = needed_files(&coll).into_iter().collect();
+        assert_eq!(
+            needed,
+            [
+                "segments/seg-0000000002.shard",
+                "wal/wal-00000000000000000001.log"
+            ]
+        );
+        let (what, _) = apply(Damage::ManifestFlushedSeq, &coll, &mut Rng::new(1)).unwrap();
+        assert!(
+            what.starts_with("manifest.json: flushed_seq 7 -> "),
+            "{what}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(coll.join("manifest.json")).unwrap()).unwrap();
+        assert!(v["body"]["flushed_seq"].as_u64().unwrap() > 7 && v.get("flushed_seq").is_none());
     }
 
     #[test]

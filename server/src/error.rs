@@ -35,6 +35,9 @@
 //! | incompatible shards | `incompatible` | FAILED_PRECONDITION | 500 |
 //! | data-set folder problem | `dataset` | FAILED_PRECONDITION | 500 |
 //! | bug | `internal` | INTERNAL | 500 |
+//!
+//! A 500's message names only its `code` (its details name server files and go to the log at ERROR); a
+//! damaged collection's reason names the file relative to the data directory.
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chamfer_index::IndexError;
@@ -207,6 +210,20 @@ impl ServiceError {
     pub fn is_server_side(&self) -> bool {
         self.status().http.is_server_error()
     }
+
+    /// The message a client sees. A 500 says only what kind of failure it was (its details, which name
+    /// server files, go to the log); every other status keeps its full message, which is about the request.
+    pub fn public_message(&self) -> String {
+        let s = self.status();
+        if s.http == StatusCode::INTERNAL_SERVER_ERROR {
+            format!(
+                "internal server error ({}); the server log has the details",
+                s.code
+            )
+        } else {
+            self.to_string()
+        }
+    }
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -215,7 +232,7 @@ impl From<ServiceError> for tonic::Status {
             tracing::error!(error = %e, "request failed");
         }
         let s = e.status();
-        let mut status = tonic::Status::new(s.grpc, e.to_string());
+        let mut status = tonic::Status::new(s.grpc, e.public_message());
         if let Ok(v) = s.code.parse() {
             status.metadata_mut().insert("chamfer-error-code", v);
         }
@@ -250,7 +267,7 @@ impl IntoResponse for ServiceError {
             s.http,
             axum::Json(ErrorBody {
                 code: s.code,
-                message: self.to_string(),
+                message: self.public_message(),
             }),
         )
             .into_response();

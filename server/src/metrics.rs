@@ -181,6 +181,29 @@ impl Metrics {
             "# HELP chamfer_collections Collections.\n# TYPE chamfer_collections gauge\nchamfer_collections {}",
             stats.len()
         );
+        let h = core.health();
+        let _ = writeln!(
+            out,
+            "# HELP chamfer_ready 1 when the server is ready (see /readyz for the reason when not).\n# TYPE chamfer_ready gauge\nchamfer_ready {}",
+            u8::from(h.ready)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chamfer_collection_unavailable Collections that cannot serve (damaged), by name.\n# TYPE chamfer_collection_unavailable gauge"
+        );
+        for (coll, _) in &h.unavailable {
+            let _ = writeln!(
+                out,
+                "chamfer_collection_unavailable{{collection=\"{coll}\"}} 1"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP chamfer_storage_full 1 for a collection whose writes fail for lack of disk space.\n# TYPE chamfer_storage_full gauge"
+        );
+        for (coll, _) in &h.storage_full {
+            let _ = writeln!(out, "chamfer_storage_full{{collection=\"{coll}\"}} 1");
+        }
         out
     }
 }

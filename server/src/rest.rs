@@ -264,7 +264,16 @@ async fn list(State(s): State<RestApi>) -> Result<Json<Value>, ServiceError> {
             .into_iter()
             .map(info_json)
             .collect();
-        Ok(Json(json!({ "collections": all })))
+        let unavailable: Vec<Value> = s
+            .core
+            .health()
+            .unavailable
+            .into_iter()
+            .map(|(n, r)| json!({"name": n, "reason": r}))
+            .collect();
+        Ok(Json(
+            json!({ "collections": all, "unavailable": unavailable }),
+        ))
     })
     .await
 }
@@ -451,12 +460,27 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// 200 when every collection has been opened (damaged ones are listed, not fatal); 503 with the reason while
+/// starting, shutting down, or while writes fail for lack of disk space.
 async fn readyz(State(s): State<RestApi>) -> Response {
-    if s.core.is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+    let h = s.core.health();
+    let pairs = |v: &[(String, String)]| -> Value {
+        v.iter()
+            .map(|(n, r)| json!({"collection": n, "reason": r}))
+            .collect()
+    };
+    let body = json!({
+        "status": if h.ready { "ready" } else { "not_ready" },
+        "reason": h.reason,
+        "unavailable_collections": pairs(&h.unavailable),
+        "storage_full": pairs(&h.storage_full),
+    });
+    let code = if h.ready {
+        StatusCode::OK
     } else {
-        ServiceError::Unavailable("shutting down".into()).into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<RestApi>) -> Response {

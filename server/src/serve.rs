@@ -1,8 +1,10 @@
 //! The whole server as a library function: [`run`] (what `chamfer serve` calls) and [`start`] (what tests
 //! call: it returns the bound addresses, so they can listen on port 0).
 //!
-//! Start-up: validate the settings, open the data directory (replaying every collection's log) on a blocking
-//! thread, bind both listeners, serve. Shutdown (when the `shutdown` future resolves, e.g. on SIGTERM/SIGINT):
+//! Start-up: validate the settings, take the data directory, bind both listeners and serve, THEN open every
+//! collection (replaying its log) on a blocking thread: meanwhile `/readyz` answers 503 with the reason and
+//! requests to a collection still opening answer 503 `collection_unavailable`. A damaged collection stays
+//! unavailable with its reason; the others serve. Shutdown (when the `shutdown` future resolves, e.g. on SIGTERM/SIGINT):
 //! readiness turns false, both listeners stop accepting, in-flight requests finish, then every collection's
 //! sequencer drains its queue and syncs its log.
 use std::future::Future;
@@ -39,7 +41,7 @@ pub struct Server {
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.validate()?;
     let s = settings.clone();
-    let core = tokio::task::spawn_blocking(move || Core::open(&s))
+    let core = tokio::task::spawn_blocking(move || Core::new(&s))
         .await
         .context("opening the data directory panicked")?
         .with_context(|| format!("cannot open data directory {}", settings.data_dir.display()))?;
@@ -74,7 +76,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         signal(&stop),
     ));
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, data_dir = %settings.data_dir.display(),
-        api_key = settings.api_key.is_some(), "chamfer is serving");
+        api_key = settings.api_key.is_some(), "chamfer is listening; opening collections");
+    let loader = core.clone();
+    tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .context("opening the collections panicked")?;
+    let health = core.health();
+    tracing::info!(unavailable = health.unavailable.len(), "chamfer is serving");
     Ok(Server {
         addrs,
         core,

@@ -16,6 +16,7 @@ use chamfer_index::tokens::TokenMatrix;
 use chamfer_proto::v1 as pb;
 use chamfer_server::config::Settings;
 use chamfer_server::serve::{start, Server};
+use chamfer_tests::http::Http;
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
 use pb::search_client::SearchClient;
@@ -114,95 +115,6 @@ async fn grpc(server: &Server, key: Option<&str>) -> Grpc {
         coll: CollectionsClient::with_interceptor(ch.clone(), k.clone()),
         docs: DocumentsClient::with_interceptor(ch.clone(), k.clone()),
         search: SearchClient::with_interceptor(ch, k),
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request per connection, exact bytes.
-struct Http {
-    addr: std::net::SocketAddr,
-    key: Option<String>,
-}
-
-impl Http {
-    fn new(server: &Server, key: Option<&str>) -> Http {
-        Http {
-            addr: server.addrs().http,
-            key: key.map(String::from),
-        }
-    }
-
-    async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> (u16, Vec<u8>) {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(ct) = content_type {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        if let Some(k) = &self.key {
-            head.push_str(&format!("x-api-key: {k}\r\n"));
-        }
-        head.push_str("\r\n");
-        // The server may answer (413) and close before reading a large body: write errors are not failures.
-        let _ = s.write_all(head.as_bytes()).await;
-        let _ = s.write_all(body).await;
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        let split = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP response");
-        let head = String::from_utf8_lossy(&buf[..split]).to_string();
-        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut body = buf[split + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body = dechunk(&body);
-        }
-        (status, body)
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let bytes = body
-            .map(|b| serde_json::to_vec(b).unwrap())
-            .unwrap_or_default();
-        let (status, out) = self
-            .raw(method, path, &bytes, body.map(|_| "application/json"))
-            .await;
-        (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let (status, v) = self.call(method, path, body).await;
-        assert!(
-            status == 200 || status == 201,
-            "{method} {path}: {status} {v}"
-        );
-        v
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 4 + n..];
     }
 }
 
@@ -366,7 +278,10 @@ async fn grpc_and_rest_agree_with_the_in_process_engine() {
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), |_| {}).await;
-    let (mut g, h) = (grpc(&server, None).await, Http::new(&server, None));
+    let (mut g, h) = (
+        grpc(&server, None).await,
+        Http::new(server.addrs().http, None),
+    );
     create_both(&mut g, &h, "via_grpc", "via_rest").await;
     const BATCH: usize = 50;
     ingest_grpc_bulk(&mut g, "via_grpc", n, BATCH).await;
@@ -499,7 +414,10 @@ async fn deletes_never_come_back_and_filters_return_k_matches() {
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let mut server = start_server(dir.path(), |_| {}).await;
-    let (mut g, mut h) = (grpc(&server, None).await, Http::new(&server, None));
+    let (mut g, mut h) = (
+        grpc(&server, None).await,
+        Http::new(server.addrs().http, None),
+    );
     let dim = ds.dim() as u32;
     g.coll
         .create(pb::CreateCollectionRequest {
@@ -562,7 +480,7 @@ async fn deletes_never_come_back_and_filters_return_k_matches() {
                 server.shutdown().await.unwrap();
                 server = start_server(dir.path(), |_| {}).await;
                 g = grpc(&server, None).await;
-                h = Http::new(&server, None);
+                h = Http::new(server.addrs().http, None);
             }
             _ => {}
         }
@@ -687,7 +605,7 @@ async fn bad_input_matrix_over_both_protocols() {
     .await;
     let (mut g, h) = (
         grpc(&server, Some(KEY)).await,
-        Http::new(&server, Some(KEY)),
+        Http::new(server.addrs().http, Some(KEY)),
     );
     g.coll
         .create(pb::CreateCollectionRequest {
@@ -734,7 +652,7 @@ async fn bad_input_matrix_over_both_protocols() {
         ),
         Code::Unauthenticated
     );
-    let anon_http = Http::new(&server, None);
+    let anon_http = Http::new(server.addrs().http, None);
     let (st, v) = anon_http.call("GET", "/v1/collections", None).await;
     assert_eq!((st, v["code"].as_str()), (401, Some("unauthenticated")));
     assert_eq!(anon_http.call("GET", "/metrics", None).await.0, 401);
@@ -1049,7 +967,7 @@ async fn concurrent_ingest_and_search() {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..4usize {
         let mut g = grpc(&server, None).await;
-        let h = Http::new(&server, None);
+        let h = Http::new(server.addrs().http, None);
         tasks.spawn(async move {
             let mine: Vec<usize> = (w..n).step_by(4).collect();
             for c in mine.chunks(15) {
@@ -1176,7 +1094,7 @@ async fn wait_healthy(http: u16) {
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", http)).await {
             let _ = s
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
                 .await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;

@@ -255,11 +255,51 @@ pub struct IngestReport {
     pub seconds: f64,
 }
 
+/// Most attempts [`ingest`] makes when the server says it is overloaded.
+const OVERLOAD_ATTEMPTS: u32 = 60;
+
+/// [`ingest_once`], retried with backoff (1 s doubling to 8 s, up to 60 attempts) while the server answers
+/// RESOURCE_EXHAUSTED `overloaded` (flushing is behind): each retry resumes by id, so nothing is sent twice.
+pub async fn ingest(
+    client: &Client,
+    collection: &str,
+    src: Arc<Source>,
+    opts: IngestOpts,
+) -> anyhow::Result<IngestReport> {
+    let t0 = Instant::now();
+    let mut wait = Duration::from_secs(1);
+    for attempt in 1.. {
+        let mut o = opts.clone();
+        // Resume: after the first attempt, skip what is stored (even with force).
+        o.force = opts.force && attempt == 1;
+        match ingest_once(client, collection, src.clone(), o).await {
+            Ok(mut r) => {
+                // `uploaded` counts the last attempt; what earlier attempts stored is in `skipped`.
+                r.seconds = t0.elapsed().as_secs_f64();
+                return Ok(r);
+            }
+            Err(e) if attempt < OVERLOAD_ATTEMPTS && is_overloaded(&e) => {
+                eprintln!("server overloaded (flushing is behind); retrying in {wait:?}: {e:#}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn is_overloaded(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<ClientError>(), Some(ClientError::ResourceExhausted(m)) if m.contains("overloaded"))
+    })
+}
+
 /// Creates `collection` (unless it exists or `create` is false) and uploads `src` in batches over one
 /// client-streaming bulk upsert. Unless `force`, each batch's ids are first looked up (Get) and the stored
 /// ones skipped: a re-run after an interruption uploads only what is missing, and a complete re-run uploads
 /// nothing. Upserts are idempotent by id anyway, so resuming can never duplicate a document.
-pub async fn ingest(
+pub async fn ingest_once(
     client: &Client,
     collection: &str,
     src: Arc<Source>,

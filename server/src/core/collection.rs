@@ -27,7 +27,7 @@
 //! however long it runs and whatever is ingested, flushed or compacted meanwhile.
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
@@ -39,6 +39,7 @@ use chamfer_index::IndexError;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::fsutil;
 use super::manifest::{self, CollectionConfig, Layout, Manifest, SegmentEntry, MANIFEST_VERSION};
 use super::wal::{self, WalOp, WalWriter};
 use crate::error::ServiceError;
@@ -307,6 +308,21 @@ pub struct Stats {
 pub struct Tuning {
     pub flush_threshold_docs: usize,
     pub compaction_max_shards: usize,
+    /// Live memtable documents above which writes are refused with `overloaded` (429) until a flush catches
+    /// up: bounds memory, log size and restart time when writers outrun flushing.
+    pub max_memtable_docs: usize,
+}
+
+impl Tuning {
+    /// The thresholds for a flush threshold and a compaction fan-in; the memtable cap is
+    /// `max(8 x flush threshold, 10_000)`.
+    pub fn new(flush_threshold_docs: usize, compaction_max_shards: usize) -> Tuning {
+        Tuning {
+            flush_threshold_docs,
+            compaction_max_shards,
+            max_memtable_docs: flush_threshold_docs.saturating_mul(8).max(10_000),
+        }
+    }
 }
 
 /// A document as `get` returns it.
@@ -327,6 +343,10 @@ pub struct Collection {
     maint_tx: Mutex<Option<mpsc::SyncSender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_segment: AtomicU64,
+    /// Set by `close`: flushes and compactions stop at their next check and touch no file after it.
+    closing: AtomicBool,
+    /// The last write failed for lack of disk space (cleared by the next successful append).
+    storage_full: Mutex<Option<String>>,
 }
 
 impl Collection {
@@ -338,27 +358,32 @@ impl Collection {
         tuning: Tuning,
     ) -> Result<Arc<Collection>, ServiceError> {
         let final_dir = root.join(&config.name);
+        if final_dir.exists() {
+            return Err(ServiceError::CollectionExists(config.name));
+        }
         let tmp = root.join(format!(".creating-{}", config.name));
         let _ = std::fs::remove_dir_all(&tmp);
         let l = Layout { dir: tmp.clone() };
         for d in [l.segments(), l.wal()] {
             std::fs::create_dir_all(&d).map_err(|e| ServiceError::io(&d, e))?;
         }
-        manifest::write_json(&l.config(), &config)?;
+        manifest::write_checked(&l.config(), &config)?;
         let empty = Manifest {
             format_version: MANIFEST_VERSION,
             ..Default::default()
         };
-        manifest::write_json(&l.manifest(), &empty)?;
+        manifest::write_checked(&l.manifest(), &empty)?;
+        // The first log file exists from the start: a collection without one is damaged.
+        drop(WalWriter::create(&l.wal(), 1)?);
+        fsutil::sync_dir(&l.dir);
         std::fs::rename(&tmp, &final_dir).map_err(|e| ServiceError::io(&final_dir, e))?;
-        wal::sync_dir(root);
+        fsutil::sync_dir(root);
         Collection::open(Layout { dir: final_dir }, tuning)
     }
 
     /// Opens a collection directory: shards from the manifest, then the log replayed on top.
     pub fn open(layout: Layout, tuning: Tuning) -> Result<Arc<Collection>, ServiceError> {
-        let config: CollectionConfig = manifest::read_json(&layout.config())?;
-        manifest::check_version(&layout.config(), config.format_version)?;
+        let config: CollectionConfig = manifest::read_checked(&layout.config())?;
         let (state, writer, next_segment) = recover(&layout, &config)?;
         let c = Arc::new(Collection {
             config,
@@ -375,6 +400,8 @@ impl Collection {
             maint_tx: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
             next_segment: AtomicU64::new(next_segment),
+            closing: AtomicBool::new(false),
+            storage_full: Mutex::new(None),
         });
         c.publish();
         let (tx, rx) = mpsc::channel();
@@ -464,9 +491,24 @@ impl Collection {
         }
     }
 
-    /// Stops the background threads after the queued writes (their log is synced). Idempotent.
+    /// Why writes are failing for lack of disk space, if they are.
+    pub fn storage_full(&self) -> Option<String> {
+        lock(&self.storage_full).clone()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Stops the background threads after the queued writes (their log is synced). A running flush or
+    /// compaction is abandoned at its next check (its partial shard file is removed; the log still holds
+    /// everything). When `close` returns, no thread of this collection touches its directory. Idempotent.
     pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         lock(&self.maint_tx).take();
+        // Wait for a flush or compaction in progress (run by the maintenance thread or a caller): it stops at
+        // its next cancellation check.
+        drop(lock(&self.maint_lock));
         // Maintenance first: a running flush still needs the sequencer.
         let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
         let mut threads = threads.into_iter();
@@ -554,16 +596,20 @@ impl Collection {
             .enumerate()
             .map(|(i, (_, kind, body, _))| (base + 1 + i as u64, *kind, body.as_slice()))
             .collect();
-        if let Err(msg) = wal.append(&records) {
-            tracing::error!(collection = %self.config.name, error = %msg, "log append failed");
+        if let Err(e) = wal.append(&records) {
+            tracing::error!(collection = %self.config.name, error = %e, "log append failed; the writes were not acknowledged");
+            if let ServiceError::StorageFull(m) = e.to_service() {
+                *lock(&self.storage_full) = Some(m);
+            }
             for (_, _, _, reply) in writes {
-                let _ = reply.send(Err(ServiceError::Internal(format!(
-                    "write-ahead log append failed: {msg}"
-                ))));
+                let _ = reply.send(Err(e.to_service()));
             }
             return;
         }
         drop(records);
+        if lock(&self.storage_full).take().is_some() {
+            tracing::info!(collection = %self.config.name, "log appends succeed again (disk space is available)");
+        }
         let mut acks = Vec::with_capacity(writes.len());
         {
             let mut st = lock(&self.state);
@@ -625,7 +671,7 @@ impl Collection {
             st.manifest(self.next_segment.load(Ordering::SeqCst))
         };
         self.publish();
-        manifest::write_json(&self.layout.manifest(), &manifest)?;
+        manifest::write_checked(&self.layout.manifest(), &manifest)?;
         // Only now is the old state unreachable from disk.
         if let Err(e) = wal.remove(&inst.obsolete_wal) {
             tracing::warn!(collection = %self.config.name, error = %e, "cannot delete an obsolete log file");
@@ -691,6 +737,11 @@ impl Collection {
         durable.len() > self.tuning.compaction_max_shards || (deleted > 0 && deleted * 5 >= docs)
     }
 
+    /// Wakes the maintenance thread (it flushes if the memtable is over its threshold).
+    pub fn nudge_flush(&self) {
+        self.nudge_if_needed();
+    }
+
     fn nudge_if_needed(&self) {
         if self.needs_flush() || self.needs_compaction() {
             if let Some(tx) = lock(&self.maint_tx).as_ref() {
@@ -703,20 +754,43 @@ impl Collection {
         while rx.recv().is_ok() {
             if self.needs_flush() {
                 if let Err(e) = self.flush() {
-                    tracing::error!(collection = %self.config.name, error = %e, "background flush failed");
+                    self.background_failed("flush", &e);
                 }
             }
             if self.needs_compaction() {
                 if let Err(e) = self.compact() {
-                    tracing::error!(collection = %self.config.name, error = %e, "background compaction failed");
+                    self.background_failed("compaction", &e);
                 }
             }
+        }
+    }
+
+    fn background_failed(&self, what: &str, e: &ServiceError) {
+        if self.is_closing() {
+            tracing::info!(collection = %self.config.name, error = %e, "background {what} abandoned: the collection is closing");
+            return;
+        }
+        if let ServiceError::StorageFull(m) = e {
+            *lock(&self.storage_full) = Some(m.clone());
+        } else if e.status().code == "storage_full" {
+            *lock(&self.storage_full) = Some(e.to_string());
+        }
+        tracing::error!(collection = %self.config.name, error = %e, "background {what} failed");
+    }
+
+    /// The cancellation check of flush and compaction.
+    fn check_open(&self) -> Result<(), ServiceError> {
+        if self.is_closing() {
+            Err(closing())
+        } else {
+            Ok(())
         }
     }
 
     /// Writes every memory segment into one new shard file, then drops the log up to that point. Blocking.
     pub fn flush(&self) -> Result<(), ServiceError> {
         let _guard = lock(&self.maint_lock);
+        self.check_open()?;
         let rotated = self.call(|reply| Cmd::Rotate { reply })?;
         let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
             .segments
@@ -729,6 +803,10 @@ impl Collection {
         }
         let add = self.build_segment(&picked)?;
         let started = std::time::Instant::now();
+        if let Err(e) = self.check_open() {
+            self.discard(&add);
+            return Err(e);
+        }
         let install = Install {
             remove: picked.iter().map(|p| p.0).collect(),
             add,
@@ -746,6 +824,7 @@ impl Collection {
     /// nothing to do.
     pub fn compact(&self) -> Result<bool, ServiceError> {
         let _guard = lock(&self.maint_lock);
+        self.check_open()?;
         let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
             .segments
             .iter()
@@ -756,6 +835,10 @@ impl Collection {
             return Ok(false);
         }
         let add = self.build_segment(&picked)?;
+        if let Err(e) = self.check_open() {
+            self.discard(&add);
+            return Err(e);
+        }
         let ids: Vec<u64> = picked.iter().map(|p| p.0).collect();
         let install = Install {
             remove: ids.clone(),
@@ -767,6 +850,15 @@ impl Collection {
         self.call(|reply| Cmd::Install { install, reply })?;
         tracing::info!(collection = %self.config.name, merged = picked.len(), "compacted the shards");
         Ok(true)
+    }
+
+    /// Removes the files of a shard that was built but will not be installed.
+    fn discard(&self, add: &Option<NewSegment>) {
+        if let Some((id, _, _)) = add {
+            if let Err(e) = remove_shard_files(&self.layout.segment(*id)) {
+                tracing::warn!(collection = %self.config.name, error = %e, "cannot remove an abandoned shard");
+            }
+        }
     }
 
     /// Writes the live documents of `picked` into a new shard file (None when none is live).
@@ -824,21 +916,14 @@ fn closing() -> ServiceError {
 }
 
 /// Rebuilds the state from the manifest and the log; returns it with an open log writer and the next segment
-/// id.
+/// id. Any damage (missing or corrupt manifest, shard or log) is an error that names the file, and nothing in
+/// the directory has been changed when it is returned.
 fn recover(
     layout: &Layout,
     config: &CollectionConfig,
 ) -> Result<(State, WalWriter, u64), ServiceError> {
     let mpath = layout.manifest();
-    let manifest: Manifest = if mpath.exists() {
-        manifest::read_json(&mpath)?
-    } else {
-        Manifest {
-            format_version: MANIFEST_VERSION,
-            ..Default::default()
-        }
-    };
-    manifest::check_version(&mpath, manifest.format_version)?;
+    let manifest: Manifest = manifest::read_checked(&mpath)?;
     let mut st = State {
         segments: vec![],
         ids: HashMap::new(),
@@ -905,73 +990,44 @@ fn recover(
             meta: Arc::default(),
         });
     }
-    remove_orphans(layout, &manifest);
 
-    // Replay the log on top.
-    let files = wal::list(&layout.wal())?;
+    // Replay the log on top (the whole chain is checked; damage is refused before anything is changed).
     let mut docs: Vec<Option<wal::WalDoc>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut last_valid_len = 0;
-    for (i, f) in files.iter().enumerate() {
-        let end = wal::read_file(&f.path, |seq, op| {
-            if seq <= manifest.flushed_seq {
-                return Ok(());
+    let wal_dir = layout.wal();
+    let replayed = wal::replay(&wal_dir, manifest.flushed_seq, |seq, op| {
+        st.last_seq = seq;
+        let (upserts, deletes) = match op {
+            WalOp::Upsert(d) => (d, vec![]),
+            WalOp::Delete(ids) => (vec![], ids),
+        };
+        for id in deletes
+            .iter()
+            .map(String::as_str)
+            .chain(upserts.iter().map(|d| d.id.as_str()))
+        {
+            if let Some(old) = st.ids.remove(id) {
+                st.tombstone(old);
             }
-            if seq <= st.last_seq {
+            if let Some(i) = index.remove(id) {
+                docs[i] = None;
+            }
+        }
+        for d in upserts {
+            if d.dim != config.dimension {
                 return Err(IndexError::corrupt(
-                    &f.path,
-                    format!("sequence {seq} after {}", st.last_seq),
+                    &wal_dir,
+                    format!("record {seq}: document {:?} has dimension {}", d.id, d.dim),
                 ));
             }
-            st.last_seq = seq;
-            let (upserts, deletes) = match op {
-                WalOp::Upsert(d) => (d, vec![]),
-                WalOp::Delete(ids) => (vec![], ids),
-            };
-            for id in deletes
-                .iter()
-                .map(String::as_str)
-                .chain(upserts.iter().map(|d| d.id.as_str()))
-            {
-                if let Some(old) = st.ids.remove(id) {
-                    st.tombstone(old);
-                }
-                if let Some(i) = index.remove(id) {
-                    docs[i] = None;
-                }
-            }
-            for d in upserts {
-                if d.dim != config.dimension {
-                    return Err(IndexError::corrupt(
-                        &f.path,
-                        format!("document {:?} has dimension {}", d.id, d.dim),
-                    ));
-                }
-                index.insert(d.id.clone(), docs.len());
-                docs.push(Some(d));
-            }
-            Ok(())
-        })?;
-        let last = i + 1 == files.len();
-        if !end.clean {
-            if !last {
-                return Err(IndexError::corrupt(
-                    &f.path,
-                    format!(
-                        "damaged record at byte {} of a closed log file",
-                        end.valid_len
-                    ),
-                )
-                .into());
-            }
-            tracing::warn!(file = %f.path.display(), valid_bytes = end.valid_len, "torn log tail (an unacknowledged write); truncating");
+            index.insert(d.id.clone(), docs.len());
+            docs.push(Some(d));
         }
-        if last {
-            last_valid_len = end.valid_len;
-        }
-    }
+        Ok(())
+    })?;
+    st.last_seq = st.last_seq.max(replayed.last_seq);
     let live: Vec<wal::WalDoc> = docs.into_iter().flatten().collect();
-    let replayed = live.len();
+    let n_replayed = live.len();
     for chunk in live.chunks(REPLAY_SEGMENT_DOCS) {
         let shard_docs = chunk
             .iter()
@@ -1005,14 +1061,19 @@ fn recover(
             meta: Arc::default(),
         });
     }
-    let writer = WalWriter::open(&layout.wal(), &files, last_valid_len, st.last_seq + 1)?;
+    // Everything checked out: only now may files change (a torn tail cleared, leftovers of interrupted work
+    // removed).
+    let writer = WalWriter::open(&wal_dir, &replayed, &layout.quarantine())?;
     st.wal_bytes = writer.bytes();
-    tracing::info!(collection = %config.name, shards = manifest.segments.len(), replayed_docs = replayed,
+    remove_orphans(layout, &manifest);
+    tracing::info!(collection = %config.name, shards = manifest.segments.len(), replayed_docs = n_replayed,
         last_seq = st.last_seq, documents = st.ids.len(), "opened collection");
     Ok((st, writer, next_segment))
 }
 
-/// Deletes shard files (and their temp and graph files) that the manifest does not name.
+/// Deletes what interrupted work left behind, given a VALID manifest: shard files (and their temp and graph
+/// files) that the manifest does not name, and temporary files. Their contents are either superseded (an
+/// obsolete shard after a compaction) or still in the log (a flush that crashed before its manifest).
 fn remove_orphans(layout: &Layout, manifest: &Manifest) {
     let Ok(rd) = std::fs::read_dir(layout.segments()) else {
         return;
@@ -1023,8 +1084,18 @@ fn remove_orphans(layout: &Layout, manifest: &Manifest) {
             continue;
         };
         if manifest.segments.iter().all(|s| s.id != id) {
-            tracing::info!(file = %name, "removing a shard file no manifest names (an interrupted flush or compaction)");
+            tracing::warn!(file = %name, "removing a shard file the (valid) manifest does not name: an interrupted flush or compaction");
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for dir in [layout.wal(), layout.dir.clone()] {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 }

@@ -6,24 +6,33 @@
 //!   manifest.json            which shard files are live, their deleted documents, and flushed_seq
 //!   segments/seg-<id>.shard  immutable engine shards (+ graph files beside them)
 //!   wal/wal-<seq>.log        the write-ahead log (see `wal`)
+//!   quarantine/              evidence kept aside (torn log tails); never read, never deleted by the server
 //! ```
 //!
+//! Both JSON files are written as version 2: `{"format_version": 2, "crc32": C, "body": {...}}`, where `C` is
+//! the CRC32 of the body's compact serialization, so an edited or bit-flipped file is refused instead of
+//! trusted. Version 1 files (the body alone, no checksum) are still read. Both files are replaced atomically
+//! (temp file, fsync, rename, directory fsync), so a crash leaves either the old or the new version.
+//!
 //! The state of a collection is: the manifest's shards minus its deletions, plus every log record with
-//! `seq > flushed_seq` replayed in order. Both files are replaced atomically (temp file, fsync, rename, directory
-//! fsync), so a crash leaves either the old or the new version; a shard file that no manifest names (a flush
-//! or compaction that crashed before its manifest) is deleted at start-up.
+//! `seq > flushed_seq` replayed in order. A missing or damaged manifest is damage, never "an empty
+//! collection": the collection is refused and nothing in its directory is touched. A shard file that a VALID
+//! manifest does not name (a flush or compaction that crashed before its manifest) is deleted at start-up.
 use std::fs;
-use std::io::Write;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use chamfer_index::shard::IndexParams;
 use chamfer_index::IndexError;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::wal::sync_dir;
+use super::fsutil;
 
-/// Format version of both files.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Format version this build writes (both files).
+pub const MANIFEST_VERSION: u32 = 2;
+/// The oldest version still read.
+const OLDEST_VERSION: u32 = 1;
 
 /// `collection.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -72,6 +81,9 @@ impl Layout {
     pub fn wal(&self) -> PathBuf {
         self.dir.join("wal")
     }
+    pub fn quarantine(&self) -> PathBuf {
+        self.dir.join("quarantine")
+    }
     pub fn segment(&self, id: u64) -> PathBuf {
         self.segments().join(format!("seg-{id:010}.shard"))
     }
@@ -81,43 +93,180 @@ impl Layout {
     }
 }
 
-/// Writes `bytes` to `path` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
-    let tmp = path.with_extension("json.tmp");
-    let io = |e| IndexError::io(&tmp, e);
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir);
+/// The version-2 file: a body and the CRC32 of its compact JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<T> {
+    format_version: u32,
+    crc32: u32,
+    body: T,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    format_version: u32,
+}
+
+/// Something stored as a checked JSON file.
+pub trait Versioned: Serialize + DeserializeOwned {
+    /// The version recorded inside the body.
+    fn version(&self) -> u32;
+}
+
+impl Versioned for CollectionConfig {
+    fn version(&self) -> u32 {
+        self.format_version
     }
-    Ok(())
 }
 
-/// Reads and parses a JSON file.
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, IndexError> {
-    let bytes = fs::read(path).map_err(|e| IndexError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| IndexError::corrupt(path, e.to_string()))
+impl Versioned for Manifest {
+    fn version(&self) -> u32 {
+        self.format_version
+    }
 }
 
-/// Writes a JSON file atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IndexError> {
+fn body_crc<T: Serialize>(path: &Path, body: &T) -> Result<u32, IndexError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
+    Ok(crc32fast::hash(&bytes))
+}
+
+/// Reads a checked JSON file (version 2, or an unchecked version 1). A missing file is an error saying so.
+pub fn read_checked<T: Versioned>(path: &Path) -> Result<T, IndexError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IndexError::corrupt(
+                path,
+                "the file is missing (it always exists in a collection; refusing to open, nothing was deleted)",
+            ))
+        }
+        Err(e) => return Err(IndexError::io(path, e)),
+    };
+    parse_checked(path, &bytes)
+}
+
+/// Parses the bytes of a checked JSON file (see [`read_checked`]).
+pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, IndexError> {
+    let corrupt = |e: serde_json::Error| IndexError::corrupt(path, e.to_string());
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let value: T = match probe.format_version {
+        OLDEST_VERSION => serde_json::from_slice(bytes).map_err(corrupt)?,
+        MANIFEST_VERSION => {
+            let env: Envelope<T> = serde_json::from_slice(bytes).map_err(corrupt)?;
+            let got = body_crc(path, &env.body)?;
+            if got != env.crc32 {
+                return Err(IndexError::corrupt(
+                    path,
+                    format!(
+                        "checksum mismatch (stored {:#010x}, computed {got:#010x}): the file was damaged or edited",
+                        env.crc32
+                    ),
+                ));
+            }
+            env.body
+        }
+        found => {
+            return Err(IndexError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: MANIFEST_VERSION,
+            })
+        }
+    };
+    if value.version() != probe.format_version {
+        return Err(IndexError::corrupt(
+            path,
+            format!(
+                "the body says format version {}, the file {}",
+                value.version(),
+                probe.format_version
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// Writes a checked JSON file (version 2) atomically and durably.
+pub fn write_checked<T: Versioned>(path: &Path, body: &T) -> Result<(), IndexError> {
+    let env = Envelope {
+        format_version: MANIFEST_VERSION,
+        crc32: body_crc(path, body)?,
+        body,
+    };
     let bytes =
-        serde_json::to_vec_pretty(value).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+        serde_json::to_vec_pretty(&env).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
+    fsutil::write_atomic(path, &bytes)
 }
 
-/// Checks a file's format version.
-pub fn check_version(path: &Path, found: u32) -> Result<(), IndexError> {
-    if found == MANIFEST_VERSION {
-        Ok(())
-    } else {
-        Err(IndexError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found,
-            supported: MANIFEST_VERSION,
-        })
+/// Recomputes the CRC of a version-2 file whose body parses as `T` (for fuzzing: mutations then reach the
+/// checks behind the checksum). None when the bytes are not such a file.
+#[doc(hidden)]
+pub fn reseal<T: Versioned>(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut env: Envelope<T> = serde_json::from_slice(bytes).ok()?;
+    env.crc32 = body_crc(Path::new(""), &env.body).ok()?;
+    serde_json::to_vec(&env).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            flushed_seq: 41,
+            next_segment_id: 3,
+            segments: vec![SegmentEntry {
+                id: 2,
+                docs: 10,
+                deleted: vec![1, 7],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        write_checked(&path, &manifest()).unwrap();
+        assert_eq!(read_checked::<Manifest>(&path).unwrap(), manifest());
+        // Raising flushed_seq by hand (the issue's silent loss) is now refused.
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("41", "4100")).unwrap();
+        let e = read_checked::<Manifest>(&path).unwrap_err();
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+        // A missing file is damage, not an empty manifest.
+        fs::remove_file(&path).unwrap();
+        let e = read_checked::<Manifest>(&path).unwrap_err();
+        assert!(matches!(e, IndexError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn reads_version_1_and_refuses_unknown_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let v1 = Manifest {
+            format_version: 1,
+            ..manifest()
+        };
+        fs::write(&path, serde_json::to_vec(&v1).unwrap()).unwrap();
+        assert_eq!(read_checked::<Manifest>(&path).unwrap(), v1);
+        fs::write(&path, br#"{"format_version": 9}"#).unwrap();
+        assert!(matches!(
+            read_checked::<Manifest>(&path).unwrap_err(),
+            IndexError::UnsupportedVersion { found: 9, .. }
+        ));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"format_version\": 2, \"crc32\": 0, \"body\": 5}",
+        ] {
+            fs::write(&path, bad).unwrap();
+            assert!(matches!(
+                read_checked::<Manifest>(&path).unwrap_err(),
+                IndexError::Corrupt { .. }
+            ));
+        }
     }
 }

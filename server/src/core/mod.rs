@@ -8,18 +8,21 @@
 //! `<data_dir>/collections/<name>/` (see [`manifest`]).
 pub mod collection;
 pub mod filter;
+pub mod fsutil;
 pub mod input;
 pub mod manifest;
 pub mod pool;
 pub mod wal;
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
@@ -86,12 +89,40 @@ pub struct HitOut {
     pub metadata: Option<String>,
 }
 
+/// A collection directory as the registry knows it.
+#[derive(Clone)]
+enum Slot {
+    /// Being opened at start-up (its log replayed); requests answer 503 until it is ready.
+    Opening,
+    Ready(Arc<Collection>),
+    /// Damaged (or not a collection): the reason names the file. Nothing in its directory is touched.
+    Unavailable(String),
+}
+
+/// Why the server is or is not ready, for `/readyz` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// True when every collection has been opened (or found damaged) and shutdown has not begun.
+    pub ready: bool,
+    /// Why not ready.
+    pub reason: Option<String>,
+    /// Collections that cannot serve, with the reason.
+    pub unavailable: Vec<(String, String)>,
+    /// Collections whose writes fail for lack of disk space, with the error.
+    pub storage_full: Vec<(String, String)>,
+}
+
 struct Inner {
     limits: Limits,
     tuning: Tuning,
     root: PathBuf,
-    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    collections: RwLock<BTreeMap<String, Slot>>,
+    /// Serialises create and drop (a dropped collection's directory is gone before a new one of the same name
+    /// can be made). A tokio lock: held across blocking file work run on the blocking pool, never on a worker.
+    lifecycle: tokio::sync::Mutex<()>,
     pool: CpuPool,
+    /// Collections still to open at start-up (0 when loaded).
+    opening: AtomicUsize,
     closed: AtomicBool,
     _lock: File,
 }
@@ -104,8 +135,25 @@ pub struct Core {
 
 impl Core {
     /// Opens (or creates) the data directory and every collection in it, replaying their logs. Blocking: call
-    /// it from `spawn_blocking` in async code.
+    /// it from `spawn_blocking` in async code. Same as [`Core::new`] then [`Core::load`].
     pub fn open(settings: &Settings) -> Result<Core, ServiceError> {
+        let core = Core::new(settings)?;
+        core.load();
+        Ok(core)
+    }
+
+    /// Takes the data directory (its lock, the CPU pool) and lists its collections as opening, without
+    /// opening them yet: the listeners can answer (not ready, with the reason) while [`Core::load`] runs.
+    pub fn new(settings: &Settings) -> Result<Core, ServiceError> {
+        let tuning = Tuning::new(
+            settings.flush_threshold_docs,
+            settings.compaction_max_shards,
+        );
+        Core::new_tuned(settings, tuning)
+    }
+
+    /// [`Core::new`] with explicit background-work thresholds (tests use a tiny memtable cap).
+    pub(crate) fn new_tuned(settings: &Settings, tuning: Tuning) -> Result<Core, ServiceError> {
         let root = settings.data_dir.join("collections");
         std::fs::create_dir_all(&root).map_err(|e| ServiceError::io(&root, e))?;
         let lock_path = settings.data_dir.join("LOCK");
@@ -121,37 +169,113 @@ impl Core {
                 settings.data_dir.display()
             ))
         })?;
-        let tuning = Tuning {
-            flush_threshold_docs: settings.flush_threshold_docs,
-            compaction_max_shards: settings.compaction_max_shards,
-        };
         let pool = CpuPool::new(settings.cpu_threads())?;
         let mut collections = BTreeMap::new();
         for entry in std::fs::read_dir(&root).map_err(|e| ServiceError::io(&root, e))? {
             let entry = entry.map_err(|e| ServiceError::io(&root, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                // An interrupted create or drop: never acknowledged, or already acknowledged as gone.
+            if let Some(rest) = name
+                .strip_prefix(".creating-")
+                .or(name.strip_prefix(".dropped-"))
+            {
+                // An interrupted create (never acknowledged) or drop (already acknowledged as gone).
+                tracing::info!(dir = %name, collection = rest, "removing an interrupted create or drop");
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
             }
             if !entry.path().is_dir() {
+                tracing::warn!(entry = %name, "ignoring a stray file in the collections directory");
                 continue;
             }
-            let c = pool.install(|| Collection::open(Layout { dir: entry.path() }, tuning))?;
-            collections.insert(name, c);
+            if input::validate_collection_name(&name).is_err() {
+                tracing::warn!(entry = %name, "ignoring a directory whose name is not a collection name");
+                continue;
+            }
+            collections.insert(name, Slot::Opening);
         }
+        let opening = collections.len();
         Ok(Core {
             inner: Arc::new(Inner {
                 limits: settings.limits.clone(),
                 tuning,
                 root,
                 collections: RwLock::new(collections),
+                lifecycle: tokio::sync::Mutex::new(()),
                 pool,
+                opening: AtomicUsize::new(opening),
                 closed: AtomicBool::new(false),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Opens every collection listed by [`Core::new`], one at a time. A damaged one is marked unavailable with
+    /// its reason (logged at ERROR); the others open regardless. Blocking.
+    pub fn load(&self) {
+        let names: Vec<String> = self
+            .registry()
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Opening))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let dir = self.inner.root.join(&name);
+            let tuning = self.inner.tuning;
+            let slot = if self.inner.closed.load(Ordering::SeqCst) {
+                Slot::Unavailable("the server is shutting down".into())
+            } else {
+                match self
+                    .inner
+                    .pool
+                    .install(|| Collection::open(Layout { dir }, tuning))
+                {
+                    Ok(c) => Slot::Ready(c),
+                    Err(e) => {
+                        tracing::error!(collection = %name, error = %e,
+                            "collection is damaged and stays unavailable; nothing in its directory was changed");
+                        // Clients see paths relative to the data directory.
+                        let root = format!("{}", self.inner.root.display());
+                        Slot::Unavailable(e.to_string().replace(&root, "collections"))
+                    }
+                }
+            };
+            self.registry_mut().insert(name, slot);
+            self.inner.opening.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Readiness and what stands in its way.
+    pub fn health(&self) -> Health {
+        let reg = self.registry();
+        let mut h = Health::default();
+        for (name, slot) in reg.iter() {
+            match slot {
+                Slot::Opening => {}
+                Slot::Ready(c) => {
+                    if let Some(e) = c.storage_full() {
+                        h.storage_full.push((name.clone(), e));
+                    }
+                }
+                Slot::Unavailable(reason) => h.unavailable.push((name.clone(), reason.clone())),
+            }
+        }
+        let opening = self.inner.opening.load(Ordering::SeqCst);
+        h.reason = if self.inner.closed.load(Ordering::SeqCst) {
+            Some("the server is shutting down".into())
+        } else if opening > 0 {
+            Some(format!(
+                "starting: {opening} of {} collections still opening (replaying their logs)",
+                reg.len()
+            ))
+        } else if let Some((name, e)) = h.storage_full.first() {
+            Some(format!(
+                "out of disk space: writes to collection {name:?} fail ({e})"
+            ))
+        } else {
+            None
+        };
+        h.ready = h.reason.is_none();
+        h
     }
 
     /// The limits in force.
@@ -164,10 +288,17 @@ impl Core {
         !self.inner.closed.load(Ordering::SeqCst)
     }
 
-    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Collection>>> {
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
         self.inner
             .collections
             .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
+        self.inner
+            .collections
+            .write()
             .unwrap_or_else(|e| e.into_inner())
     }
 
@@ -177,10 +308,18 @@ impl Core {
                 "the server is shutting down".into(),
             ));
         }
-        self.registry()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))
+        match self.registry().get(name) {
+            Some(Slot::Ready(c)) => Ok(c.clone()),
+            Some(Slot::Opening) => Err(ServiceError::CollectionUnavailable {
+                name: name.to_string(),
+                reason: "still opening (replaying its log); retry shortly".into(),
+            }),
+            Some(Slot::Unavailable(reason)) => Err(ServiceError::CollectionUnavailable {
+                name: name.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Err(ServiceError::CollectionNotFound(name.to_string())),
+        }
     }
 
     fn info(c: &Collection) -> CollectionInfo {
@@ -213,16 +352,12 @@ impl Core {
             )));
         }
         let params = resolve_params(dimension, &overrides)?;
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        if self.registry().contains_key(&name) {
+            return Err(ServiceError::CollectionExists(name));
+        }
         let core = self.clone();
         blocking(move || {
-            let mut reg = core
-                .inner
-                .collections
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            if reg.contains_key(&name) {
-                return Err(ServiceError::CollectionExists(name));
-            }
             let config = CollectionConfig {
                 format_version: MANIFEST_VERSION,
                 name: name.clone(),
@@ -231,16 +366,29 @@ impl Core {
             };
             let c = Collection::create(&core.inner.root, config, core.inner.tuning)?;
             let info = Core::info(&c);
-            reg.insert(name, c);
+            core.registry_mut().insert(name, Slot::Ready(c));
             tracing::info!(collection = %info.name, dimension, "created collection");
             Ok(info)
         })
         .await
     }
 
-    /// Every collection, by name.
+    /// Every collection that serves, by name (see [`Core::health`] for the others).
     pub fn list_collections(&self) -> Vec<CollectionInfo> {
-        self.registry().values().map(|c| Core::info(c)).collect()
+        self.ready_collections()
+            .iter()
+            .map(|(_, c)| Core::info(c))
+            .collect()
+    }
+
+    fn ready_collections(&self) -> Vec<(String, Arc<Collection>)> {
+        self.registry()
+            .iter()
+            .filter_map(|(n, s)| match s {
+                Slot::Ready(c) => Some((n.clone(), c.clone())),
+                Slot::Opening | Slot::Unavailable(_) => None,
+            })
+            .collect()
     }
 
     /// One collection.
@@ -249,27 +397,44 @@ impl Core {
         Ok(Core::info(&c))
     }
 
-    /// Deletes a collection and its files.
+    /// Deletes a collection and its files (a damaged one too: that is the operator's explicit choice).
     pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
-        let c = {
-            let mut reg = self
-                .inner
-                .collections
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            reg.remove(name)
-                .ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))?
+        if !self.is_ready() {
+            return Err(ServiceError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        }
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        let slot = self
+            .registry()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::CollectionNotFound(name.to_string()))?;
+        let c = match slot {
+            Slot::Opening => {
+                return Err(ServiceError::CollectionUnavailable {
+                    name: name.to_string(),
+                    reason: "still opening; drop it once it is open".into(),
+                })
+            }
+            Slot::Ready(c) => Some(c),
+            Slot::Unavailable(_) => None,
         };
+        self.registry_mut().remove(name);
         let root = self.inner.root.clone();
         let name = name.to_string();
         blocking(move || {
-            c.close();
+            // Every thread of this instance is done with its directory once close returns.
+            if let Some(c) = &c {
+                c.close();
+            }
+            let dir = root.join(&name);
             // Rename first: a crash mid-delete leaves a dot-directory that start-up removes, never a half
             // collection.
             let trash = root.join(format!(".dropped-{name}"));
             let _ = std::fs::remove_dir_all(&trash);
-            std::fs::rename(c.dir(), &trash).map_err(|e| ServiceError::io(c.dir(), e))?;
-            wal::sync_dir(&root);
+            std::fs::rename(&dir, &trash).map_err(|e| ServiceError::io(&dir, e))?;
+            fsutil::sync_dir(&root);
             std::fs::remove_dir_all(&trash).map_err(|e| ServiceError::io(&trash, e))?;
             tracing::info!(collection = %name, "dropped collection");
             Ok(())
@@ -306,6 +471,17 @@ impl Core {
         docs: Vec<DocInput>,
     ) -> Result<UpsertOutcome, ServiceError> {
         let c = self.collection(name)?;
+        let memtable = c.stats().memtable_documents;
+        if memtable >= self.inner.tuning.max_memtable_docs as u64 {
+            c.nudge_flush();
+            return Err(ServiceError::Overloaded {
+                reason: format!(
+                    "{memtable} documents are waiting to be flushed (the limit is {})",
+                    self.inner.tuning.max_memtable_docs
+                ),
+                retry_after_ms: 1000,
+            });
+        }
         let (dim, params, limits) = (
             c.config.dimension,
             c.config.params.clone(),
@@ -456,17 +632,16 @@ impl Core {
 
     /// Statistics of every collection (for metrics).
     pub fn stats(&self) -> Vec<(String, Stats)> {
-        self.registry()
-            .iter()
-            .map(|(n, c)| (n.clone(), c.stats()))
+        self.ready_collections()
+            .into_iter()
+            .map(|(n, c)| (n, c.stats()))
             .collect()
     }
 
     /// Stops accepting work and closes every collection (their logs are synced). Blocking.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let all: Vec<Arc<Collection>> = self.registry().values().cloned().collect();
-        for c in all {
+        for (_, c) in self.ready_collections() {
             c.close();
         }
     }

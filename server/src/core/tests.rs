@@ -4,9 +4,9 @@ use super::input::{CollectionParamsInput, DocInput, MetadataInput, SearchInput, 
 use super::*;
 use crate::config::Settings;
 
-const DIM: usize = 8;
+pub(super) const DIM: usize = 8;
 
-fn settings(dir: &Path) -> Settings {
+pub(super) fn settings(dir: &Path) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
         flush_threshold_docs: 1_000_000,
@@ -16,7 +16,7 @@ fn settings(dir: &Path) -> Settings {
 }
 
 /// Deterministic pseudo-random unit tokens.
-fn tokens(seed: u64, n: usize) -> Vec<Vec<f32>> {
+pub(super) fn tokens(seed: u64, n: usize) -> Vec<Vec<f32>> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -37,7 +37,7 @@ fn tokens(seed: u64, n: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn doc(i: u64) -> DocInput {
+pub(super) fn doc(i: u64) -> DocInput {
     DocInput {
         id: format!("d{i}"),
         tokens: TokenInput::Rows(tokens(i, 3 + (i % 4) as usize)),

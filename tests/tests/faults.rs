@@ -1,0 +1,154 @@
+//! Fault injection through the real server (`chamfer_server::serve::start` on 127.0.0.1 port 0): what a
+//! client sees of a damaged collection over REST and gRPC, `/readyz` and `/metrics`; that the other
+//! collections keep serving; that error bodies never name server files. The storage-level cases (every kind of
+//! damage, drop vs flush, close vs compaction, backpressure, a full disk) are in
+//! `server/src/core/fault_tests.rs`; RELIABILITY.md maps each promise to its test.
+use std::path::Path;
+
+use chamfer_proto::v1 as pb;
+use chamfer_server::config::Settings;
+use chamfer_server::serve::{start, Server};
+use chamfer_tests::http::Http;
+use pb::collections_client::CollectionsClient;
+use pb::search_client::SearchClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn server(dir: &Path) -> Server {
+    start(Settings {
+        data_dir: dir.to_path_buf(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        search_threads: 2,
+        ..Settings::default()
+    })
+    .await
+    .expect("server starts")
+}
+
+fn doc(i: usize) -> Value {
+    let t = |k: usize| ((i * 7 + k * 3) % 11) as f32 / 4.0 - 1.0;
+    json!({"id": format!("d{i}"), "tokens": [[t(0), t(1), t(2), t(3)], [t(4), t(5), t(6), t(7)]]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_collection_is_reported_and_the_rest_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let h = Http::new(s.addrs().http, None);
+    for name in ["good", "bad"] {
+        h.ok(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": name, "dimension": 4})),
+        )
+        .await;
+        let docs: Vec<Value> = (0..20).map(doc).collect();
+        h.ok(
+            "POST",
+            &format!("/v1/collections/{name}/documents"),
+            Some(&json!({ "documents": docs })),
+        )
+        .await;
+    }
+    s.shutdown().await.unwrap();
+
+    // Damage "bad": its manifest disappears.
+    let bad = dir.path().join("collections/bad");
+    std::fs::remove_file(bad.join("manifest.json")).unwrap();
+    let wal_before = std::fs::read_dir(bad.join("wal")).unwrap().count();
+
+    let s = server(dir.path()).await;
+    let h = Http::new(s.addrs().http, None);
+    let (status, body) = h.call("GET", "/v1/collections/bad", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "collection_unavailable");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("manifest.json"), "{msg}");
+    let root = dir.path().display().to_string();
+    assert!(
+        !msg.contains(&root),
+        "the reason names a server path: {msg}"
+    );
+    let (status, _) = h
+        .call(
+            "POST",
+            "/v1/collections/bad/search",
+            Some(&json!({"query": [[1, 0, 0, 0]], "k": 3})),
+        )
+        .await;
+    assert_eq!(status, 503);
+    // The good collection serves.
+    let v = h
+        .ok(
+            "POST",
+            "/v1/collections/good/search",
+            Some(&json!({"query": [[1, 0, 0, 0]], "k": 3})),
+        )
+        .await;
+    assert_eq!(v["hits"].as_array().unwrap().len(), 3);
+    // Listed as unavailable, ready overall (one bad collection is not an outage), visible in metrics.
+    let list = h.ok("GET", "/v1/collections", None).await;
+    assert_eq!(list["collections"].as_array().unwrap().len(), 1);
+    assert_eq!(list["unavailable"][0]["name"], "bad");
+    let (status, ready) = h.call("GET", "/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["unavailable_collections"][0]["collection"], "bad");
+    let (_, metrics) = h.raw("GET", "/metrics", b"", None).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("chamfer_collection_unavailable{collection=\"bad\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("chamfer_ready 1"));
+
+    // gRPC says the same.
+    let ch = Channel::from_shared(format!("http://{}", s.addrs().grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut coll = CollectionsClient::new(ch.clone());
+    let e = coll
+        .describe(pb::DescribeCollectionRequest { name: "bad".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.metadata().get("chamfer-error-code").unwrap(),
+        "collection_unavailable"
+    );
+    let mut search = SearchClient::new(ch);
+    let q = chamfer_proto::tokens::pack_f32(&[1.0, 0.0, 0.0, 0.0], 4);
+    let hits = search
+        .search(pb::SearchRequest {
+            collection: "good".into(),
+            query: Some(q),
+            k: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hits.hits.len(), 2);
+    s.shutdown().await.unwrap();
+
+    // Nothing of the damaged collection was deleted: the log is intact, so putting back the manifest it had
+    // (never flushed: the one written at creation) brings every acknowledged document back.
+    assert_eq!(
+        std::fs::read_dir(bad.join("wal")).unwrap().count(),
+        wal_before
+    );
+    use chamfer_server::core::manifest::{write_checked, Manifest, MANIFEST_VERSION};
+    let empty = Manifest {
+        format_version: MANIFEST_VERSION,
+        ..Default::default()
+    };
+    write_checked(&bad.join("manifest.json"), &empty).unwrap();
+    let s = server(dir.path()).await;
+    let h = Http::new(s.addrs().http, None);
+    let v = h.ok("GET", "/v1/collections/bad", None).await;
+    assert_eq!(v["stats"]["documents"], 20, "{v}");
+    s.shutdown().await.unwrap();
+}

@@ -913,7 +913,25 @@ impl Soak {
                         if r.status == 503
                             && r.error_code().as_deref() == Some("collection_unavailable") =>
                     {
-                        (Outcome::Detected, String::new())
+                        // Reported unavailable: reads must not serve (possibly wrong) data either.
+                        let ids: Vec<String> =
+                            lock(&self.model).ids.iter().take(20).cloned().collect();
+                        let body = json!({"ids": ids, "with_tokens": true}).to_string();
+                        let read = http::request(
+                            port,
+                            "POST",
+                            &format!("/v1/collections/{COLLECTION}/documents/get"),
+                            Some(body.as_bytes()),
+                            REQUEST_TIMEOUT,
+                        );
+                        match read {
+                            Ok(r) if (200..300).contains(&r.status) => {
+                                let e = "describe answers 503 collection_unavailable but documents/get answers 200".to_string();
+                                self.anomaly(format!("cycle {cycle} {}: {e}", d.name()));
+                                (Outcome::Unexpected, e)
+                            }
+                            _ => (Outcome::Detected, String::new()),
+                        }
                     }
                     Ok(r) => {
                         let e = format!("describe answered HTTP {} {}", r.status, r.text(200));

@@ -1,4 +1,7 @@
-//! End-to-end test crate (tests live in tests/); this library holds what several test files share.
+//! End-to-end test crate (tests live in tests/); this library holds what several test files share, and the
+//! reliability soak (`soak`, run by the `chamfer-soak` binary; see tests/soak/README.md).
+
+pub mod soak;
 
 /// A minimal HTTP/1.1 client for tests: one request per connection, exact bytes on the wire (so malformed
 /// requests can be sent too).

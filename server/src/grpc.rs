@@ -252,20 +252,75 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-/// The client's deadline (`grpc-timeout` from arrival), if it sent one. It is moved 1 ms earlier than tonic's
-/// own timer for the same header, so the handler answers DEADLINE_EXCEEDED before tonic would cancel the call
-/// with CANCELLED (tonic polls the handler before its timer).
+/// The deadline of a call that arrived at `arrival` with `grpc-timeout` `timeout`: 1 ms earlier than tonic's
+/// own timer for the same header, so that this server answers DEADLINE_EXCEEDED before tonic would cancel the
+/// call with CANCELLED (tonic polls the service before its timer).
+fn deadline_from(arrival: Instant, timeout: Duration) -> Instant {
+    (arrival + timeout)
+        .checked_sub(Duration::from_millis(1))
+        .map_or(arrival, |e| e.max(arrival))
+}
+
+fn header_timeout(v: Option<&http::HeaderValue>) -> Option<Duration> {
+    parse_grpc_timeout(v?.to_str().ok()?)
+}
+
+/// The client's deadline (`grpc-timeout` from arrival), if it sent one.
 fn client_deadline<T>(r: &Request<T>) -> Option<Instant> {
     let timeout = parse_grpc_timeout(r.metadata().get("grpc-timeout")?.to_str().ok()?)?;
     let arrival = r
         .extensions()
         .get::<Arrival>()
         .map_or_else(Instant::now, |a| a.0);
-    let d = arrival + timeout;
-    Some(
-        d.checked_sub(Duration::from_millis(1))
-            .map_or(arrival, |e| e.max(arrival)),
-    )
+    Some(deadline_from(arrival, timeout))
+}
+
+/// The outermost layer of our own: stamps each call's arrival and, when the client sent `grpc-timeout`, answers
+/// DEADLINE_EXCEEDED at the deadline even while the request body is still arriving or being decoded (the
+/// handler, once running, answers it itself and stops its CPU work; dropping it here stops the work too).
+#[derive(Clone)]
+struct Deadlines<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Deadlines<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let arrival = Instant::now();
+        req.extensions_mut().insert(Arrival(arrival));
+        let timeout = header_timeout(req.headers().get("grpc-timeout"));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let Some(timeout) = timeout else {
+                return fut.await;
+            };
+            match tokio::time::timeout_at(deadline_from(arrival, timeout).into(), fut).await {
+                Ok(r) => r,
+                Err(_) => Ok(tonic::Status::from(ServiceError::DeadlineExceeded(format!(
+                    "the call did not finish within its grpc-timeout of {} ms; its work was stopped",
+                    timeout.as_millis()
+                )))
+                .into_http()),
+            }
+        })
+    }
 }
 
 // ----- services -------------------------------------------------------------------------------------------
@@ -566,11 +621,8 @@ pub async fn serve(
             tower_http::trace::TraceLayer::new_for_grpc().make_span_with(crate::rest::request_span),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .map_request(|mut req: http::Request<_>| {
-            req.extensions_mut().insert(Arrival(Instant::now()));
-            req
-        })
         .map_response(fix_status)
+        .layer(tower::layer::layer_fn(|inner| Deadlines { inner }))
         .into_inner();
     tonic::transport::Server::builder()
         .layer(layers)

@@ -67,7 +67,7 @@ impl CancelToken {
         ServiceError::DeadlineExceeded(match self.budget {
             Some(b) => format!(
                 "the request did not finish within its {} ms deadline; its remaining work was stopped",
-                b.as_millis()
+                b.as_micros().div_ceil(1000)
             ),
             None => "the request was stopped before it finished".into(),
         })

@@ -220,7 +220,7 @@ fn stream_error(s: Status) -> Status {
     if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") {
         Status::resource_exhausted(s.message().to_string())
     } else if s.code() == tonic::Code::Internal && s.message().starts_with(DECODE_ERROR) {
-        Status::invalid_argument(s.message().to_string())
+        ServiceError::Malformed(s.message().to_string()).into()
     } else {
         s
     }
@@ -576,8 +576,14 @@ fn fix_status(mut resp: http::Response<tonic::body::Body>) -> http::Response<ton
         _ => None,
     };
     if let Some(code) = fixed {
-        resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static(code));
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static(code));
+        if code == "3" {
+            h.insert(
+                "chamfer-error-code",
+                http::HeaderValue::from_static("malformed"),
+            );
+        }
     }
     resp
 }

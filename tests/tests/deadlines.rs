@@ -450,6 +450,12 @@ async fn raw_bulk(ch: &Channel, msgs: Vec<Vec<u8>>) -> Result<Vec<u8>, tonic::St
     .map(|r| r.into_inner())
 }
 
+fn error_code(s: &tonic::Status) -> Option<&str> {
+    s.metadata()
+        .get("chamfer-error-code")
+        .and_then(|v| v.to_str().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_messages_answer_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,6 +484,7 @@ async fn undecodable_messages_answer_invalid_argument() {
                 Code::InvalidArgument,
                 "{path} {garbage:?}: {err:?}"
             );
+            assert_eq!(error_code(&err), Some("malformed"), "{path}: {err:?}");
         }
         // Streaming: garbage as the first message, and after a valid one.
         let err = raw_bulk(&ch, vec![garbage.to_vec()]).await.unwrap_err();
@@ -486,6 +493,7 @@ async fn undecodable_messages_answer_invalid_argument() {
             Code::InvalidArgument,
             "bulk {garbage:?}: {err:?}"
         );
+        assert_eq!(error_code(&err), Some("malformed"), "bulk: {err:?}");
         let ds = dataset();
         let valid = pb::UpsertRequest {
             collection: "pb".into(),

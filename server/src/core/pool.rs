@@ -517,7 +517,10 @@ mod tests {
                 .run(&t, |_| -> Result<(), ServiceError> { panic!("boom") })
                 .await
                 .unwrap_err();
-            assert!(matches!(&e, ServiceError::Internal(m) if m.contains("boom")), "{e}");
+            assert!(
+                matches!(&e, ServiceError::Internal(m) if m.contains("boom")),
+                "{e}"
+            );
             // A task that observed its token and stopped answers the deadline error.
             let e = pool
                 .run(&t, |tok| -> Result<(), ServiceError> {
@@ -529,7 +532,8 @@ mod tests {
             assert!(matches!(e, ServiceError::DeadlineExceeded(_)), "{e}");
             // A failing task cancels its siblings and is the answer.
             let t = pool.ticket(None);
-            let tasks: Vec<Box<dyn FnOnce(&CancelToken) -> Result<u32, ServiceError> + Send>> = vec![
+            type Task = Box<dyn FnOnce(&CancelToken) -> Result<u32, ServiceError> + Send>;
+            let tasks: Vec<Task> = vec![
                 Box::new(|_| Ok(1)),
                 Box::new(|_| Err(ServiceError::InvalidArgument("bad".into()))),
             ];

@@ -170,10 +170,14 @@ impl Core {
     /// A request's claim on the CPU pool: its deadline is `request_timeout_ms` from now, or `client` when that
     /// is earlier.
     fn ticket(&self, client: Option<Instant>) -> Ticket {
-        let server = Instant::now() + self.inner.request_timeout;
+        let (now, timeout) = (Instant::now(), self.inner.request_timeout);
+        let deadline = match client {
+            Some(c) if c < now + timeout => (c, c.saturating_duration_since(now)),
+            Some(_) | None => (now + timeout, timeout),
+        };
         self.inner
             .pool
-            .ticket(Some(client.map_or(server, |c| c.min(server))))
+            .ticket_for(CancelToken::with_budget(Some(deadline)))
     }
 
     /// False once shutdown started.

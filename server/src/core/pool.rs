@@ -40,9 +40,14 @@ pub struct CancelToken {
 impl CancelToken {
     /// A token that is cancelled at `deadline` (never, when None) or by [`CancelToken::cancel`].
     pub fn new(deadline: Option<Instant>) -> CancelToken {
+        CancelToken::with_budget(deadline.map(|d| (d, d.saturating_duration_since(Instant::now()))))
+    }
+
+    /// [`CancelToken::new`] with the deadline's length as the caller counted it (for messages).
+    pub fn with_budget(deadline: Option<(Instant, Duration)>) -> CancelToken {
         CancelToken {
-            deadline,
-            budget: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            deadline: deadline.map(|d| d.0),
+            budget: deadline.map(|d| d.1),
             cancelled: AtomicBool::new(false),
         }
     }
@@ -228,9 +233,14 @@ impl CpuPool {
 
     /// A new request's ticket, cancelled at `deadline`.
     pub fn ticket(&self, deadline: Option<Instant>) -> Ticket {
+        self.ticket_for(CancelToken::new(deadline))
+    }
+
+    /// A new request's ticket with its own token.
+    pub fn ticket_for(&self, token: CancelToken) -> Ticket {
         Ticket {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            token: Arc::new(CancelToken::new(deadline)),
+            token: Arc::new(token),
         }
     }
 

@@ -663,3 +663,31 @@ pub async fn serve(
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values_parse_per_the_spec() {
+        assert_eq!(parse_grpc_timeout("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "5", "5x", "-5m", "123456789m", "5 m", "5é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        // Our deadline is 1 ms before tonic's own timer, never before the arrival.
+        let t = Instant::now();
+        assert_eq!(
+            deadline_from(t, Duration::from_millis(5)),
+            t + Duration::from_millis(4)
+        );
+        assert_eq!(deadline_from(t, Duration::from_micros(10)), t);
+    }
+}

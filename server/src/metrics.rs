@@ -181,6 +181,18 @@ impl Metrics {
             "# HELP chamfer_collections Collections.\n# TYPE chamfer_collections gauge\nchamfer_collections {}",
             stats.len()
         );
+        let pool = core.pool_stats();
+        let _ = writeln!(
+            out,
+            "# HELP chamfer_cpu_tasks_total CPU-pool tasks by outcome: executed, or skipped unstarted because \
+             their request was cancelled (deadline passed, client gone, sibling task failed).\n\
+             # TYPE chamfer_cpu_tasks_total counter\n\
+             chamfer_cpu_tasks_total{{state=\"executed\"}} {}\n\
+             chamfer_cpu_tasks_total{{state=\"skipped\"}} {}\n\
+             # HELP chamfer_cpu_tasks_queued CPU-pool tasks waiting now.\n\
+             # TYPE chamfer_cpu_tasks_queued gauge\nchamfer_cpu_tasks_queued {}",
+            pool.executed, pool.skipped, pool.queued
+        );
         out
     }
 }

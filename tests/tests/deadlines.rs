@@ -142,14 +142,25 @@ fn json_batch(n: usize, tokens: usize) -> Value {
     json!({ "searches": searches })
 }
 
-/// One HTTP/1.1 request with exact bytes; returns the status and the JSON body.
+/// One HTTP/1.1 POST with a JSON body; returns the status and the JSON body.
 async fn http(server: &Server, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
     let body = serde_json::to_vec(body).unwrap();
+    let (status, out) = http_raw(server, "POST", path, &body, headers).await;
+    (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+async fn http_raw(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(server.addrs().http)
         .await
         .unwrap();
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -157,7 +168,7 @@ async fn http(server: &Server, path: &str, body: &Value, headers: &[(&str, &str)
     }
     head.push_str("\r\n");
     let _ = s.write_all(head.as_bytes()).await;
-    let _ = s.write_all(&body).await;
+    let _ = s.write_all(body).await;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let split = buf
@@ -172,10 +183,7 @@ async fn http(server: &Server, path: &str, body: &Value, headers: &[(&str, &str)
             .contains("transfer-encoding: chunked"),
         "unexpected chunked answer: {head}"
     );
-    (
-        status,
-        serde_json::from_slice(&buf[split + 4..]).unwrap_or(Value::Null),
-    )
+    (status, buf[split + 4..].to_vec())
 }
 
 /// Waits (by yielding, no timed assertion) until the pool has nothing queued and every submitted task either
@@ -304,6 +312,15 @@ async fn the_server_deadline_and_the_rest_header_answer_504() {
         after.executed - before.executed < 1 + n as u64,
         "every task of the batch ran: {after:?}"
     );
+    // The pool's counters are exported.
+    let (status, text) = http_raw(&server, "GET", "/metrics", b"", &[]).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(text).unwrap();
+    let line = format!(
+        "chamfer_cpu_tasks_total{{state=\"executed\"}} {}",
+        after.executed
+    );
+    assert!(text.contains(&line), "{line} missing from {text}");
     server.shutdown().await.unwrap();
 
     // A generous server deadline, a tiny one asked for by the client.

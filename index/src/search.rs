@@ -38,7 +38,8 @@ pub const DEFAULT_RERANK_MIN: usize = 128;
 pub const DEFAULT_RERANK_MAX: usize = 2048;
 /// Default number of graph candidates, as a multiple of the re-rank depth.
 pub const DEFAULT_CANDIDATE_FACTOR: usize = 3;
-/// [`Searcher::search_with`] asks its `cancel` hook once per this many documents scored exactly.
+/// [`Searcher::search_with`] asks its `cancel` hook once per this many documents scored exactly (or by
+/// centroid interaction), besides once per shard, per FDE-scan block and before the exact re-rank.
 pub const CANCEL_CHECK_EVERY: usize = 256;
 
 /// How to search.
@@ -203,8 +204,14 @@ impl SparseFde {
             .sum()
     }
 
-    /// Scores every document of `shard` into `scores` (coordinate-major scan).
-    fn scan(&self, shard: &Shard, scores: &mut [f32]) {
+    /// Scores every document of `shard` into `scores` (coordinate-major scan); `check` runs before each
+    /// non-zero block and stops the scan when it fails.
+    fn scan(
+        &self,
+        shard: &Shard,
+        scores: &mut [f32],
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
         let n = shard.len();
         let layout = shard.scan_layout();
         scores.iter_mut().for_each(|s| *s = 0.0);
@@ -213,6 +220,7 @@ impl SparseFde {
             .iter()
             .zip(self.values.chunks_exact(self.block))
         {
+            check()?;
             for (c, &qv) in q.iter().enumerate() {
                 if qv != 0.0 {
                     let row = &layout[(o + c) * n..(o + c + 1) * n];
@@ -220,6 +228,7 @@ impl SparseFde {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -406,7 +415,7 @@ impl Searcher {
                 Plan::FdeScan => {
                     let sp = &sparse;
                     scores.resize(shard.len(), 0.0);
-                    sp.scan(shard, &mut scores);
+                    sp.scan(shard, &mut scores, &check)?;
                     let mut hits: Vec<Hit> = scores
                         .iter()
                         .enumerate()
@@ -428,14 +437,19 @@ impl Searcher {
                         ));
                     };
                     let table = book.query_table(query.as_slice());
-                    let mut hits: Vec<Hit> = (0..shard.len())
-                        .filter(|&d| pass(si, d))
-                        .map(|d| Hit {
-                            shard: si,
-                            doc: d,
-                            score: table.score(shard.codes(d)),
-                        })
-                        .collect();
+                    let mut hits: Vec<Hit> = Vec::new();
+                    for d in 0..shard.len() {
+                        if d % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 {
+                            check()?;
+                        }
+                        if pass(si, d) {
+                            hits.push(Hit {
+                                shard: si,
+                                doc: d,
+                                score: table.score(shard.codes(d)),
+                            });
+                        }
+                    }
                     keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }

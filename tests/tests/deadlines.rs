@@ -1,9 +1,10 @@
 //! Issue 7, items 6 and 7, end to end on the real server (127.0.0.1, port 0) with the bundled demo data:
 //!
 //! * fair scheduling: a one-query search sent beside a big exact batch finishes while the batch still runs;
-//! * deadlines: a gRPC `grpc-timeout`, the server's `request_timeout_ms` and the REST `x-timeout-ms` header
-//!   answer DEADLINE_EXCEEDED / 504 `deadline_exceeded`, and the abandoned work stops (fewer pool tasks run
-//!   than the request needed);
+//! * deadlines: a gRPC `grpc-timeout` (sent over a bare HTTP/2 connection, so no client-side timer races the
+//!   server's answer), the server's `request_timeout_ms` and the REST `x-timeout-ms` header answer
+//!   DEADLINE_EXCEEDED / 504 `deadline_exceeded`, and the abandoned work stops (queued queries are skipped,
+//!   fewer pool tasks run than the request needed);
 //! * the work budget (`limits.max_batch_query_tokens`) answers 413 / RESOURCE_EXHAUSTED before any work;
 //! * bytes that are not a protobuf message answer INVALID_ARGUMENT, on a unary call and on the bulk stream.
 //!
@@ -252,6 +253,53 @@ async fn a_single_search_beside_a_big_batch_finishes_first() {
 
 // ----- (b) deadlines --------------------------------------------------------------------------------------
 
+/// One gRPC call over a bare HTTP/2 connection: `grpc-timeout` is sent as is, and nothing on the client side
+/// enforces it (tonic's own channel gives up at the same instant with CANCELLED, racing the server's answer).
+/// Returns the `grpc-status` and `grpc-message` (from the headers of a trailers-only answer, or the trailers).
+async fn h2_call(server: &Server, path: &str, msg: &[u8], timeout: &str) -> (String, String) {
+    let tcp = tokio::net::TcpStream::connect(server.addrs().grpc)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", server.addrs().grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let mut frame = Vec::with_capacity(msg.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(msg);
+    // The server may answer (and close the stream) before the body is sent: not a failure.
+    let _ = send.send_data(frame.into(), true);
+    let resp = resp.await.unwrap();
+    let pick = |h: &tonic::codegen::http::HeaderMap| {
+        h.get("grpc-status").map(|s| {
+            let m = h
+                .get("grpc-message")
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).replace("%20", " "))
+                .unwrap_or_default();
+            (String::from_utf8_lossy(s.as_bytes()).to_string(), m)
+        })
+    };
+    if let Some(r) = pick(resp.headers()) {
+        return r;
+    }
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    pick(&trailers).expect("a grpc-status")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_timeout_answers_deadline_exceeded_and_stops_the_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,20 +307,41 @@ async fn a_grpc_timeout_answers_deadline_exceeded_and_stops_the_work() {
     demo_collection(&server, "dl").await;
     let before = pool_idle(&server).await;
     let n = 100;
-    let mut req = tonic::Request::new(heavy_batch("dl", n, 256));
-    req.set_timeout(Duration::from_millis(5));
-    let err = SearchClient::new(channel(&server).await)
-        .search_batch(req)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("deadline"), "{}", err.message());
+    // 300 ms: the body arrives and the batch starts, then the deadline passes mid-batch (one CPU thread).
+    let (status, message) = h2_call(
+        &server,
+        "/chamfer.v1.Search/SearchBatch",
+        &heavy_batch("dl", n, 256).encode_to_vec(),
+        "300m",
+    )
+    .await;
+    assert_eq!(
+        status, "4",
+        "DEADLINE_EXCEEDED expected: {status} {message}"
+    );
+    assert!(message.contains("deadline"), "{message}");
+    // A tiny deadline answers the same, even before the request body has arrived.
+    let (status, message) = h2_call(
+        &server,
+        "/chamfer.v1.Search/SearchBatch",
+        &heavy_batch("dl", n, 256).encode_to_vec(),
+        "1m",
+    )
+    .await;
+    assert_eq!(
+        status, "4",
+        "DEADLINE_EXCEEDED expected: {status} {message}"
+    );
     // The abandoned work stops: the queries not started are skipped, fewer tasks run than the batch needed.
     let after = pool_idle(&server).await;
     let executed = after.executed - before.executed;
     assert!(
-        executed < 1 + n as u64,
-        "all {executed} tasks of the batch ran: {after:?}"
+        executed < 2 * (1 + n as u64),
+        "all {executed} tasks of the two batches ran: {after:?}"
+    );
+    assert!(
+        after.skipped > before.skipped,
+        "no queued query was skipped: {after:?}"
     );
     // The server still answers (and a single search with a generous deadline completes).
     let mut req = tonic::Request::new(pb_search("dl", dataset().query_tokens(1), false));

@@ -38,6 +38,9 @@ pub const DEFAULT_RERANK_MIN: usize = 128;
 pub const DEFAULT_RERANK_MAX: usize = 2048;
 /// Default number of graph candidates, as a multiple of the re-rank depth.
 pub const DEFAULT_CANDIDATE_FACTOR: usize = 3;
+/// [`Searcher::search_with`] asks its `cancel` hook once per this many documents scored exactly (or by
+/// centroid interaction), besides once per shard, per FDE-scan block and before the exact re-rank.
+pub const CANCEL_CHECK_EVERY: usize = 256;
 
 /// How to search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,8 +204,14 @@ impl SparseFde {
             .sum()
     }
 
-    /// Scores every document of `shard` into `scores` (coordinate-major scan).
-    fn scan(&self, shard: &Shard, scores: &mut [f32]) {
+    /// Scores every document of `shard` into `scores` (coordinate-major scan); `check` runs before each
+    /// non-zero block and stops the scan when it fails.
+    fn scan(
+        &self,
+        shard: &Shard,
+        scores: &mut [f32],
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
         let n = shard.len();
         let layout = shard.scan_layout();
         scores.iter_mut().for_each(|s| *s = 0.0);
@@ -211,6 +220,7 @@ impl SparseFde {
             .iter()
             .zip(self.values.chunks_exact(self.block))
         {
+            check()?;
             for (c, &qv) in q.iter().enumerate() {
                 if qv != 0.0 {
                     let row = &layout[(o + c) * n..(o + c + 1) * n];
@@ -218,6 +228,7 @@ impl SparseFde {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -292,6 +303,19 @@ impl Searcher {
         self.search_with_stats(query, p, filter).map(|(h, _)| h)
     }
 
+    /// [`Searcher::search`] that gives up when `cancel` returns true: it is asked before each stage, before each
+    /// shard and every [`CANCEL_CHECK_EVERY`] documents scored exactly (the exhaustive exact plan included), and
+    /// a search it stops returns [`IndexError::Cancelled`]. `cancel` must be cheap (a flag or a clock read).
+    pub fn search_with(
+        &self,
+        query: TokenMatrix<'_>,
+        p: &SearchParams,
+        filter: Option<DocFilter<'_>>,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<Vec<Hit>> {
+        self.search_impl(query, p, filter, cancel).map(|(h, _)| h)
+    }
+
     /// [`Searcher::search`], also reporting what ran.
     pub fn search_with_stats(
         &self,
@@ -299,6 +323,23 @@ impl Searcher {
         p: &SearchParams,
         filter: Option<DocFilter<'_>>,
     ) -> Result<(Vec<Hit>, SearchStats)> {
+        self.search_impl(query, p, filter, &|| false)
+    }
+
+    fn search_impl(
+        &self,
+        query: TokenMatrix<'_>,
+        p: &SearchParams,
+        filter: Option<DocFilter<'_>>,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
+        let check = || {
+            if cancel() {
+                Err(IndexError::Cancelled("the search was stopped"))
+            } else {
+                Ok(())
+            }
+        };
         p.validate()?;
         let dim = self.params.fde.dimension;
         if query.dim() != dim {
@@ -349,6 +390,7 @@ impl Searcher {
             if shard.is_empty() {
                 continue;
             }
+            check()?;
             let plan = plans[si];
             if Some(si) == largest {
                 stats.plan = Some(plan);
@@ -356,6 +398,9 @@ impl Searcher {
             match plan {
                 Plan::Exact | Plan::Auto => {
                     for d in (0..shard.len()).filter(|&d| pass(si, d)) {
+                        if d % CANCEL_CHECK_EVERY == 0 {
+                            check()?;
+                        }
                         let score =
                             kernels::chamfer(&prepared, shard.packed_tokens(d), shard.n_tokens(d));
                         exact.push(Hit {
@@ -370,7 +415,7 @@ impl Searcher {
                 Plan::FdeScan => {
                     let sp = &sparse;
                     scores.resize(shard.len(), 0.0);
-                    sp.scan(shard, &mut scores);
+                    sp.scan(shard, &mut scores, &check)?;
                     let mut hits: Vec<Hit> = scores
                         .iter()
                         .enumerate()
@@ -392,14 +437,19 @@ impl Searcher {
                         ));
                     };
                     let table = book.query_table(query.as_slice());
-                    let mut hits: Vec<Hit> = (0..shard.len())
-                        .filter(|&d| pass(si, d))
-                        .map(|d| Hit {
-                            shard: si,
-                            doc: d,
-                            score: table.score(shard.codes(d)),
-                        })
-                        .collect();
+                    let mut hits: Vec<Hit> = Vec::new();
+                    for d in 0..shard.len() {
+                        if d % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 {
+                            check()?;
+                        }
+                        if pass(si, d) {
+                            hits.push(Hit {
+                                shard: si,
+                                doc: d,
+                                score: table.score(shard.codes(d)),
+                            });
+                        }
+                    }
                     keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }
@@ -445,9 +495,13 @@ impl Searcher {
             }
         }
         // Stage 2: the best `rerank` approximate candidates over all shards are re-ranked exactly.
+        check()?;
         keep_best(&mut approx, rerank);
         stats.reranked += approx.len();
-        for h in &mut approx {
+        for (i, h) in approx.iter_mut().enumerate() {
+            if i % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 {
+                check()?;
+            }
             let shard = &self.shards[h.shard];
             h.score =
                 kernels::chamfer(&prepared, shard.packed_tokens(h.doc), shard.n_tokens(h.doc));

@@ -18,6 +18,8 @@
 //! | max request body bytes | `limits.max_request_bytes` | `CHAMFER_MAX_REQUEST_BYTES` | 64 MiB |
 //! | max k | `limits.max_k` | `CHAMFER_MAX_K` | 1000 |
 //! | max metadata bytes per document | `limits.max_metadata_bytes` | `CHAMFER_MAX_METADATA_BYTES` | 64 KiB |
+//! | max query tokens in one search or search batch (work budget) | `limits.max_batch_query_tokens` | `CHAMFER_MAX_BATCH_QUERY_TOKENS` | 65536 |
+//! | request deadline, ms (gRPC: the earlier of this and `grpc-timeout`) | `request_timeout_ms` | `CHAMFER_REQUEST_TIMEOUT_MS` | 30000 |
 //! | memtable documents before a flush | `flush_threshold_docs` | `CHAMFER_FLUSH_THRESHOLD_DOCS` | 20000 |
 //! | shards before a compaction | `compaction_max_shards` | `CHAMFER_COMPACTION_MAX_SHARDS` | 8 |
 //! | CPU (search/encode) threads, 0 = cores | `search_threads` | `CHAMFER_SEARCH_THREADS` | 0 |
@@ -29,6 +31,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Largest `request_timeout_ms`: one day.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Request limits, enforced once in the service core for both protocols.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +50,9 @@ pub struct Limits {
     pub max_k: usize,
     /// Bytes of one document's metadata JSON.
     pub max_metadata_bytes: usize,
+    /// The work budget of one search request: query token vectors summed over its queries (a batch's total).
+    /// Search cost grows with it; over the budget a request is refused before any work starts.
+    pub max_batch_query_tokens: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +64,7 @@ impl Default for Limits {
             max_request_bytes: 64 << 20,
             max_k: 1000,
             max_metadata_bytes: 64 << 10,
+            max_batch_query_tokens: 65_536,
         }
     }
 }
@@ -77,6 +86,10 @@ pub struct Settings {
     pub compaction_max_shards: usize,
     /// Threads of the CPU pool that runs encoding and search; 0 means one per core.
     pub search_threads: usize,
+    /// Deadline of every request, in milliseconds from its arrival (a gRPC client's shorter `grpc-timeout`,
+    /// or a REST client's shorter `x-timeout-ms` header, wins). Work past it stops and the request answers
+    /// DEADLINE_EXCEEDED / 504. A write that reached its log is never abandoned.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -90,6 +103,7 @@ impl Default for Settings {
             flush_threshold_docs: 20_000,
             compaction_max_shards: 8,
             search_threads: 0,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -108,6 +122,7 @@ pub struct SettingsLayer {
     pub flush_threshold_docs: Option<usize>,
     pub compaction_max_shards: Option<usize>,
     pub search_threads: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// Optional overrides of [`Limits`].
@@ -120,6 +135,7 @@ pub struct LimitsLayer {
     pub max_request_bytes: Option<usize>,
     pub max_k: Option<usize>,
     pub max_metadata_bytes: Option<usize>,
+    pub max_batch_query_tokens: Option<usize>,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -180,6 +196,20 @@ impl Settings {
         positive("limits.max_batch", l.max_batch);
         positive("limits.max_k", l.max_k);
         positive("flush_threshold_docs", self.flush_threshold_docs);
+        positive("limits.max_batch_query_tokens", l.max_batch_query_tokens);
+        if l.max_batch_query_tokens < l.max_query_tokens {
+            p.push(format!(
+                "limits.max_batch_query_tokens ({}) must be at least limits.max_query_tokens ({}): one \
+                 full-size query must fit the budget",
+                l.max_batch_query_tokens, l.max_query_tokens
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > MAX_REQUEST_TIMEOUT_MS {
+            p.push(format!(
+                "request_timeout_ms must be in 1..={MAX_REQUEST_TIMEOUT_MS}, got {}",
+                self.request_timeout_ms
+            ));
+        }
         if l.max_request_bytes < 1024 {
             p.push(format!(
                 "limits.max_request_bytes must be at least 1024, got {}",
@@ -234,6 +264,11 @@ impl Settings {
         p
     }
 
+    /// The request deadline.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// The number of CPU-pool threads to start.
     pub fn cpu_threads(&self) -> usize {
         if self.search_threads > 0 {
@@ -277,9 +312,13 @@ impl Settings {
         set(ll.max_request_bytes, &mut l.max_request_bytes);
         set(ll.max_k, &mut l.max_k);
         set(ll.max_metadata_bytes, &mut l.max_metadata_bytes);
+        set(ll.max_batch_query_tokens, &mut l.max_batch_query_tokens);
         set(layer.flush_threshold_docs, &mut self.flush_threshold_docs);
         set(layer.compaction_max_shards, &mut self.compaction_max_shards);
         set(layer.search_threads, &mut self.search_threads);
+        if let Some(v) = layer.request_timeout_ms {
+            self.request_timeout_ms = v;
+        }
     }
 }
 
@@ -329,9 +368,11 @@ fn env_layer(
     layer.limits.max_request_bytes = number("CHAMFER_MAX_REQUEST_BYTES");
     layer.limits.max_k = number("CHAMFER_MAX_K");
     layer.limits.max_metadata_bytes = number("CHAMFER_MAX_METADATA_BYTES");
+    layer.limits.max_batch_query_tokens = number("CHAMFER_MAX_BATCH_QUERY_TOKENS");
     layer.flush_threshold_docs = number("CHAMFER_FLUSH_THRESHOLD_DOCS");
     layer.compaction_max_shards = number("CHAMFER_COMPACTION_MAX_SHARDS");
     layer.search_threads = number("CHAMFER_SEARCH_THREADS");
+    layer.request_timeout_ms = number("CHAMFER_REQUEST_TIMEOUT_MS").map(|v| v as u64);
     layer
 }
 
@@ -422,5 +463,32 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn deadline_and_work_budget_settings() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("CHAMFER_REQUEST_TIMEOUT_MS", "250"),
+                ("CHAMFER_MAX_BATCH_QUERY_TOKENS", "4096"),
+            ]),
+            &SettingsLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(s.request_timeout(), std::time::Duration::from_millis(250));
+        assert_eq!(s.limits.max_batch_query_tokens, 4096);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "request_timeout_ms = 0\n[limits]\nmax_batch_query_tokens = 10\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]), &SettingsLayer::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("request_timeout_ms"), "{text}");
+        assert!(text.contains("max_batch_query_tokens"), "{text}");
+        assert_eq!(err.problems.len(), 2, "{text}");
     }
 }

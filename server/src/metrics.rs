@@ -204,6 +204,18 @@ impl Metrics {
         for (coll, _) in &h.storage_full {
             let _ = writeln!(out, "chamfer_storage_full{{collection=\"{coll}\"}} 1");
         }
+        let pool = core.pool_stats();
+        let _ = writeln!(
+            out,
+            "# HELP chamfer_cpu_tasks_total CPU-pool tasks by outcome: executed, or skipped unstarted because \
+             their request was cancelled (deadline passed, client gone, sibling task failed).\n\
+             # TYPE chamfer_cpu_tasks_total counter\n\
+             chamfer_cpu_tasks_total{{state=\"executed\"}} {}\n\
+             chamfer_cpu_tasks_total{{state=\"skipped\"}} {}\n\
+             # HELP chamfer_cpu_tasks_queued CPU-pool tasks waiting now.\n\
+             # TYPE chamfer_cpu_tasks_queued gauge\nchamfer_cpu_tasks_queued {}",
+            pool.executed, pool.skipped, pool.queued
+        );
         out
     }
 }

@@ -10,6 +10,9 @@ pub fn document() -> Value {
     let name =
         json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
     let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let timeout = json!({"name": crate::rest::TIMEOUT_HEADER, "in": "header", "required": false,
+        "description": "a deadline in milliseconds, shorter than the server's request_timeout_ms (504 deadline_exceeded past it; an upsert's covers only its work before the log write)",
+        "schema": {"type": "integer", "minimum": 0}});
     let op = |summary: &str, params: Vec<&Value>, req: Option<Value>, resp: Value| {
         let mut o = json!({"summary": summary, "parameters": params, "responses": {"200": resp, "default": err.clone()}});
         if let Some(r) = req {
@@ -64,14 +67,14 @@ pub fn document() -> Value {
                 "delete": op("drop a collection", vec![&name], None, json!({"description": "dropped"}))},
             "/v1/collections/{name}/flush": {"post": op("flush the memtable into a shard now", vec![&name], None, ok("Collection"))},
             "/v1/collections/{name}/compact": {"post": op("merge shards, dropping deleted documents", vec![&name], None, ok("Collection"))},
-            "/v1/collections/{name}/documents": {"post": op("upsert a batch (durable when answered)", vec![&name], Some(body("Upsert")), ok("UpsertResult"))},
-            "/v1/collections/{name}/documents/get": {"post": op("get documents by id", vec![&name], Some(body("Ids")), ok("Documents"))},
+            "/v1/collections/{name}/documents": {"post": op("upsert a batch (durable when answered)", vec![&name, &timeout], Some(body("Upsert")), ok("UpsertResult"))},
+            "/v1/collections/{name}/documents/get": {"post": op("get documents by id", vec![&name, &timeout], Some(body("Ids")), ok("Documents"))},
             "/v1/collections/{name}/documents/delete": {"post": op("delete documents by id", vec![&name], Some(body("Ids")), ok("DeleteResult"))},
             "/v1/collections/{name}/documents/{id}": {
-                "get": op("get one document (with tokens)", vec![&name, &id], None, ok("Document")),
+                "get": op("get one document (with tokens)", vec![&name, &id, &timeout], None, ok("Document")),
                 "delete": op("delete one document", vec![&name, &id], None, ok("DeleteResult"))},
-            "/v1/collections/{name}/search": {"post": op("search", vec![&name], Some(body("Search")), ok("Hits"))},
-            "/v1/collections/{name}/search/batch": {"post": op("several searches on one snapshot", vec![&name], Some(body("SearchBatch")), ok("SearchBatchResult"))}
+            "/v1/collections/{name}/search": {"post": op("search", vec![&name, &timeout], Some(body("Search")), ok("Hits"))},
+            "/v1/collections/{name}/search/batch": {"post": op("several searches on one snapshot", vec![&name, &timeout], Some(body("SearchBatch")), ok("SearchBatchResult"))}
         }
     })
 }

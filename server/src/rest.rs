@@ -16,6 +16,10 @@
 //! | POST | `/v1/collections/{name}/documents/get`, `/documents/delete` | get / delete by ids |
 //! | GET / DELETE | `/v1/collections/{name}/documents/{id}` | one document |
 //! | POST | `/v1/collections/{name}/search`, `/search/batch` | search |
+//!
+//! Deadlines: every request gets the server's `request_timeout_ms`; a client may ask for a shorter one with the
+//! `x-timeout-ms: <milliseconds>` header (on search, get and upsert; an upsert's deadline covers only its CPU
+//! part, before its log write). Past it the request answers 504 `deadline_exceeded` and its work stops.
 use std::future::Future;
 use std::sync::Arc;
 
@@ -95,6 +99,30 @@ impl RestApi {
 }
 
 type Body<T> = Result<ApiJson<T>, ServiceError>;
+
+/// The request header with a client's own (shorter) deadline, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
+
+/// The client's deadline from [`TIMEOUT_HEADER`], if it sent one; counted from now (the body has been read).
+fn client_deadline(headers: &HeaderMap) -> Result<Option<std::time::Instant>, ServiceError> {
+    let Some(v) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    let ms = v
+        .to_str()
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|&ms| ms <= crate::config::MAX_REQUEST_TIMEOUT_MS)
+        .ok_or_else(|| {
+            ServiceError::Malformed(format!(
+                "{TIMEOUT_HEADER} must be a number of milliseconds in 0..={}",
+                crate::config::MAX_REQUEST_TIMEOUT_MS
+            ))
+        })?;
+    Ok(Some(
+        std::time::Instant::now() + std::time::Duration::from_millis(ms),
+    ))
+}
 
 // ----- JSON shapes ----------------------------------------------------------------------------------------
 
@@ -322,9 +350,11 @@ async fn compact(
 async fn upsert(
     State(s): State<RestApi>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<UpsertBody>,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("upsert", async {
+        let deadline = client_deadline(&headers)?;
         let docs = body?
             .0
             .documents
@@ -335,7 +365,7 @@ async fn upsert(
                 metadata: MetadataInput::Value(d.metadata),
             })
             .collect();
-        let o = s.core.upsert(&name, docs).await?;
+        let o = s.core.upsert_until(&name, docs, deadline).await?;
         Ok(Json(
             json!({"upserted": o.upserted, "sequence": o.sequence}),
         ))
@@ -348,8 +378,10 @@ async fn get_docs(
     name: &str,
     ids: Vec<String>,
     with_tokens: bool,
+    headers: &HeaderMap,
 ) -> Result<Value, ServiceError> {
-    let o = s.core.get(name, ids, with_tokens).await?;
+    let deadline = client_deadline(headers)?;
+    let o = s.core.get_until(name, ids, with_tokens, deadline).await?;
     let docs: Vec<Value> = o
         .documents
         .into_iter()
@@ -369,11 +401,14 @@ async fn get_docs(
 async fn get_many(
     State(s): State<RestApi>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<IdsBody>,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("get", async {
         let b = body?.0;
-        Ok(Json(get_docs(&s, &name, b.ids, b.with_tokens).await?))
+        Ok(Json(
+            get_docs(&s, &name, b.ids, b.with_tokens, &headers).await?,
+        ))
     })
     .await
 }
@@ -381,9 +416,10 @@ async fn get_many(
 async fn get_one(
     State(s): State<RestApi>,
     Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("get", async {
-        let mut v = get_docs(&s, &name, vec![id.clone()], true).await?;
+        let mut v = get_docs(&s, &name, vec![id.clone()], true, &headers).await?;
         match v["documents"].as_array_mut().and_then(|d| d.pop()) {
             Some(doc) => Ok(Json(doc)),
             None => Err(chamfer_index::IndexError::NotFound(id).into()),
@@ -418,13 +454,15 @@ async fn delete_one(
 async fn search(
     State(s): State<RestApi>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<SearchBody>,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("search", async {
+        let deadline = client_deadline(&headers)?;
         let b = body?.0;
         let with_metadata = b.with_metadata;
         Ok(Json(hits_json(
-            s.core.search(&name, b.into_input()).await?,
+            s.core.search_until(&name, b.into_input(), deadline).await?,
             with_metadata,
         )))
     })
@@ -434,16 +472,19 @@ async fn search(
 async fn search_batch(
     State(s): State<RestApi>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<SearchBatchBody>,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("search_batch", async {
+        let deadline = client_deadline(&headers)?;
         let b = body?.0;
         let meta: Vec<bool> = b.searches.iter().map(|q| q.with_metadata).collect();
         let results = s
             .core
-            .search_batch(
+            .search_batch_until(
                 &name,
                 b.searches.into_iter().map(SearchBody::into_input).collect(),
+                deadline,
             )
             .await?;
         let results: Vec<Value> = results

@@ -384,6 +384,30 @@ pub fn validate_search(
     })
 }
 
+/// Query token vectors a search asks for, as declared (packed: its shape; JSON: its rows).
+fn query_tokens(s: &SearchInput) -> usize {
+    match &s.query {
+        TokenInput::Packed { n_tokens, .. } => *n_tokens,
+        TokenInput::Rows(rows) => rows.len(),
+    }
+}
+
+/// The work budget of one search request: the query token vectors of all its searches, summed, must not exceed
+/// `limits.max_batch_query_tokens` (search CPU grows with them). Checked before any work starts.
+pub fn check_search_budget(searches: &[SearchInput], limits: &Limits) -> Result<(), ServiceError> {
+    let total = searches
+        .iter()
+        .fold(0usize, |acc, s| acc.saturating_add(query_tokens(s)));
+    if total > limits.max_batch_query_tokens {
+        return Err(ServiceError::TooLarge {
+            what: "search work (query token vectors in one request)",
+            got: total,
+            max: limits.max_batch_query_tokens,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

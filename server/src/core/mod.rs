@@ -24,6 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
@@ -34,7 +35,7 @@ use crate::error::ServiceError;
 use collection::{Collection, Snapshot, Stats, Tuning, WriteOp};
 use input::{CollectionParamsInput, DocInput, SearchInput, ValidSearch};
 use manifest::{CollectionConfig, Layout, MANIFEST_VERSION};
-use pool::CpuPool;
+use pool::{CancelToken, CpuPool, PoolStats, Ticket};
 
 /// Largest token dimension a collection may have.
 pub const MAX_DIMENSION: usize = 65_536;
@@ -123,6 +124,7 @@ struct Inner {
     pool: CpuPool,
     /// Collections still to open at start-up (0 when loaded).
     opening: AtomicUsize,
+    request_timeout: Duration,
     closed: AtomicBool,
     _lock: File,
 }
@@ -203,6 +205,7 @@ impl Core {
                 lifecycle: tokio::sync::Mutex::new(()),
                 pool,
                 opening: AtomicUsize::new(opening),
+                request_timeout: settings.request_timeout(),
                 closed: AtomicBool::new(false),
                 _lock: lock,
             }),
@@ -281,6 +284,24 @@ impl Core {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The CPU pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// A request's claim on the CPU pool: its deadline is `request_timeout_ms` from now, or `client` when that
+    /// is earlier.
+    fn ticket(&self, client: Option<Instant>) -> Ticket {
+        let (now, timeout) = (Instant::now(), self.inner.request_timeout);
+        let deadline = match client {
+            Some(c) if c < now + timeout => (c, c.saturating_duration_since(now)),
+            Some(_) | None => (now + timeout, timeout),
+        };
+        self.inner
+            .pool
+            .ticket_for(CancelToken::with_budget(Some(deadline)))
     }
 
     /// False once shutdown started.
@@ -470,6 +491,17 @@ impl Core {
         name: &str,
         docs: Vec<DocInput>,
     ) -> Result<UpsertOutcome, ServiceError> {
+        self.upsert_until(name, docs, None).await
+    }
+
+    /// [`Core::upsert`] with a client deadline. The deadline covers only the CPU part (validation, encoding);
+    /// once the batch is handed to the log it is never abandoned, whatever the time.
+    pub async fn upsert_until(
+        &self,
+        name: &str,
+        docs: Vec<DocInput>,
+        deadline: Option<Instant>,
+    ) -> Result<UpsertOutcome, ServiceError> {
         let c = self.collection(name)?;
         let memtable = c.stats().memtable_documents;
         if memtable >= self.inner.tuning.max_memtable_docs as u64 {
@@ -482,6 +514,7 @@ impl Core {
                 retry_after_ms: 1000,
             });
         }
+        let ticket = self.ticket(deadline);
         let (dim, params, limits) = (
             c.config.dimension,
             c.config.params.clone(),
@@ -490,9 +523,12 @@ impl Core {
         let (shard, body) = self
             .inner
             .pool
-            .run(move || {
+            .run(&ticket, move |tok| {
                 let valid = input::validate_docs(&docs, dim, &limits)?;
                 drop(docs);
+                if tok.is_cancelled() {
+                    return Err(tok.exceeded());
+                }
                 let shard_docs = valid
                     .iter()
                     .map(|d| {
@@ -515,6 +551,7 @@ impl Core {
                 Ok((shard, body))
             })
             .await?;
+        drop(ticket);
         let ack = c
             .write(
                 WriteOp::Upsert {
@@ -555,12 +592,24 @@ impl Core {
         ids: Vec<String>,
         with_tokens: bool,
     ) -> Result<GetOutcome, ServiceError> {
+        self.get_until(name, ids, with_tokens, None).await
+    }
+
+    /// [`Core::get`] with a client deadline.
+    pub async fn get_until(
+        &self,
+        name: &str,
+        ids: Vec<String>,
+        with_tokens: bool,
+        deadline: Option<Instant>,
+    ) -> Result<GetOutcome, ServiceError> {
         let c = self.collection(name)?;
         input::validate_ids(&ids, &self.inner.limits)?;
+        let ticket = self.ticket(deadline);
         let found = c.get(&ids);
         self.inner
             .pool
-            .run(move || {
+            .run(&ticket, move |_| {
                 let mut out = GetOutcome::default();
                 for (id, f) in ids.into_iter().zip(found) {
                     match f {
@@ -590,42 +639,79 @@ impl Core {
         name: &str,
         search: SearchInput,
     ) -> Result<Vec<HitOut>, ServiceError> {
+        self.search_until(name, search, None).await
+    }
+
+    /// [`Core::search`] with a client deadline (the server's `request_timeout_ms` applies anyway): past it the
+    /// search stops inside the engine and the request answers `DeadlineExceeded`.
+    pub async fn search_until(
+        &self,
+        name: &str,
+        search: SearchInput,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<HitOut>, ServiceError> {
         let c = self.collection(name)?;
         let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
+        input::check_search_budget(std::slice::from_ref(&search), &limits)?;
+        let ticket = self.ticket(deadline);
         let snap = c.snapshot();
         self.inner
             .pool
-            .run(move || {
+            .run(&ticket, move |tok| {
                 let v = input::validate_search(&search, dim, &limits)?;
-                run_search(&snap, &v, dim)
+                run_search(&snap, &v, dim, tok)
             })
             .await
     }
 
-    /// Several searches over one snapshot, run in parallel on the pool.
+    /// Several searches over one snapshot.
     pub async fn search_batch(
         &self,
         name: &str,
         searches: Vec<SearchInput>,
     ) -> Result<Vec<Vec<HitOut>>, ServiceError> {
+        self.search_batch_until(name, searches, None).await
+    }
+
+    /// [`Core::search_batch`] with a client deadline. The queries are validated first (one task), then each runs
+    /// as its own pool task of this request, so other requests' tasks take turns with them; past the deadline
+    /// the queries not started are skipped and the running ones stop.
+    pub async fn search_batch_until(
+        &self,
+        name: &str,
+        searches: Vec<SearchInput>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<HitOut>>, ServiceError> {
         let c = self.collection(name)?;
-        input::check_batch("searches", searches.len(), &self.inner.limits)?;
-        let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
+        let limits = self.inner.limits.clone();
+        input::check_batch("searches", searches.len(), &limits)?;
+        input::check_search_budget(&searches, &limits)?;
+        let dim = c.config.dimension;
+        let ticket = self.ticket(deadline);
         let snap = c.snapshot();
-        self.inner
+        let valid = self
+            .inner
             .pool
-            .run(move || {
-                use rayon::prelude::*;
-                let valid = searches
+            .run(&ticket, move |tok| {
+                searches
                     .iter()
-                    .map(|s| input::validate_search(s, dim, &limits))
-                    .collect::<Result<Vec<_>, _>>()?;
-                valid
-                    .par_iter()
-                    .map(|v| run_search(&snap, v, dim))
-                    .collect()
+                    .map(|s| {
+                        if tok.is_cancelled() {
+                            return Err(tok.exceeded());
+                        }
+                        input::validate_search(s, dim, &limits)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .await
+            .await?;
+        let valid = Arc::new(valid);
+        let tasks: Vec<_> = (0..valid.len())
+            .map(|i| {
+                let (valid, snap) = (valid.clone(), snap.clone());
+                move |tok: &CancelToken| run_search(&snap, &valid[i], dim, tok)
+            })
+            .collect();
+        self.inner.pool.run_all(&ticket, tasks).await
     }
 
     // ----- operations -------------------------------------------------------------------------------------
@@ -700,7 +786,12 @@ fn resolve_params(
 
 /// Runs a validated search on a snapshot: tombstones and the filter are applied inside the engine's candidate
 /// search.
-fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut>, ServiceError> {
+fn run_search(
+    snap: &Snapshot,
+    v: &ValidSearch,
+    dim: usize,
+    tok: &CancelToken,
+) -> Result<Vec<HitOut>, ServiceError> {
     let Some(searcher) = &snap.searcher else {
         return Ok(Vec::new());
     };
@@ -734,7 +825,7 @@ fn run_search(snap: &Snapshot, v: &ValidSearch, dim: usize) -> Result<Vec<HitOut
         } else {
             None
         };
-    let hits = searcher.search(query, &v.params, filter)?;
+    let hits = searcher.search_with(query, &v.params, filter, &|| tok.is_cancelled())?;
     Ok(hits
         .into_iter()
         .map(|h| {

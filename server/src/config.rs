@@ -192,6 +192,13 @@ impl Settings {
                 l.max_request_bytes
             ));
         }
+        if l.max_tokens_per_doc > chamfer_index::shard::MAX_DOC_TOKENS {
+            p.push(format!(
+                "limits.max_tokens_per_doc must be at most {} (the engine's limit), got {}",
+                chamfer_index::shard::MAX_DOC_TOKENS,
+                l.max_tokens_per_doc
+            ));
+        }
         if l.max_k > chamfer_index::search::MAX_K {
             p.push(format!(
                 "limits.max_k must be at most {}, got {}",

@@ -310,22 +310,33 @@ async fn compact(
     .await
 }
 
+fn upsert_docs_in(body: UpsertBody) -> Vec<DocInput> {
+    body.documents
+        .into_iter()
+        .map(|d| DocInput {
+            id: d.id,
+            tokens: TokenInput::Rows(d.tokens),
+            metadata: MetadataInput::Value(d.metadata),
+        })
+        .collect()
+}
+
+/// An upsert body (JSON bytes) as the core's input, as the handler decodes it (public for the fuzz targets:
+/// `chamfer_server::fuzzing`).
+#[doc(hidden)]
+pub fn decode_upsert_body(bytes: &[u8]) -> Result<Vec<DocInput>, ServiceError> {
+    let body: UpsertBody = serde_json::from_slice(bytes)
+        .map_err(|e| ServiceError::Malformed(format!("upsert body: {e}")))?;
+    Ok(upsert_docs_in(body))
+}
+
 async fn upsert(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     body: Body<UpsertBody>,
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("upsert", async {
-        let docs = body?
-            .0
-            .documents
-            .into_iter()
-            .map(|d| DocInput {
-                id: d.id,
-                tokens: TokenInput::Rows(d.tokens),
-                metadata: MetadataInput::Value(d.metadata),
-            })
-            .collect();
+        let docs = upsert_docs_in(body?.0);
         let o = s.core.upsert(&name, docs).await?;
         Ok(Json(
             json!({"upserted": o.upserted, "sequence": o.sequence}),

@@ -192,12 +192,16 @@ impl Settings {
                 l.max_request_bytes
             ));
         }
-        if l.max_tokens_per_doc > chamfer_index::shard::MAX_DOC_TOKENS {
-            p.push(format!(
-                "limits.max_tokens_per_doc must be at most {} (the engine's limit), got {}",
-                chamfer_index::shard::MAX_DOC_TOKENS,
-                l.max_tokens_per_doc
-            ));
+        for (name, v) in [
+            ("limits.max_tokens_per_doc", l.max_tokens_per_doc),
+            ("limits.max_query_tokens", l.max_query_tokens),
+        ] {
+            if v > chamfer_index::shard::MAX_DOC_TOKENS {
+                p.push(format!(
+                    "{name} must be at most {} (the engine's limit), got {v}",
+                    chamfer_index::shard::MAX_DOC_TOKENS
+                ));
+            }
         }
         if l.max_k > chamfer_index::search::MAX_K {
             p.push(format!(

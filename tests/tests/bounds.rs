@@ -133,7 +133,7 @@ async fn fat_fde_is_rejected_over_both_protocols() {
         "POST",
         "/v1/collections",
         Some(&json!({"name": "fat", "dimension": 4, "fde": {
-            "num_repetitions": 1024, "num_simhash_projections": 5, "projection_dimension": 1024}})),
+            "num_repetitions": 256, "num_simhash_projections": 5, "projection_dimension": 1024}})),
     )
     .await;
     assert_eq!(

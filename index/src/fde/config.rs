@@ -10,8 +10,9 @@ pub const MAX_FLOATS: usize = 1 << 28;
 /// Largest token dimension d. The server's own limit is the same; 65536 covers every embedding model in use.
 pub const MAX_TOKEN_DIMENSION: usize = 1 << 16;
 
-/// Largest number of repetitions R (the paper's settings use at most 40; the default is 20).
-pub const MAX_REPETITIONS: usize = 1024;
+/// Largest number of repetitions R (the paper's settings use at most 40; the default is 20). The encoder keeps
+/// one partition index per token and repetition, so this also bounds that scratch (4 bytes x tokens x R).
+pub const MAX_REPETITIONS: usize = 256;
 
 /// Largest k_sim: 2^18 partitions per repetition, which with one repetition and d_proj = 1 is the largest FDE
 /// allowed. (The FDE-size limit below usually binds first.)
@@ -29,9 +30,9 @@ pub const MAX_FDE_DIMENSION: usize = 1 << 18;
 /// Largest final projection dimension (the same bound as the FDE itself).
 pub const MAX_FINAL_PROJECTION_DIMENSION: usize = MAX_FDE_DIMENSION;
 
-/// Largest SimHash matrix, in entries (d x R x k_sim); the encoder stores each entry broadcast to 8 lanes, so
-/// this is at most 256 MiB. The default (128 x 20 x 5) is 12800 entries; d = 65536 with the default R and k_sim
-/// is 6.5M.
+/// Largest random matrices, in entries: d x R x max(1, k_sim). The SimHash matrices have d x R x k_sim entries,
+/// each stored broadcast to 8 lanes (at most 256 MiB); the AMS projections d x R (at most 32 MiB). The default
+/// (128 x 20 x 5) is 12800 entries; d = 65536 with the default R and k_sim is 6.5M.
 pub const MAX_SIMHASH_ENTRIES: usize = 1 << 23;
 
 /// The inner projection applied to each token before it is added to its partition's block.
@@ -154,13 +155,15 @@ impl FdeConfig {
         let entries = self
             .dimension
             .checked_mul(self.num_repetitions)
-            .and_then(|v| v.checked_mul(k));
+            .and_then(|v| v.checked_mul(k.max(1)));
         match entries {
             Some(s) if s <= MAX_SIMHASH_ENTRIES => Ok(()),
             _ => fail(format!(
-                "the SimHash matrices dimension x num_repetitions x num_simhash_projections = {} x {} x {k} \
-                 exceed the limit of {MAX_SIMHASH_ENTRIES} entries",
-                self.dimension, self.num_repetitions
+                "the random matrices dimension x num_repetitions x max(1, num_simhash_projections) = \
+                 {} x {} x {} exceed the limit of {MAX_SIMHASH_ENTRIES} entries",
+                self.dimension,
+                self.num_repetitions,
+                k.max(1)
             )),
         }
     }
@@ -311,11 +314,13 @@ mod tests {
         };
         let msg = fat.validate().unwrap_err().to_string();
         assert!(
-            msg.contains("num_repetitions") && msg.contains("8192") && msg.contains("1024"),
+            msg.contains("num_repetitions")
+                && msg.contains("8192")
+                && msg.contains(&MAX_REPETITIONS.to_string()),
             "{msg}"
         );
         let fat = FdeConfig {
-            num_repetitions: 1024,
+            num_repetitions: MAX_REPETITIONS,
             ..fat
         };
         let msg = fat.validate().unwrap_err().to_string();

@@ -163,8 +163,9 @@ pub fn check_batch(what: &'static str, n: usize, limits: &Limits) -> Result<(), 
     Ok(())
 }
 
-/// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values.
-/// `what` is "document" or "query".
+/// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values, and the
+/// f16 range |x| <= 65504 (`chamfer_index::tokens::MAX_TOKEN_VALUE`: tokens are stored as f16), for documents
+/// and queries alike (400 `out_of_range`). `what` is "document" or "query".
 pub fn decode_tokens(
     input: &TokenInput,
     dim: usize,

@@ -20,6 +20,8 @@ pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod fde;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hnsw;
 pub mod index_dir;
 pub mod kernels;

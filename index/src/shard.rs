@@ -53,8 +53,27 @@ const END_MAGIC: &[u8; 8] = b"CHMFEND1";
 pub const FORMAT_VERSION: u32 = 1;
 const ALIGN: usize = 64;
 const FOOTER: usize = 24;
-/// Documents encoded per parallel FDE batch while writing (bounds the f32 scratch memory).
+/// Most documents encoded per parallel FDE batch while writing.
 const ENCODE_BATCH: usize = 2048;
+/// Byte budget of the writer's f32 FDE scratch (one encode batch): a batch holds
+/// `clamp(ENCODE_SCRATCH_BYTES / (4 x FDE dimension), 1, 2048)` documents, so the scratch never depends on an
+/// unbounded product of client-chosen values (128 MiB: 2048 documents of the default 10240-value FDE fit in
+/// 80 MiB; the largest allowed FDE, 2^18 values, gets batches of 128).
+pub const ENCODE_SCRATCH_BYTES: usize = 128 << 20;
+
+/// Largest graph degree `hnsw.m` (hnsw_rs exits the process beyond 256 connections).
+pub const MAX_HNSW_M: usize = 128;
+/// Largest `hnsw.ef_construction` (the build beam; the default is 100).
+pub const MAX_EF_CONSTRUCTION: usize = 4096;
+/// Largest token codebook (codes are u16; bench runs use up to 2^16).
+pub const MAX_CODEBOOK_SIZE: usize = 1 << 16;
+/// Largest `hnsw.min_docs`. It is a threshold, not a size: larger values would only mean "never build a graph",
+/// which this value already means in practice (no shard holds 2^40 documents).
+pub const MAX_MIN_DOCS: usize = 1 << 40;
+/// Most token vectors in one shard document. Token counts are stored as u32, and the encoder's per-document
+/// scratch grows with tokens x repetitions; the server's `limits.max_tokens_per_doc` may not exceed it.
+pub const MAX_DOC_TOKENS: usize = 1 << 16;
+pub use crate::tokens::MAX_TOKEN_VALUE;
 
 /// Parameters of the candidate graph.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,16 +134,26 @@ impl IndexParams {
         }
     }
 
-    /// Checks every field; the message names the first problem.
+    /// Checks every field against its documented maximum (the `MAX_*` constants of this module and of
+    /// [`crate::fde`]); the [`IndexError::InvalidConfig`] message names the first bad field, its value and the limit.
     pub fn validate(&self) -> Result<()> {
         self.fde.validate()?;
         let h = &self.hnsw;
-        if h.prefix_repetitions == 0 || h.prefix_repetitions > self.fde.num_repetitions {
-            return Err(IndexError::InvalidConfig(format!(
-                "hnsw prefix_repetitions must be in 1..={} (the FDE's repetitions), got {}",
-                self.fde.num_repetitions, h.prefix_repetitions
-            )));
-        }
+        let range = |field: &str, value: usize, min: usize, max: usize| {
+            if value < min || value > max {
+                Err(IndexError::InvalidConfig(format!(
+                    "{field} must be in {min}..={max}, got {value}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        range(
+            "hnsw prefix_repetitions (at most the FDE's num_repetitions)",
+            h.prefix_repetitions,
+            1,
+            self.fde.num_repetitions,
+        )?;
         if self.fde.final_projection_dimension.is_some() {
             return Err(IndexError::InvalidConfig(
                 "final_projection_dimension mixes all repetitions, so the FDE is no longer prefix-truncatable: \
@@ -132,24 +161,15 @@ impl IndexParams {
                     .into(),
             ));
         }
-        if self.codebook_size > 1 << 16 {
-            return Err(IndexError::InvalidConfig(format!(
-                "codebook_size must be at most 65536, got {}",
-                self.codebook_size
-            )));
-        }
-        if h.m == 0 || h.m > 128 {
-            return Err(IndexError::InvalidConfig(format!(
-                "hnsw m must be in 1..=128, got {}",
-                h.m
-            )));
-        }
-        if h.ef_construction == 0 || h.ef_construction > 4096 {
-            return Err(IndexError::InvalidConfig(format!(
-                "hnsw ef_construction must be in 1..=4096, got {}",
-                h.ef_construction
-            )));
-        }
+        range("codebook_size", self.codebook_size, 0, MAX_CODEBOOK_SIZE)?;
+        range("hnsw m", h.m, 1, MAX_HNSW_M)?;
+        range(
+            "hnsw ef_construction",
+            h.ef_construction,
+            1,
+            MAX_EF_CONSTRUCTION,
+        )?;
+        range("hnsw min_docs", h.min_docs, 0, MAX_MIN_DOCS)?;
         Ok(())
     }
 
@@ -290,10 +310,51 @@ struct Built {
     codes: Vec<u16>,
 }
 
+/// Documents per encode batch for FDEs of `fde_dim` values: as many as fit [`ENCODE_SCRATCH_BYTES`] of f32,
+/// at least 1, at most [`ENCODE_BATCH`].
+fn encode_batch_docs(fde_dim: usize) -> usize {
+    (ENCODE_SCRATCH_BYTES / fde_dim.max(1).saturating_mul(4)).clamp(1, ENCODE_BATCH)
+}
+
+/// f32 -> f16 for a stored FDE value, saturating at f16's largest finite value. Tokens are within that range,
+/// but an FDE block is a (projected) sum over up to d coordinates: 128 coordinates of 60000 project to 7.7M. A
+/// saturated value is still the largest one in its direction; the exact re-rank uses the tokens themselves.
+fn fde_value_to_f16(v: f32) -> f16 {
+    f16::from_f32(v.clamp(-MAX_TOKEN_VALUE, MAX_TOKEN_VALUE))
+}
+
+/// The graph's prefix scale: the largest L2 norm of a stored (f16) prefix, summed in f64 and always a finite,
+/// positive f32 (stored values are finite f16s, so the sum cannot overflow; an all-zero shard gets 1).
+fn prefix_scale_of(fdes: &[f16], fde_dim: usize, pdim: usize) -> f32 {
+    let max = fdes
+        .par_chunks(fde_dim.max(1))
+        .map(|f| {
+            f[..pdim.min(f.len())]
+                .iter()
+                .map(|v| {
+                    let x = f64::from(v.to_f32());
+                    if x.is_finite() {
+                        x * x
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+                .sqrt()
+        })
+        .reduce(|| 0.0, f64::max);
+    if max > 0.0 && max.is_finite() {
+        (max as f32).min(f32::MAX)
+    } else {
+        1.0
+    }
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
     progress: &(dyn Fn(u64) + Sync),
+    cancel: &dyn Fn() -> bool,
 ) -> Result<Built> {
     params.validate()?;
     let dim = params.fde.dimension;
@@ -305,6 +366,12 @@ fn build(
                 got: d.tokens.dim(),
             });
         }
+        if d.tokens.len() > MAX_DOC_TOKENS {
+            return Err(IndexError::TooManyTokens {
+                got: d.tokens.len(),
+                max: MAX_DOC_TOKENS,
+            });
+        }
         if !seen.insert(d.id) {
             return Err(IndexError::DuplicateId(d.id.to_string()));
         }
@@ -314,12 +381,16 @@ fn build(
     }
     let encoder = FdeEncoder::new(params.fde.clone())?;
     let fde_dim = params.fde.output_dim();
+    let per_batch = encode_batch_docs(fde_dim);
     let mut fdes = vec![f16::ZERO; docs.len() * fde_dim];
-    let mut scratch = vec![0f32; ENCODE_BATCH.min(docs.len().max(1)) * fde_dim];
+    let mut scratch = vec![0f32; per_batch.min(docs.len().max(1)) * fde_dim];
     for (batch, out) in docs
-        .chunks(ENCODE_BATCH)
-        .zip(fdes.chunks_mut(ENCODE_BATCH * fde_dim))
+        .chunks(per_batch)
+        .zip(fdes.chunks_mut(per_batch * fde_dim))
     {
+        if cancel() {
+            return Err(IndexError::Cancelled("shard write: while encoding FDEs"));
+        }
         let toks: Vec<TokenMatrix<'_>> = batch.iter().map(|d| d.tokens).collect();
         let buf = &mut scratch[..batch.len() * fde_dim];
         encoder.encode_documents_into(&toks, buf)?;
@@ -327,10 +398,13 @@ fn build(
             .zip(buf.par_chunks(fde_dim))
             .for_each(|(o, s)| {
                 for (h, &v) in o.iter_mut().zip(s) {
-                    *h = f16::from_f32(v);
+                    *h = fde_value_to_f16(v);
                 }
             });
         progress(batch.len() as u64);
+    }
+    if cancel() {
+        return Err(IndexError::Cancelled("shard write: before the codebook"));
     }
     let mut panel_start = Vec::with_capacity(docs.len() + 1);
     let mut acc = 0u64;
@@ -341,16 +415,7 @@ fn build(
     }
     let total_tokens = docs.iter().map(|d| d.tokens.len() as u64).sum();
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
-    let prefix_scale = fdes
-        .par_chunks(fde_dim.max(1))
-        .map(|f| {
-            f[..pdim]
-                .iter()
-                .map(|v| v.to_f32() * v.to_f32())
-                .sum::<f32>()
-                .sqrt()
-        })
-        .reduce(|| 0.0, f32::max);
+    let prefix_scale = prefix_scale_of(&fdes, fde_dim, pdim);
     let (codebook, codes) = if params.codebook_size > 0 && !docs.is_empty() {
         let k = Codebook::effective_size(params.codebook_size, total_tokens as usize);
         // A seeded sample of tokens (the codebook is part of the shard's bytes, so it must be reproducible).
@@ -488,6 +553,72 @@ fn read_u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
 }
 
+/// The file part of [`Shard::write_cancellable`]: graph files, temp file, fsync, rename. The caller removes
+/// what is left behind on error.
+fn write_files(
+    path: &Path,
+    tmp: &Path,
+    built: &Built,
+    docs: &[ShardDoc<'_>],
+    cancel: &dyn Fn() -> bool,
+    graph_started: &mut bool,
+) -> Result<()> {
+    let params = &built.params;
+    let (dir, base) = dir_and_base(path);
+    if cancel() {
+        return Err(IndexError::Cancelled("shard write: before the graph build"));
+    }
+    let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
+        *graph_started = true;
+        let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
+        let scale = 1.0 / built.prefix_scale;
+        let vectors: Vec<f32> = built
+            .fdes
+            .chunks(built.fde_dim)
+            .flat_map(|f| f[..pdim].iter().map(move |v| v.to_f32() * scale))
+            .collect();
+        let h = &params.hnsw;
+        let gb = GraphBuild {
+            m: h.m,
+            ef_construction: h.ef_construction,
+            storage: h.storage,
+        };
+        Some(CandidateIndex::build_and_dump(
+            &vectors, pdim, gb, dir, &base,
+        )?)
+    } else {
+        None
+    };
+    if cancel() {
+        return Err(IndexError::Cancelled(
+            "shard write: before writing the file",
+        ));
+    }
+    let io = |e| IndexError::io(tmp, e);
+    let file = File::create(tmp).map_err(io)?;
+    let mut sw = SectionWriter {
+        out: BufWriter::with_capacity(1 << 20, file),
+        pos: 64,
+        sections: vec![],
+    };
+    sw.out.write_all(&header()).map_err(io)?;
+    write_body(&mut sw, built, docs).map_err(io)?;
+    let out = finish(sw, built, graph).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    if cancel() {
+        return Err(IndexError::Cancelled(
+            "shard write: before the final rename",
+        ));
+    }
+    fs::rename(tmp, path).map_err(|e| IndexError::io(path, e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 impl Shard {
     /// Writes a shard for `docs` to `path` atomically (temp file, fsync, rename, directory fsync), with its HNSW
     /// graph files beside it when there are at least `params.hnsw.min_docs` documents. `progress` is called with
@@ -498,59 +629,43 @@ impl Shard {
         docs: &[ShardDoc<'_>],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
+        Shard::write_cancellable(path, params, docs, progress, &|| false)
+    }
+
+    /// [`write`](Self::write) that gives up when `cancel()` turns true: it is asked before every encode batch,
+    /// before the codebook, before the graph build, before the file is written and before the final rename.
+    /// A cancelled write returns [`IndexError::Cancelled`] and leaves nothing behind (no temp file, no graph
+    /// files, no shard). Any other error also removes the temp file and the graph files it wrote.
+    pub fn write_cancellable(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        progress: &(dyn Fn(u64) + Sync),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<()> {
         if path.file_stem().is_none() {
             return Err(IndexError::param("path", "a shard path needs a file name"));
         }
-        let built = build(params, docs, progress)?;
+        let built = build(params, docs, progress, cancel)?;
         let (dir, base) = dir_and_base(path);
-        let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
-            let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
-            let scale = if built.prefix_scale > 0.0 {
-                1.0 / built.prefix_scale
-            } else {
-                1.0
-            };
-            let vectors: Vec<f32> = built
-                .fdes
-                .chunks(built.fde_dim)
-                .flat_map(|f| f[..pdim].iter().map(move |v| v.to_f32() * scale))
-                .collect();
-            let h = &params.hnsw;
-            let gb = GraphBuild {
-                m: h.m,
-                ef_construction: h.ef_construction,
-                storage: h.storage,
-            };
-            Some(CandidateIndex::build_and_dump(
-                &vectors, pdim, gb, dir, &base,
-            )?)
-        } else {
-            None
-        };
         let tmp = path.with_extension("tmp");
-        let io = |e| IndexError::io(&tmp, e);
-        let file = File::create(&tmp).map_err(io)?;
-        let mut sw = SectionWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            pos: 64,
-            sections: vec![],
-        };
-        sw.out.write_all(&header()).map_err(io)?;
-        write_body(&mut sw, &built, docs).map_err(io)?;
-        let out = finish(sw, &built, graph).map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        let mut graph_started = false;
+        let result = write_files(path, &tmp, &built, docs, cancel, &mut graph_started);
+        if result.is_err() {
+            // Best effort: the error being returned matters more than a failure to clean up.
+            let _ = fs::remove_file(&tmp);
+            if graph_started {
+                for g in crate::hnsw::graph_file_paths(dir, &base) {
+                    let _ = fs::remove_file(g);
+                }
+            }
         }
-        Ok(())
+        result
     }
 
     /// Builds the same bytes in memory (no file, no graph): for small or unflushed batches.
     pub fn build_in_memory(params: &IndexParams, docs: &[ShardDoc<'_>]) -> Result<Shard> {
-        let built = build(params, docs, &|_| {})?;
+        let built = build(params, docs, &|_| {}, &|| false)?;
         let mut sw = SectionWriter {
             out: Vec::new(),
             pos: 64,
@@ -560,10 +675,20 @@ impl Shard {
         sw.out.extend_from_slice(&header());
         write_body(&mut sw, &built, docs).map_err(io)?;
         let bytes = finish(sw, &built, None).map_err(io)?;
+        Shard::from_memory(&bytes)
+    }
+
+    /// Verifies shard bytes held in memory (no graph is loaded: graph files live beside a shard file).
+    pub(crate) fn from_memory(bytes: &[u8]) -> Result<Shard> {
         let len = bytes.len();
         let mut words = vec![0u64; len.div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(&bytes);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(bytes);
         Shard::from_bytes(None, Bytes::Owned(words, len))
+    }
+
+    /// The shard's bytes (the file, or its in-memory twin).
+    pub(crate) fn raw_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
     }
 
     /// Opens and verifies a shard file (and loads its graph, if it has one).
@@ -667,11 +792,14 @@ impl Shard {
             return Err(bad("codebook sections have the wrong size".into()));
         }
         let codebook = (!cvals.is_empty()).then(|| Codebook::from_centroids(dim, cvals));
-        let mut token_start = Vec::with_capacity(meta.n_docs + 1);
+        // Sized by the section actually present (bounded by the file), never by the stored document count;
+        // check_structure then cross-checks the two.
+        let mut token_start = Vec::with_capacity(n_tokens.len() / 4 + 1);
         token_start.push(0usize);
         for c in b[n_tokens.clone()].chunks_exact(4) {
             let last = *token_start.last().unwrap_or(&0);
-            token_start.push(last + u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize);
+            token_start
+                .push(last.saturating_add(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize));
         }
         let shard = Shard {
             path,
@@ -703,14 +831,26 @@ impl Shard {
             return Err("FDE dimension disagrees with the FDE configuration".into());
         }
         let b = self.bytes.as_slice();
-        let len_ok = |r: &Range<usize>, want: usize| r.len() == want;
-        if !len_ok(&self.panel_start, (n + 1) * 8)
-            || !len_ok(&self.n_tokens, n * 4)
-            || !len_ok(&self.fde, n * self.meta.fde_dim * 2)
-            || !len_ok(&self.id_start, (n + 1) * 8)
-            || !len_ok(&self.payload_start, (n + 1) * 8)
+        // Every stored count is checked against the section sizes (bounded by the file) with checked
+        // arithmetic before anything is sized by it.
+        let len_ok = |r: &Range<usize>, want: Option<usize>| Some(r.len()) == want;
+        let starts_len = n.checked_add(1).and_then(|v| v.checked_mul(8));
+        if !len_ok(&self.panel_start, starts_len)
+            || !len_ok(&self.n_tokens, n.checked_mul(4))
+            || !len_ok(
+                &self.fde,
+                n.checked_mul(self.meta.fde_dim)
+                    .and_then(|v| v.checked_mul(2)),
+            )
+            || !len_ok(&self.id_start, starts_len)
+            || !len_ok(&self.payload_start, starts_len)
         {
             return Err("section sizes disagree with the document count".into());
+        }
+        if self.token_start.len() != n + 1
+            || self.token_start.last().map(|&t| t as u64) != Some(self.meta.total_tokens)
+        {
+            return Err("token counts disagree with the stored total".into());
         }
         let starts: Vec<u64> = read_u64s(&b[self.panel_start.clone()]).collect();
         let counts: Vec<u32> = b[self.n_tokens.clone()]
@@ -741,7 +881,7 @@ impl Shard {
             return Err("codes without a codebook".into());
         }
         if starts.first() != Some(&0)
-            || starts.last().map(|&s| s * 2) != Some(self.tokens.len() as u64)
+            || starts.last().and_then(|&s| s.checked_mul(2)) != Some(self.tokens.len() as u64)
         {
             return Err("token section size disagrees with the panel offsets".into());
         }
@@ -921,4 +1061,265 @@ pub fn remove_shard_files(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::fde::MAX_FDE_DIMENSION;
+    use crate::search::{Plan, SearchParams, Searcher};
+
+    fn small_params(dim: usize) -> IndexParams {
+        let mut p = IndexParams::new(dim);
+        p.fde.num_repetitions = 2;
+        p.fde.num_simhash_projections = 2;
+        p.fde.projection_dimension = 4;
+        p.hnsw.prefix_repetitions = 1;
+        p.codebook_size = 0;
+        p
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_limit_is_named_in_its_error_and_defaults_are_valid() {
+        IndexParams::new(128).validate().unwrap();
+        IndexParams::new(crate::fde::MAX_TOKEN_DIMENSION)
+            .validate()
+            .unwrap();
+        let mut at_max = IndexParams::new(128);
+        at_max.codebook_size = MAX_CODEBOOK_SIZE;
+        at_max.hnsw.m = MAX_HNSW_M;
+        at_max.hnsw.ef_construction = MAX_EF_CONSTRUCTION;
+        at_max.hnsw.min_docs = MAX_MIN_DOCS;
+        at_max.hnsw.prefix_repetitions = at_max.fde.num_repetitions;
+        at_max.validate().unwrap();
+        type Edit = fn(&mut IndexParams);
+        let cases: [(Edit, &str, &str, String); 6] = [
+            (|p| p.hnsw.m = 129, "hnsw m", "129", MAX_HNSW_M.to_string()),
+            (
+                |p| p.hnsw.ef_construction = 5000,
+                "ef_construction",
+                "5000",
+                MAX_EF_CONSTRUCTION.to_string(),
+            ),
+            (
+                |p| p.codebook_size = 70000,
+                "codebook_size",
+                "70000",
+                MAX_CODEBOOK_SIZE.to_string(),
+            ),
+            (
+                |p| p.hnsw.min_docs = usize::MAX,
+                "min_docs",
+                "18446744073709551615",
+                MAX_MIN_DOCS.to_string(),
+            ),
+            (
+                |p| p.hnsw.prefix_repetitions = 21,
+                "prefix_repetitions",
+                "21",
+                "20".into(),
+            ),
+            (
+                |p| p.fde.num_repetitions = 8192,
+                "num_repetitions",
+                "8192",
+                crate::fde::MAX_REPETITIONS.to_string(),
+            ),
+        ];
+        for (edit, field, value, limit) in cases {
+            let mut p = IndexParams::new(128);
+            edit(&mut p);
+            match p.validate() {
+                Err(IndexError::InvalidConfig(msg)) => assert!(
+                    msg.contains(field) && msg.contains(value) && msg.contains(&limit),
+                    "{msg}"
+                ),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    /// The encode scratch is bounded by its byte budget for every allowed FDE size, and the default batch is
+    /// unchanged.
+    #[test]
+    fn encode_batches_fit_the_scratch_budget() {
+        assert_eq!(encode_batch_docs(10240), ENCODE_BATCH);
+        for fde_dim in [1, 7, 10240, 65536, MAX_FDE_DIMENSION, usize::MAX / 2] {
+            let n = encode_batch_docs(fde_dim);
+            assert!((1..=ENCODE_BATCH).contains(&n), "{fde_dim}: {n}");
+            if fde_dim <= MAX_FDE_DIMENSION {
+                assert!(n * fde_dim * 4 <= ENCODE_SCRATCH_BYTES, "{fde_dim}: {n}");
+            }
+        }
+        assert_eq!(encode_batch_docs(MAX_FDE_DIMENSION), 128);
+    }
+
+    /// Tokens at the very edge of f16 (+-65504, and 60000), many per document: the FDE blocks (sums of 8
+    /// projected coordinates) overflow f16 unless saturated, and the graph's prefix scale would be infinite
+    /// (written as JSON null, an unreadable shard). The written shard must re-open, be finite, and search.
+    #[test]
+    fn extreme_in_range_tokens_write_reopen_and_search() {
+        let dim = 8;
+        let mut params = IndexParams::new(dim);
+        params.hnsw.min_docs = 1; // build the graph too: it is scaled by the prefix scale
+        let docs_data: Vec<Vec<f32>> = (0..12)
+            .map(|d| {
+                let n = if d == 0 {
+                    MAX_DOC_TOKENS.min(2048)
+                } else {
+                    1 + d * 37
+                };
+                (0..n * dim)
+                    .map(|i| match (i * 31 + d * 7) % 5 {
+                        0 => MAX_TOKEN_VALUE,
+                        1 => -MAX_TOKEN_VALUE,
+                        2 => 60000.0,
+                        3 => -60000.0,
+                        _ => 0.5,
+                    })
+                    .collect()
+            })
+            .collect();
+        let ids: Vec<String> = (0..docs_data.len()).map(|d| format!("d{d}")).collect();
+        let docs: Vec<ShardDoc<'_>> = docs_data
+            .iter()
+            .zip(&ids)
+            .map(|(t, id)| ShardDoc {
+                id,
+                tokens: TokenMatrix::new(t, dim, "document").unwrap(),
+                payload: b"",
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.shard");
+        Shard::write(&path, &params, &docs, &|_| {}).unwrap();
+        let shard = Shard::open(&path).unwrap();
+        assert!(shard.graph().is_some());
+        assert!(
+            shard.prefix_scale().is_finite() && shard.prefix_scale() > 0.0,
+            "{}",
+            shard.prefix_scale()
+        );
+        assert!(shard.fdes().iter().all(|v| v.is_finite()));
+        // Saturation really happened (this data overflows f16 without it).
+        assert!(shard
+            .fdes()
+            .iter()
+            .any(|v| v.to_f32().abs() == MAX_TOKEN_VALUE));
+        assert_eq!(shard.tokens(0), docs_data[0]);
+        let searcher = Searcher::new(params, vec![std::sync::Arc::new(shard)]).unwrap();
+        let q = TokenMatrix::new(&docs_data[3][..2 * dim], dim, "query").unwrap();
+        for plan in [Plan::Exact, Plan::Hnsw, Plan::FdeScan, Plan::CentroidScan] {
+            let mut p = SearchParams::new(5);
+            p.plan = plan;
+            let hits = searcher.search(q, &p, None).unwrap();
+            assert_eq!(hits.len(), 5, "{plan:?}");
+            assert!(hits.iter().all(|h| h.score.is_finite()), "{plan:?}");
+        }
+        // The in-memory twin agrees.
+        let mem = Shard::build_in_memory(searcher.params(), &docs).unwrap();
+        assert!(mem.prefix_scale().is_finite());
+    }
+
+    #[test]
+    fn too_many_tokens_in_a_document_is_refused() {
+        let dim = 1;
+        let data = vec![0.25f32; MAX_DOC_TOKENS + 1];
+        let docs = [ShardDoc {
+            id: "a",
+            tokens: TokenMatrix::new(&data, dim, "document").unwrap(),
+            payload: b"",
+        }];
+        assert!(matches!(
+            Shard::build_in_memory(&small_params(dim), &docs),
+            Err(IndexError::TooManyTokens { .. })
+        ));
+    }
+
+    /// Cancelled after the first encode batch: Cancelled, only one batch encoded, nothing left in the folder.
+    #[test]
+    fn cancelled_write_stops_after_the_first_batch_and_leaves_nothing() {
+        let dim = 4;
+        let n = ENCODE_BATCH + 50;
+        let data: Vec<f32> = (0..n * dim).map(|i| (i % 13) as f32 - 6.0).collect();
+        let ids: Vec<String> = (0..n).map(|d| format!("d{d}")).collect();
+        let docs: Vec<ShardDoc<'_>> = (0..n)
+            .map(|d| ShardDoc {
+                id: &ids[d],
+                tokens: TokenMatrix::new(&data[d * dim..(d + 1) * dim], dim, "document").unwrap(),
+                payload: b"p",
+            })
+            .collect();
+        let params = small_params(dim);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s1.shard");
+        let encoded = AtomicU64::new(0);
+        let err = Shard::write_cancellable(
+            &path,
+            &params,
+            &docs,
+            &|k| {
+                encoded.fetch_add(k, Ordering::SeqCst);
+            },
+            &|| encoded.load(Ordering::SeqCst) > 0,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IndexError::Cancelled(_)), "{err:?}");
+        assert_eq!(encoded.load(Ordering::SeqCst), ENCODE_BATCH as u64);
+        assert_eq!(files_in(dir.path()), Vec::<String>::new());
+        // Never cancelled: the same call writes a shard that opens.
+        Shard::write_cancellable(&path, &params, &docs, &|_| {}, &|| false).unwrap();
+        assert_eq!(Shard::open(&path).unwrap().len(), n);
+    }
+
+    /// Every cancellation point (each encode batch, the codebook, the graph build, the file, the rename) leaves
+    /// the folder as it was, graph files included.
+    #[test]
+    fn cancelled_at_every_checkpoint_leaves_nothing() {
+        let dim = 4;
+        let n = 40;
+        let data: Vec<f32> = (0..n * dim).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let ids: Vec<String> = (0..n).map(|d| format!("d{d}")).collect();
+        let docs: Vec<ShardDoc<'_>> = (0..n)
+            .map(|d| ShardDoc {
+                id: &ids[d],
+                tokens: TokenMatrix::new(&data[d * dim..(d + 1) * dim], dim, "document").unwrap(),
+                payload: b"",
+            })
+            .collect();
+        let mut params = small_params(dim);
+        params.hnsw.min_docs = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s2.shard");
+        let mut checkpoints = 0;
+        for stop_at in 0.. {
+            let calls = AtomicUsize::new(0);
+            let r = Shard::write_cancellable(&path, &params, &docs, &|_| {}, &|| {
+                calls.fetch_add(1, Ordering::SeqCst) >= stop_at
+            });
+            match r {
+                Err(IndexError::Cancelled(_)) => {
+                    assert_eq!(files_in(dir.path()), Vec::<String>::new(), "{stop_at}");
+                    checkpoints += 1;
+                }
+                Ok(()) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // One batch, codebook, graph, file, rename.
+        assert_eq!(checkpoints, 5);
+        let shard = Shard::open(&path).unwrap();
+        assert!(shard.graph().is_some());
+    }
 }

@@ -1,6 +1,12 @@
 //! Token matrices: the one validation every document and query goes through before it reaches a kernel.
 use crate::{IndexError, Result};
 
+/// Largest magnitude a token coordinate may have: shards store tokens as f16, whose largest finite value is
+/// 65504 (every larger f32 would become infinity). Queries are held to the same range: their values multiply
+/// stored f16 values in the exact scores and are summed into query FDEs, and a query far outside the range of
+/// the documents it is compared with would only produce infinite scores.
+pub const MAX_TOKEN_VALUE: f32 = 65504.0;
+
 /// A borrowed `n x dim` row-major matrix of token vectors (one row per token), already validated.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenMatrix<'a> {
@@ -10,7 +16,8 @@ pub struct TokenMatrix<'a> {
 
 impl<'a> TokenMatrix<'a> {
     /// Validates `data` as `n x dim` token vectors: `dim > 0`, `data.len()` a non-zero multiple of `dim`,
-    /// every value finite. `what` names the object in the error ("document", "query").
+    /// every value finite ([`IndexError::NonFinite`]) and at most [`MAX_TOKEN_VALUE`] in magnitude
+    /// ([`IndexError::ValueOutOfRange`]). `what` names the object in the error ("document", "query").
     pub fn new(data: &'a [f32], dim: usize, what: &'static str) -> Result<Self> {
         if dim == 0 {
             return Err(IndexError::InvalidConfig(
@@ -26,10 +33,20 @@ impl<'a> TokenMatrix<'a> {
                 got: data.len() % dim,
             });
         }
-        if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
-            return Err(IndexError::NonFinite {
-                token: pos / dim,
-                coord: pos % dim,
+        if let Some(pos) = data
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > MAX_TOKEN_VALUE)
+        {
+            let (token, coord, value) = (pos / dim, pos % dim, data[pos]);
+            return Err(if value.is_finite() {
+                IndexError::ValueOutOfRange {
+                    token,
+                    coord,
+                    value,
+                    limit: MAX_TOKEN_VALUE,
+                }
+            } else {
+                IndexError::NonFinite { token, coord }
             });
         }
         Ok(TokenMatrix { data, dim })
@@ -105,6 +122,23 @@ mod tests {
         assert!(matches!(
             TokenMatrix::new(&[1.0], 0, "query"),
             Err(IndexError::InvalidConfig(_))
+        ));
+        // Finite values beyond f16's range: out of range, not non-finite; the limit itself is accepted.
+        for big in [65504.5f32, -1e5, 3.4e38, f32::MAX] {
+            match TokenMatrix::new(&[0.0, 1.0, 2.0, big], 2, "document") {
+                Err(IndexError::ValueOutOfRange {
+                    token: 1,
+                    coord: 1,
+                    value,
+                    limit,
+                }) => assert_eq!((value, limit), (big, MAX_TOKEN_VALUE)),
+                other => panic!("{big}: {other:?}"),
+            }
+        }
+        TokenMatrix::new(&[MAX_TOKEN_VALUE, -MAX_TOKEN_VALUE], 2, "query").unwrap();
+        assert!(matches!(
+            TokenMatrix::new(&[f32::INFINITY, 1e9], 2, "query"),
+            Err(IndexError::NonFinite { token: 0, coord: 0 })
         ));
         let m = TokenMatrix::new(&[1.0, 2.0, 3.0, 4.0], 2, "query").unwrap();
         assert_eq!(m.len(), 2);

@@ -222,6 +222,17 @@ impl Settings {
                 l.max_request_bytes
             ));
         }
+        for (name, v) in [
+            ("limits.max_tokens_per_doc", l.max_tokens_per_doc),
+            ("limits.max_query_tokens", l.max_query_tokens),
+        ] {
+            if v > chamfer_index::shard::MAX_DOC_TOKENS {
+                p.push(format!(
+                    "{name} must be at most {} (the engine's limit), got {v}",
+                    chamfer_index::shard::MAX_DOC_TOKENS
+                ));
+            }
+        }
         if l.max_k > chamfer_index::search::MAX_K {
             p.push(format!(
                 "limits.max_k must be at most {}, got {}",

@@ -70,7 +70,9 @@ fn tokens_in(t: Option<pb::Tokens>) -> TokenInput {
     }
 }
 
-fn doc_in(d: pb::Document) -> DocInput {
+/// A wire document as the core's input (public for the fuzz targets: `chamfer_server::fuzzing`).
+#[doc(hidden)]
+pub fn doc_in(d: pb::Document) -> DocInput {
     DocInput {
         id: d.id,
         tokens: tokens_in(d.tokens),

@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod metrics;
 pub mod openapi;

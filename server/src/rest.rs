@@ -347,6 +347,26 @@ async fn compact(
     .await
 }
 
+fn upsert_docs_in(body: UpsertBody) -> Vec<DocInput> {
+    body.documents
+        .into_iter()
+        .map(|d| DocInput {
+            id: d.id,
+            tokens: TokenInput::Rows(d.tokens),
+            metadata: MetadataInput::Value(d.metadata),
+        })
+        .collect()
+}
+
+/// An upsert body (JSON bytes) as the core's input, as the handler decodes it (public for the fuzz targets:
+/// `chamfer_server::fuzzing`).
+#[doc(hidden)]
+pub fn decode_upsert_body(bytes: &[u8]) -> Result<Vec<DocInput>, ServiceError> {
+    let body: UpsertBody = serde_json::from_slice(bytes)
+        .map_err(|e| ServiceError::Malformed(format!("upsert body: {e}")))?;
+    Ok(upsert_docs_in(body))
+}
+
 async fn upsert(
     State(s): State<RestApi>,
     Path(name): Path<String>,
@@ -355,16 +375,7 @@ async fn upsert(
 ) -> Result<Json<Value>, ServiceError> {
     s.observe("upsert", async {
         let deadline = client_deadline(&headers)?;
-        let docs = body?
-            .0
-            .documents
-            .into_iter()
-            .map(|d| DocInput {
-                id: d.id,
-                tokens: TokenInput::Rows(d.tokens),
-                metadata: MetadataInput::Value(d.metadata),
-            })
-            .collect();
+        let docs = upsert_docs_in(body?.0);
         let o = s.core.upsert_until(&name, docs, deadline).await?;
         Ok(Json(
             json!({"upserted": o.upserted, "sequence": o.sequence}),

@@ -3,9 +3,37 @@
 //! [`encode_document`](super::FdeEncoder::encode_document)), plus validation.
 use crate::{IndexError, Result};
 
-/// Upper bound on the FDE a configuration implies (before and after the final projection), in `f32`s: 2^28
-/// floats = 1 GiB. The SimHash matrices (dimension x R x k_sim entries) are limited to `MAX_FLOATS / 16`.
+/// Upper bound on any float buffer a configuration implies, in `f32`s: 2^28 floats = 1 GiB. Kept for
+/// compatibility; the per-field maxima below are much tighter and are what [`FdeConfig::validate`] enforces.
 pub const MAX_FLOATS: usize = 1 << 28;
+
+/// Largest token dimension d. The server's own limit is the same; 65536 covers every embedding model in use.
+pub const MAX_TOKEN_DIMENSION: usize = 1 << 16;
+
+/// Largest number of repetitions R (the paper's settings use at most 40; the default is 20). The encoder keeps
+/// one partition index per token and repetition, so this also bounds that scratch (4 bytes x tokens x R).
+pub const MAX_REPETITIONS: usize = 256;
+
+/// Largest k_sim: 2^18 partitions per repetition, which with one repetition and d_proj = 1 is the largest FDE
+/// allowed. (The FDE-size limit below usually binds first.)
+pub const MAX_SIMHASH_PROJECTIONS: u32 = 18;
+
+/// Largest AMS projection dimension d_proj (the default is 16).
+pub const MAX_PROJECTION_DIMENSION: usize = 4096;
+
+/// Largest FDE, before and after the final projection, in values: 2^18 = 262144, 25x the default 10240
+/// (R x 2^k_sim x block dimension = 20 x 32 x 16). One document's FDE is then at most 512 KiB stored (f16) and
+/// 1 MiB while it is encoded (f32), so every per-document buffer the encoder and the shard writer size from the
+/// configuration stays bounded whatever a client asks for.
+pub const MAX_FDE_DIMENSION: usize = 1 << 18;
+
+/// Largest final projection dimension (the same bound as the FDE itself).
+pub const MAX_FINAL_PROJECTION_DIMENSION: usize = MAX_FDE_DIMENSION;
+
+/// Largest random matrices, in entries: d x R x max(1, k_sim). The SimHash matrices have d x R x k_sim entries,
+/// each stored broadcast to 8 lanes (at most 256 MiB); the AMS projections d x R (at most 32 MiB). The default
+/// (128 x 20 x 5) is 12800 entries; d = 65536 with the default R and k_sim is 6.5M.
+pub const MAX_SIMHASH_ENTRIES: usize = 1 << 23;
 
 /// The inner projection applied to each token before it is added to its partition's block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,45 +98,72 @@ impl FdeConfig {
     /// names the field.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(IndexError::InvalidConfig(format!("FDE: {msg}")));
-        if self.dimension == 0 {
-            return fail("dimension must be > 0".into());
-        }
-        if self.num_repetitions == 0 {
-            return fail("num_repetitions must be > 0".into());
-        }
-        if self.num_simhash_projections > 30 {
-            return fail(format!(
-                "num_simhash_projections must be at most 30 (2^k_sim partitions), got {}",
-                self.num_simhash_projections
-            ));
-        }
-        if self.projection_type == ProjectionType::AmsSketch && self.projection_dimension == 0 {
-            return fail("projection_dimension must be > 0 with the ams_sketch projection".into());
-        }
-        if self.final_projection_dimension == Some(0) {
-            return fail("final_projection_dimension must be > 0 when set".into());
-        }
-        let too_big = |what: &str, size: Option<usize>| match size {
-            Some(s) if s <= MAX_FLOATS => Ok(()),
-            _ => fail(format!("{what} would exceed {MAX_FLOATS} floats")),
+        let range = |field: &str, value: usize, min: usize, max: usize| {
+            if value < min || value > max {
+                fail(format!("{field} must be in {min}..={max}, got {value}"))
+            } else {
+                Ok(())
+            }
         };
+        range("dimension", self.dimension, 1, MAX_TOKEN_DIMENSION)?;
+        range("num_repetitions", self.num_repetitions, 1, MAX_REPETITIONS)?;
+        range(
+            "num_simhash_projections",
+            self.num_simhash_projections as usize,
+            0,
+            MAX_SIMHASH_PROJECTIONS as usize,
+        )?;
+        if self.projection_type == ProjectionType::AmsSketch {
+            range(
+                "projection_dimension (with the ams_sketch projection)",
+                self.projection_dimension,
+                1,
+                MAX_PROJECTION_DIMENSION,
+            )?;
+        }
+        if let Some(v) = self.final_projection_dimension {
+            range(
+                "final_projection_dimension (when set)",
+                v,
+                1,
+                MAX_FINAL_PROJECTION_DIMENSION,
+            )?;
+        }
+        // Every factor is bounded above, so these products cannot overflow a u64; checked anyway.
         let k = self.num_simhash_projections as usize;
-        too_big(
-            "the FDE (num_repetitions x 2^num_simhash_projections x block dimension)",
-            self.num_repetitions
-                .checked_mul(1 << k)
-                .and_then(|v| v.checked_mul(self.block_dim())),
-        )?;
-        too_big(
-            "final_projection_dimension",
-            Some(self.final_projection_dimension.unwrap_or(0)),
-        )?;
-        // The encoder stores each SimHash entry broadcast to 8 lanes.
-        match self.dimension.checked_mul(self.num_repetitions).and_then(|v| v.checked_mul(k.max(1))) {
-            Some(s) if s <= MAX_FLOATS / 16 => Ok(()),
+        let full = self
+            .num_repetitions
+            .checked_mul(1 << k)
+            .and_then(|v| v.checked_mul(self.block_dim()));
+        match full {
+            Some(s) if s <= MAX_FDE_DIMENSION => {}
+            _ => {
+                return fail(format!(
+                    "the FDE dimension num_repetitions x 2^num_simhash_projections x {} = {} x {} x {} = {} \
+                     exceeds the limit {MAX_FDE_DIMENSION}",
+                    match self.projection_type {
+                        ProjectionType::AmsSketch => "projection_dimension",
+                        ProjectionType::Identity => "dimension",
+                    },
+                    self.num_repetitions,
+                    1usize << k,
+                    self.block_dim(),
+                    full.map_or_else(|| "more than 2^64".to_string(), |s| s.to_string()),
+                ))
+            }
+        }
+        let entries = self
+            .dimension
+            .checked_mul(self.num_repetitions)
+            .and_then(|v| v.checked_mul(k.max(1)));
+        match entries {
+            Some(s) if s <= MAX_SIMHASH_ENTRIES => Ok(()),
             _ => fail(format!(
-                "the SimHash matrices (dimension x num_repetitions x num_simhash_projections) would exceed {} entries",
-                MAX_FLOATS / 16
+                "the random matrices dimension x num_repetitions x max(1, num_simhash_projections) = \
+                 {} x {} x {} exceed the limit of {MAX_SIMHASH_ENTRIES} entries",
+                self.dimension,
+                self.num_repetitions,
+                k.max(1)
             )),
         }
     }
@@ -248,6 +303,86 @@ mod tests {
             }
             // The size accessors never panic, even on invalid configurations.
             let _ = (c.num_partitions(), c.repetition_dim(), c.output_dim());
+        }
+        // The issue's configuration (8192 x 2^5 x 1024 = 2^28 values per document) is refused, naming the field.
+        let fat = FdeConfig {
+            dimension: 4,
+            num_repetitions: 8192,
+            num_simhash_projections: 5,
+            projection_dimension: 1024,
+            ..ok.clone()
+        };
+        let msg = fat.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("num_repetitions")
+                && msg.contains("8192")
+                && msg.contains(&MAX_REPETITIONS.to_string()),
+            "{msg}"
+        );
+        let fat = FdeConfig {
+            num_repetitions: MAX_REPETITIONS,
+            ..fat
+        };
+        let msg = fat.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("FDE dimension") && msg.contains(&MAX_FDE_DIMENSION.to_string()),
+            "{msg}"
+        );
+        // Every maximum itself is accepted where it does not multiply past another limit.
+        for c in [
+            FdeConfig {
+                num_repetitions: MAX_REPETITIONS,
+                num_simhash_projections: 3,
+                projection_dimension: 32,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_repetitions: 1,
+                num_simhash_projections: MAX_SIMHASH_PROJECTIONS,
+                projection_dimension: 1,
+                ..ok.clone()
+            },
+            FdeConfig {
+                num_repetitions: 1,
+                num_simhash_projections: 0,
+                projection_dimension: MAX_PROJECTION_DIMENSION,
+                final_projection_dimension: Some(MAX_FINAL_PROJECTION_DIMENSION),
+                ..ok.clone()
+            },
+            FdeConfig {
+                dimension: MAX_TOKEN_DIMENSION,
+                ..ok.clone()
+            },
+        ] {
+            c.validate().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert!(c.output_dim() <= MAX_FDE_DIMENSION);
+        }
+        for c in [
+            FdeConfig {
+                num_simhash_projections: MAX_SIMHASH_PROJECTIONS + 1,
+                num_repetitions: 1,
+                projection_dimension: 1,
+                ..ok.clone()
+            },
+            FdeConfig {
+                projection_dimension: MAX_PROJECTION_DIMENSION + 1,
+                num_simhash_projections: 0,
+                num_repetitions: 1,
+                ..ok.clone()
+            },
+            FdeConfig {
+                dimension: MAX_TOKEN_DIMENSION + 1,
+                ..ok.clone()
+            },
+            FdeConfig {
+                final_projection_dimension: Some(MAX_FINAL_PROJECTION_DIMENSION + 1),
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(c.validate(), Err(IndexError::InvalidConfig(_))),
+                "{c:?}"
+            );
         }
         // The projection dimension is ignored without the AMS sketch.
         FdeConfig {

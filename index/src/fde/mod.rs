@@ -43,7 +43,11 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
-pub use config::{EncodingType, FdeConfig, ProjectionType, MAX_FLOATS};
+pub use config::{
+    EncodingType, FdeConfig, ProjectionType, MAX_FDE_DIMENSION, MAX_FINAL_PROJECTION_DIMENSION,
+    MAX_FLOATS, MAX_PROJECTION_DIMENSION, MAX_REPETITIONS, MAX_SIMHASH_ENTRIES,
+    MAX_SIMHASH_PROJECTIONS, MAX_TOKEN_DIMENSION,
+};
 use rng::{bernoulli_half, uniform_int, Mt19937, NormalF32};
 
 /// Tokens per register tile (the lanes of one accumulator: two SSE registers, one AVX register).

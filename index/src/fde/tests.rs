@@ -394,12 +394,17 @@ fn check_against_naive(got: &[f32], config: &FdeConfig, data: &[f32], enc: Encod
 
 #[test]
 fn many_hyperplanes_match_naive_spec() {
-    // k_sim = 20: partition indices use all the Gray-decoding shifts; most partitions are empty (filled).
+    // k_sim = 18: partition indices use all the Gray-decoding shifts (the 16-bit one needs k_sim > 16); most
+    // partitions are empty (filled). One repetition, projected to one dimension: 2^18 values, the largest FDE
+    // allowed (MAX_FDE_DIMENSION).
     let config = FdeConfig {
-        num_repetitions: 2,
+        num_repetitions: 1,
         fill_empty_partitions: true,
-        ..identity(3, 20, 99)
+        projection_type: ProjectionType::AmsSketch,
+        projection_dimension: 1,
+        ..identity(3, MAX_SIMHASH_PROJECTIONS, 99)
     };
+    assert_eq!(config.output_dim(), MAX_FDE_DIMENSION);
     let data = [
         0.3, -0.2, 0.9, -0.5, 0.1, 0.4, 0.0, 0.0, 0.0, 0.7, 0.7, -0.1, 0.3, -0.2, 0.9,
     ];

@@ -163,8 +163,9 @@ pub fn check_batch(what: &'static str, n: usize, limits: &Limits) -> Result<(), 
     Ok(())
 }
 
-/// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values.
-/// `what` is "document" or "query".
+/// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values, and the
+/// f16 range |x| <= 65504 (`chamfer_index::tokens::MAX_TOKEN_VALUE`: tokens are stored as f16), for documents
+/// and queries alike (400 `out_of_range`). `what` is "document" or "query".
 pub fn decode_tokens(
     input: &TokenInput,
     dim: usize,
@@ -510,6 +511,43 @@ mod tests {
             code(decode_tokens(&TokenInput::Rows(vec![]), 2, 8, "query")),
             "empty"
         );
+    }
+
+    /// Tokens are stored as f16: finite values beyond +-65504 are a 400 `out_of_range` (not a 500 when the
+    /// shard is written), for documents and queries, packed f32 and JSON rows alike; the limit itself is fine.
+    #[test]
+    fn values_beyond_f16_are_out_of_range() {
+        let code = |r: Result<Vec<f32>, ServiceError>| r.unwrap_err().status().code;
+        for what in ["document", "query"] {
+            for big in [1e5f32, -1e5, 3.4e38, 65505.0] {
+                let f32b: Vec<u8> = [0.0f32, big].iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert_eq!(
+                    code(decode_tokens(&packed(Dtype::F32, 1, 2, f32b), 2, 8, what)),
+                    "out_of_range",
+                    "{what} {big}"
+                );
+                assert_eq!(
+                    code(decode_tokens(
+                        &TokenInput::Rows(vec![vec![0.0, 1.0], vec![big, 0.0]]),
+                        2,
+                        8,
+                        what
+                    )),
+                    "out_of_range",
+                    "{what} {big}"
+                );
+            }
+            let edge = vec![vec![65504.0f32, -65504.0]];
+            assert_eq!(
+                decode_tokens(&TokenInput::Rows(edge), 2, 8, what).unwrap(),
+                [65504.0, -65504.0]
+            );
+        }
+        // The message says where and what the limit is.
+        let err = decode_tokens(&TokenInput::Rows(vec![vec![0.0, 1e5]]), 2, 8, "document")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("100000") && err.contains("65504"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Fuzzing entry points (not part of the public API). The `fuzz/` crate's `grpc_upsert` and `rest_upsert`
-//! targets are thin wrappers around these functions, and the tests below replay the checked-in seed corpus and
+//! Fuzzing entry points (not part of the public API). The `fuzz/` crate's `grpc_upsert`, `rest_upsert`,
+//! `wal_replay` and `manifest_parse` targets are thin wrappers around these functions, and the tests below replay the checked-in seed corpus and
 //! deterministic mutations of it through the very same functions (the CI fuzz smoke).
 //!
 //! Each runs the real decode path of an upsert (protobuf decode + the gRPC adapter's conversion, or the REST
@@ -11,8 +11,11 @@ use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 use prost::Message;
 
+use std::path::Path;
+
 use crate::config::Limits;
 use crate::core::input::{self, DocInput, TokenInput};
+use crate::core::{manifest, wal};
 use crate::core::MAX_DIMENSION;
 use crate::error::ServiceError;
 
@@ -69,6 +72,62 @@ fn validate_and_store(docs: &[DocInput]) -> Result<usize, ServiceError> {
         assert_eq!(shard.tokens(i).len(), d.tokens.len());
     }
     Ok(valid.len())
+}
+
+/// The `wal_replay` target: bytes -> one log file `wal-1` in `dir` -> [`wal::replay`] (after a flushed sequence
+/// taken from the second byte) -> on success [`wal::WalWriter::open`], which clears a torn tail. The first byte
+/// selects the mode: odd = re-seal the rest (recompute the header and every record CRC, set the capacity to the
+/// file's size) so that mutations reach the record decoder and the chain checks behind the checksums. Returns
+/// whether replay accepted the log (errors are fine, panics are not).
+pub fn wal_replay(dir: &Path, data: &[u8]) -> bool {
+    let (mode, flushed, rest) = match data {
+        [m, f, rest @ ..] => (*m, u64::from(*f % 4), rest),
+        _ => (0, 0, data),
+    };
+    let bytes = if mode & 1 == 1 {
+        wal::reseal(rest)
+    } else {
+        rest.to_vec()
+    };
+    let wal_dir = dir.join("wal");
+    let _ = std::fs::remove_dir_all(&wal_dir);
+    if std::fs::create_dir_all(&wal_dir).is_err()
+        || std::fs::write(wal_dir.join("wal-00000000000000000001.log"), &bytes).is_err()
+    {
+        return false;
+    }
+    let mut n = 0usize;
+    let replayed = wal::replay(&wal_dir, flushed, |_, op| {
+        n += match op {
+            wal::WalOp::Upsert(d) => d.len(),
+            wal::WalOp::Delete(ids) => ids.len(),
+        };
+        Ok(())
+    });
+    std::hint::black_box(n);
+    match replayed {
+        Ok(r) => wal::WalWriter::open(&wal_dir, &r, &dir.join("quarantine")).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The `manifest_parse` target: bytes -> `manifest.json` and `collection.json` parsers. The first byte selects
+/// the mode: odd = re-seal (recompute the CRC of a version-2 envelope's body) so mutations reach the body.
+pub fn manifest_parse(data: &[u8]) -> bool {
+    let (mode, rest) = data.split_first().map_or((0, data), |(m, r)| (*m, r));
+    let p = Path::new("manifest.json");
+    let resealed = |b: Option<Vec<u8>>| b.unwrap_or_else(|| rest.to_vec());
+    let (m, c) = if mode & 1 == 1 {
+        (
+            resealed(manifest::reseal::<manifest::Manifest>(rest)),
+            resealed(manifest::reseal::<manifest::CollectionConfig>(rest)),
+        )
+    } else {
+        (rest.to_vec(), rest.to_vec())
+    };
+    let a = manifest::parse_checked::<manifest::Manifest>(p, &m).is_ok();
+    let b = manifest::parse_checked::<manifest::CollectionConfig>(p, &c).is_ok();
+    a || b
 }
 
 #[cfg(test)]
@@ -223,11 +282,131 @@ mod tests {
         mutate(rest_upsert, &seeds);
     }
 
+    /// A small version-2 log of three records (capacity trimmed to its size) and a version-1 log.
+    fn wal_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = wal::WalWriter::create(dir.path(), 1).unwrap();
+        let t = [0.5f32, -1.0, 2.0, 0.25];
+        let up = wal::encode_upsert([("a", 2usize, &t[..], &br#"{"k":1}"#[..])].into_iter());
+        let del = wal::encode_delete(&["a".into(), "zz".into()]);
+        w.append(&[(1, wal::KIND_UPSERT, &up), (2, wal::KIND_DELETE, &del)])
+            .unwrap();
+        w.append(&[(3, wal::KIND_UPSERT, &up)]).unwrap();
+        let len = w.bytes() as usize;
+        drop(w);
+        let path = wal::list(dir.path()).unwrap()[0].path.clone();
+        let mut v2 = std::fs::read(path).unwrap();
+        v2.truncate(len);
+        let v2 = wal::reseal(&v2);
+        let mut v1 = b"CHMFWAL1".to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&0u32.to_le_bytes());
+        v1.extend_from_slice(&v2[40..]);
+        let with = |mode: u8, flushed: u8, b: &[u8]| [&[mode, flushed][..], b].concat();
+        let mut flipped = v2.clone();
+        flipped[60] ^= 0x20;
+        let mut torn = v2.clone();
+        torn.extend_from_slice(&[30, 0, 0, 0, 9, 9]);
+        vec![
+            ("valid_v2", with(0, 0, &v2)),
+            ("valid_v2_flushed", with(0, 2, &v2)),
+            ("valid_v1", with(1, 0, &v1)),
+            ("valid_v2_torn_tail", with(1, 0, &torn)),
+            ("damaged_flipped", with(0, 0, &flipped)),
+            ("damaged_truncated", with(0, 0, &v2[..v2.len() - 30])),
+        ]
+    }
+
+    fn manifest_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest::Manifest {
+            format_version: manifest::MANIFEST_VERSION,
+            flushed_seq: 7,
+            next_segment_id: 3,
+            segments: vec![manifest::SegmentEntry {
+                id: 2,
+                docs: 4,
+                deleted: vec![1],
+            }],
+        };
+        let c = manifest::CollectionConfig {
+            format_version: manifest::MANIFEST_VERSION,
+            name: "c".into(),
+            dimension: 4,
+            params: IndexParams::new(4),
+        };
+        let mp = dir.path().join("m.json");
+        let cp = dir.path().join("c.json");
+        manifest::write_checked(&mp, &m).unwrap();
+        manifest::write_checked(&cp, &c).unwrap();
+        let mb = std::fs::read(&mp).unwrap();
+        let cb = std::fs::read(&cp).unwrap();
+        let v1 = serde_json::to_vec(&manifest::Manifest {
+            format_version: 1,
+            ..m.clone()
+        })
+        .unwrap();
+        let edited = String::from_utf8(mb.clone())
+            .unwrap()
+            .replace("\"flushed_seq\": 7", "\"flushed_seq\": 70")
+            .into_bytes();
+        let with = |mode: u8, b: &[u8]| [&[mode][..], b].concat();
+        vec![
+            ("valid_manifest", with(0, &mb)),
+            ("valid_config", with(0, &cb)),
+            ("valid_manifest_v1", with(0, &v1)),
+            ("damaged_edited", with(0, &edited)),
+            ("damaged_truncated", with(0, &mb[..mb.len() / 2])),
+        ]
+    }
+
+    /// The corpus replays (valid seeds accepted, damaged ones refused) and mutations never panic.
+    fn check_bool_target(target: &str, run: &dyn Fn(&[u8]) -> bool, seeds: &[(&str, Vec<u8>)]) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(corpus(target))
+            .unwrap_or_else(|e| panic!("fuzz/corpus/{target}: {e}"))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), seeds.len(), "{target}: {files:?}");
+        for f in files {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let ok = run(&std::fs::read(&f).unwrap());
+            assert_eq!(ok, name.starts_with("valid"), "{target}/{name}");
+        }
+        let (mut ok, mut rejected) = (0, 0);
+        for (i, (_, seed)) in seeds.iter().enumerate() {
+            for m in chamfer_index::fuzzing::mutations(seed, 400, 0xbeef + i as u64) {
+                if run(&m) {
+                    ok += 1;
+                } else {
+                    rejected += 1;
+                }
+            }
+        }
+        assert!(ok > 0 && rejected > 0, "{target}: ok {ok}, rejected {rejected}");
+    }
+
+    #[test]
+    fn wal_replay_corpus_and_mutations() {
+        let dir = tempfile::tempdir().unwrap();
+        check_bool_target("wal_replay", &|d| wal_replay(dir.path(), d), &wal_seeds());
+    }
+
+    #[test]
+    fn manifest_parse_corpus_and_mutations() {
+        check_bool_target("manifest_parse", &manifest_parse, &manifest_seeds());
+    }
+
     /// Writes the seed corpus: `cargo test -p chamfer-server --lib fuzzing -- --ignored`.
     #[test]
     #[ignore]
     fn write_seed_corpus() {
-        for (target, seeds) in [("grpc_upsert", grpc_seeds()), ("rest_upsert", rest_seeds())] {
+        for (target, seeds) in [
+            ("grpc_upsert", grpc_seeds()),
+            ("rest_upsert", rest_seeds()),
+            ("wal_replay", wal_seeds()),
+            ("manifest_parse", manifest_seeds()),
+        ] {
             let dir = corpus(target);
             std::fs::create_dir_all(&dir).unwrap();
             for (name, bytes) in seeds {

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use crate::config::Limits;
 use crate::core::input::{self, DocInput, TokenInput};
-use crate::core::{manifest, wal};
 use crate::core::MAX_DIMENSION;
+use crate::core::{manifest, wal};
 use crate::error::ServiceError;
 
 /// The `grpc_upsert` target: protobuf bytes -> `UpsertRequest` -> documents -> validation -> shard. Returns the
@@ -383,7 +383,10 @@ mod tests {
                 }
             }
         }
-        assert!(ok > 0 && rejected > 0, "{target}: ok {ok}, rejected {rejected}");
+        assert!(
+            ok > 0 && rejected > 0,
+            "{target}: ok {ok}, rejected {rejected}"
+        );
     }
 
     #[test]

@@ -269,7 +269,7 @@ pub async fn ingest(
     let t0 = Instant::now();
     let mut wait = Duration::from_secs(1);
     for attempt in 1.. {
-        let mut o = opts.clone();
+        let mut o = opts;
         // Resume: after the first attempt, skip what is stored (even with force).
         o.force = opts.force && attempt == 1;
         match ingest_once(client, collection, src.clone(), o).await {

@@ -902,7 +902,14 @@ impl Collection {
             .collect::<Result<Vec<_>, IndexError>>()?;
         let id = self.next_segment.fetch_add(1, Ordering::SeqCst);
         let path = self.layout.segment(id);
-        Shard::write(&path, &self.config.params, &docs, &|_| {})?;
+        // Stops early (and removes its files) when the collection starts closing: shutdown and drop never wait
+        // for a long compaction.
+        let closing = || self.is_closing();
+        match Shard::write_cancellable(&path, &self.config.params, &docs, &|_| {}, &closing) {
+            Ok(()) => {}
+            Err(IndexError::Cancelled(_)) => return Err(closing_error()),
+            Err(e) => return Err(e.into()),
+        }
         let shard = Shard::open(&path)?;
         if shard.graph().is_none() && !shard.is_empty() {
             shard.scan_layout();
@@ -913,6 +920,13 @@ impl Collection {
 
 fn closing() -> ServiceError {
     ServiceError::Unavailable("the collection is closing".into())
+}
+
+fn closing_error() -> ServiceError {
+    ServiceError::Unavailable(
+        "the collection is closing: background work was abandoned (nothing is lost; the log still holds it)"
+            .into(),
+    )
 }
 
 /// Rebuilds the state from the manifest and the log; returns it with an open log writer and the next segment

@@ -58,6 +58,18 @@ impl Codebook {
 
     /// Spherical k-means (`k` centroids) over a seeded sample of `tokens` (row-major, `dim` wide).
     pub fn train(tokens: &[f32], dim: usize, k: usize, seed: u64) -> Codebook {
+        Codebook::train_cancellable(tokens, dim, k, seed, &|| false).expect("never cancelled")
+    }
+
+    /// [`train`](Self::train) that gives up (None) when `cancel()` turns true; it is asked before every k-means
+    /// iteration. The result is the same as `train`'s when it is never cancelled.
+    pub fn train_cancellable(
+        tokens: &[f32],
+        dim: usize,
+        k: usize,
+        seed: u64,
+        cancel: &dyn Fn() -> bool,
+    ) -> Option<Codebook> {
         let n = tokens.len() / dim.max(1);
         let k = k.clamp(1, n.max(1));
         let mut rng = StdRng::seed_from_u64(seed ^ 0xC0DE_B00C);
@@ -79,6 +91,9 @@ impl Codebook {
         centroids.chunks_exact_mut(dim).for_each(normalise);
         let mut book = Codebook::from_centroids(dim, centroids);
         for _ in 0..KMEANS_ITERS {
+            if cancel() {
+                return None;
+            }
             let assign = book.assign(&sample);
             let mut sums = vec![0f32; k * dim];
             let mut counts = vec![0usize; k];
@@ -98,7 +113,7 @@ impl Codebook {
             }
             book = Codebook::from_centroids(dim, sums);
         }
-        book
+        Some(book)
     }
 
     /// Rebuilds a codebook from stored centroids.
@@ -196,6 +211,16 @@ mod tests {
             toks.extend(v);
         }
         let book = Codebook::train(&toks, dim, 3, 1);
+        // Cancellable training: the same centroids when never cancelled, None when cancelled mid-way.
+        let same = Codebook::train_cancellable(&toks, dim, 3, 1, &|| false).unwrap();
+        assert_eq!(same.centroids(), book.centroids());
+        let asked = std::cell::Cell::new(0);
+        let cancel = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        assert!(Codebook::train_cancellable(&toks, dim, 3, 1, &cancel).is_none());
+        assert_eq!(asked.get(), 3, "asked once per iteration until cancelled");
         let codes = book.assign(&toks);
         for i in 0..300 {
             assert_eq!(codes[i], codes[i % 3], "token {i}");

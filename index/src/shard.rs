@@ -426,7 +426,11 @@ fn build(
             let d = &docs[rng.random_range(0..docs.len())].tokens;
             sample.extend_from_slice(d.row(rng.random_range(0..d.len())));
         }
-        let book = Codebook::train(&sample, dim, k, params.fde.seed);
+        let book = Codebook::train_cancellable(&sample, dim, k, params.fde.seed, cancel)
+            .ok_or(IndexError::Cancelled("shard write: codebook training"))?;
+        if cancel() {
+            return Err(IndexError::Cancelled("shard write: before the token codes"));
+        }
         let codes: Vec<Vec<u16>> = docs
             .par_iter()
             .map(|d| book.assign(d.tokens.as_slice()))

@@ -120,9 +120,11 @@ impl Server {
     /// Graceful shutdown: stop accepting, finish in-flight requests, sync every log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
+        // Readiness goes false and background work is abandoned first, so that draining never waits for a
+        // compaction (an in-flight flush or compact request answers 503).
+        self.core.begin_shutdown();
         let _ = self.stop.send(true);
         let core = self.core.clone();
-        // Readiness goes false first, so load balancers stop sending while requests drain.
         let http = if self.http.is_finished() {
             Ok(Ok(()))
         } else {

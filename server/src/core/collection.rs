@@ -500,6 +500,12 @@ impl Collection {
         self.closing.load(Ordering::SeqCst)
     }
 
+    /// Makes a running flush or compaction stop at its next check (and refuses new ones), without stopping
+    /// writes: the first step of shutdown, so that draining requests never waits for background work.
+    pub fn cancel_background(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
     /// Stops the background threads after the queued writes (their log is synced). A running flush or
     /// compaction is abandoned at its next check (its partial shard file is removed; the log still holds
     /// everything). When `close` returns, no thread of this collection touches its directory. Idempotent.

@@ -724,6 +724,16 @@ impl Core {
             .collect()
     }
 
+    /// First step of shutdown: readiness turns false, new requests answer 503, and running flushes and
+    /// compactions (background or requested) are abandoned at their next check; writes in flight still
+    /// complete. Cheap; call [`Core::shutdown`] once requests have drained.
+    pub fn begin_shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for (_, c) in self.ready_collections() {
+            c.cancel_background();
+        }
+    }
+
     /// Stops accepting work and closes every collection (their logs are synced). Blocking.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);

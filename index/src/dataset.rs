@@ -3,7 +3,6 @@
 //! qrels and texts. [`Dataset::open`] validates everything it reads and names the file and the problem.
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -177,16 +176,7 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Resu
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
-    write_atomic(path, &out)
-}
-
-/// Writes `bytes` to `path` through a temp file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    let mut f = fs::File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| IndexError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| IndexError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))
+    crate::fsutil::write_atomic(path, &out)
 }
 
 /// One side (documents or queries) of a data set: concatenated tokens, offsets and ids.
@@ -535,7 +525,7 @@ impl DatasetWriter<'_> {
                 &[offs.len()],
                 &i64s(offs),
             )?;
-            write_atomic(
+            crate::fsutil::write_atomic(
                 &dir.join(format!("{p}_ids.txt")),
                 (ids.join("\n") + "\n").as_bytes(),
             )?;
@@ -553,7 +543,7 @@ impl DatasetWriter<'_> {
                 .iter()
                 .map(|(q, d)| format!("{q}\t{d}\t1\n"))
                 .collect();
-            write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
+            crate::fsutil::write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::search::Searcher;
 use crate::shard::{IndexParams, Shard, ShardDoc};
 use crate::{IndexError, Result};

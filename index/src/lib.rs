@@ -10,6 +10,7 @@
 //! * [`hnsw`]: the candidate layer, hnsw_rs over a Matryoshka prefix of the FDE with a safe inner-product distance.
 //! * [`search`]: search plans (exhaustive exact, FDE scan, FDE+HNSW) over a set of shards.
 //! * [`dataset`], [`synth`], [`eval`]: the data set folder format, synthetic corpora, recall / nDCG.
+//! * [`fsutil`]: atomic, durable file replacement (used by the server's manifests too).
 //!
 //! All `unsafe` code (memory maps and SIMD intrinsics) lives in the private `sys` module; the rest of the crate
 //! is compiled with `#![deny(unsafe_code)]`.
@@ -20,6 +21,7 @@ pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod fde;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hnsw;

@@ -617,9 +617,7 @@ fn write_files(
         ));
     }
     fs::rename(tmp, path).map_err(|e| IndexError::io(path, e))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::fsutil::sync_dir(dir);
     Ok(())
 }
 

@@ -39,10 +39,10 @@ use chamfer_index::IndexError;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::fsutil;
 use super::manifest::{self, CollectionConfig, Layout, Manifest, SegmentEntry, MANIFEST_VERSION};
 use super::wal::{self, WalOp, WalWriter};
 use crate::error::ServiceError;
+use chamfer_index::fsutil;
 
 /// Most bytes of log records written by one group commit.
 const GROUP_BYTES: usize = 256 << 20;

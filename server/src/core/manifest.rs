@@ -27,7 +27,7 @@ use chamfer_index::IndexError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::fsutil;
+use chamfer_index::fsutil;
 
 /// Format version this build writes (both files).
 pub const MANIFEST_VERSION: u32 = 2;

@@ -8,7 +8,6 @@
 //! `<data_dir>/collections/<name>/` (see [`manifest`]).
 pub mod collection;
 pub mod filter;
-pub mod fsutil;
 pub mod input;
 pub mod manifest;
 pub mod pool;
@@ -26,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use chamfer_index::fsutil;
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;

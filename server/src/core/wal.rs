@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use chamfer_index::IndexError;
 
-use super::fsutil::{self, sync_dir};
+use chamfer_index::fsutil::{self, sync_dir};
 
 const MAGIC: &[u8; 8] = b"CHMFWAL1";
 /// The version this build writes.

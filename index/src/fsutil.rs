@@ -1,4 +1,4 @@
-//! Durable file replacement: the one way the server writes a small file it must not lose.
+//! Durable file replacement: the one way chamfer (engine and server) writes a small file it must not lose.
 //!
 //! [`write_atomic`] writes a temporary file beside the target, fsyncs it, renames it over the target and
 //! fsyncs the directory, so that after a crash the target holds either its old bytes or all of its new ones.
@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chamfer_index::IndexError;
+use crate::IndexError;
 
 /// The temporary name used while `path` is being replaced (`<name>.tmp`).
 pub fn temp_path(path: &Path) -> PathBuf {

@@ -36,7 +36,8 @@ pub fn document() -> Value {
                     "hnsw": {"type": "object", "properties": {"prefix_repetitions": {"type": "integer"}, "m": {"type": "integer"}, "ef_construction": {"type": "integer"}, "storage": {"enum": ["f16", "f32"]}, "min_docs": {"type": "integer"}}}}},
                 "Collection": {"type": "object", "properties": {"name": {"type": "string"}, "dimension": {"type": "integer"}, "fde": {"type": "object"}, "hnsw": {"type": "object"},
                     "stats": {"type": "object", "properties": {"documents": {"type": "integer"}, "shards": {"type": "integer"}, "memtable_documents": {"type": "integer"}, "tombstones": {"type": "integer"}, "wal_bytes": {"type": "integer"}, "last_sequence": {"type": "integer"}}}}},
-                "Collections": {"type": "object", "properties": {"collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}}}},
+                "Collections": {"type": "object", "properties": {"collections": {"type": "array", "items": {"$ref": "#/components/schemas/Collection"}},
+                    "unavailable": {"type": "array", "description": "collections on disk that cannot serve (damaged), with the reason; describe answers 503 collection_unavailable", "items": {"type": "object", "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}}}}},
                 "Document": {"type": "object", "required": ["id", "tokens"], "properties": {"id": {"type": "string"}, "tokens": tokens, "metadata": {"type": "object"}}},
                 "Upsert": {"type": "object", "required": ["documents"], "properties": {"documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}}},
                 "UpsertResult": {"type": "object", "properties": {"upserted": {"type": "integer"}, "sequence": {"type": "integer"}}},
@@ -57,7 +58,7 @@ pub fn document() -> Value {
         "security": [{"bearer": []}, {"apiKey": []}],
         "paths": {
             "/healthz": {"get": {"summary": "liveness (no API key)", "security": [], "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"summary": "readiness (no API key)", "security": [], "responses": {"200": {"description": "ready"}, "503": err.clone()}}},
+            "/readyz": {"get": {"summary": "readiness (no API key): 503 while collections open, during shutdown or while the disk is full; the body names the reason and lists unavailable collections", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready (body: status, reason, unavailable_collections, storage_full)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition"}}}},
             "/v1/collections": {
                 "post": op("create a collection", vec![], Some(body("CreateCollection")), ok("Collection")),

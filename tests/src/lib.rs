@@ -1,6 +1,7 @@
 //! End-to-end test crate (tests live in tests/); this library holds what several test files share, and the
 //! reliability soak (`soak`, run by the `chamfer-soak` binary; see tests/soak/README.md).
 
+pub mod fixtures;
 pub mod soak;
 
 /// A minimal HTTP/1.1 client for tests: one request per connection, exact bytes on the wire (so malformed
@@ -15,6 +16,7 @@ pub mod http {
     pub struct Http {
         addr: SocketAddr,
         key: Option<String>,
+        unchunked: bool,
     }
 
     impl Http {
@@ -23,7 +25,15 @@ pub mod http {
             Http {
                 addr,
                 key: key.map(String::from),
+                unchunked: false,
             }
+        }
+
+        /// This client asserts that no answer is chunked (`Transfer-Encoding: chunked`): for tests whose
+        /// answers must all carry a Content-Length.
+        pub fn unchunked(mut self) -> Http {
+            self.unchunked = true;
+            self
         }
 
         /// Sends exactly these bytes as the body; returns the status and the (de-chunked) body.
@@ -46,6 +56,19 @@ pub mod http {
             body: &[u8],
             content_type: Option<&str>,
         ) -> (u16, String, Vec<u8>) {
+            self.raw_with_headers(method, path, body, content_type, &[])
+                .await
+        }
+
+        /// [`Http::raw_with_head`], with extra request headers (name, value) after the usual ones.
+        pub async fn raw_with_headers(
+            &self,
+            method: &str,
+            path: &str,
+            body: &[u8],
+            content_type: Option<&str>,
+            headers: &[(&str, &str)],
+        ) -> (u16, String, Vec<u8>) {
             let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
             let mut head = format!(
                 "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -56,6 +79,9 @@ pub mod http {
             }
             if let Some(k) = &self.key {
                 head.push_str(&format!("x-api-key: {k}\r\n"));
+            }
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
             }
             head.push_str("\r\n");
             // The server may answer (413) and close before reading a large body: write errors are not failures.
@@ -74,6 +100,7 @@ pub mod http {
                 .to_ascii_lowercase()
                 .contains("transfer-encoding: chunked")
             {
+                assert!(!self.unchunked, "unexpected chunked answer: {head}");
                 body = dechunk(&body);
             }
             (status, head, body)
@@ -81,11 +108,28 @@ pub mod http {
 
         /// Sends `body` as JSON (when given); returns the status and the parsed body (Null if not JSON).
         pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+            self.call_with_headers(method, path, body, &[]).await
+        }
+
+        /// [`Http::call`], with extra request headers (name, value).
+        pub async fn call_with_headers(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<&Value>,
+            headers: &[(&str, &str)],
+        ) -> (u16, Value) {
             let bytes = body
                 .map(|b| serde_json::to_vec(b).unwrap())
                 .unwrap_or_default();
-            let (status, out) = self
-                .raw(method, path, &bytes, body.map(|_| "application/json"))
+            let (status, _, out) = self
+                .raw_with_headers(
+                    method,
+                    path,
+                    &bytes,
+                    body.map(|_| "application/json"),
+                    headers,
+                )
                 .await;
             (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
         }

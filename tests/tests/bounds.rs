@@ -2,31 +2,18 @@
 //! 400 `invalid_config`, not an aborted process), token values beyond f16's range are a 400 `out_of_range`
 //! (not a 500 / DATA_LOSS when the shard is written), and in-range extremes make a shard that flushes,
 //! re-opens after a restart and searches.
-use std::path::Path;
-
 use chamfer_proto::v1 as pb;
-use chamfer_server::config::Settings;
-use chamfer_server::serve::{start, Server};
+use chamfer_server::serve::Server;
+use chamfer_tests::fixtures::{code_of, grpc_channel, start_server};
+use chamfer_tests::http::Http;
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
 use pb::search_client::SearchClient;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Code;
 
-// ----- fixtures (a small subset of e2e.rs) ------------------------------------------------------------------
-
-async fn start_server(dir: &Path) -> Server {
-    let s = Settings {
-        data_dir: dir.to_path_buf(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        search_threads: 2,
-        ..Settings::default()
-    };
-    start(s).await.expect("server starts")
-}
+// ----- fixtures (beside the shared ones in chamfer_tests::fixtures) ------------------------------------------
 
 struct Grpc {
     coll: CollectionsClient<Channel>,
@@ -35,11 +22,7 @@ struct Grpc {
 }
 
 async fn grpc(server: &Server) -> Grpc {
-    let ch = Channel::from_shared(format!("http://{}", server.addrs().grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(server).await;
     Grpc {
         coll: CollectionsClient::new(ch.clone()),
         docs: DocumentsClient::new(ch.clone()),
@@ -47,50 +30,10 @@ async fn grpc(server: &Server) -> Grpc {
     }
 }
 
-/// One JSON request per connection; returns (status, body). The server sends `Connection: close` answers with
-/// a Content-Length (JSON bodies are small), so the body is everything after the head.
-async fn http(server: &Server, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let bytes = body
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
-    let mut s = tokio::net::TcpStream::connect(server.addrs().http)
-        .await
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        bytes.len()
-    );
-    if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&bytes).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_slice(&buf[split + 4..]).unwrap_or(Value::Null),
-    )
-}
-
-fn code_of<T>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
+/// JSON requests to `server`, one a connection; every answer must have a Content-Length (JSON bodies are
+/// small), never be chunked.
+fn http(server: &Server) -> Http {
+    Http::new(server.addrs().http, None).unchunked()
 }
 
 fn f32_tokens(data: &[f32], dim: usize) -> pb::Tokens {
@@ -107,16 +50,16 @@ const DIM: usize = 4;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fat_fde_is_rejected_over_both_protocols() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path()).await;
+    let server = start_server(dir.path(), |_| {}).await;
     let mut g = grpc(&server).await;
-    let (st, v) = http(
-        &server,
-        "POST",
-        "/v1/collections",
-        Some(&json!({"name": "fat", "dimension": 4, "fde": {
+    let (st, v) = http(&server)
+        .call(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": "fat", "dimension": 4, "fde": {
             "num_repetitions": 8192, "num_simhash_projections": 5, "projection_dimension": 1024}})),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         (st, v["code"].as_str()),
         (400, Some("invalid_config")),
@@ -128,14 +71,14 @@ async fn fat_fde_is_rejected_over_both_protocols() {
         "{v}"
     );
     // Within every per-field limit, but the product is too large: still a 400.
-    let (st, v) = http(
-        &server,
-        "POST",
-        "/v1/collections",
-        Some(&json!({"name": "fat", "dimension": 4, "fde": {
+    let (st, v) = http(&server)
+        .call(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": "fat", "dimension": 4, "fde": {
             "num_repetitions": 256, "num_simhash_projections": 5, "projection_dimension": 1024}})),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         (st, v["code"].as_str()),
         (400, Some("invalid_config")),
@@ -170,16 +113,19 @@ async fn fat_fde_is_rejected_over_both_protocols() {
     );
     // Nothing was created, and a sane collection still can be.
     assert_eq!(
-        http(&server, "GET", "/v1/collections/fat", None).await.0,
+        http(&server)
+            .call("GET", "/v1/collections/fat", None)
+            .await
+            .0,
         404
     );
-    let (st, v) = http(
-        &server,
-        "POST",
-        "/v1/collections",
-        Some(&json!({"name": "fat", "dimension": 4})),
-    )
-    .await;
+    let (st, v) = http(&server)
+        .call(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": "fat", "dimension": 4})),
+        )
+        .await;
     assert_eq!(st, 201, "{v}");
     server.shutdown().await.unwrap();
 }
@@ -190,26 +136,26 @@ async fn fat_fde_is_rejected_over_both_protocols() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_beyond_f16_are_out_of_range_over_both_protocols() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path()).await;
+    let server = start_server(dir.path(), |_| {}).await;
     let mut g = grpc(&server).await;
-    let (st, v) = http(
-        &server,
-        "POST",
-        "/v1/collections",
-        Some(&json!({"name": "c", "dimension": DIM})),
-    )
-    .await;
+    let (st, v) = http(&server)
+        .call(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": "c", "dimension": DIM})),
+        )
+        .await;
     assert_eq!(st, 201, "{v}");
 
     for big in [1e5f32, 3.4e38, -1e5] {
         let tokens = [0.5f32, big, 0.0, 1.0];
-        let (st, v) = http(
-            &server,
-            "POST",
-            "/v1/collections/c/documents",
-            Some(&json!({"documents": [{"id": "bad", "tokens": [tokens]}]})),
-        )
-        .await;
+        let (st, v) = http(&server)
+            .call(
+                "POST",
+                "/v1/collections/c/documents",
+                Some(&json!({"documents": [{"id": "bad", "tokens": [tokens]}]})),
+            )
+            .await;
         assert_eq!(
             (st, v["code"].as_str()),
             (400, Some("out_of_range")),
@@ -230,13 +176,13 @@ async fn values_beyond_f16_are_out_of_range_over_both_protocols() {
         assert_eq!(status.code(), Code::InvalidArgument, "{big}: {status:?}");
         assert!(status.message().contains("65504"), "{status:?}");
         // Queries are held to the same range.
-        let (st, v) = http(
-            &server,
-            "POST",
-            "/v1/collections/c/search",
-            Some(&json!({"query": [tokens], "k": 3})),
-        )
-        .await;
+        let (st, v) = http(&server)
+            .call(
+                "POST",
+                "/v1/collections/c/search",
+                Some(&json!({"query": [tokens], "k": 3})),
+            )
+            .await;
         assert_eq!(
             (st, v["code"].as_str()),
             (400, Some("out_of_range")),
@@ -254,7 +200,7 @@ async fn values_beyond_f16_are_out_of_range_over_both_protocols() {
         assert_eq!(code_of(r), Code::InvalidArgument, "{big}");
     }
     // Nothing was stored.
-    let (st, v) = http(&server, "GET", "/v1/collections/c", None).await;
+    let (st, v) = http(&server).call("GET", "/v1/collections/c", None).await;
     assert_eq!((st, &v["stats"]["documents"]), (200, &json!(0)), "{v}");
 
     // The edge of the range: many tokens of +-65504 and 60000 (their FDE blocks overflow f16), flushed into a
@@ -276,30 +222,36 @@ async fn values_beyond_f16_are_out_of_range_over_both_protocols() {
     let docs: Vec<Value> = (0..6)
         .map(|d| json!({"id": format!("x{d}"), "tokens": extreme(d, 1 + d * 100)}))
         .collect();
-    let (st, v) = http(
-        &server,
-        "POST",
-        "/v1/collections/c/documents",
-        Some(&json!({"documents": docs})),
-    )
-    .await;
+    let (st, v) = http(&server)
+        .call(
+            "POST",
+            "/v1/collections/c/documents",
+            Some(&json!({"documents": docs})),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = http(&server, "POST", "/v1/collections/c/flush", None).await;
+    let (st, v) = http(&server)
+        .call("POST", "/v1/collections/c/flush", None)
+        .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["stats"]["shards"], json!(1), "{v}");
     assert_eq!(v["stats"]["documents"], json!(6), "{v}");
     let query = json!({"query": extreme(1, 3), "k": 3});
-    let (st, before) = http(&server, "POST", "/v1/collections/c/search", Some(&query)).await;
+    let (st, before) = http(&server)
+        .call("POST", "/v1/collections/c/search", Some(&query))
+        .await;
     assert_eq!(st, 200, "{before}");
     assert_eq!(before["hits"].as_array().map(Vec::len), Some(3), "{before}");
     server.shutdown().await.unwrap();
 
     // The shard re-opens after a restart and answers the same.
-    let server = start_server(dir.path()).await;
-    let (st, info) = http(&server, "GET", "/v1/collections/c", None).await;
+    let server = start_server(dir.path(), |_| {}).await;
+    let (st, info) = http(&server).call("GET", "/v1/collections/c", None).await;
     assert_eq!(st, 200, "{info}");
     assert_eq!(info["stats"]["documents"], json!(6), "{info}");
-    let (st, after) = http(&server, "POST", "/v1/collections/c/search", Some(&query)).await;
+    let (st, after) = http(&server)
+        .call("POST", "/v1/collections/c/search", Some(&query))
+        .await;
     assert_eq!(st, 200, "{after}");
     assert_eq!(before["hits"], after["hits"]);
     server.shutdown().await.unwrap();

@@ -9,47 +9,28 @@
 //! * bytes that are not a protobuf message answer INVALID_ARGUMENT, on a unary call and on the bulk stream.
 //!
 //! Every assertion is about order or counts, never about how long something took.
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
-use chamfer_index::dataset::Dataset;
 use chamfer_proto::v1 as pb;
 use chamfer_server::config::Settings;
-use chamfer_server::serve::{start, Server};
+use chamfer_server::serve::Server;
+use chamfer_tests::fixtures::{demo_dataset, f16_tokens, grpc_channel, start_server};
+use chamfer_tests::http::Http;
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
 use pb::search_client::SearchClient;
 use prost::Message;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::Code;
 
 // ----- fixtures (small copies of e2e.rs's) ----------------------------------------------------------------
 
-fn dataset() -> &'static Dataset {
-    static DS: OnceLock<Dataset> = OnceLock::new();
-    DS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
-        Dataset::open(&dir)
-            .unwrap_or_else(|e| panic!("cannot open the demo data set {}: {e}", dir.display()))
-    })
-}
-
-fn f16_tokens(data: &[f32], dim: usize) -> pb::Tokens {
-    let bits: Vec<u16> = data
-        .iter()
-        .map(|v| half::f16::from_f32(*v).to_bits())
-        .collect();
-    chamfer_proto::tokens::pack_f16_bits(&bits, dim)
-}
-
 /// A query of exactly `n` tokens: the demo queries' tokens, concatenated (cycling), starting at query `j`.
 fn heavy_query(j: usize, n: usize) -> Vec<f32> {
-    let ds = dataset();
+    let ds = demo_dataset();
     let mut out = Vec::with_capacity(n * ds.dim());
     let mut q = j;
     while out.len() < n * ds.dim() {
@@ -60,31 +41,17 @@ fn heavy_query(j: usize, n: usize) -> Vec<f32> {
     out
 }
 
-async fn start_server(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Server {
-    let mut s = Settings {
-        data_dir: dir.to_path_buf(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        search_threads: 1,
-        ..Settings::default()
-    };
+/// What every server here starts with (as `start_server`'s tweak, before a test's own): one CPU thread, so the
+/// order of the pool's work is observable, and a batch budget the big batches fit in.
+fn one_thread(s: &mut Settings) {
+    s.search_threads = 1;
     s.limits.max_batch_query_tokens = 1 << 20;
-    tweak(&mut s);
-    start(s).await.expect("server starts")
-}
-
-async fn channel(server: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", server.addrs().grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// A collection `name` holding every demo document (one upsert).
 async fn demo_collection(server: &Server, name: &str) {
-    let ch = channel(server).await;
-    let ds = dataset();
+    let ch = grpc_channel(server).await;
+    let ds = demo_dataset();
     CollectionsClient::new(ch.clone())
         .create(pb::CreateCollectionRequest {
             name: name.into(),
@@ -112,7 +79,7 @@ async fn demo_collection(server: &Server, name: &str) {
 fn pb_search(collection: &str, query: &[f32], exact: bool) -> pb::SearchRequest {
     pb::SearchRequest {
         collection: collection.into(),
-        query: Some(f16_tokens(query, dataset().dim())),
+        query: Some(f16_tokens(query, demo_dataset().dim())),
         k: 10,
         exact,
         ..Default::default()
@@ -130,7 +97,7 @@ fn heavy_batch(collection: &str, n: usize, tokens: usize) -> pb::SearchBatchRequ
 }
 
 fn json_batch(n: usize, tokens: usize) -> Value {
-    let dim = dataset().dim();
+    let dim = demo_dataset().dim();
     let searches: Vec<Value> = (0..n)
         .map(|j| {
             let rows: Vec<Vec<f32>> = heavy_query(j, tokens)
@@ -143,48 +110,9 @@ fn json_batch(n: usize, tokens: usize) -> Value {
     json!({ "searches": searches })
 }
 
-/// One HTTP/1.1 POST with a JSON body; returns the status and the JSON body.
-async fn http(server: &Server, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
-    let body = serde_json::to_vec(body).unwrap();
-    let (status, out) = http_raw(server, "POST", path, &body, headers).await;
-    (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
-}
-
-async fn http_raw(
-    server: &Server,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
-) -> (u16, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(server.addrs().http)
-        .await
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = s.write_all(head.as_bytes()).await;
-    let _ = s.write_all(body).await;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "unexpected chunked answer: {head}"
-    );
-    (status, buf[split + 4..].to_vec())
+/// JSON requests to `server`, one a connection; no answer may be chunked.
+fn http(server: &Server) -> Http {
+    Http::new(server.addrs().http, None).unchunked()
 }
 
 /// Waits (by yielding, no timed assertion) until the pool has nothing queued and every submitted task either
@@ -205,11 +133,11 @@ async fn pool_idle(server: &Server) -> chamfer_server::core::pool::PoolStats {
 async fn a_single_search_beside_a_big_batch_finishes_first() {
     let dir = tempfile::tempdir().unwrap();
     // One CPU thread: without fair scheduling the single search waits for the whole batch.
-    let server = start_server(dir.path(), |_| {}).await;
+    let server = start_server(dir.path(), one_thread).await;
     demo_collection(&server, "fair").await;
     let before = server.core().pool_stats();
     let n = 60;
-    let ch = channel(&server).await;
+    let ch = grpc_channel(&server).await;
     let mut batch_client = SearchClient::new(ch.clone());
     let batch = tokio::spawn(async move {
         batch_client
@@ -230,7 +158,7 @@ async fn a_single_search_beside_a_big_batch_finishes_first() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let hits = SearchClient::new(ch)
-        .search(pb_search("fair", dataset().query_tokens(0), false))
+        .search(pb_search("fair", demo_dataset().query_tokens(0), false))
         .await
         .unwrap()
         .into_inner()
@@ -303,7 +231,7 @@ async fn h2_call(server: &Server, path: &str, msg: &[u8], timeout: &str) -> (Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_timeout_answers_deadline_exceeded_and_stops_the_work() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), |_| {}).await;
+    let server = start_server(dir.path(), one_thread).await;
     demo_collection(&server, "dl").await;
     let before = pool_idle(&server).await;
     let n = 100;
@@ -344,9 +272,9 @@ async fn a_grpc_timeout_answers_deadline_exceeded_and_stops_the_work() {
         "no queued query was skipped: {after:?}"
     );
     // The server still answers (and a single search with a generous deadline completes).
-    let mut req = tonic::Request::new(pb_search("dl", dataset().query_tokens(1), false));
+    let mut req = tonic::Request::new(pb_search("dl", demo_dataset().query_tokens(1), false));
     req.set_timeout(Duration::from_secs(600));
-    let hits = SearchClient::new(channel(&server).await)
+    let hits = SearchClient::new(grpc_channel(&server).await)
         .search(req)
         .await
         .unwrap()
@@ -360,19 +288,24 @@ async fn a_grpc_timeout_answers_deadline_exceeded_and_stops_the_work() {
 async fn the_server_deadline_and_the_rest_header_answer_504() {
     let dir = tempfile::tempdir().unwrap();
     // Load with the default deadline (building 300 documents takes more than 1 ms), then restart with 1 ms.
-    let server = start_server(dir.path(), |_| {}).await;
+    let server = start_server(dir.path(), one_thread).await;
     demo_collection(&server, "slow").await;
     server.shutdown().await.unwrap();
-    let server = start_server(dir.path(), |s| s.request_timeout_ms = 1).await;
+    let server = start_server(dir.path(), |s| {
+        one_thread(s);
+        s.request_timeout_ms = 1;
+    })
+    .await;
     let before = pool_idle(&server).await;
     let n = 50;
-    let (status, body) = http(
-        &server,
-        "/v1/collections/slow/search/batch",
-        &json_batch(n, 256),
-        &[],
-    )
-    .await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            "/v1/collections/slow/search/batch",
+            Some(&json_batch(n, 256)),
+            &[],
+        )
+        .await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["code"], "deadline_exceeded", "{body}");
     assert!(body["message"].as_str().unwrap().contains("1 ms"), "{body}");
@@ -382,7 +315,7 @@ async fn the_server_deadline_and_the_rest_header_answer_504() {
         "every task of the batch ran: {after:?}"
     );
     // The pool's counters are exported.
-    let (status, text) = http_raw(&server, "GET", "/metrics", b"", &[]).await;
+    let (status, text) = http(&server).raw("GET", "/metrics", b"", None).await;
     assert_eq!(status, 200);
     let text = String::from_utf8(text).unwrap();
     let line = format!(
@@ -394,31 +327,40 @@ async fn the_server_deadline_and_the_rest_header_answer_504() {
 
     // A generous server deadline, a tiny one asked for by the client.
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), |_| {}).await;
+    let server = start_server(dir.path(), one_thread).await;
     demo_collection(&server, "slow").await;
     let path = "/v1/collections/slow/search/batch";
-    let (status, body) = http(&server, path, &json_batch(n, 256), &[("x-timeout-ms", "1")]).await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            path,
+            Some(&json_batch(n, 256)),
+            &[("x-timeout-ms", "1")],
+        )
+        .await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["code"], "deadline_exceeded", "{body}");
-    let (status, body) = http(
-        &server,
-        path,
-        &json_batch(2, 8),
-        &[("x-timeout-ms", "soon")],
-    )
-    .await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            path,
+            Some(&json_batch(2, 8)),
+            &[("x-timeout-ms", "soon")],
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("malformed")),
         "{body}"
     );
-    let (status, body) = http(
-        &server,
-        path,
-        &json_batch(2, 8),
-        &[("x-timeout-ms", "600000")],
-    )
-    .await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            path,
+            Some(&json_batch(2, 8)),
+            &[("x-timeout-ms", "600000")],
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"].as_array().unwrap().len(), 2);
     server.shutdown().await.unwrap();
@@ -430,6 +372,7 @@ async fn the_server_deadline_and_the_rest_header_answer_504() {
 async fn the_work_budget_answers_413_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), |s| {
+        one_thread(s);
         s.limits.max_query_tokens = 64;
         s.limits.max_batch_query_tokens = 100;
     })
@@ -437,20 +380,21 @@ async fn the_work_budget_answers_413_before_any_work() {
     demo_collection(&server, "budget").await;
     let before = pool_idle(&server).await;
     // 4 x 32 = 128 query tokens > 100, though each query is within max_query_tokens.
-    let (status, body) = http(
-        &server,
-        "/v1/collections/budget/search/batch",
-        &json_batch(4, 32),
-        &[],
-    )
-    .await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            "/v1/collections/budget/search/batch",
+            Some(&json_batch(4, 32)),
+            &[],
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (413, Some("too_large")),
         "{body}"
     );
     assert!(body["message"].as_str().unwrap().contains("100"), "{body}");
-    let err = SearchClient::new(channel(&server).await)
+    let err = SearchClient::new(grpc_channel(&server).await)
         .search_batch(heavy_batch("budget", 4, 32))
         .await
         .unwrap_err();
@@ -458,13 +402,14 @@ async fn the_work_budget_answers_413_before_any_work() {
     // Refused before any work: nothing reached the pool.
     assert_eq!(server.core().pool_stats().submitted, before.submitted);
     // Within the budget: answered.
-    let (status, body) = http(
-        &server,
-        "/v1/collections/budget/search/batch",
-        &json_batch(3, 32),
-        &[],
-    )
-    .await;
+    let (status, body) = http(&server)
+        .call_with_headers(
+            "POST",
+            "/v1/collections/budget/search/batch",
+            Some(&json_batch(3, 32)),
+            &[],
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     server.shutdown().await.unwrap();
 }
@@ -545,14 +490,14 @@ fn error_code(s: &tonic::Status) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_messages_answer_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path(), |_| {}).await;
+    let server = start_server(dir.path(), one_thread).await;
     demo_collection(&server, "pb").await;
-    let ch = channel(&server).await;
+    let ch = grpc_channel(&server).await;
     // The raw path works with valid bytes: the codes below come from the bytes, not the plumbing.
     let ok = raw_unary(
         &ch,
         "/chamfer.v1.Search/Search",
-        pb_search("pb", dataset().query_tokens(0), false).encode_to_vec(),
+        pb_search("pb", demo_dataset().query_tokens(0), false).encode_to_vec(),
     )
     .await
     .unwrap();
@@ -580,7 +525,7 @@ async fn undecodable_messages_answer_invalid_argument() {
             "bulk {garbage:?}: {err:?}"
         );
         assert_eq!(error_code(&err), Some("malformed"), "bulk: {err:?}");
-        let ds = dataset();
+        let ds = demo_dataset();
         let valid = pb::UpsertRequest {
             collection: "pb".into(),
             documents: vec![pb::Document {

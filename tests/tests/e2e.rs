@@ -5,17 +5,18 @@
 //! Data: the bundled demo set (`data/demo`: 300 manpages passages, 50 queries, 128-d f16 tokens), so the whole
 //! binary runs in seconds. The crash test runs the `chamfer` binary as a child process and kills it with
 //! SIGKILL; it needs `cargo build -p chamfer-server --bin chamfer` first (done by `.ci/run`).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use chamfer_index::dataset::Dataset;
 use chamfer_index::search::{SearchParams, Searcher};
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_proto::v1 as pb;
-use chamfer_server::config::Settings;
-use chamfer_server::serve::{start, Server};
+use chamfer_server::serve::Server;
+use chamfer_tests::fixtures::{
+    chamfer_bin_or_skip, code_of, demo_dataset, demo_dir, f16_tokens, grpc_channel, start_server,
+};
 use chamfer_tests::http::Http;
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
@@ -28,15 +29,6 @@ use tonic::Code;
 
 // ----- fixtures -------------------------------------------------------------------------------------------
 
-fn dataset() -> &'static Dataset {
-    static DS: OnceLock<Dataset> = OnceLock::new();
-    DS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
-        Dataset::open(&dir)
-            .unwrap_or_else(|e| panic!("cannot open the demo data set {}: {e}", dir.display()))
-    })
-}
-
 /// `cp.1#2` -> {"page": "cp", "section": "1", "n": 2}
 fn metadata(id: &str) -> Value {
     let (name, n) = id.split_once('#').unwrap_or((id, "0"));
@@ -44,20 +36,12 @@ fn metadata(id: &str) -> Value {
     json!({"page": page, "section": section, "n": n.parse::<i64>().unwrap_or(0)})
 }
 
-fn f16_tokens(data: &[f32], dim: usize) -> pb::Tokens {
-    let bits: Vec<u16> = data
-        .iter()
-        .map(|v| half::f16::from_f32(*v).to_bits())
-        .collect();
-    chamfer_proto::tokens::pack_f16_bits(&bits, dim)
-}
-
 fn rows(data: &[f32], dim: usize) -> Vec<Vec<f32>> {
     data.chunks(dim).map(<[f32]>::to_vec).collect()
 }
 
 fn pb_doc(i: usize) -> pb::Document {
-    let ds = dataset();
+    let ds = demo_dataset();
     pb::Document {
         id: ds.doc_id(i).to_string(),
         tokens: Some(f16_tokens(ds.doc_tokens(i), ds.dim())),
@@ -66,20 +50,8 @@ fn pb_doc(i: usize) -> pb::Document {
 }
 
 fn json_doc(i: usize) -> Value {
-    let ds = dataset();
+    let ds = demo_dataset();
     json!({"id": ds.doc_id(i), "tokens": rows(ds.doc_tokens(i), ds.dim()), "metadata": metadata(ds.doc_id(i))})
-}
-
-async fn start_server(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Server {
-    let mut s = Settings {
-        data_dir: dir.to_path_buf(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        search_threads: 2,
-        ..Settings::default()
-    };
-    tweak(&mut s);
-    start(s).await.expect("server starts")
 }
 
 /// Adds the API key (if any) to every gRPC call.
@@ -105,11 +77,7 @@ struct Grpc {
 }
 
 async fn grpc(server: &Server, key: Option<&str>) -> Grpc {
-    let ch = Channel::from_shared(format!("http://{}", server.addrs().grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(server).await;
     let k = Key(key.map(String::from));
     Grpc {
         coll: CollectionsClient::with_interceptor(ch.clone(), k.clone()),
@@ -127,7 +95,7 @@ fn engine_results(
     params: &SearchParams,
     queries: &[usize],
 ) -> Vec<Vec<(String, f32)>> {
-    let ds = dataset();
+    let ds = demo_dataset();
     let ip = IndexParams::new(ds.dim());
     let shards: Vec<Arc<Shard>> = (0..n_docs)
         .collect::<Vec<_>>()
@@ -160,7 +128,7 @@ fn engine_results(
 }
 
 fn pb_search(collection: &str, q: usize, k: u32, rerank: Option<u32>) -> pb::SearchRequest {
-    let ds = dataset();
+    let ds = demo_dataset();
     pb::SearchRequest {
         collection: collection.into(),
         query: Some(f16_tokens(ds.query_tokens(q), ds.dim())),
@@ -218,7 +186,7 @@ fn assert_same(a: &[(String, f32)], b: &[(String, f32)], what: &str) {
 }
 
 async fn create_both(g: &mut Grpc, h: &Http, grpc_name: &str, rest_name: &str) {
-    let dim = dataset().dim() as u32;
+    let dim = demo_dataset().dim() as u32;
     g.coll
         .create(pb::CreateCollectionRequest {
             name: grpc_name.into(),
@@ -274,7 +242,7 @@ async fn ingest_rest(h: &Http, name: &str, range: std::ops::Range<usize>, batch:
 /// in-process answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_rest_agree_with_the_in_process_engine() {
-    let ds = dataset();
+    let ds = demo_dataset();
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), |_| {}).await;
@@ -410,7 +378,7 @@ fn matching(ids: &[(String, f32)], f: impl Fn(&Value) -> bool) -> bool {
 /// results that all match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_never_come_back_and_filters_return_k_matches() {
-    let ds = dataset();
+    let ds = demo_dataset();
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let mut server = start_server(dir.path(), |_| {}).await;
@@ -581,18 +549,11 @@ async fn deletes_never_come_back_and_filters_return_k_matches() {
     server.shutdown().await.unwrap();
 }
 
-fn code_of(r: Result<impl Sized, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
 /// Every bad input of the issue, over both protocols, with the exact status codes; the server keeps serving
 /// and nothing stored is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_matrix_over_both_protocols() {
-    let ds = dataset();
+    let ds = demo_dataset();
     let dim = ds.dim();
     const KEY: &str = "test-key-0123456789";
     let dir = tempfile::tempdir().unwrap();
@@ -935,19 +896,14 @@ async fn bad_input_matrix_over_both_protocols() {
 async fn tonic_health_client(
     server: &Server,
 ) -> tonic_health::pb::health_client::HealthClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{}", server.addrs().grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(ch)
+    tonic_health::pb::health_client::HealthClient::new(grpc_channel(server).await)
 }
 
 /// Writers (gRPC and REST) and readers at once, with a tiny flush threshold so that background flushes and
 /// compactions run during the test: no errors, and every document is there at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_ingest_and_search() {
-    let ds = dataset();
+    let ds = demo_dataset();
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), |s| {
@@ -1040,19 +996,6 @@ async fn concurrent_ingest_and_search() {
     server.shutdown().await.unwrap();
 }
 
-/// The `chamfer` binary: `$CHAMFER_BIN`, or the one next to this test binary (target/<profile>/chamfer).
-fn chamfer_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHAMFER_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe
-        .parent()?
-        .parent()?
-        .join(format!("chamfer{}", std::env::consts::EXE_SUFFIX));
-    bin.exists().then_some(bin)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1114,15 +1057,10 @@ async fn wait_healthy(http: u16) {
 /// acknowledged document is there (searchable, with its metadata and all its tokens), nothing half-written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_kill9_mid_ingest_keeps_every_acknowledged_document() {
-    let Some(bin) = chamfer_bin() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the chamfer binary must be built before the e2e tests in CI"
-        );
-        eprintln!("SKIPPED: build the binary first (cargo build -p chamfer-server --bin chamfer)");
+    let Some(bin) = chamfer_bin_or_skip() else {
         return;
     };
-    let ds = dataset();
+    let ds = demo_dataset();
     let dim = ds.dim();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
@@ -1245,16 +1183,12 @@ async fn crash_kill9_mid_ingest_keeps_every_acknowledged_document() {
 /// Row of document `id` in the demo set.
 fn doc_row(id: &str) -> usize {
     static ROWS: OnceLock<std::collections::HashMap<String, usize>> = OnceLock::new();
-    let ds = dataset();
+    let ds = demo_dataset();
     ROWS.get_or_init(|| {
         (0..ds.n_docs())
             .map(|i| (ds.doc_id(i).to_string(), i))
             .collect()
     })[id]
-}
-
-fn demo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo")
 }
 
 /// Runs the `chamfer` binary to completion: (exit success, stdout, stderr).
@@ -1274,19 +1208,6 @@ async fn run_chamfer(bin: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The binary, or a skip (an error in CI, where `.ci/run` builds it first).
-fn chamfer_bin_or_skip() -> Option<PathBuf> {
-    let bin = chamfer_bin();
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the chamfer binary must be built before the e2e tests in CI"
-        );
-        eprintln!("SKIPPED: build the binary first (cargo build -p chamfer-server --bin chamfer)");
-    }
-    bin
-}
-
 /// `chamfer ingest` (data set folder and JSON Lines) uploads through the CLI; the Rust client's searches then
 /// equal the engine's in-process answers; a re-run skips everything; `chamfer query` prints the same ranking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1294,7 +1215,7 @@ async fn cli_ingest_then_client_search_equals_the_engine() {
     let Some(bin) = chamfer_bin_or_skip() else {
         return;
     };
-    let ds = dataset();
+    let ds = demo_dataset();
     let n = ds.n_docs();
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), |_| {}).await;
@@ -1455,7 +1376,7 @@ async fn cli_load_reports_the_in_process_recall() {
     let Some(bin) = chamfer_bin_or_skip() else {
         return;
     };
-    let ds = dataset();
+    let ds = demo_dataset();
     let all: Vec<usize> = (0..ds.n_queries()).collect();
     let want = engine_results(ds.n_docs(), ds.n_docs(), &SearchParams::new(10), &all);
     let recall: f64 = all
@@ -1553,7 +1474,7 @@ async fn cli_demo_once_loads_and_answers() {
     let Some(bin) = chamfer_bin_or_skip() else {
         return;
     };
-    let ds = dataset();
+    let ds = demo_dataset();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let demo = demo_dir();

@@ -3,29 +3,13 @@
 //! collections keep serving; that error bodies never name server files. The storage-level cases (every kind of
 //! damage, drop vs flush, close vs compaction, backpressure, a full disk) are in
 //! `server/src/core/fault_tests.rs`; RELIABILITY.md maps each promise to its test.
-use std::path::Path;
-
 use chamfer_proto::v1 as pb;
-use chamfer_server::config::Settings;
-use chamfer_server::serve::{start, Server};
+use chamfer_tests::fixtures::{grpc_channel, start_server};
 use chamfer_tests::http::Http;
 use pb::collections_client::CollectionsClient;
 use pb::search_client::SearchClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 use tonic::Code;
-
-async fn server(dir: &Path) -> Server {
-    start(Settings {
-        data_dir: dir.to_path_buf(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        search_threads: 2,
-        ..Settings::default()
-    })
-    .await
-    .expect("server starts")
-}
 
 fn doc(i: usize) -> Value {
     let t = |k: usize| ((i * 7 + k * 3) % 11) as f32 / 4.0 - 1.0;
@@ -35,7 +19,7 @@ fn doc(i: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_collection_is_reported_and_the_rest_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path()).await;
+    let s = start_server(dir.path(), |_| {}).await;
     let h = Http::new(s.addrs().http, None);
     for name in ["good", "bad"] {
         h.ok(
@@ -59,7 +43,7 @@ async fn a_damaged_collection_is_reported_and_the_rest_serves() {
     std::fs::remove_file(bad.join("manifest.json")).unwrap();
     let wal_before = std::fs::read_dir(bad.join("wal")).unwrap().count();
 
-    let s = server(dir.path()).await;
+    let s = start_server(dir.path(), |_| {}).await;
     let h = Http::new(s.addrs().http, None);
     let (status, body) = h.call("GET", "/v1/collections/bad", None).await;
     assert_eq!(status, 503, "{body}");
@@ -104,11 +88,7 @@ async fn a_damaged_collection_is_reported_and_the_rest_serves() {
     assert!(metrics.contains("chamfer_ready 1"));
 
     // gRPC says the same.
-    let ch = Channel::from_shared(format!("http://{}", s.addrs().grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(&s).await;
     let mut coll = CollectionsClient::new(ch.clone());
     let e = coll
         .describe(pb::DescribeCollectionRequest { name: "bad".into() })
@@ -146,7 +126,7 @@ async fn a_damaged_collection_is_reported_and_the_rest_serves() {
         ..Default::default()
     };
     write_checked(&bad.join("manifest.json"), &empty).unwrap();
-    let s = server(dir.path()).await;
+    let s = start_server(dir.path(), |_| {}).await;
     let h = Http::new(s.addrs().http, None);
     let v = h.ok("GET", "/v1/collections/bad", None).await;
     assert_eq!(v["stats"]["documents"], 20, "{v}");

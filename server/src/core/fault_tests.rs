@@ -499,3 +499,81 @@ async fn a_full_disk_answers_storage_full_and_recovers() {
     );
     shutdown(core).await;
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A collection written by the version before WAL v2 and checked JSON files (tests/fixtures/README.md says how)
+/// opens with every acknowledged write, keeps taking writes (continuing in a version-2 log file), flushes into a
+/// version-2 manifest, and reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_collection_opens_and_continues() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1/collections/legacy");
+    let dir = tempfile::tempdir().unwrap();
+    let c = coll_dir(dir.path(), "legacy");
+    copy_dir(&fixture, &c);
+    let expected: Vec<String> = (0..15)
+        .filter(|i| *i != 3 && *i != 12)
+        .map(|i| format!("d{i}"))
+        .collect();
+    let check = |core: Core, extra: Vec<String>| {
+        let expected = expected.clone();
+        async move {
+            let mut ids = expected;
+            ids.extend(extra);
+            let got = core.get("legacy", ids.clone(), true).await.unwrap();
+            assert!(got.missing.is_empty(), "lost: {:?}", got.missing);
+            let gone = core
+                .get("legacy", vec!["d3".into(), "d12".into()], false)
+                .await
+                .unwrap();
+            assert_eq!(gone.missing.len(), 2, "deletes stay deleted");
+            let d7 = got.documents.iter().find(|d| d.id == "d7").unwrap();
+            assert_eq!(d7.tokens.as_deref(), Some(&[9.0f32, 9.0, 9.0, 9.0][..]));
+            assert_eq!(d7.metadata.as_deref(), Some(r#"{"n":77}"#));
+            let d13 = got.documents.iter().find(|d| d.id == "d13").unwrap();
+            assert_eq!(
+                d13.tokens.as_deref(),
+                Some(&[1.25f32, -1.5, 0.5, 13.0, 0.75, 1.5, -13.0, 1.0][..])
+            );
+            assert_eq!(
+                core.describe("legacy").unwrap().stats.documents,
+                ids.len() as u64
+            );
+            core
+        }
+    };
+    let core = check(open(dir.path()).await, vec![]).await;
+    let d100 = input::DocInput {
+        id: "d100".into(),
+        tokens: input::TokenInput::Rows(vec![vec![0.5, 0.25, -1.0, 2.0]]),
+        metadata: input::MetadataInput::None,
+    };
+    core.upsert("legacy", vec![d100]).await.unwrap();
+    shutdown(core).await;
+    let core = check(open(dir.path()).await, vec!["d100".into()]).await;
+    assert_eq!(
+        wal_files(&c).len(),
+        2,
+        "the version-1 log is kept, writes continue in a version-2 file"
+    );
+    core.flush("legacy").await.unwrap();
+    shutdown(core).await;
+    let m = fs::read_to_string(c.join("manifest.json")).unwrap();
+    assert!(
+        m.contains("\"crc32\""),
+        "the manifest is rewritten as version 2: {m}"
+    );
+    let core = check(open(dir.path()).await, vec!["d100".into()]).await;
+    shutdown(core).await;
+}

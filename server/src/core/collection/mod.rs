@@ -1,0 +1,393 @@
+//! One collection: durable writes, segments, tombstones, snapshots, flush and compaction.
+//!
+//! # Model
+//!
+//! A collection is a list of *segments*, each an engine [`Shard`]: *durable* ones (shard files named in the
+//! manifest) and *memory* ones (one per acknowledged upsert batch, built in memory with the same bytes and no
+//! graph). A delete or an overwrite never touches a shard: it sets the document's bit in its segment's
+//! *tombstone* bitset, and the external-id map (`id -> (segment, doc)`) moves to the new version. External ids
+//! are therefore stable and never renumbered.
+//!
+//! # One mutator
+//!
+//! Every change goes through the collection's *sequencer* thread, in sequence-number order:
+//!
+//! 1. a request is validated and its memory shard built (FDE encoding) on the CPU pool, off the async workers;
+//! 2. the sequencer takes every write queued meanwhile, appends them to the write-ahead log and fsyncs ONCE
+//!    (group commit), then applies them to the state, publishes a new snapshot and only then acknowledges them
+//!    (so an acknowledged write is durable and immediately visible);
+//! 3. flush and compaction build their shard files on the maintenance thread, then hand an `Install` to the
+//!    sequencer, which swaps segments, carries over tombstones set in the meantime, writes the manifest and only
+//!    then deletes the obsolete log files or shard files.
+//!
+//! # Snapshots
+//!
+//! A search takes the current [`Snapshot`] (an `Arc`): segment shards, their tombstone bitsets (copy-on-write,
+//! shared until modified) and an engine `Searcher`. It sees exactly the writes acknowledged before it started,
+//! however long it runs and whatever is ingested, flushed or compacted meanwhile.
+//!
+//! # Files
+//!
+//! `mod.rs` the collection and its public API; `state.rs` segments, tombstones and the id map; `sequencer.rs`
+//! the one mutator thread (group commit, install); `maintenance.rs` flush and compaction; `recovery.rs` opening
+//! a directory (manifest, shards, log replay).
+mod maintenance;
+mod recovery;
+mod sequencer;
+mod state;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use chamfer_index::search::Searcher;
+use chamfer_index::shard::Shard;
+use tokio::sync::oneshot;
+
+use super::manifest::{self, CollectionConfig, Layout, Manifest, MANIFEST_VERSION};
+use super::wal::WalWriter;
+use crate::error::ServiceError;
+use chamfer_index::fsutil;
+
+use recovery::recover;
+use sequencer::Cmd;
+use state::State;
+pub use state::{Bitset, MetaCache};
+
+type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+
+/// Locks a mutex, ignoring poisoning (state is only mutated by the sequencer, which does not panic mid-update).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What one write does once it is in the log.
+pub enum WriteOp {
+    /// A validated batch, already built into a memory shard.
+    Upsert {
+        shard: Arc<Shard>,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
+}
+
+/// The acknowledgement of a durable write.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteAck {
+    pub seq: u64,
+    /// Documents written (upsert) or that existed and were deleted (delete).
+    pub affected: usize,
+}
+
+/// One segment as a search sees it.
+pub struct SegView {
+    pub shard: Arc<Shard>,
+    pub deleted: Arc<Bitset>,
+    pub meta: Arc<MetaCache>,
+}
+
+/// An immutable, consistent view for searches.
+pub struct Snapshot {
+    /// None while the collection has no segment.
+    pub searcher: Option<Searcher>,
+    /// Same order as the searcher's shards (a hit's `shard` indexes this).
+    pub segs: Vec<SegView>,
+    pub any_deleted: bool,
+}
+
+/// Statistics of a collection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub documents: u64,
+    pub shards: u64,
+    pub memtable_documents: u64,
+    pub tombstones: u64,
+    pub wal_bytes: u64,
+    pub last_sequence: u64,
+}
+
+/// Background-work thresholds.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub flush_threshold_docs: usize,
+    pub compaction_max_shards: usize,
+    /// Live memtable documents above which writes are refused with `overloaded` (429) until a flush catches
+    /// up: bounds memory, log size and restart time when writers outrun flushing.
+    pub max_memtable_docs: usize,
+}
+
+impl Tuning {
+    /// The thresholds for a flush threshold and a compaction fan-in; the memtable cap is
+    /// `max(4 x flush threshold, 10_000)`.
+    pub fn new(flush_threshold_docs: usize, compaction_max_shards: usize) -> Tuning {
+        Tuning {
+            flush_threshold_docs,
+            compaction_max_shards,
+            max_memtable_docs: flush_threshold_docs.saturating_mul(4).max(10_000),
+        }
+    }
+}
+
+/// A document as `get` returns it.
+pub struct DocRef {
+    pub shard: Arc<Shard>,
+    pub doc: usize,
+}
+
+/// An open collection.
+pub struct Collection {
+    pub config: CollectionConfig,
+    layout: Layout,
+    tuning: Tuning,
+    state: Mutex<State>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    maint_lock: Mutex<()>,
+    maint_tx: Mutex<Option<mpsc::SyncSender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next_segment: AtomicU64,
+    /// Set by `close`: flushes and compactions stop at their next check and touch no file after it.
+    closing: AtomicBool,
+    /// The last write failed for lack of disk space (cleared by the next successful append).
+    storage_full: Mutex<Option<String>>,
+}
+
+impl Collection {
+    /// Creates the directory of a new collection (atomically: built under a temporary name, then renamed)
+    /// and opens it.
+    pub fn create(
+        root: &std::path::Path,
+        config: CollectionConfig,
+        tuning: Tuning,
+    ) -> Result<Arc<Collection>, ServiceError> {
+        let final_dir = root.join(&config.name);
+        if final_dir.exists() {
+            return Err(ServiceError::CollectionExists(config.name));
+        }
+        let tmp = root.join(format!(".creating-{}", config.name));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let l = Layout { dir: tmp.clone() };
+        for d in [l.segments(), l.wal()] {
+            std::fs::create_dir_all(&d).map_err(|e| ServiceError::io(&d, e))?;
+        }
+        manifest::write_checked(&l.config(), &config)?;
+        let empty = Manifest {
+            format_version: MANIFEST_VERSION,
+            ..Default::default()
+        };
+        manifest::write_checked(&l.manifest(), &empty)?;
+        // The first log file exists from the start: a collection without one is damaged.
+        drop(WalWriter::create(&l.wal(), 1)?);
+        fsutil::sync_dir(&l.dir);
+        std::fs::rename(&tmp, &final_dir).map_err(|e| ServiceError::io(&final_dir, e))?;
+        fsutil::sync_dir(root);
+        Collection::open(Layout { dir: final_dir }, tuning)
+    }
+
+    /// Opens a collection directory: shards from the manifest, then the log replayed on top.
+    pub fn open(layout: Layout, tuning: Tuning) -> Result<Arc<Collection>, ServiceError> {
+        let config: CollectionConfig = manifest::read_checked(&layout.config())?;
+        let (state, writer, next_segment) = recover(&layout, &config)?;
+        let c = Arc::new(Collection {
+            config,
+            layout,
+            tuning,
+            state: Mutex::new(state),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                searcher: None,
+                segs: vec![],
+                any_deleted: false,
+            })),
+            tx: Mutex::new(None),
+            maint_lock: Mutex::new(()),
+            maint_tx: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+            next_segment: AtomicU64::new(next_segment),
+            closing: AtomicBool::new(false),
+            storage_full: Mutex::new(None),
+        });
+        c.publish();
+        let (tx, rx) = mpsc::channel();
+        let (mtx, mrx) = mpsc::sync_channel(1);
+        *lock(&c.tx) = Some(tx);
+        *lock(&c.maint_tx) = Some(mtx);
+        let name = &c.config.name;
+        let spawn = |what: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("chamfer-{what}-{name}"))
+                .spawn(f)
+                .map_err(|e| ServiceError::Internal(format!("cannot start a thread: {e}")))
+        };
+        let seq = {
+            let c = c.clone();
+            spawn("seq", Box::new(move || c.sequencer(rx, writer)))?
+        };
+        let maint = {
+            let c = c.clone();
+            spawn("maint", Box::new(move || c.maintenance(mrx)))?
+        };
+        lock(&c.threads).extend([maint, seq]);
+        c.nudge_if_needed();
+        Ok(c)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.layout.dir
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Appends a write to the log and waits until it is durable and applied.
+    pub async fn write(
+        &self,
+        op: WriteOp,
+        kind: u8,
+        body: Vec<u8>,
+    ) -> Result<WriteAck, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Write {
+            op,
+            kind,
+            body,
+            reply,
+        })?;
+        rx.await.map_err(|_| closing())?
+    }
+
+    /// Where each id lives (None: no such live document).
+    pub fn get(&self, ids: &[String]) -> Vec<Option<DocRef>> {
+        let st = lock(&self.state);
+        ids.iter()
+            .map(|id| {
+                let loc = st.ids.get(id)?;
+                let seg = st.segment(loc.seg)?;
+                Some(DocRef {
+                    shard: seg.shard.clone(),
+                    doc: loc.doc as usize,
+                })
+            })
+            .collect()
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> Stats {
+        let st = lock(&self.state);
+        Stats {
+            documents: st.ids.len() as u64,
+            shards: st.segments.iter().filter(|s| s.durable).count() as u64,
+            memtable_documents: st
+                .segments
+                .iter()
+                .filter(|s| !s.durable)
+                .map(|s| s.shard.len() - s.deleted.ones())
+                .sum::<usize>() as u64,
+            tombstones: st.segments.iter().map(|s| s.deleted.ones()).sum::<usize>() as u64,
+            wal_bytes: st.wal_bytes,
+            last_sequence: st.last_seq,
+        }
+    }
+
+    /// Why writes are failing for lack of disk space, if they are.
+    pub fn storage_full(&self) -> Option<String> {
+        lock(&self.storage_full).clone()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Makes a running flush or compaction stop at its next check (and refuses new ones), without stopping
+    /// writes: the first step of shutdown, so that draining requests never waits for background work.
+    pub fn cancel_background(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the background threads after the queued writes (their log is synced). A running flush or
+    /// compaction is abandoned at its next check (its partial shard file is removed; the log still holds
+    /// everything). When `close` returns, no thread of this collection touches its directory. Idempotent.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        lock(&self.maint_tx).take();
+        // Wait for a flush or compaction in progress (run by the maintenance thread or a caller): it stops at
+        // its next cancellation check.
+        drop(lock(&self.maint_lock));
+        // Maintenance first: a running flush still needs the sequencer.
+        let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
+        let mut threads = threads.into_iter();
+        if let Some(maint) = threads.next() {
+            let _ = maint.join();
+        }
+        if let Some(tx) = lock(&self.tx).take() {
+            let _ = tx.send(Cmd::Stop);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), ServiceError> {
+        match lock(&self.tx).as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|_| closing()),
+            None => Err(closing()),
+        }
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply))?;
+        rx.blocking_recv().map_err(|_| closing())?
+    }
+
+    /// Builds and publishes a snapshot of the current state (sequencer thread, or start-up).
+    fn publish(&self) {
+        let segs: Vec<SegView> = lock(&self.state)
+            .segments
+            .iter()
+            .map(|s| SegView {
+                shard: s.shard.clone(),
+                deleted: s.deleted.clone(),
+                meta: s.meta.clone(),
+            })
+            .collect();
+        let searcher = if segs.is_empty() {
+            None
+        } else {
+            match Searcher::new(
+                self.config.params.clone(),
+                segs.iter().map(|s| s.shard.clone()).collect(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(collection = %self.config.name, error = %e, "cannot build a searcher; keeping the previous snapshot");
+                    return;
+                }
+            }
+        };
+        let any_deleted = segs.iter().any(|s| s.deleted.ones() > 0);
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
+            searcher,
+            segs,
+            any_deleted,
+        });
+    }
+}
+
+fn closing() -> ServiceError {
+    ServiceError::Unavailable("the collection is closing".into())
+}
+
+fn closing_error() -> ServiceError {
+    ServiceError::Unavailable(
+        "the collection is closing: background work was abandoned (nothing is lost; the log still holds it)"
+            .into(),
+    )
+}

@@ -1,0 +1,191 @@
+//! A collection's in-memory state: its segments (durable shards and memtable batches), their tombstones, and
+//! the external-id map. Mutated only by the sequencer thread.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use chamfer_index::shard::Shard;
+use serde_json::Value;
+
+use crate::core::manifest::{Manifest, SegmentEntry, MANIFEST_VERSION};
+
+use super::WriteOp;
+
+/// Where a live document is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Loc {
+    pub(super) seg: u64,
+    pub(super) doc: u32,
+}
+
+/// A fixed-size bitset of deleted documents.
+#[derive(Clone, Debug, Default)]
+pub struct Bitset {
+    pub(super) words: Vec<u64>,
+    pub(super) ones: usize,
+}
+
+impl Bitset {
+    pub(super) fn new(n: usize) -> Self {
+        Bitset {
+            words: vec![0; n.div_ceil(64)],
+            ones: 0,
+        }
+    }
+    /// Is bit `i` set?
+    pub fn get(&self, i: usize) -> bool {
+        self.words
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+    pub(super) fn set(&mut self, i: usize) {
+        if let Some(w) = self.words.get_mut(i / 64) {
+            if *w >> (i % 64) & 1 == 0 {
+                *w |= 1 << (i % 64);
+                self.ones += 1;
+            }
+        }
+    }
+    /// Number of set bits.
+    pub fn ones(&self) -> usize {
+        self.ones
+    }
+    pub(super) fn iter_ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            (0..64)
+                .filter(move |b| w >> b & 1 == 1)
+                .map(move |b| wi * 64 + b)
+        })
+    }
+}
+
+/// Parsed metadata of a segment's documents, built on the first filtered search and shared by snapshots.
+#[derive(Default)]
+pub struct MetaCache(OnceLock<Vec<Option<Value>>>);
+
+impl MetaCache {
+    /// The parsed metadata of every document of `shard` (None where there is none).
+    pub fn get(&self, shard: &Shard) -> &[Option<Value>] {
+        self.0.get_or_init(|| {
+            (0..shard.len())
+                .map(|d| {
+                    let p = shard.payload(d);
+                    if p.is_empty() {
+                        None
+                    } else {
+                        serde_json::from_slice(p).ok()
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+pub(super) struct Segment {
+    pub(super) id: u64,
+    pub(super) shard: Arc<Shard>,
+    pub(super) durable: bool,
+    /// Memory segments: the sequence number of the record that created it.
+    pub(super) max_seq: u64,
+    pub(super) deleted: Arc<Bitset>,
+    pub(super) meta: Arc<MetaCache>,
+}
+
+pub(super) struct State {
+    /// Durable segments (by id), then memory segments (by id = creation order).
+    pub(super) segments: Vec<Segment>,
+    pub(super) ids: HashMap<String, Loc>,
+    pub(super) last_seq: u64,
+    pub(super) flushed_seq: u64,
+    pub(super) wal_bytes: u64,
+}
+
+impl State {
+    pub(super) fn segment(&self, id: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.id == id)
+    }
+
+    pub(super) fn tombstone(&mut self, loc: Loc) {
+        if let Some(s) = self.segments.iter_mut().find(|s| s.id == loc.seg) {
+            Arc::make_mut(&mut s.deleted).set(loc.doc as usize);
+        }
+    }
+
+    pub(super) fn apply(&mut self, op: WriteOp, seq: u64, next_segment: &AtomicU64) -> usize {
+        match op {
+            WriteOp::Upsert { shard } => {
+                let id = next_segment.fetch_add(1, Ordering::SeqCst);
+                let n = shard.len();
+                for d in 0..n {
+                    if let Some(old) = self.ids.insert(
+                        shard.id(d).to_string(),
+                        Loc {
+                            seg: id,
+                            doc: d as u32,
+                        },
+                    ) {
+                        self.tombstone(old);
+                    }
+                }
+                let seg = Segment {
+                    id,
+                    shard,
+                    durable: false,
+                    max_seq: seq,
+                    deleted: Arc::new(Bitset::new(n)),
+                    meta: Arc::default(),
+                };
+                self.segments.push(seg);
+                n
+            }
+            WriteOp::Delete { ids } => {
+                let mut n = 0;
+                for id in ids {
+                    if let Some(old) = self.ids.remove(&id) {
+                        self.tombstone(old);
+                        n += 1;
+                    }
+                }
+                n
+            }
+        }
+    }
+
+    pub(super) fn manifest(&self, next_segment_id: u64) -> Manifest {
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            flushed_seq: self.flushed_seq,
+            next_segment_id,
+            segments: self
+                .segments
+                .iter()
+                .filter(|s| s.durable)
+                .map(|s| SegmentEntry {
+                    id: s.id,
+                    docs: s.shard.len(),
+                    deleted: s.deleted.iter_ones().map(|d| d as u32).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn sort(&mut self) {
+        self.segments.sort_by_key(|s| (!s.durable, s.id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn bitset_counts_and_iterates() {
+        let mut b = Bitset::new(130);
+        for i in [0, 64, 129, 64] {
+            b.set(i);
+        }
+        assert_eq!(b.ones(), 3);
+        assert!(b.get(129) && !b.get(1) && !b.get(1000));
+        assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![0, 64, 129]);
+    }
+}

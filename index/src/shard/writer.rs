@@ -1,0 +1,453 @@
+//! Writing a shard: FDE encoding in bounded batches, the token codebook, sections streamed with their CRCs, the
+//! graph files, and the atomic, cancellable write (temp file, fsync, rename, directory fsync).
+//! bit-flipped file is an [`IndexError::Corrupt`], never a panic.
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::codebook::Codebook;
+use crate::fde::FdeEncoder;
+use crate::hnsw::{CandidateIndex, GraphBuild, GraphFile};
+use crate::kernels;
+use crate::tokens::TokenMatrix;
+use crate::{IndexError, Result};
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// Most documents encoded per parallel FDE batch while writing.
+pub(super) const ENCODE_BATCH: usize = 2048;
+/// Byte budget of the writer's f32 FDE scratch (one encode batch): a batch holds
+/// `clamp(ENCODE_SCRATCH_BYTES / (4 x FDE dimension), 1, 2048)` documents, so the scratch never depends on an
+/// unbounded product of client-chosen values (128 MiB: 2048 documents of the default 10240-value FDE fit in
+/// 80 MiB; the largest allowed FDE, 2^18 values, gets batches of 128).
+pub const ENCODE_SCRATCH_BYTES: usize = 128 << 20;
+
+/// Streams aligned sections into a writer, recording offsets and CRCs.
+struct SectionWriter<W: Write> {
+    out: W,
+    pos: u64,
+    sections: Vec<Section>,
+}
+
+impl<W: Write> SectionWriter<W> {
+    fn pad(&mut self) -> std::io::Result<()> {
+        let pad = (ALIGN - (self.pos as usize % ALIGN)) % ALIGN;
+        self.out.write_all(&[0u8; ALIGN][..pad])?;
+        self.pos += pad as u64;
+        Ok(())
+    }
+    /// Writes one section from chunks produced by `fill`.
+    fn section(
+        &mut self,
+        name: &str,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> std::io::Result<()> {
+        self.pad()?;
+        let offset = self.pos;
+        let mut crc = crc32fast::Hasher::new();
+        for chunk in chunks {
+            crc.update(&chunk);
+            self.out.write_all(&chunk)?;
+            self.pos += chunk.len() as u64;
+        }
+        self.sections.push(Section {
+            name: name.into(),
+            offset,
+            len: self.pos - offset,
+            crc32: crc.finalize(),
+        });
+        Ok(())
+    }
+}
+
+fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Everything derived from the documents before bytes are laid out.
+struct Built {
+    params: IndexParams,
+    n: usize,
+    fde_dim: usize,
+    fdes: Vec<f16>,
+    panel_start: Vec<u64>,
+    total_tokens: u64,
+    prefix_scale: f32,
+    codebook: Option<Codebook>,
+    codes: Vec<u16>,
+}
+
+/// Documents per encode batch for FDEs of `fde_dim` values: as many as fit [`ENCODE_SCRATCH_BYTES`] of f32,
+/// at least 1, at most [`ENCODE_BATCH`].
+pub(super) fn encode_batch_docs(fde_dim: usize) -> usize {
+    (ENCODE_SCRATCH_BYTES / fde_dim.max(1).saturating_mul(4)).clamp(1, ENCODE_BATCH)
+}
+
+/// f32 -> f16 for a stored FDE value, saturating at f16's largest finite value. Tokens are within that range,
+/// but an FDE block is a (projected) sum over up to d coordinates: 128 coordinates of 60000 project to 7.7M. A
+/// saturated value is still the largest one in its direction; the exact re-rank uses the tokens themselves.
+fn fde_value_to_f16(v: f32) -> f16 {
+    f16::from_f32(v.clamp(-MAX_TOKEN_VALUE, MAX_TOKEN_VALUE))
+}
+
+/// The graph's prefix scale: the largest L2 norm of a stored (f16) prefix, summed in f64 and always a finite,
+/// positive f32 (stored values are finite f16s, so the sum cannot overflow; an all-zero shard gets 1).
+fn prefix_scale_of(fdes: &[f16], fde_dim: usize, pdim: usize) -> f32 {
+    let max = fdes
+        .par_chunks(fde_dim.max(1))
+        .map(|f| {
+            f[..pdim.min(f.len())]
+                .iter()
+                .map(|v| {
+                    let x = f64::from(v.to_f32());
+                    if x.is_finite() {
+                        x * x
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+                .sqrt()
+        })
+        .reduce(|| 0.0, f64::max);
+    if max > 0.0 && max.is_finite() {
+        (max as f32).min(f32::MAX)
+    } else {
+        1.0
+    }
+}
+
+fn build(
+    params: &IndexParams,
+    docs: &[ShardDoc<'_>],
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &dyn Fn() -> bool,
+) -> Result<Built> {
+    params.validate()?;
+    let dim = params.fde.dimension;
+    let mut seen = std::collections::HashSet::with_capacity(docs.len());
+    for d in docs {
+        if d.tokens.dim() != dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: d.tokens.dim(),
+            });
+        }
+        if d.tokens.len() > MAX_DOC_TOKENS {
+            return Err(IndexError::TooManyTokens {
+                got: d.tokens.len(),
+                max: MAX_DOC_TOKENS,
+            });
+        }
+        if !seen.insert(d.id) {
+            return Err(IndexError::DuplicateId(d.id.to_string()));
+        }
+        if d.id.is_empty() {
+            return Err(IndexError::param("id", "document ids must not be empty"));
+        }
+    }
+    let encoder = FdeEncoder::new(params.fde.clone())?;
+    let fde_dim = params.fde.output_dim();
+    let per_batch = encode_batch_docs(fde_dim);
+    let mut fdes = vec![f16::ZERO; docs.len() * fde_dim];
+    let mut scratch = vec![0f32; per_batch.min(docs.len().max(1)) * fde_dim];
+    for (batch, out) in docs
+        .chunks(per_batch)
+        .zip(fdes.chunks_mut(per_batch * fde_dim))
+    {
+        if cancel() {
+            return Err(IndexError::Cancelled("shard write: while encoding FDEs"));
+        }
+        let toks: Vec<TokenMatrix<'_>> = batch.iter().map(|d| d.tokens).collect();
+        let buf = &mut scratch[..batch.len() * fde_dim];
+        encoder.encode_documents_into(&toks, buf)?;
+        out.par_chunks_mut(fde_dim)
+            .zip(buf.par_chunks(fde_dim))
+            .for_each(|(o, s)| {
+                for (h, &v) in o.iter_mut().zip(s) {
+                    *h = fde_value_to_f16(v);
+                }
+            });
+        progress(batch.len() as u64);
+    }
+    if cancel() {
+        return Err(IndexError::Cancelled("shard write: before the codebook"));
+    }
+    let mut panel_start = Vec::with_capacity(docs.len() + 1);
+    let mut acc = 0u64;
+    panel_start.push(0);
+    for d in docs {
+        acc += kernels::packed_len(d.tokens.len(), dim) as u64;
+        panel_start.push(acc);
+    }
+    let total_tokens = docs.iter().map(|d| d.tokens.len() as u64).sum();
+    let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
+    let prefix_scale = prefix_scale_of(&fdes, fde_dim, pdim);
+    let (codebook, codes) = if params.codebook_size > 0 && !docs.is_empty() {
+        let k = Codebook::effective_size(params.codebook_size, total_tokens as usize);
+        // A seeded sample of tokens (the codebook is part of the shard's bytes, so it must be reproducible).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(params.fde.seed);
+        let want = (k * 16).min(total_tokens as usize);
+        let mut sample = Vec::with_capacity(want * dim);
+        for _ in 0..want {
+            let d = &docs[rng.random_range(0..docs.len())].tokens;
+            sample.extend_from_slice(d.row(rng.random_range(0..d.len())));
+        }
+        let book = Codebook::train_cancellable(&sample, dim, k, params.fde.seed, cancel)
+            .ok_or(IndexError::Cancelled("shard write: codebook training"))?;
+        if cancel() {
+            return Err(IndexError::Cancelled("shard write: before the token codes"));
+        }
+        let codes: Vec<Vec<u16>> = docs
+            .par_iter()
+            .map(|d| book.assign(d.tokens.as_slice()))
+            .collect();
+        (Some(book), codes.concat())
+    } else {
+        (None, Vec::new())
+    };
+    Ok(Built {
+        params: params.clone(),
+        n: docs.len(),
+        fde_dim,
+        fdes,
+        panel_start,
+        total_tokens,
+        prefix_scale,
+        codebook,
+        codes,
+    })
+}
+
+fn write_body<W: Write>(
+    sw: &mut SectionWriter<W>,
+    b: &Built,
+    docs: &[ShardDoc<'_>],
+) -> std::io::Result<()> {
+    let dim = b.params.fde.dimension;
+    sw.section(
+        "tokens",
+        docs.chunks(256).map(|chunk| {
+            let mut packed = Vec::new();
+            for d in chunk {
+                kernels::pack_tokens(d.tokens.as_slice(), dim, &mut packed);
+            }
+            bytemuck::cast_slice::<f16, u8>(&packed).to_vec()
+        }),
+    )?;
+    sw.section("panel_start", [le_bytes_u64(&b.panel_start)])?;
+    sw.section(
+        "n_tokens",
+        [docs
+            .iter()
+            .flat_map(|d| (d.tokens.len() as u32).to_le_bytes())
+            .collect()],
+    )?;
+    sw.section(
+        "fde",
+        b.fdes
+            .chunks(1 << 20)
+            .map(|c| bytemuck::cast_slice::<f16, u8>(c).to_vec()),
+    )?;
+    let centroids: &[f32] = b.codebook.as_ref().map(|c| c.centroids()).unwrap_or(&[]);
+    sw.section(
+        "centroids",
+        [centroids.iter().flat_map(|v| v.to_le_bytes()).collect()],
+    )?;
+    sw.section(
+        "codes",
+        b.codes
+            .chunks(1 << 20)
+            .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()),
+    )?;
+    fn id_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
+        d.id.as_bytes()
+    }
+    fn payload_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
+        d.payload
+    }
+    for (name, field) in [
+        ("id", id_of as for<'a> fn(&ShardDoc<'a>) -> &'a [u8]),
+        ("payload", payload_of),
+    ] {
+        let mut starts = vec![0u64];
+        let mut acc = 0u64;
+        for d in docs {
+            acc += field(d).len() as u64;
+            starts.push(acc);
+        }
+        sw.section(&format!("{name}_start"), [le_bytes_u64(&starts)])?;
+        sw.section(
+            &format!("{name}_bytes"),
+            docs.chunks(4096)
+                .map(|c| c.iter().flat_map(|d| field(d).to_vec()).collect()),
+        )?;
+    }
+    Ok(())
+}
+
+fn finish<W: Write>(
+    mut sw: SectionWriter<W>,
+    b: &Built,
+    graph: Option<Vec<GraphFile>>,
+) -> std::io::Result<W> {
+    let meta = Meta {
+        format: "chamfer-shard".into(),
+        params: b.params.clone(),
+        n_docs: b.n,
+        total_tokens: b.total_tokens,
+        fde_dim: b.fde_dim,
+        prefix_scale: b.prefix_scale,
+        sections: sw.sections.clone(),
+        graph,
+        written_by: concat!("chamfer ", env!("CARGO_PKG_VERSION")).into(),
+    };
+    let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+    sw.out.write_all(&json)?;
+    sw.out.write_all(&(json.len() as u64).to_le_bytes())?;
+    sw.out.write_all(&crc32fast::hash(&json).to_le_bytes())?;
+    sw.out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    sw.out.write_all(END_MAGIC)?;
+    Ok(sw.out)
+}
+
+fn header() -> [u8; 64] {
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+pub(super) fn read_u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+}
+
+/// The file part of [`Shard::write_cancellable`]: graph files, temp file, fsync, rename. The caller removes
+/// what is left behind on error.
+fn write_files(
+    path: &Path,
+    tmp: &Path,
+    built: &Built,
+    docs: &[ShardDoc<'_>],
+    cancel: &dyn Fn() -> bool,
+    graph_started: &mut bool,
+) -> Result<()> {
+    let params = &built.params;
+    let (dir, base) = dir_and_base(path);
+    if cancel() {
+        return Err(IndexError::Cancelled("shard write: before the graph build"));
+    }
+    let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
+        *graph_started = true;
+        let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
+        let scale = 1.0 / built.prefix_scale;
+        let vectors: Vec<f32> = built
+            .fdes
+            .chunks(built.fde_dim)
+            .flat_map(|f| f[..pdim].iter().map(move |v| v.to_f32() * scale))
+            .collect();
+        let h = &params.hnsw;
+        let gb = GraphBuild {
+            m: h.m,
+            ef_construction: h.ef_construction,
+            storage: h.storage,
+        };
+        Some(CandidateIndex::build_and_dump(
+            &vectors, pdim, gb, dir, &base,
+        )?)
+    } else {
+        None
+    };
+    if cancel() {
+        return Err(IndexError::Cancelled(
+            "shard write: before writing the file",
+        ));
+    }
+    let io = |e| IndexError::io(tmp, e);
+    let file = File::create(tmp).map_err(io)?;
+    let mut sw = SectionWriter {
+        out: BufWriter::with_capacity(1 << 20, file),
+        pos: 64,
+        sections: vec![],
+    };
+    sw.out.write_all(&header()).map_err(io)?;
+    write_body(&mut sw, built, docs).map_err(io)?;
+    let out = finish(sw, built, graph).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    if cancel() {
+        return Err(IndexError::Cancelled(
+            "shard write: before the final rename",
+        ));
+    }
+    fs::rename(tmp, path).map_err(|e| IndexError::io(path, e))?;
+    crate::fsutil::sync_dir(dir);
+    Ok(())
+}
+
+impl Shard {
+    /// Writes a shard for `docs` to `path` atomically (temp file, fsync, rename, directory fsync), with its HNSW
+    /// graph files beside it when there are at least `params.hnsw.min_docs` documents. `progress` is called with
+    /// the number of documents encoded so far (in batches).
+    pub fn write(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        Shard::write_cancellable(path, params, docs, progress, &|| false)
+    }
+
+    /// [`write`](Self::write) that gives up when `cancel()` turns true: it is asked before every encode batch,
+    /// before the codebook, before the graph build, before the file is written and before the final rename.
+    /// A cancelled write returns [`IndexError::Cancelled`] and leaves nothing behind (no temp file, no graph
+    /// files, no shard). Any other error also removes the temp file and the graph files it wrote.
+    pub fn write_cancellable(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        progress: &(dyn Fn(u64) + Sync),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        if path.file_stem().is_none() {
+            return Err(IndexError::param("path", "a shard path needs a file name"));
+        }
+        let built = build(params, docs, progress, cancel)?;
+        let (dir, base) = dir_and_base(path);
+        let tmp = path.with_extension("tmp");
+        let mut graph_started = false;
+        let result = write_files(path, &tmp, &built, docs, cancel, &mut graph_started);
+        if result.is_err() {
+            // Best effort: the error being returned matters more than a failure to clean up.
+            let _ = fs::remove_file(&tmp);
+            if graph_started {
+                for g in crate::hnsw::graph_file_paths(dir, &base) {
+                    let _ = fs::remove_file(g);
+                }
+            }
+        }
+        result
+    }
+
+    /// Builds the same bytes in memory (no file, no graph): for small or unflushed batches.
+    pub fn build_in_memory(params: &IndexParams, docs: &[ShardDoc<'_>]) -> Result<Shard> {
+        let built = build(params, docs, &|_| {}, &|| false)?;
+        let mut sw = SectionWriter {
+            out: Vec::new(),
+            pos: 64,
+            sections: vec![],
+        };
+        let io = |e| IndexError::io("<memory>", e);
+        sw.out.extend_from_slice(&header());
+        write_body(&mut sw, &built, docs).map_err(io)?;
+        let bytes = finish(sw, &built, None).map_err(io)?;
+        Shard::from_memory(&bytes)
+    }
+}

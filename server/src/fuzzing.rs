@@ -6,8 +6,7 @@
 //! body type + the REST adapter's conversion), then THE validation ([`input::validate_docs`]), then writes the
 //! validated documents into an in-memory shard and re-reads it: whatever passes validation must make a
 //! readable shard. Every function returns normally for any input; a panic is a bug.
-use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
-use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::shard::{IndexParams, Shard};
 use chamfer_index::IndexError;
 use prost::Message;
 
@@ -56,13 +55,7 @@ fn validate_and_store(docs: &[DocInput]) -> Result<usize, ServiceError> {
     params.codebook_size = 8;
     let shard_docs = valid
         .iter()
-        .map(|d| {
-            Ok(ShardDoc {
-                id: &d.id,
-                tokens: TokenMatrix::new(&d.tokens, dim, "document")?,
-                payload: &d.metadata,
-            })
-        })
+        .map(|d| d.shard_doc(dim))
         .collect::<Result<Vec<_>, IndexError>>()
         .unwrap_or_else(|e| panic!("validated tokens rejected by the engine: {e}"));
     let shard = Shard::build_in_memory(&params, &shard_docs)
@@ -233,17 +226,53 @@ mod tests {
 
     type Target = fn(&[u8]) -> Result<usize, ServiceError>;
 
-    fn replay(target: &str, run: Target, seeds: &[(&str, Vec<u8>)]) {
-        // The checked-in corpus is the seeds (regenerate with the ignored test below).
+    /// The checked-in corpus of `target` as (file name, bytes), sorted; it must hold exactly the seeds
+    /// (regenerate it with the ignored test below).
+    fn corpus_files(target: &str, seeds: &[(&str, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(corpus(target))
             .unwrap_or_else(|e| panic!("fuzz/corpus/{target}: {e}"))
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
         assert_eq!(files.len(), seeds.len(), "{target}: {files:?}");
-        for f in files {
-            let data = std::fs::read(&f).unwrap();
-            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        files
+            .into_iter()
+            .map(|f| {
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&f).unwrap())
+            })
+            .collect()
+    }
+
+    /// Runs `per_seed` deterministic mutations of every seed through `accepted` (a panic fails the test) and
+    /// checks that the mutations reached both outcomes.
+    fn mutate(
+        target: &str,
+        seeds: &[(&str, Vec<u8>)],
+        per_seed: usize,
+        rng: u64,
+        accepted: &dyn Fn(&[u8]) -> bool,
+    ) {
+        let (mut ok, mut rejected) = (0, 0);
+        for (i, (_, seed)) in seeds.iter().enumerate() {
+            for m in chamfer_index::fuzzing::mutations(seed, per_seed, rng + i as u64) {
+                if accepted(&m) {
+                    ok += 1;
+                } else {
+                    rejected += 1;
+                }
+            }
+        }
+        assert!(
+            ok > 0 && rejected > 0,
+            "{target}: ok {ok}, rejected {rejected}"
+        );
+    }
+
+    /// An upsert target: valid seeds accepted, `out_of_range` ones refused with that code, the rest refused;
+    /// then mutations.
+    fn check_upsert_target(target: &str, run: Target, seeds: &[(&str, Vec<u8>)]) {
+        for (name, data) in corpus_files(target, seeds) {
             let r = run(&data);
             if name.starts_with("valid") {
                 assert!(r.is_ok(), "{name}: {r:?}");
@@ -253,33 +282,17 @@ mod tests {
                 assert!(r.is_err(), "{name}");
             }
         }
-    }
-
-    fn mutate(run: Target, seeds: &[(&str, Vec<u8>)]) {
-        let (mut ok, mut rejected) = (0, 0);
-        for (i, (_, seed)) in seeds.iter().enumerate() {
-            for m in chamfer_index::fuzzing::mutations(seed, 600, 0xf00d + i as u64) {
-                match run(&m) {
-                    Ok(_) => ok += 1,
-                    Err(_) => rejected += 1,
-                }
-            }
-        }
-        assert!(ok > 0 && rejected > 0, "ok {ok}, rejected {rejected}");
+        mutate(target, seeds, 600, 0xf00d, &|m| run(m).is_ok());
     }
 
     #[test]
     fn grpc_upsert_corpus_and_mutations() {
-        let seeds = grpc_seeds();
-        replay("grpc_upsert", grpc_upsert, &seeds);
-        mutate(grpc_upsert, &seeds);
+        check_upsert_target("grpc_upsert", grpc_upsert, &grpc_seeds());
     }
 
     #[test]
     fn rest_upsert_corpus_and_mutations() {
-        let seeds = rest_seeds();
-        replay("rest_upsert", rest_upsert, &seeds);
-        mutate(rest_upsert, &seeds);
+        check_upsert_target("rest_upsert", rest_upsert, &rest_seeds());
     }
 
     /// A small version-2 log of three records (capacity trimmed to its size) and a version-1 log.
@@ -362,31 +375,10 @@ mod tests {
 
     /// The corpus replays (valid seeds accepted, damaged ones refused) and mutations never panic.
     fn check_bool_target(target: &str, run: &dyn Fn(&[u8]) -> bool, seeds: &[(&str, Vec<u8>)]) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(corpus(target))
-            .unwrap_or_else(|e| panic!("fuzz/corpus/{target}: {e}"))
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        assert_eq!(files.len(), seeds.len(), "{target}: {files:?}");
-        for f in files {
-            let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            let ok = run(&std::fs::read(&f).unwrap());
-            assert_eq!(ok, name.starts_with("valid"), "{target}/{name}");
+        for (name, data) in corpus_files(target, seeds) {
+            assert_eq!(run(&data), name.starts_with("valid"), "{target}/{name}");
         }
-        let (mut ok, mut rejected) = (0, 0);
-        for (i, (_, seed)) in seeds.iter().enumerate() {
-            for m in chamfer_index::fuzzing::mutations(seed, 400, 0xbeef + i as u64) {
-                if run(&m) {
-                    ok += 1;
-                } else {
-                    rejected += 1;
-                }
-            }
-        }
-        assert!(
-            ok > 0 && rejected > 0,
-            "{target}: ok {ok}, rejected {rejected}"
-        );
+        mutate(target, seeds, 400, 0xbeef, run);
     }
 
     #[test]

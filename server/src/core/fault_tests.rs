@@ -9,16 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::collection::Tuning;
 use super::input::CollectionParamsInput;
-use super::tests::{doc, settings, DIM};
+use super::tests::{doc, open_core as open, settings, DIM};
 use super::*;
-
-async fn open(dir: &Path) -> Core {
-    let s = settings(dir);
-    tokio::task::spawn_blocking(move || Core::open(&s))
-        .await
-        .unwrap()
-        .unwrap()
-}
 
 async fn shutdown(core: Core) {
     tokio::task::spawn_blocking(move || core.shutdown())

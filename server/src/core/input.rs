@@ -104,6 +104,17 @@ pub struct ValidDoc {
     pub metadata: Vec<u8>,
 }
 
+impl ValidDoc {
+    /// The engine's view of the document (the tokens checked once more by [`TokenMatrix::new`]).
+    pub fn shard_doc(&self, dim: usize) -> Result<chamfer_index::shard::ShardDoc<'_>, IndexError> {
+        Ok(chamfer_index::shard::ShardDoc {
+            id: &self.id,
+            tokens: TokenMatrix::new(&self.tokens, dim, "document")?,
+            payload: &self.metadata,
+        })
+    }
+}
+
 /// Longest external id, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
 

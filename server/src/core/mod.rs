@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chamfer_index::fsutil;
-use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
+use chamfer_index::shard::{IndexParams, Shard};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
@@ -505,7 +505,7 @@ impl Core {
         let c = self.collection(name)?;
         let memtable = c.stats().memtable_documents;
         if memtable >= self.inner.tuning.max_memtable_docs as u64 {
-            c.nudge_flush();
+            c.nudge_if_needed();
             return Err(ServiceError::Overloaded {
                 reason: format!(
                     "{memtable} documents are waiting to be flushed (the limit is {})",
@@ -531,13 +531,7 @@ impl Core {
                 }
                 let shard_docs = valid
                     .iter()
-                    .map(|d| {
-                        Ok(ShardDoc {
-                            id: &d.id,
-                            tokens: TokenMatrix::new(&d.tokens, dim, "document")?,
-                            payload: &d.metadata,
-                        })
-                    })
+                    .map(|d| d.shard_doc(dim))
                     .collect::<Result<Vec<_>, IndexError>>()?;
                 let shard = Shard::build_in_memory(&params, &shard_docs)?;
                 let body = wal::encode_upsert(valid.iter().map(|d| {

@@ -15,6 +15,15 @@ pub(super) fn settings(dir: &Path) -> Settings {
     }
 }
 
+/// Opens the core on `dir` with [`settings`], off the async workers.
+pub(super) async fn open_core(dir: &Path) -> Core {
+    let s = settings(dir);
+    tokio::task::spawn_blocking(move || Core::open(&s))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Deterministic pseudo-random unit tokens.
 pub(super) fn tokens(seed: u64, n: usize) -> Vec<Vec<f32>> {
     let mut x = seed
@@ -73,13 +82,7 @@ async fn ids(core: &Core, q: SearchInput) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_reopen_flush_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let core = tokio::task::spawn_blocking({
-        let s = settings(dir.path());
-        move || Core::open(&s)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let core = open_core(dir.path()).await;
     core.create_collection("c".into(), DIM, CollectionParamsInput::default())
         .await
         .unwrap();
@@ -149,13 +152,7 @@ async fn writes_survive_reopen_flush_and_compaction() {
     drop(core);
 
     // Reopen: manifest + log replay give the same state.
-    let core = tokio::task::spawn_blocking({
-        let s = settings(dir.path());
-        move || Core::open(&s)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let core = open_core(dir.path()).await;
     assert_eq!(core.describe("c").unwrap().stats.documents, 69);
     check(core.clone()).await;
     let after: Vec<Vec<String>> = futures_all(&core, 5).await;

@@ -723,12 +723,7 @@ impl WalWriter {
                     .write(true)
                     .open(&prev.path)
                     .map_err(|e| IndexError::io(&prev.path, e))?;
-                let mut rec = Vec::with_capacity(17);
-                rec.extend_from_slice(&9u32.to_le_bytes());
-                rec.extend_from_slice(&crc(last.first_seq, KIND_SEAL, &[]).to_le_bytes());
-                rec.extend_from_slice(&last.first_seq.to_le_bytes());
-                rec.push(KIND_SEAL);
-                f.write_all_at(&rec, pend.valid_len)
+                f.write_all_at(&record_head(last.first_seq, KIND_SEAL, &[]), pend.valid_len)
                     .and_then(|_| f.sync_data())
                     .map_err(|e| IndexError::io(&prev.path, e))?;
                 if let Some(o) = older.last_mut() {
@@ -810,14 +805,7 @@ impl WalWriter {
                 Ok(())
             }
             Err(e) => {
-                // Clear what may have reached the file: truncate (frees blocks, needs no space) and re-extend.
-                let rollback = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|_| self.file.set_len(self.capacity))
-                    .and_then(|_| self.file.sync_all())
-                    .and_then(|_| self.file.seek(SeekFrom::Start(self.len)).map(|_| ()));
-                if let Err(e2) = rollback {
+                if let Err(e2) = self.roll_back() {
                     self.poisoned = Some(format!("{e}; rollback failed: {e2}"));
                 }
                 Err(AppendError::Io {
@@ -826,6 +814,15 @@ impl WalWriter {
                 })
             }
         }
+    }
+
+    /// Clears whatever a failed append may have left past the valid length: truncate (frees blocks, needs no
+    /// space) and re-extend to the capacity, so the bytes read back as the zero fill, never as records.
+    fn roll_back(&mut self) -> io::Result<()> {
+        self.file.set_len(self.len)?;
+        self.file.set_len(self.capacity)?;
+        self.file.sync_all()?;
+        self.file.seek(SeekFrom::Start(self.len)).map(|_| ())
     }
 
     /// Closes the current file and starts `wal-{next_seq}` (unless the current file has no record yet).
@@ -899,17 +896,23 @@ fn u64_from_name(path: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The 17 bytes before a record's body: `len | crc32 | seq | kind`.
+fn record_head(seq: u64, kind: u8, body: &[u8]) -> [u8; 17] {
+    let mut h = [0u8; 17];
+    h[..4].copy_from_slice(&((9 + body.len()) as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&crc(seq, kind, body).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16] = kind;
+    h
+}
+
 fn write_records(file: &File, records: &[(u64, u8, &[u8])]) -> io::Result<u64> {
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut n = 0u64;
     for &(seq, kind, body) in records {
-        let len = 9 + body.len();
-        w.write_all(&(len as u32).to_le_bytes())?;
-        w.write_all(&crc(seq, kind, body).to_le_bytes())?;
-        w.write_all(&seq.to_le_bytes())?;
-        w.write_all(&[kind])?;
+        w.write_all(&record_head(seq, kind, body))?;
         w.write_all(body)?;
-        n += 8 + len as u64;
+        n += 17 + body.len() as u64;
     }
     w.flush()?;
     drop(w);
@@ -1221,10 +1224,7 @@ mod tests {
         bytes.extend_from_slice(&0u32.to_le_bytes());
         for seq in 1..=2u64 {
             let body = upsert(&format!("v1-{seq}"));
-            bytes.extend_from_slice(&((9 + body.len()) as u32).to_le_bytes());
-            bytes.extend_from_slice(&crc(seq, KIND_UPSERT, &body).to_le_bytes());
-            bytes.extend_from_slice(&seq.to_le_bytes());
-            bytes.push(KIND_UPSERT);
+            bytes.extend_from_slice(&record_head(seq, KIND_UPSERT, &body));
             bytes.extend_from_slice(&body);
         }
         bytes.extend_from_slice(&[7, 7, 7]); // a torn tail
@@ -1239,28 +1239,21 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_append_leaves_nothing_behind() {
+    fn a_failed_append_is_rolled_back_to_the_zero_fill() {
         let dir = tempfile::tempdir().unwrap();
-        let path = log_of(dir.path(), 1);
-        // Simulate a failure after bytes reached the file: write a valid record by hand past the end, then
-        // roll back the way append does.
-        let end = record_offset(&path, 1);
-        let body = upsert("ghost");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut rec = Vec::new();
-        rec.extend_from_slice(&((9 + body.len()) as u32).to_le_bytes());
-        rec.extend_from_slice(&crc(2, KIND_UPSERT, &body).to_le_bytes());
-        rec.extend_from_slice(&2u64.to_le_bytes());
-        rec.push(KIND_UPSERT);
-        rec.extend_from_slice(&body);
-        f.write_all_at(&rec, end).unwrap();
-        f.set_len(end).unwrap();
-        f.set_len(FILE_CAPACITY).unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        w.append(&[(1, KIND_UPSERT, &upsert("a"))]).unwrap();
+        // What a failed group commit may leave behind: complete, valid records past the valid length.
+        let ghost = upsert("ghost");
+        let mut bytes = record_head(2, KIND_UPSERT, &ghost).to_vec();
+        bytes.extend_from_slice(&ghost);
+        w.file.write_all_at(&bytes, w.len).unwrap();
+        assert_eq!(seqs(&replay_all(dir.path(), 0).unwrap().0), vec![1, 2]);
+        w.roll_back().unwrap();
         assert_eq!(seqs(&replay_all(dir.path(), 0).unwrap().0), vec![1]);
+        // The next append lands where the ghost was.
+        w.append(&[(2, KIND_UPSERT, &upsert("b"))]).unwrap();
+        assert_eq!(seqs(&replay_all(dir.path(), 0).unwrap().0), vec![1, 2]);
     }
 
     #[test]

@@ -38,12 +38,8 @@ impl Collection {
         durable.len() > self.tuning.compaction_max_shards || (deleted > 0 && deleted * 5 >= docs)
     }
 
-    /// Wakes the maintenance thread (it flushes if the memtable is over its threshold).
-    pub fn nudge_flush(&self) {
-        self.nudge_if_needed();
-    }
-
-    pub(super) fn nudge_if_needed(&self) {
+    /// Wakes the maintenance thread when a flush or compaction is due.
+    pub fn nudge_if_needed(&self) {
         if self.needs_flush() || self.needs_compaction() {
             if let Some(tx) = lock(&self.maint_tx).as_ref() {
                 let _ = tx.try_send(());
@@ -71,9 +67,8 @@ impl Collection {
             tracing::info!(collection = %self.config.name, error = %e, "background {what} abandoned: the collection is closing");
             return;
         }
-        if let ServiceError::StorageFull(m) = e {
-            *lock(&self.storage_full) = Some(m.clone());
-        } else if e.status().code == "storage_full" {
+        // Disk full, whether from the log (`StorageFull`) or a shard write (an I/O error of that kind).
+        if e.status().code == "storage_full" {
             *lock(&self.storage_full) = Some(e.to_string());
         }
         tracing::error!(collection = %self.config.name, error = %e, "background {what} failed");

@@ -42,6 +42,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chamfer_index::IndexError;
 use serde::Serialize;
+
+use crate::core::storage_error::StorageError;
 use tonic::Code;
 
 /// Everything a request can fail with.
@@ -50,6 +52,9 @@ pub enum ServiceError {
     /// An engine error (input validation by the engine, or storage).
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// A failure of the server's own storage (write-ahead log, manifests).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// A body or field that cannot be parsed (bad JSON, wrong byte length, unknown enum value).
     #[error("malformed request: {0}")]
     Malformed(String),
@@ -88,9 +93,6 @@ pub enum ServiceError {
     /// The request's deadline passed before it finished (its work was stopped).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
-    /// The disk is full: writes fail until space is freed.
-    #[error("out of disk space: {0}")]
-    StorageFull(String),
     /// A bug or an unexpected failure (a panicked worker, a poisoned log).
     #[error("internal error: {0}")]
     Internal(String),
@@ -152,6 +154,17 @@ impl ServiceError {
                 }
                 IndexError::Cancelled(_) => st(Code::Cancelled, UNAVAILABLE, "cancelled"),
             },
+            S::Storage(e) => match e {
+                StorageError::Io { .. } => st(Code::Internal, SERVER, "io"),
+                StorageError::Full { .. } => {
+                    st(Code::ResourceExhausted, INSUFFICIENT, "storage_full")
+                }
+                StorageError::Damaged { .. } => st(Code::DataLoss, SERVER, "corrupt"),
+                StorageError::Version { .. } => {
+                    st(Code::FailedPrecondition, SERVER, "unsupported_version")
+                }
+                StorageError::Poisoned { .. } => st(Code::Internal, SERVER, "internal"),
+            },
             S::Malformed(_) => st(Code::InvalidArgument, BAD, "malformed"),
             S::InvalidArgument(_) => st(Code::InvalidArgument, BAD, "invalid_argument"),
             S::CollectionNotFound(_) => st(
@@ -196,14 +209,13 @@ impl ServiceError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline_exceeded",
             ),
-            S::StorageFull(_) => st(Code::ResourceExhausted, INSUFFICIENT, "storage_full"),
             S::Internal(_) => st(Code::Internal, SERVER, "internal"),
         }
     }
 
-    /// A wrapped I/O error.
+    /// An I/O error of the server's storage on `path` (disk full included).
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        ServiceError::Index(IndexError::io(path, source))
+        ServiceError::Storage(StorageError::io(path, source))
     }
 
     /// True for errors caused by the server rather than the request (logged at error level).
@@ -211,8 +223,9 @@ impl ServiceError {
         self.status().http.is_server_error()
     }
 
-    /// The message a client sees. A 500 says only what kind of failure it was (its details, which name
-    /// server files, go to the log); every other status keeps its full message, which is about the request.
+    /// The message a client sees. A 500 says only what kind of failure it was, and a 507 only that the disk
+    /// is full (their details, which name server files, go to the log); every other status keeps its full
+    /// message, which is about the request.
     pub fn public_message(&self) -> String {
         let s = self.status();
         if s.http == StatusCode::INTERNAL_SERVER_ERROR {
@@ -220,6 +233,8 @@ impl ServiceError {
                 "internal server error ({}); the server log has the details",
                 s.code
             )
+        } else if s.http == StatusCode::INSUFFICIENT_STORAGE {
+            "out of disk space: the write was not applied; retry once space is freed".into()
         } else {
             self.to_string()
         }

@@ -11,15 +11,48 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::ApiKey;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::core::Core;
+use crate::error::ServiceError;
 use crate::metrics::Metrics;
+
+/// Why the server could not start, or stopped other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The settings are invalid (every problem listed).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be opened (locked by another server, unreadable, ...).
+    #[error("cannot open data directory {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: ServiceError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({protocol}): {source}")]
+    Bind {
+        protocol: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A listener failed while serving.
+    #[error("the {protocol} server stopped: {message}")]
+    Listener {
+        protocol: &'static str,
+        message: String,
+    },
+    /// A start-up or shutdown step on a blocking thread panicked (a bug).
+    #[error("{what} panicked: {source}")]
+    Panicked {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
 
 /// The addresses the server listens on (with the real ports when the settings asked for port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,23 +71,22 @@ pub struct Server {
 }
 
 /// Opens the data directory, binds both listeners and starts serving in background tasks.
-pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+pub async fn start(settings: Settings) -> Result<Server, ServeError> {
     settings.validate()?;
     let s = settings.clone();
     let core = tokio::task::spawn_blocking(move || Core::new(&s))
         .await
-        .context("opening the data directory panicked")?
-        .with_context(|| format!("cannot open data directory {}", settings.data_dir.display()))?;
-    let http_listener = TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_addr))?;
-    let grpc_listener = TcpListener::bind(settings.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
-    let addrs = BoundAddrs {
-        http: http_listener.local_addr()?,
-        grpc: grpc_listener.local_addr()?,
-    };
+        .map_err(|source| ServeError::Panicked {
+            what: "opening the data directory",
+            source,
+        })?
+        .map_err(|source| ServeError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+    let (http_listener, http) = bind("HTTP", settings.http_addr).await?;
+    let (grpc_listener, grpc) = bind("gRPC", settings.grpc_addr).await?;
+    let addrs = BoundAddrs { http, grpc };
     let metrics = Arc::new(Metrics::default());
     let key = ApiKey::new(settings.api_key.as_deref());
     let max = settings.limits.max_request_bytes;
@@ -80,7 +112,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let loader = core.clone();
     tokio::task::spawn_blocking(move || loader.load())
         .await
-        .context("opening the collections panicked")?;
+        .map_err(|source| ServeError::Panicked {
+            what: "opening the collections",
+            source,
+        })?;
     let health = core.health();
     tracing::info!(unavailable = health.unavailable.len(), "chamfer is serving");
     Ok(Server {
@@ -104,21 +139,21 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves (or a listener fails), then shuts down gracefully.
-    pub async fn wait(mut self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn wait(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let failed = tokio::select! {
             _ = shutdown => None,
-            r = &mut self.http => Some(format!("the HTTP server stopped: {r:?}")),
-            r = &mut self.grpc => Some(format!("the gRPC server stopped: {r:?}")),
+            r = &mut self.http => Some(ServeError::Listener { protocol: "HTTP", message: format!("{r:?}") }),
+            r = &mut self.grpc => Some(ServeError::Listener { protocol: "gRPC", message: format!("{r:?}") }),
         };
         let result = self.shutdown().await;
         match failed {
-            Some(msg) => Err(anyhow::anyhow!(msg)),
+            Some(e) => Err(e),
             None => result,
         }
     }
 
     /// Graceful shutdown: stop accepting, finish in-flight requests, sync every log.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         tracing::info!("shutting down: finishing in-flight requests");
         // Readiness goes false and background work is abandoned first, so that draining never waits for a
         // compaction (an in-flight flush or compact request answers 503).
@@ -137,19 +172,42 @@ impl Server {
         };
         tokio::task::spawn_blocking(move || core.shutdown())
             .await
-            .context("closing collections panicked")?;
+            .map_err(|source| ServeError::Panicked {
+                what: "closing collections",
+                source,
+            })?;
         tracing::info!("shut down; logs synced");
-        http.context("HTTP task")?.context("HTTP server")?;
-        grpc.context("gRPC task")?.context("gRPC server")?;
-        Ok(())
+        let listener = |protocol, message: String| ServeError::Listener { protocol, message };
+        match http {
+            Err(source) => Err(ServeError::Panicked { what: "the HTTP server", source }),
+            Ok(Err(e)) => Err(listener("HTTP", e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }?;
+        match grpc {
+            Err(source) => Err(ServeError::Panicked { what: "the gRPC server", source }),
+            Ok(Err(e)) => Err(listener("gRPC", e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
     }
+}
+
+/// Binds one listener, returning it with its real address.
+async fn bind(protocol: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind {
+        protocol,
+        addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
 }
 
 /// Runs the server until `shutdown` resolves. What `chamfer serve` calls.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     start(settings).await?.wait(shutdown).await
 }
 
@@ -158,7 +216,7 @@ pub async fn run_with_addrs(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(BoundAddrs) + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let server = start(settings).await?;
     on_bound(server.addrs());
     server.wait(shutdown).await

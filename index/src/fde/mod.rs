@@ -529,7 +529,7 @@ mod multiversion_tests {
     /// The AVX2-compiled sketch gives bit-identical partitions to the baseline build of the same code.
     #[test]
     fn avx2_sketch_equals_portable_sketch() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !crate::sys::multiversion::has_avx2() {
             return;
         }
         let enc = FdeEncoder::new(FdeConfig::paper_default(128)).unwrap();

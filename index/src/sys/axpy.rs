@@ -84,10 +84,7 @@ mod tests {
                 );
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+            if crate::sys::cpu::features().avx2_fma_f16c() {
                 let mut g2: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
                 // SAFETY: features checked just above.
                 unsafe { axpy_f16_avx2(0.37, &x, &mut g2) };

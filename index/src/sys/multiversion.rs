@@ -5,20 +5,10 @@
 //! CPU has AVX2: the twin is a safe `#[target_feature(enable = "avx2")]` wrapper around the same
 //! `#[inline(always)]` body, so the same source is vectorised with 256-bit registers. FMA is deliberately not enabled: Rust never contracts `a * b + c`, so results stay
 //! bit-identical to the baseline build (the FDE encoder relies on this for reference-exact partitions).
-use std::sync::OnceLock;
 
-fn has_avx2() -> bool {
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+/// True when the CPU supports AVX2 (so [`call_avx2`] runs the AVX2 twin); from the one detection in `super::cpu`.
+pub(crate) fn has_avx2() -> bool {
+    super::cpu::features().avx2
 }
 
 /// Calls `avx2(arg)` when the CPU supports AVX2, else `portable(arg)`. `avx2` is meant to be a safe

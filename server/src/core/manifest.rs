@@ -23,11 +23,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use chamfer_index::shard::IndexParams;
-use chamfer_index::IndexError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use chamfer_index::fsutil;
+
+use super::storage_error::StorageError;
 
 /// Format version this build writes (both files).
 pub const MANIFEST_VERSION: u32 = 2;
@@ -125,29 +126,31 @@ impl Versioned for Manifest {
     }
 }
 
-fn body_crc<T: Serialize>(path: &Path, body: &T) -> Result<u32, IndexError> {
-    let bytes = serde_json::to_vec(body).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
+fn body_crc<T: Serialize>(path: &Path, body: &T) -> Result<u32, StorageError> {
+    let bytes =
+        serde_json::to_vec(body).map_err(|e| StorageError::damaged(path, None, e.to_string()))?;
     Ok(crc32fast::hash(&bytes))
 }
 
 /// Reads a checked JSON file (version 2, or an unchecked version 1). A missing file is an error saying so.
-pub fn read_checked<T: Versioned>(path: &Path) -> Result<T, IndexError> {
+pub fn read_checked<T: Versioned>(path: &Path) -> Result<T, StorageError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(IndexError::corrupt(
+            return Err(StorageError::damaged(
                 path,
+                None,
                 "the file is missing (it always exists in a collection; refusing to open, nothing was deleted)",
             ))
         }
-        Err(e) => return Err(IndexError::io(path, e)),
+        Err(e) => return Err(StorageError::io(path, e)),
     };
     parse_checked(path, &bytes)
 }
 
 /// Parses the bytes of a checked JSON file (see [`read_checked`]).
-pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, IndexError> {
-    let corrupt = |e: serde_json::Error| IndexError::corrupt(path, e.to_string());
+pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, StorageError> {
+    let corrupt = |e: serde_json::Error| StorageError::damaged(path, None, e.to_string());
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
     let value: T = match probe.format_version {
         OLDEST_VERSION => serde_json::from_slice(bytes).map_err(corrupt)?,
@@ -155,8 +158,9 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Index
             let env: Envelope<T> = serde_json::from_slice(bytes).map_err(corrupt)?;
             let got = body_crc(path, &env.body)?;
             if got != env.crc32 {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     path,
+                    None,
                     format!(
                         "checksum mismatch (stored {:#010x}, computed {got:#010x}): the file was damaged or edited",
                         env.crc32
@@ -166,7 +170,7 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Index
             env.body
         }
         found => {
-            return Err(IndexError::UnsupportedVersion {
+            return Err(StorageError::Version {
                 path: path.to_path_buf(),
                 found,
                 supported: MANIFEST_VERSION,
@@ -174,8 +178,9 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Index
         }
     };
     if value.version() != probe.format_version {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             path,
+            None,
             format!(
                 "the body says format version {}, the file {}",
                 value.version(),
@@ -187,15 +192,15 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Index
 }
 
 /// Writes a checked JSON file (version 2) atomically and durably.
-pub fn write_checked<T: Versioned>(path: &Path, body: &T) -> Result<(), IndexError> {
+pub fn write_checked<T: Versioned>(path: &Path, body: &T) -> Result<(), StorageError> {
     let env = Envelope {
         format_version: MANIFEST_VERSION,
         crc32: body_crc(path, body)?,
         body,
     };
-    let bytes =
-        serde_json::to_vec_pretty(&env).map_err(|e| IndexError::corrupt(path, e.to_string()))?;
-    fsutil::write_atomic(path, &bytes)
+    let bytes = serde_json::to_vec_pretty(&env)
+        .map_err(|e| StorageError::damaged(path, None, e.to_string()))?;
+    fsutil::write_atomic(path, &bytes).map_err(|e| StorageError::from_atomic_write(path, e))
 }
 
 /// Recomputes the CRC of a version-2 file whose body parses as `T` (for fuzzing: mutations then reach the
@@ -238,7 +243,7 @@ mod tests {
         // A missing file is damage, not an empty manifest.
         fs::remove_file(&path).unwrap();
         let e = read_checked::<Manifest>(&path).unwrap_err();
-        assert!(matches!(e, IndexError::Corrupt { .. }), "{e}");
+        assert!(matches!(e, StorageError::Damaged { .. }), "{e}");
     }
 
     #[test]
@@ -254,7 +259,7 @@ mod tests {
         fs::write(&path, br#"{"format_version": 9}"#).unwrap();
         assert!(matches!(
             read_checked::<Manifest>(&path).unwrap_err(),
-            IndexError::UnsupportedVersion { found: 9, .. }
+            StorageError::Version { found: 9, .. }
         ));
         for bad in [
             &b""[..],
@@ -265,7 +270,7 @@ mod tests {
             fs::write(&path, bad).unwrap();
             assert!(matches!(
                 read_checked::<Manifest>(&path).unwrap_err(),
-                IndexError::Corrupt { .. }
+                StorageError::Damaged { .. }
             ));
         }
     }

@@ -37,9 +37,9 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use chamfer_index::IndexError;
-
 use chamfer_index::fsutil::{self, sync_dir};
+
+use super::storage_error::StorageError;
 
 const MAGIC: &[u8; 8] = b"CHMFWAL1";
 /// The version this build writes.
@@ -73,38 +73,6 @@ pub struct WalDoc {
 pub enum WalOp {
     Upsert(Vec<WalDoc>),
     Delete(Vec<String>),
-}
-
-/// Why an append failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// The operating system refused the write or the fsync (the error kind tells disk full from the rest).
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    /// An earlier failure could not be rolled back: the log takes no more writes until restart.
-    #[error("the write-ahead log is unusable after an earlier failure: {0}")]
-    Poisoned(String),
-}
-
-impl AppendError {
-    /// The service error each writer of the failed group gets (one per writer, hence by reference).
-    pub fn to_service(&self) -> crate::error::ServiceError {
-        use crate::error::ServiceError;
-        match self {
-            AppendError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
-                ServiceError::StorageFull(
-                    "the write-ahead log cannot grow: the disk is full (the write was not applied)"
-                        .into(),
-                )
-            }
-            AppendError::Io { path, source } => {
-                ServiceError::io(path, io::Error::new(source.kind(), source.to_string()))
-            }
-            AppendError::Poisoned(m) => ServiceError::Internal(format!(
-                "the write-ahead log is unusable after an earlier failure: {m}"
-            )),
-        }
-    }
 }
 
 /// Encodes an upsert body from borrowed documents `(id, dim, tokens, metadata)`.
@@ -141,8 +109,23 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Why a record body (whose CRC matched) does not decode: corruption, reported with the file and offset.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record body is truncated")]
+    Truncated,
+    #[error("token count times dimension overflows")]
+    Overflow,
+    #[error("id is not UTF-8")]
+    NotUtf8,
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("{0} trailing bytes in a record")]
+    Trailing(usize),
+}
+
 /// Decodes a record body (whose CRC already matched: a failure here is corruption).
-pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, String> {
+pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, RecordError> {
     let mut r = Cursor { b: body, pos: 0 };
     let n = r.u32()? as usize;
     let op = match kind {
@@ -156,7 +139,7 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, String> {
                     n_tokens
                         .checked_mul(dim)
                         .and_then(|v| v.checked_mul(4))
-                        .ok_or("overflow")?,
+                        .ok_or(RecordError::Overflow)?,
                 )?;
                 let tokens = raw
                     .chunks_exact(4)
@@ -180,10 +163,10 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, String> {
             }
             WalOp::Delete(ids)
         }
-        other => return Err(format!("unknown record kind {other}")),
+        other => return Err(RecordError::UnknownKind(other)),
     };
     if r.pos != body.len() {
-        return Err(format!("{} trailing bytes in a record", body.len() - r.pos));
+        return Err(RecordError::Trailing(body.len() - r.pos));
     }
     Ok(op)
 }
@@ -194,23 +177,23 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or("record body is truncated")?;
+            .ok_or(RecordError::Truncated)?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, RecordError> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, RecordError> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "id is not UTF-8".to_string())
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| RecordError::NotUtf8)
     }
 }
 
@@ -251,15 +234,15 @@ pub struct WalFile {
 }
 
 /// The log files of `dir`, oldest first.
-pub fn list(dir: &Path) -> Result<Vec<WalFile>, IndexError> {
+pub fn list(dir: &Path) -> Result<Vec<WalFile>, StorageError> {
     let mut files = Vec::new();
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
-        Err(e) => return Err(IndexError::io(dir, e)),
+        Err(e) => return Err(StorageError::io(dir, e)),
     };
     for entry in rd {
-        let entry = entry.map_err(|e| IndexError::io(dir, e))?;
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(seq) = name
             .strip_prefix("wal-")
@@ -312,10 +295,10 @@ pub struct FileEnd {
 /// reports what follows. A damaged record followed by a valid one is corruption (an error naming the offset).
 pub fn read_file(
     path: &Path,
-    mut f: impl FnMut(u64, WalOp) -> Result<(), IndexError>,
-) -> Result<FileEnd, IndexError> {
-    let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
-    let size = file.metadata().map_err(|e| IndexError::io(path, e))?.len();
+    mut f: impl FnMut(u64, WalOp) -> Result<(), StorageError>,
+) -> Result<FileEnd, StorageError> {
+    let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
+    let size = file.metadata().map_err(|e| StorageError::io(path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, &file);
     let mut end = FileEnd {
         version: VERSION,
@@ -332,10 +315,11 @@ pub fn read_file(
         return Ok(end);
     }
     r.read_exact(&mut head[..HEADER_V1 as usize])
-        .map_err(|e| IndexError::io(path, e))?;
+        .map_err(|e| StorageError::io(path, e))?;
     if &head[..8] != MAGIC {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             path,
+            Some(0),
             "not a chamfer write-ahead log (bad magic)",
         ));
     }
@@ -348,17 +332,19 @@ pub fn read_file(
                 return Ok(end);
             }
             r.read_exact(&mut head[HEADER_V1 as usize..])
-                .map_err(|e| IndexError::io(path, e))?;
+                .map_err(|e| StorageError::io(path, e))?;
             if crc32fast::hash(&head[..32]) != u32_at(&head, 32) {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     path,
+                    Some(0),
                     "damaged header (checksum mismatch)",
                 ));
             }
             let capacity = u64_at(&head, 24);
             if size < capacity {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     path,
+                    Some(size),
                     format!("truncated: {size} bytes of a log file preallocated to {capacity}"),
                 ));
             }
@@ -366,7 +352,7 @@ pub fn read_file(
             HEADER_V2
         }
         other => {
-            return Err(IndexError::UnsupportedVersion {
+            return Err(StorageError::Version {
                 path: path.to_path_buf(),
                 found: other,
                 supported: VERSION,
@@ -384,8 +370,9 @@ pub fn read_file(
         match next_record(&mut r, size - pos, &mut body)? {
             Some((seq, kind)) if kind == KIND_SEAL => {
                 if expect.is_some_and(|e| seq != e) {
-                    return Err(IndexError::corrupt(
+                    return Err(StorageError::damaged(
                         path,
+                        Some(pos),
                         format!("seal at byte {pos} names sequence {seq}, expected {expect:?}"),
                     ));
                 }
@@ -397,14 +384,15 @@ pub fn read_file(
             Some((seq, kind)) => {
                 if let Some(e) = expect {
                     if seq != e {
-                        return Err(IndexError::corrupt(
+                        return Err(StorageError::damaged(
                             path,
+                            Some(pos),
                             format!("record at byte {pos} has sequence {seq}, expected {e} (a lost or repeated record)"),
                         ));
                     }
                 }
                 let op = decode(kind, &body[9..]).map_err(|reason| {
-                    IndexError::corrupt(path, format!("record at byte {pos}: {reason}"))
+                    StorageError::damaged(path, Some(pos), format!("record at byte {pos}: {reason}"))
                 })?;
                 f(seq, op)?;
                 end.first_record.get_or_insert(seq);
@@ -419,10 +407,11 @@ pub fn read_file(
     // Nothing valid may follow, and anything but zeros is a torn append.
     let after = end.last_seq.or(end.sealed.map(|s| s.saturating_sub(1)));
     let scan =
-        scan_tail(&file, pos, size, after.unwrap_or(0)).map_err(|e| IndexError::io(path, e))?;
+        scan_tail(&file, pos, size, after.unwrap_or(0)).map_err(|e| StorageError::io(path, e))?;
     if let Some((at, seq)) = scan.valid_at {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             path,
+            Some(pos),
             format!(
                 "damaged bytes at offset {pos}, followed by a valid record (sequence {seq}) at offset {at}: \
                  acknowledged writes would be lost; refusing to replay (nothing was changed)"
@@ -430,8 +419,9 @@ pub fn read_file(
         ));
     }
     if end.sealed.is_some() && scan.nonzero_end > pos {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             path,
+            Some(pos),
             format!("bytes after the seal record at offset {pos}"),
         ));
     }
@@ -448,7 +438,7 @@ fn next_record(
     r: &mut impl Read,
     remaining: u64,
     body: &mut Vec<u8>,
-) -> Result<Option<(u64, u8)>, IndexError> {
+) -> Result<Option<(u64, u8)>, StorageError> {
     let mut head = [0u8; 8];
     if remaining < 17 || r.read_exact(&mut head).is_err() {
         return Ok(None);
@@ -542,12 +532,13 @@ pub struct Replayed {
 pub fn replay(
     dir: &Path,
     flushed_seq: u64,
-    mut f: impl FnMut(u64, WalOp) -> Result<(), IndexError>,
-) -> Result<Replayed, IndexError> {
+    mut f: impl FnMut(u64, WalOp) -> Result<(), StorageError>,
+) -> Result<Replayed, StorageError> {
     let files = list(dir)?;
     if files.is_empty() {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             dir,
+            None,
             format!(
                 "no write-ahead log file (a collection always has one; records after sequence {flushed_seq} may be lost)"
             ),
@@ -565,15 +556,17 @@ pub fn replay(
             }
         })?;
         if !end.has_header && !last {
-            return Err(IndexError::corrupt(
+            return Err(StorageError::damaged(
                 &w.path,
+                None,
                 "a closed log file without a header",
             ));
         }
         if let Some(s) = end.first_record {
             if s != w.first_seq {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &w.path,
+                    None,
                     format!(
                         "first record has sequence {s}, the file name says {}",
                         w.first_seq
@@ -583,8 +576,9 @@ pub fn replay(
         }
         if let Tail::Torn { end: e } = end.tail {
             if !last {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &w.path,
+                    Some(end.valid_len),
                     format!(
                         "damaged bytes at offset {} of a closed log file (up to offset {e})",
                         end.valid_len
@@ -597,8 +591,9 @@ pub fn replay(
             let chained =
                 w.first_seq == prev_last + 1 && pend.sealed.is_none_or(|s| s == w.first_seq);
             if !chained && w.first_seq > flushed_seq + 1 {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &w.path,
+                    None,
                     format!(
                         "the log chain is broken: {} ends at sequence {prev_last}, this file starts at {} \
                          (a log file is missing)",
@@ -615,8 +610,9 @@ pub fn replay(
                 && !crash_window
                 && w.first_seq > flushed_seq + 1
             {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &prev.path,
+                    None,
                     "a closed log file without its seal record (damaged)",
                 ));
             }
@@ -625,8 +621,9 @@ pub fn replay(
     }
     let (last_file, last_end) = out.last().expect("at least one file");
     if let Some(next) = last_end.sealed {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             &last_file.path,
+            None,
             format!(
                 "this log file was closed, but its successor {} is missing",
                 file_name(next)
@@ -635,8 +632,9 @@ pub fn replay(
     }
     let first = &out[0].0;
     if first.first_seq > flushed_seq + 1 {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             &first.path,
+            None,
             format!(
                 "the log starts at sequence {}, but records from {} on were never flushed (a log file is missing)",
                 first.first_seq,
@@ -654,8 +652,9 @@ pub fn replay(
                 .unwrap_or(0),
         );
     if last_seq < flushed_seq {
-        return Err(IndexError::corrupt(
+        return Err(StorageError::damaged(
             &last_file.path,
+            None,
             format!("the log ends at sequence {last_seq}, before the manifest's flushed sequence {flushed_seq}"),
         ));
     }
@@ -681,8 +680,8 @@ pub struct WalWriter {
 
 impl WalWriter {
     /// Creates the first log file of a new collection.
-    pub fn create(dir: &Path, first_seq: u64) -> Result<WalWriter, IndexError> {
-        fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+    pub fn create(dir: &Path, first_seq: u64) -> Result<WalWriter, StorageError> {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let (file, path, capacity) = create(dir, first_seq, FILE_CAPACITY)?;
         Ok(WalWriter {
             dir: dir.to_path_buf(),
@@ -701,7 +700,7 @@ impl WalWriter {
         dir: &Path,
         replayed: &Replayed,
         quarantine: &Path,
-    ) -> Result<WalWriter, IndexError> {
+    ) -> Result<WalWriter, StorageError> {
         let mut older: Vec<(PathBuf, u64)> = replayed
             .files
             .iter()
@@ -722,10 +721,10 @@ impl WalWriter {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&prev.path)
-                    .map_err(|e| IndexError::io(&prev.path, e))?;
+                    .map_err(|e| StorageError::io(&prev.path, e))?;
                 f.write_all_at(&record_head(last.first_seq, KIND_SEAL, &[]), pend.valid_len)
                     .and_then(|_| f.sync_data())
-                    .map_err(|e| IndexError::io(&prev.path, e))?;
+                    .map_err(|e| StorageError::io(&prev.path, e))?;
                 if let Some(o) = older.last_mut() {
                     o.1 = pend.valid_len + 17;
                 }
@@ -733,13 +732,13 @@ impl WalWriter {
         }
         if !end.has_header {
             // A crash while the newest file was being created: it holds nothing.
-            fs::remove_file(&last.path).map_err(|e| IndexError::io(&last.path, e))?;
+            fs::remove_file(&last.path).map_err(|e| StorageError::io(&last.path, e))?;
             sync_dir(dir);
             let mut w = WalWriter::create(dir, next_seq)?;
             w.older = older;
             return Ok(w);
         }
-        let io = |e| IndexError::io(&last.path, e);
+        let io = |e| StorageError::io(&last.path, e);
         let file = OpenOptions::new()
             .write(true)
             .open(&last.path)
@@ -779,24 +778,15 @@ impl WalWriter {
 
     /// Appends records `(seq, kind, body)` and fsyncs. On failure the file is rolled back to its previous
     /// length (or, if even that fails, the log refuses every later write).
-    pub fn append(&mut self, records: &[(u64, u8, &[u8])]) -> Result<(), AppendError> {
-        if let Some(p) = &self.poisoned {
-            return Err(AppendError::Poisoned(p.clone()));
-        }
+    pub fn append(&mut self, records: &[(u64, u8, &[u8])]) -> Result<(), StorageError> {
+        self.check_poisoned()?;
         let Some(&(first_seq, _, _)) = records.first() else {
             return Ok(());
         };
         let bytes: u64 = records.iter().map(|r| 17 + r.2.len() as u64).sum();
         // Leave room for the seal record that closes a full file.
         if self.len + bytes + 17 > self.capacity {
-            self.rotate_inner(first_seq, HEADER_V2 + bytes + 17)
-                .map_err(|e| match e {
-                    IndexError::Io { path, source } => AppendError::Io { path, source },
-                    other => AppendError::Io {
-                        path: self.dir.clone(),
-                        source: io::Error::other(other.to_string()),
-                    },
-                })?;
+            self.rotate_inner(first_seq, HEADER_V2 + bytes + 17)?;
         }
         let written = write_records(&self.file, records);
         match written {
@@ -808,11 +798,18 @@ impl WalWriter {
                 if let Err(e2) = self.roll_back() {
                     self.poisoned = Some(format!("{e}; rollback failed: {e2}"));
                 }
-                Err(AppendError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                })
+                Err(StorageError::io(&self.path, e))
             }
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -827,20 +824,15 @@ impl WalWriter {
 
     /// Closes the current file and starts `wal-{next_seq}` (unless the current file has no record yet).
     /// Returns every closed file: they hold only records before `next_seq`.
-    pub fn rotate(&mut self, next_seq: u64) -> Result<Vec<PathBuf>, IndexError> {
+    pub fn rotate(&mut self, next_seq: u64) -> Result<Vec<PathBuf>, StorageError> {
         if self.len > HEADER_V2 {
             self.rotate_inner(next_seq, FILE_CAPACITY)?;
         }
         Ok(self.older.iter().map(|(p, _)| p.clone()).collect())
     }
 
-    fn rotate_inner(&mut self, next_seq: u64, min_capacity: u64) -> Result<(), IndexError> {
-        if let Some(p) = &self.poisoned {
-            return Err(IndexError::Io {
-                path: self.path.clone(),
-                source: io::Error::other(p.clone()),
-            });
-        }
+    fn rotate_inner(&mut self, next_seq: u64, min_capacity: u64) -> Result<(), StorageError> {
+        self.check_poisoned()?;
         if self.len == HEADER_V2 {
             // Nothing in the current file: replace it (atomically) by a larger one under the same name.
             let first = u64_from_name(&self.path).unwrap_or(next_seq);
@@ -853,7 +845,7 @@ impl WalWriter {
         // New file first, then the seal: a crash in between leaves an unsealed file before an empty one.
         let (file, path, capacity) = create(&self.dir, next_seq, min_capacity.max(FILE_CAPACITY))?;
         write_records(&self.file, &[(next_seq, KIND_SEAL, &[])])
-            .map_err(|e| IndexError::io(&self.path, e))?;
+            .map_err(|e| StorageError::io(&self.path, e))?;
         let old = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.older.push((old, self.len + 17));
@@ -863,12 +855,12 @@ impl WalWriter {
     }
 
     /// Deletes closed files (after a manifest made them obsolete).
-    pub fn remove(&mut self, paths: &[PathBuf]) -> Result<(), IndexError> {
+    pub fn remove(&mut self, paths: &[PathBuf]) -> Result<(), StorageError> {
         for p in paths {
             match fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(IndexError::io(p, e)),
+                Err(e) => return Err(StorageError::io(p, e)),
             }
         }
         self.older.retain(|(p, _)| !paths.contains(p));
@@ -921,18 +913,18 @@ fn write_records(file: &File, records: &[(u64, u8, &[u8])]) -> io::Result<u64> {
 }
 
 /// Copies `[from, to)` of `path` into `quarantine/` before those bytes are cleared.
-fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(), IndexError> {
+fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(), StorageError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let dest = quarantine.join(format!("{name}.torn-at-{from}"));
-    let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
+    let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
     let mut bytes = vec![0u8; (to - from) as usize];
     file.read_exact_at(&mut bytes, from)
-        .map_err(|e| IndexError::io(path, e))?;
-    fs::create_dir_all(quarantine).map_err(|e| IndexError::io(quarantine, e))?;
-    fsutil::write_atomic(&dest, &bytes)?;
+        .map_err(|e| StorageError::io(path, e))?;
+    fs::create_dir_all(quarantine).map_err(|e| StorageError::io(quarantine, e))?;
+    fsutil::write_atomic(&dest, &bytes).map_err(|e| StorageError::from_atomic_write(&dest, e))?;
     tracing::warn!(file = %path.display(), offset = from, bytes = to - from, evidence = %dest.display(),
         "torn log tail: an append that never completed (so was never acknowledged); its bytes were saved and cleared");
     Ok(())
@@ -940,11 +932,11 @@ fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(
 
 /// Creates a complete log file (header, zero fill to `capacity`) under a temporary name, then renames it into
 /// place: a file named `wal-*.log` is never half made.
-fn create(dir: &Path, first_seq: u64, capacity: u64) -> Result<(File, PathBuf, u64), IndexError> {
+fn create(dir: &Path, first_seq: u64, capacity: u64) -> Result<(File, PathBuf, u64), StorageError> {
     let path = dir.join(file_name(first_seq));
     let tmp = dir.join(format!("{}.tmp", file_name(first_seq)));
     let capacity = capacity.max(HEADER_V2);
-    let io = |e| IndexError::io(&tmp, e);
+    let io = |e| StorageError::io(&tmp, e);
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -956,10 +948,10 @@ fn create(dir: &Path, first_seq: u64, capacity: u64) -> Result<(File, PathBuf, u
         .map_err(io)?;
     file.set_len(capacity).map_err(io)?;
     file.sync_all().map_err(io)?;
-    fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))?;
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
     sync_dir(dir);
     file.seek(SeekFrom::Start(HEADER_V2))
-        .map_err(|e| IndexError::io(&path, e))?;
+        .map_err(|e| StorageError::io(&path, e))?;
     Ok((file, path, capacity))
 }
 
@@ -1005,7 +997,7 @@ mod tests {
     }
 
     /// Replays everything after `flushed`: (seq, op) pairs, or the error.
-    fn replay_all(dir: &Path, flushed: u64) -> Result<(Vec<(u64, WalOp)>, Replayed), IndexError> {
+    fn replay_all(dir: &Path, flushed: u64) -> Result<(Vec<(u64, WalOp)>, Replayed), StorageError> {
         let mut v = Vec::new();
         let r = replay(dir, flushed, |s, op| {
             v.push((s, op));
@@ -1097,7 +1089,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let e = replay_all(dir.path(), 0).err().expect("refused");
         let msg = e.to_string();
-        assert!(matches!(e, IndexError::Corrupt { .. }), "{msg}");
+        assert!(matches!(e, StorageError::Damaged { .. }), "{msg}");
         assert!(msg.contains("followed by a valid record"), "{msg}");
         assert_eq!(
             fs::read(&path).unwrap(),

@@ -51,7 +51,7 @@ pub(crate) trait Lanes: Copy + Into<f32> {
 
 impl Avx512 {
     pub(crate) fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Self(()))
+        super::cpu::features().avx512f.then_some(Self(()))
     }
 
     /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
@@ -76,10 +76,7 @@ impl Avx512 {
 
 impl Avx2Fma {
     pub(crate) fn detect() -> Option<Self> {
-        let ok = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        ok.then_some(Self(()))
+        super::cpu::features().avx2_fma_f16c().then_some(Self(()))
     }
 
     /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).

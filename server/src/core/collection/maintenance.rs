@@ -67,9 +67,9 @@ impl Collection {
             tracing::info!(collection = %self.config.name, error = %e, "background {what} abandoned: the collection is closing");
             return;
         }
-        // Disk full, whether from the log (`StorageFull`) or a shard write (an I/O error of that kind).
+        // Disk full, whether from the log or a shard write (said without server paths: /readyz shows it).
         if e.status().code == "storage_full" {
-            *lock(&self.storage_full) = Some(e.to_string());
+            *lock(&self.storage_full) = Some(e.public_message());
         }
         tracing::error!(collection = %self.config.name, error = %e, "background {what} failed");
     }

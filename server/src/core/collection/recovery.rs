@@ -8,6 +8,7 @@ use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
 use crate::core::manifest::{self, CollectionConfig, Layout, Manifest};
+use crate::core::storage_error::StorageError;
 use crate::core::wal::{self, WalOp, WalWriter};
 use crate::error::ServiceError;
 
@@ -37,8 +38,9 @@ pub(super) fn recover(
         let path = layout.segment(e.id);
         let shard = Shard::open(&path)?;
         if shard.len() != e.docs {
-            return Err(IndexError::corrupt(
+            return Err(StorageError::damaged(
                 &path,
+                None,
                 format!(
                     "the manifest says {} documents, the shard has {}",
                     e.docs,
@@ -57,8 +59,9 @@ pub(super) fn recover(
         let mut deleted = Bitset::new(shard.len());
         for &d in &e.deleted {
             if d as usize >= shard.len() {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &mpath,
+                    None,
                     format!("deleted document {d} beyond shard {}", e.id),
                 )
                 .into());
@@ -116,8 +119,9 @@ pub(super) fn recover(
         }
         for d in upserts {
             if d.dim != config.dimension {
-                return Err(IndexError::corrupt(
+                return Err(StorageError::damaged(
                     &wal_dir,
+                    None,
                     format!("record {seq}: document {:?} has dimension {}", d.id, d.dim),
                 ));
             }

@@ -121,11 +121,14 @@ impl Collection {
             .collect();
         if let Err(e) = wal.append(&records) {
             tracing::error!(collection = %self.config.name, error = %e, "log append failed; the writes were not acknowledged");
-            if let ServiceError::StorageFull(m) = e.to_service() {
-                *lock(&self.storage_full) = Some(m);
+            if e.is_full() {
+                *lock(&self.storage_full) = Some(
+                    "the write-ahead log cannot grow: the disk is full (the write was not applied)"
+                        .into(),
+                );
             }
             for (_, _, _, reply) in writes {
-                let _ = reply.send(Err(e.to_service()));
+                let _ = reply.send(Err(e.replicate().into()));
             }
             return;
         }

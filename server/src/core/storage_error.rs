@@ -1,0 +1,146 @@
+//! The error type of the server's own storage: the write-ahead log (`wal`), the two JSON files (`manifest`) and
+//! the checks recovery makes across them. Every variant names the file; damage names the offset where it is
+//! known. [`ServiceError`](crate::error::ServiceError) maps each variant (exhaustively) to what clients see.
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chamfer_index::IndexError;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The operating system refused a read, write, fsync or rename.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// A write failed for lack of disk space (ENOSPC). Nothing was applied; it succeeds again once space is freed.
+    #[error("{}: out of disk space: {source}", path.display())]
+    Full { path: PathBuf, source: io::Error },
+    /// A file whose bytes are not what they must be (missing, truncated, bit-flipped, edited). Refused; nothing
+    /// is changed on disk.
+    #[error("{}: corrupt or truncated file: {what}", path.display())]
+    Damaged {
+        path: PathBuf,
+        /// The byte offset of the damage, when it is a place in the file.
+        offset: Option<u64>,
+        what: String,
+    },
+    /// A file written in a format version this build does not read.
+    #[error("{}: unsupported format version {found} (this build reads version {supported})", path.display())]
+    Version {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// An append failed and could not be rolled back: the log takes no more writes until restart.
+    #[error("{}: the write-ahead log is unusable after an earlier failure: {reason}", path.display())]
+    Poisoned { path: PathBuf, reason: String },
+}
+
+impl StorageError {
+    /// An I/O error on `path`; ENOSPC becomes [`StorageError::Full`].
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull {
+            StorageError::Full { path, source }
+        } else {
+            StorageError::Io { path, source }
+        }
+    }
+
+    /// Damage in `path` (at `offset`, when known).
+    pub fn damaged(path: impl Into<PathBuf>, offset: Option<u64>, what: impl Into<String>) -> Self {
+        StorageError::Damaged {
+            path: path.into(),
+            offset,
+            what: what.into(),
+        }
+    }
+
+    /// True when the disk is full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StorageError::Full { .. })
+    }
+
+    /// An equal error (same variant, path, offset; the I/O error rebuilt from its kind and message): one for
+    /// each writer of a failed group commit.
+    pub fn replicate(&self) -> Self {
+        let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            StorageError::Io { path, source } => StorageError::Io {
+                path: path.clone(),
+                source: copy(source),
+            },
+            StorageError::Full { path, source } => StorageError::Full {
+                path: path.clone(),
+                source: copy(source),
+            },
+            StorageError::Damaged { path, offset, what } => StorageError::Damaged {
+                path: path.clone(),
+                offset: *offset,
+                what: what.clone(),
+            },
+            StorageError::Version {
+                path,
+                found,
+                supported,
+            } => StorageError::Version {
+                path: path.clone(),
+                found: *found,
+                supported: *supported,
+            },
+            StorageError::Poisoned { path, reason } => StorageError::Poisoned {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// The error of the engine's atomic write (`chamfer_index::fsutil::write_atomic`) of `path`, which only
+    /// ever fails with an I/O error on the file or its temporary twin. Anything else would be an engine bug,
+    /// reported as an I/O error on `path` with the engine's message.
+    pub(crate) fn from_atomic_write(path: &Path, e: IndexError) -> Self {
+        match e {
+            IndexError::Io { path, source } => StorageError::io(path, source),
+            IndexError::InvalidConfig(_)
+            | IndexError::DimensionMismatch { .. }
+            | IndexError::Empty { .. }
+            | IndexError::NonFinite { .. }
+            | IndexError::TooManyTokens { .. }
+            | IndexError::InvalidParam { .. }
+            | IndexError::DuplicateId(_)
+            | IndexError::NotFound(_)
+            | IndexError::Corrupt { .. }
+            | IndexError::UnsupportedVersion { .. }
+            | IndexError::Dataset { .. }
+            | IndexError::Incompatible(_)
+            | IndexError::ValueOutOfRange { .. }
+            | IndexError::Cancelled(_) => StorageError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_full_and_replicas_keep_the_variant() {
+        let e = StorageError::io("/x/wal", io::Error::from(io::ErrorKind::StorageFull));
+        assert!(e.is_full());
+        assert!(e.replicate().is_full());
+        let e = StorageError::io("/x/wal", io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(matches!(e.replicate(), StorageError::Io { .. }));
+        let d = StorageError::damaged("/x/m.json", Some(7), "checksum mismatch");
+        assert!(matches!(
+            d.replicate(),
+            StorageError::Damaged {
+                offset: Some(7),
+                ..
+            }
+        ));
+        assert!(d.to_string().contains("m.json") && d.to_string().contains("checksum mismatch"));
+    }
+}

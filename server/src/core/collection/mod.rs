@@ -24,7 +24,10 @@
 //!
 //! A search takes the current [`Snapshot`] (an `Arc`): segment shards, their tombstone bitsets (copy-on-write,
 //! shared until modified) and an engine `Searcher`. It sees exactly the writes acknowledged before it started,
-//! however long it runs and whatever is ingested, flushed or compacted meanwhile.
+//! however long it runs and whatever is ingested, flushed or compacted meanwhile. `get` and `stats` read the
+//! snapshot too (its id map is a persistent map, copied in O(1) at publish; its statistics are computed once
+//! there), so no reader ever waits on the `state` mutex the sequencer holds while it applies writes or installs
+//! segments.
 //!
 //! # Files
 //!
@@ -83,6 +86,8 @@ pub struct WriteAck {
 
 /// One segment as a search sees it.
 pub struct SegView {
+    /// The segment id (what the id map's locations name).
+    pub id: u64,
     pub shard: Arc<Shard>,
     pub deleted: Arc<Bitset>,
     pub meta: Arc<MetaCache>,
@@ -95,6 +100,10 @@ pub struct Snapshot {
     /// Same order as the searcher's shards (a hit's `shard` indexes this).
     pub segs: Vec<SegView>,
     pub any_deleted: bool,
+    /// Where every live document is, as of this snapshot.
+    ids: imbl::HashMap<String, state::Loc>,
+    /// Statistics as of this snapshot (`wal_bytes` aside: [`Collection::stats`] reads the current value).
+    stats: Stats,
 }
 
 /// Statistics of a collection.
@@ -152,6 +161,8 @@ pub struct Collection {
     closing: AtomicBool,
     /// The last write failed for lack of disk space (cleared by the next successful append).
     storage_full: Mutex<Option<String>>,
+    /// Bytes of log records on disk (set by the sequencer after every append, rotation and install).
+    wal_bytes: AtomicU64,
 }
 
 impl Collection {
@@ -199,6 +210,8 @@ impl Collection {
                 searcher: None,
                 segs: vec![],
                 any_deleted: false,
+                ids: imbl::HashMap::new(),
+                stats: Stats::default(),
             })),
             tx: Mutex::new(None),
             maint_lock: Mutex::new(()),
@@ -207,6 +220,7 @@ impl Collection {
             next_segment: AtomicU64::new(next_segment),
             closing: AtomicBool::new(false),
             storage_full: Mutex::new(None),
+            wal_bytes: AtomicU64::new(writer.bytes()),
         });
         c.publish();
         let (tx, rx) = mpsc::channel();
@@ -263,13 +277,14 @@ impl Collection {
         rx.await.map_err(|_| closing())?
     }
 
-    /// Where each id lives (None: no such live document).
+    /// Where each id lives (None: no such live document), as of the current snapshot. Never waits for the
+    /// sequencer.
     pub fn get(&self, ids: &[String]) -> Vec<Option<DocRef>> {
-        let st = lock(&self.state);
+        let snap = self.snapshot();
         ids.iter()
             .map(|id| {
-                let loc = st.ids.get(id)?;
-                let seg = st.segment(loc.seg)?;
+                let loc = snap.ids.get(id)?;
+                let seg = snap.segs.iter().find(|s| s.id == loc.seg)?;
                 Some(DocRef {
                     shard: seg.shard.clone(),
                     doc: loc.doc as usize,
@@ -278,21 +293,11 @@ impl Collection {
             .collect()
     }
 
-    /// Current statistics.
+    /// Current statistics (from the current snapshot). Never waits for the sequencer.
     pub fn stats(&self) -> Stats {
-        let st = lock(&self.state);
         Stats {
-            documents: st.ids.len() as u64,
-            shards: st.segments.iter().filter(|s| s.durable).count() as u64,
-            memtable_documents: st
-                .segments
-                .iter()
-                .filter(|s| !s.durable)
-                .map(|s| s.shard.len() - s.deleted.ones())
-                .sum::<usize>() as u64,
-            tombstones: st.segments.iter().map(|s| s.deleted.ones()).sum::<usize>() as u64,
-            wal_bytes: st.wal_bytes,
-            last_sequence: st.last_seq,
+            wal_bytes: self.wal_bytes.load(Ordering::SeqCst),
+            ..self.snapshot().stats
         }
     }
 
@@ -349,15 +354,33 @@ impl Collection {
 
     /// Builds and publishes a snapshot of the current state (sequencer thread, or start-up).
     fn publish(&self) {
-        let segs: Vec<SegView> = lock(&self.state)
-            .segments
-            .iter()
-            .map(|s| SegView {
-                shard: s.shard.clone(),
-                deleted: s.deleted.clone(),
-                meta: s.meta.clone(),
-            })
-            .collect();
+        let (segs, ids, stats) = {
+            let st = lock(&self.state);
+            let segs: Vec<SegView> = st
+                .segments
+                .iter()
+                .map(|s| SegView {
+                    id: s.id,
+                    shard: s.shard.clone(),
+                    deleted: s.deleted.clone(),
+                    meta: s.meta.clone(),
+                })
+                .collect();
+            let stats = Stats {
+                documents: st.ids.len() as u64,
+                shards: st.segments.iter().filter(|s| s.durable).count() as u64,
+                memtable_documents: st
+                    .segments
+                    .iter()
+                    .filter(|s| !s.durable)
+                    .map(|s| s.shard.len() - s.deleted.ones())
+                    .sum::<usize>() as u64,
+                tombstones: st.segments.iter().map(|s| s.deleted.ones()).sum::<usize>() as u64,
+                wal_bytes: 0,
+                last_sequence: st.last_seq,
+            };
+            (segs, st.ids.clone(), stats)
+        };
         let searcher = if segs.is_empty() {
             None
         } else {
@@ -377,6 +400,8 @@ impl Collection {
             searcher,
             segs,
             any_deleted,
+            ids,
+            stats,
         });
     }
 }
@@ -390,4 +415,47 @@ fn closing_error() -> ServiceError {
         "the collection is closing: background work was abandoned (nothing is lost; the log still holds it)"
             .into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wal::{encode_upsert, KIND_UPSERT};
+    use chamfer_index::shard::{IndexParams, ShardDoc};
+    use chamfer_index::tokens::TokenMatrix;
+
+    /// `get` and `stats` answer from the published snapshot while the sequencer's `state` mutex is held (by
+    /// this test, standing in for a long install): a reader that took that mutex would never return here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_do_not_wait_for_the_sequencer() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CollectionConfig {
+            format_version: MANIFEST_VERSION,
+            name: "c".into(),
+            dimension: 4,
+            params: IndexParams::new(4),
+        };
+        let c = Collection::create(dir.path(), config.clone(), Tuning::new(1_000, 4)).unwrap();
+        let tokens = [1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        let docs = [ShardDoc {
+            id: "a",
+            tokens: TokenMatrix::new(&tokens, 4, "document").unwrap(),
+            payload: b"",
+        }];
+        let shard = Arc::new(Shard::build_in_memory(&config.params, &docs).unwrap());
+        let body = encode_upsert([("a", 4usize, &tokens[..], &b""[..])].into_iter());
+        c.write(WriteOp::Upsert { shard }, KIND_UPSERT, body)
+            .await
+            .unwrap();
+
+        let held = lock(&c.state);
+        let stats = c.stats();
+        assert_eq!((stats.documents, stats.last_sequence), (1, 1));
+        assert!(stats.wal_bytes > 0);
+        let found = c.get(&["a".to_string(), "b".to_string()]);
+        assert_eq!(found[0].as_ref().map(|r| r.shard.id(r.doc)), Some("a"));
+        assert!(found[1].is_none());
+        drop(held);
+        c.close();
+    }
 }

@@ -28,10 +28,9 @@ pub(super) fn recover(
     let manifest: Manifest = manifest::read_checked(&mpath)?;
     let mut st = State {
         segments: vec![],
-        ids: HashMap::new(),
+        ids: imbl::HashMap::new(),
         last_seq: manifest.flushed_seq,
         flushed_seq: manifest.flushed_seq,
-        wal_bytes: 0,
     };
     let mut next_segment = manifest.next_segment_id;
     for e in &manifest.segments {
@@ -169,7 +168,6 @@ pub(super) fn recover(
     // Everything checked out: only now may files change (a torn tail cleared, leftovers of interrupted work
     // removed).
     let writer = WalWriter::open(&wal_dir, &replayed, &layout.quarantine())?;
-    st.wal_bytes = writer.bytes();
     remove_orphans(layout, &manifest);
     tracing::info!(collection = %config.name, shards = manifest.segments.len(), replayed_docs = n_replayed,
         last_seq = st.last_seq, documents = st.ids.len(), "opened collection");

@@ -145,8 +145,8 @@ impl Collection {
                 st.last_seq = seq;
                 acks.push((reply, WriteAck { seq, affected }));
             }
-            st.wal_bytes = wal.bytes();
         }
+        self.wal_bytes.store(wal.bytes(), Ordering::SeqCst);
         self.publish();
         for (reply, ack) in acks {
             let _ = reply.send(Ok(ack));
@@ -207,7 +207,7 @@ impl Collection {
                 tracing::warn!(collection = %self.config.name, error = %e, "cannot delete an obsolete shard");
             }
         }
-        lock(&self.state).wal_bytes = wal.bytes();
+        self.wal_bytes.store(wal.bytes(), Ordering::SeqCst);
         Ok(())
     }
 }

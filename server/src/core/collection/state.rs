@@ -1,6 +1,5 @@
 //! A collection's in-memory state: its segments (durable shards and memtable batches), their tombstones, and
 //! the external-id map. Mutated only by the sequencer thread.
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -94,10 +93,10 @@ pub(super) struct Segment {
 pub(super) struct State {
     /// Durable segments (by id), then memory segments (by id = creation order).
     pub(super) segments: Vec<Segment>,
-    pub(super) ids: HashMap<String, Loc>,
+    /// A persistent map: a snapshot's copy is O(1) and shares structure with it.
+    pub(super) ids: imbl::HashMap<String, Loc>,
     pub(super) last_seq: u64,
     pub(super) flushed_seq: u64,
-    pub(super) wal_bytes: u64,
 }
 
 impl State {

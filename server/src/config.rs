@@ -1,5 +1,9 @@
 //! Server settings: defaults, then an optional TOML or JSON file, then `CHAMFER_*` environment variables, then
-//! command-line flags (each layer overrides the one before).
+//! command-line flags (each layer overrides the one before), merged by `figment`.
+//!
+//! Each layer is first checked on its own (the file parsed with unknown keys refused, environment numbers
+//! parsed, addresses parsed), so that every problem of every layer is reported together; the valid layers are
+//! then merged in order by one `figment::Figment` and extracted as [`Settings`], which is validated as a whole.
 //!
 //! The library never reads the process environment itself (that is the binary's business): the caller passes
 //! the variables in, so tests can build any configuration without touching global state. Validation collects
@@ -30,13 +34,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::providers::{Format, Json, Serialized, Toml};
+use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Largest `request_timeout_ms`: one day.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Request limits, enforced once in the service core for both protocols.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Token vectors per document.
     pub max_tokens_per_doc: usize,
@@ -71,7 +77,7 @@ impl Default for Limits {
 
 /// Validated server settings. Build with [`Settings::load`] (file + env + flags) or start from
 /// [`Settings::default`] and call [`Settings::validate`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
@@ -109,32 +115,48 @@ impl Default for Settings {
 }
 
 /// One layer of optional overrides: what a file, the environment or the flags may set. The binary fills the
-/// flags layer from its command line.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// flags layer from its command line. (Serialized without its unset fields: that is how a layer becomes a
+/// figment provider that overrides only what it sets.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     #[serde(default)]
     pub limits: LimitsLayer,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub flush_threshold_docs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_max_shards: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub search_threads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
 }
 
 /// Optional overrides of [`Limits`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens_per_doc: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_query_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_metadata_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_query_tokens: Option<usize>,
 }
 
@@ -155,16 +177,35 @@ impl Settings {
         flags: &SettingsLayer,
     ) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
-        let mut s = Settings::default();
+        let mut merged = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
-            match read_file_layer(path) {
-                Ok(layer) => s.apply(&layer, &format!("{}", path.display()), &mut problems),
+            let source = path.display().to_string();
+            match file_layer(path) {
+                Ok((provider, layer)) => {
+                    if check_addrs(&layer, &source, &mut problems) {
+                        merged = merged.merge(provider);
+                    }
+                }
                 Err(p) => problems.push(p),
             }
         }
-        let env_layer = env_layer(env, &mut problems);
-        s.apply(&env_layer, "environment", &mut problems);
-        s.apply(flags, "flags", &mut problems);
+        let env = env_layer(env, &mut problems);
+        if check_addrs(&env, "environment", &mut problems) {
+            merged = merged.merge(Serialized::defaults(env));
+        }
+        if check_addrs(flags, "flags", &mut problems) {
+            merged = merged.merge(Serialized::defaults(flags));
+        }
+        let mut s = match merged.extract::<Settings>() {
+            Ok(s) => s,
+            // Every layer was checked above: this is only reached by a bug, reported like any problem.
+            Err(e) => {
+                problems.extend(e.into_iter().map(|e| e.to_string()));
+                return Err(ConfigError { problems });
+            }
+        };
+        // An empty key means "off", so `CHAMFER_API_KEY=` can disable a key set by the file.
+        s.api_key = s.api_key.filter(|k| !k.is_empty());
         problems.extend(s.problems());
         if problems.is_empty() {
             Ok(s)
@@ -291,58 +332,41 @@ impl Settings {
         }
     }
 
-    fn apply(&mut self, layer: &SettingsLayer, source: &str, problems: &mut Vec<String>) {
-        if let Some(d) = &layer.data_dir {
-            self.data_dir = d.clone();
-        }
-        let mut addr = |name: &str, v: &Option<String>, out: &mut SocketAddr| {
-            if let Some(v) = v {
-                match v.parse() {
-                    Ok(a) => *out = a,
-                    Err(e) => problems.push(format!(
-                        "{source}: {name} {v:?} is not an IP:port address ({e})"
-                    )),
-                }
-            }
-        };
-        addr("http_addr", &layer.http_addr, &mut self.http_addr);
-        addr("grpc_addr", &layer.grpc_addr, &mut self.grpc_addr);
-        if let Some(k) = &layer.api_key {
-            // An empty key from the environment means "off", so `CHAMFER_API_KEY=` can disable it.
-            self.api_key = if k.is_empty() { None } else { Some(k.clone()) };
-        }
-        let set = |v: Option<usize>, out: &mut usize| {
-            if let Some(v) = v {
-                *out = v;
-            }
-        };
-        let (l, ll) = (&mut self.limits, &layer.limits);
-        set(ll.max_tokens_per_doc, &mut l.max_tokens_per_doc);
-        set(ll.max_query_tokens, &mut l.max_query_tokens);
-        set(ll.max_batch, &mut l.max_batch);
-        set(ll.max_request_bytes, &mut l.max_request_bytes);
-        set(ll.max_k, &mut l.max_k);
-        set(ll.max_metadata_bytes, &mut l.max_metadata_bytes);
-        set(ll.max_batch_query_tokens, &mut l.max_batch_query_tokens);
-        set(layer.flush_threshold_docs, &mut self.flush_threshold_docs);
-        set(layer.compaction_max_shards, &mut self.compaction_max_shards);
-        set(layer.search_threads, &mut self.search_threads);
-        if let Some(v) = layer.request_timeout_ms {
-            self.request_timeout_ms = v;
-        }
-    }
 }
 
-fn read_file_layer(path: &Path) -> Result<SettingsLayer, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+/// Checks that the addresses a layer sets parse (each bad one is a problem naming `source`). True when all do.
+fn check_addrs(layer: &SettingsLayer, source: &str, problems: &mut Vec<String>) -> bool {
+    let mut ok = true;
+    for (name, v) in [("http_addr", &layer.http_addr), ("grpc_addr", &layer.grpc_addr)] {
+        if let Some(v) = v {
+            if let Err(e) = v.parse::<SocketAddr>() {
+                problems.push(format!(
+                    "{source}: {name} {v:?} is not an IP:port address ({e})"
+                ));
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// The config file as a figment provider (TOML, or JSON when it ends in `.json`), with its contents checked as
+/// a layer (unknown keys and wrong types are refused).
+fn file_layer(path: &Path) -> Result<(Figment, SettingsLayer), String> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
-        serde_json::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(format!("cannot read config file {}: {e}", path.display()));
+    }
+    let provider = if is_json {
+        Figment::from(Json::file_exact(path))
     } else {
-        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+        Figment::from(Toml::file_exact(path))
+    };
+    match provider.extract::<SettingsLayer>() {
+        Ok(layer) => Ok((provider, layer)),
+        Err(e) => Err(format!("config file {}: {e}", path.display())),
     }
 }
 

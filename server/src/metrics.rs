@@ -1,29 +1,36 @@
 //! Prometheus metrics: request counts (by operation, protocol and outcome code) and latency histograms (by
-//! operation and protocol), plus per-collection gauges (documents, shards, memtable, tombstones, WAL bytes)
-//! read from the core at scrape time.
+//! operation and protocol), plus per-collection gauges (documents, shards, memtable, tombstones, WAL bytes),
+//! readiness and CPU-pool counters read from the core at scrape time.
 //!
-//! Hand-written text exposition (format 0.0.4): a dozen atomics per operation do not justify a metrics crate.
-use std::collections::BTreeMap;
-use std::fmt::Write;
+//! Built on `prometheus-client` (rather than `metrics` + `metrics-exporter-prometheus`): its registry is a value
+//! owned by one server, not a process-wide recorder, so several servers in one process (the tests) keep
+//! separate counts; label sets are typed structs; and the scrape-time gauges are a [`Collector`] that reads the
+//! core's published snapshots, so a scrape never waits for a collection's sequencer. The output is the
+//! OpenMetrics text format ([`CONTENT_TYPE`]), which Prometheus scrapes natively.
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::core::Core;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::core::collection::Stats;
+use crate::core::pool::PoolStats;
+use crate::core::{Core, Health};
 use crate::error::ServiceError;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the latency buckets.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// A per-collection gauge: name, help, getter.
-type Gauge = (
-    &'static str,
-    &'static str,
-    fn(&crate::core::collection::Stats) -> u64,
-);
 
 /// The protocol a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,18 +48,56 @@ impl Proto {
     }
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+/// Labels of `chamfer_requests_total` (in this order on the wire).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    op: &'static str,
+    protocol: &'static str,
+    code: &'static str,
 }
 
+/// Labels of `chamfer_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    op: &'static str,
+    protocol: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
 /// The metrics registry, shared by both adapters.
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, Proto, &'static str), u64>>,
-    latency: Mutex<BTreeMap<(&'static str, Proto), &'static Histogram>>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = LatencyFamily::new_with_constructor(latency_histogram);
+        let mut registry = Registry::default();
+        // (prometheus-client appends the final period of every help text.)
+        registry.register(
+            "chamfer_requests",
+            "Requests by operation, protocol and outcome code",
+            requests.clone(),
+        );
+        registry.register(
+            "chamfer_request_duration_seconds",
+            "Request latency by operation and protocol",
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+        }
+    }
 }
 
 impl Metrics {
@@ -75,147 +120,180 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn record(&self, op: &'static str, proto: Proto, code: &'static str, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((op, proto, code))
-            .or_default() += 1;
-        let h: &'static Histogram = self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((op, proto))
-            // One small allocation per (operation, protocol) pair for the process's lifetime.
-            .or_insert_with(|| Box::leak(Box::default()));
-        for (i, &b) in BUCKETS.iter().enumerate() {
-            if seconds <= b {
-                h.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_nanos
-            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        let protocol = proto.name();
+        self.requests
+            .get_or_create(&RequestLabels { op, protocol, code })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels { op, protocol })
+            .observe(seconds);
     }
 
-    /// The text exposition, with the core's gauges.
+    /// The text exposition (OpenMetrics), with the core's gauges.
     pub fn render(&self, core: &Core) -> String {
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(CoreGauges {
+            stats: core.stats(),
+            health: core.health(),
+            pool: core.pool_stats(),
+        }));
         let mut out = String::new();
-        out.push_str(
-            "# HELP chamfer_requests_total Requests by operation, protocol and outcome code.\n",
-        );
-        out.push_str("# TYPE chamfer_requests_total counter\n");
-        for ((op, proto, code), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "chamfer_requests_total{{op=\"{op}\",protocol=\"{}\",code=\"{code}\"}} {n}",
-                proto.name()
-            );
-        }
-        out.push_str(
-            "# HELP chamfer_request_duration_seconds Request latency by operation and protocol.\n",
-        );
-        out.push_str("# TYPE chamfer_request_duration_seconds histogram\n");
-        for ((op, proto), h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let labels = format!("op=\"{op}\",protocol=\"{}\"", proto.name());
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "chamfer_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    h.buckets[i].load(Ordering::Relaxed)
-                );
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "chamfer_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "chamfer_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "chamfer_request_duration_seconds_count{{{labels}}} {count}"
-            );
-        }
-        let stats = core.stats();
-        let gauges: [Gauge; 5] = [
-            ("chamfer_documents", "Live documents.", |s| s.documents),
-            ("chamfer_shards", "Immutable shards on disk.", |s| s.shards),
-            (
-                "chamfer_memtable_documents",
-                "Live documents not yet flushed into a shard.",
-                |s| s.memtable_documents,
-            ),
-            (
-                "chamfer_tombstones",
-                "Deleted or overwritten documents awaiting compaction.",
-                |s| s.tombstones,
-            ),
-            (
-                "chamfer_wal_bytes",
-                "Bytes of write-ahead log on disk.",
-                |s| s.wal_bytes,
-            ),
-        ];
-        for (name, help, get) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (coll, s) in &stats {
-                let _ = writeln!(out, "{name}{{collection=\"{coll}\"}} {}", get(s));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP chamfer_collections Collections.\n# TYPE chamfer_collections gauge\nchamfer_collections {}",
-            stats.len()
-        );
-        let h = core.health();
-        let _ = writeln!(
-            out,
-            "# HELP chamfer_ready 1 when the server is ready (see /readyz for the reason when not).\n# TYPE chamfer_ready gauge\nchamfer_ready {}",
-            u8::from(h.ready)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP chamfer_collection_unavailable Collections that cannot serve (damaged), by name.\n# TYPE chamfer_collection_unavailable gauge"
-        );
-        for (coll, _) in &h.unavailable {
-            let _ = writeln!(
-                out,
-                "chamfer_collection_unavailable{{collection=\"{coll}\"}} 1"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP chamfer_storage_full 1 for a collection whose writes fail for lack of disk space.\n# TYPE chamfer_storage_full gauge"
-        );
-        for (coll, _) in &h.storage_full {
-            let _ = writeln!(out, "chamfer_storage_full{{collection=\"{coll}\"}} 1");
-        }
-        let pool = core.pool_stats();
-        let _ = writeln!(
-            out,
-            "# HELP chamfer_cpu_tasks_total CPU-pool tasks by outcome: executed, or skipped unstarted because \
-             their request was cancelled (deadline passed, client gone, sibling task failed).\n\
-             # TYPE chamfer_cpu_tasks_total counter\n\
-             chamfer_cpu_tasks_total{{state=\"executed\"}} {}\n\
-             chamfer_cpu_tasks_total{{state=\"skipped\"}} {}\n\
-             # HELP chamfer_cpu_tasks_queued CPU-pool tasks waiting now.\n\
-             # TYPE chamfer_cpu_tasks_queued gauge\nchamfer_cpu_tasks_queued {}",
-            pool.executed, pool.skipped, pool.queued
-        );
+        // Writing into a String cannot fail, and every value here encodes.
+        let _ = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &scrape))
+            .and_then(|()| text::encode_eof(&mut out));
         out
+    }
+}
+
+/// A per-collection gauge: name, help, getter.
+type Gauge = (&'static str, &'static str, fn(&Stats) -> u64);
+
+const COLLECTION_GAUGES: [Gauge; 5] = [
+    ("chamfer_documents", "Live documents", |s| s.documents),
+    ("chamfer_shards", "Immutable shards on disk", |s| s.shards),
+    (
+        "chamfer_memtable_documents",
+        "Live documents not yet flushed into a shard",
+        |s| s.memtable_documents,
+    ),
+    (
+        "chamfer_tombstones",
+        "Deleted or overwritten documents awaiting compaction",
+        |s| s.tombstones,
+    ),
+    ("chamfer_wal_bytes", "Bytes of write-ahead log on disk", |s| {
+        s.wal_bytes
+    }),
+];
+
+/// The core's state at one scrape, encoded as gauges and counters.
+#[derive(Debug)]
+struct CoreGauges {
+    stats: Vec<(String, Stats)>,
+    health: Health,
+    pool: PoolStats,
+}
+
+impl Collector for CoreGauges {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, get) in COLLECTION_GAUGES {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (coll, s) in &self.stats {
+                ConstGauge::new(get(s)).encode(m.encode_family(&[("collection", coll.as_str())])?)?;
+            }
+        }
+        let m = enc.encode_descriptor("chamfer_collections", "Collections", None, MetricType::Gauge)?;
+        ConstGauge::new(self.stats.len() as u64).encode(m)?;
+        let m = enc.encode_descriptor(
+            "chamfer_ready",
+            "1 when the server is ready (see /readyz for the reason when not)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(u64::from(self.health.ready)).encode(m)?;
+        for (name, help, list) in [
+            (
+                "chamfer_collection_unavailable",
+                "Collections that cannot serve (damaged), by name",
+                &self.health.unavailable,
+            ),
+            (
+                "chamfer_storage_full",
+                "1 for a collection whose writes fail for lack of disk space",
+                &self.health.storage_full,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (coll, _) in list {
+                ConstGauge::new(1u64).encode(m.encode_family(&[("collection", coll.as_str())])?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "chamfer_cpu_tasks",
+            "CPU-pool tasks by outcome: executed, or skipped unstarted because their request was cancelled \
+             (deadline passed, client gone, sibling task failed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (state, n) in [("executed", self.pool.executed), ("skipped", self.pool.skipped)] {
+            ConstCounter::new(n).encode(m.encode_family(&[("state", state)])?)?;
+        }
+        let m = enc.encode_descriptor(
+            "chamfer_cpu_tasks_queued",
+            "CPU-pool tasks waiting now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.pool.queued).encode(m)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series name and label set that dashboards, tests and deploy/smoke.sh rely on, in valid
+    /// OpenMetrics text (each sample after its family's TYPE line, one EOF at the end).
+    #[test]
+    fn requests_and_latency_keep_their_names_and_labels() {
+        let m = Metrics::default();
+        m.record("search", Proto::Grpc, "ok", 0.003);
+        m.record("search", Proto::Grpc, "ok", 20.0);
+        let mut out = String::new();
+        text::encode_registry(&mut out, &m.registry).unwrap();
+        for needle in [
+            "# TYPE chamfer_requests counter",
+            "chamfer_requests_total{op=\"search\",protocol=\"grpc\",code=\"ok\"} 2",
+            "# TYPE chamfer_request_duration_seconds histogram",
+            "chamfer_request_duration_seconds_bucket{le=\"0.0025\",op=\"search\",protocol=\"grpc\"} 0",
+            "chamfer_request_duration_seconds_bucket{le=\"0.005\",op=\"search\",protocol=\"grpc\"} 1",
+            "chamfer_request_duration_seconds_bucket{le=\"+Inf\",op=\"search\",protocol=\"grpc\"} 2",
+            "chamfer_request_duration_seconds_count{op=\"search\",protocol=\"grpc\"} 2",
+        ] {
+            assert!(out.contains(needle), "{needle:?} missing from\n{out}");
+        }
+    }
+
+    #[test]
+    fn core_gauges_encode_every_series() {
+        let g = CoreGauges {
+            stats: vec![(
+                "c".into(),
+                Stats {
+                    documents: 300,
+                    wal_bytes: 7,
+                    ..Stats::default()
+                },
+            )],
+            health: Health {
+                ready: true,
+                unavailable: vec![("bad".into(), "why".into())],
+                ..Health::default()
+            },
+            pool: PoolStats {
+                executed: 5,
+                ..PoolStats::default()
+            },
+        };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(g));
+        let mut out = String::new();
+        text::encode(&mut out, &r).unwrap();
+        for needle in [
+            "chamfer_documents{collection=\"c\"} 300",
+            "chamfer_wal_bytes{collection=\"c\"} 7",
+            "chamfer_collections 1",
+            "chamfer_ready 1",
+            "chamfer_collection_unavailable{collection=\"bad\"} 1",
+            "# TYPE chamfer_storage_full gauge",
+            "chamfer_cpu_tasks_total{state=\"executed\"} 5",
+            "chamfer_cpu_tasks_total{state=\"skipped\"} 0",
+            "chamfer_cpu_tasks_queued 0",
+        ] {
+            assert!(out.contains(needle), "{needle:?} missing from\n{out}");
+        }
+        assert!(out.ends_with("# EOF\n"));
     }
 }

@@ -537,7 +537,7 @@ async fn readyz(State(s): State<RestApi>) -> Response {
 
 async fn metrics_text(State(s): State<RestApi>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         s.metrics.render(&s.core),
     )
         .into_response()

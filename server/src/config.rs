@@ -2,7 +2,7 @@
 //! command-line flags (each layer overrides the one before), merged by `figment`.
 //!
 //! Each layer is first checked on its own (the file parsed with unknown keys refused, environment numbers
-//! parsed, addresses parsed), so that every problem of every layer is reported together; the valid layers are
+//! parsed, addresses parsed), so that every problem of every layer is reported together; the checked layers are
 //! then merged in order by one `figment::Figment` and extracted as [`Settings`], which is validated as a whole.
 //!
 //! The library never reads the process environment itself (that is the binary's business): the caller passes
@@ -179,23 +179,18 @@ impl Settings {
         let mut problems = Vec::new();
         let mut merged = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
-            let source = path.display().to_string();
             match file_layer(path) {
-                Ok((provider, layer)) => {
-                    if check_addrs(&layer, &source, &mut problems) {
-                        merged = merged.merge(provider);
-                    }
+                Ok(layer) => {
+                    let layer = checked_addrs(layer, &path.display().to_string(), &mut problems);
+                    merged = merged.merge(Serialized::defaults(layer));
                 }
                 Err(p) => problems.push(p),
             }
         }
-        let env = env_layer(env, &mut problems);
-        if check_addrs(&env, "environment", &mut problems) {
-            merged = merged.merge(Serialized::defaults(env));
-        }
-        if check_addrs(flags, "flags", &mut problems) {
-            merged = merged.merge(Serialized::defaults(flags));
-        }
+        let env = checked_addrs(env_layer(env, &mut problems), "environment", &mut problems);
+        merged = merged.merge(Serialized::defaults(env));
+        let flags = checked_addrs(flags.clone(), "flags", &mut problems);
+        merged = merged.merge(Serialized::defaults(flags));
         let mut s = match merged.extract::<Settings>() {
             Ok(s) => s,
             // Every layer was checked above: this is only reached by a bug, reported like any problem.
@@ -331,28 +326,34 @@ impl Settings {
                 .unwrap_or(2)
         }
     }
-
 }
 
-/// Checks that the addresses a layer sets parse (each bad one is a problem naming `source`). True when all do.
-fn check_addrs(layer: &SettingsLayer, source: &str, problems: &mut Vec<String>) -> bool {
-    let mut ok = true;
-    for (name, v) in [("http_addr", &layer.http_addr), ("grpc_addr", &layer.grpc_addr)] {
-        if let Some(v) = v {
-            if let Err(e) = v.parse::<SocketAddr>() {
+/// `layer` without the addresses that do not parse (each one a problem naming `source`), so that the rest of
+/// the layer still applies and is checked.
+fn checked_addrs(
+    mut layer: SettingsLayer,
+    source: &str,
+    problems: &mut Vec<String>,
+) -> SettingsLayer {
+    for (name, v) in [
+        ("http_addr", &mut layer.http_addr),
+        ("grpc_addr", &mut layer.grpc_addr),
+    ] {
+        if let Some(text) = v.as_deref() {
+            if let Err(e) = text.parse::<SocketAddr>() {
                 problems.push(format!(
-                    "{source}: {name} {v:?} is not an IP:port address ({e})"
+                    "{source}: {name} {text:?} is not an IP:port address ({e})"
                 ));
-                ok = false;
+                *v = None;
             }
         }
     }
-    ok
+    layer
 }
 
-/// The config file as a figment provider (TOML, or JSON when it ends in `.json`), with its contents checked as
-/// a layer (unknown keys and wrong types are refused).
-fn file_layer(path: &Path) -> Result<(Figment, SettingsLayer), String> {
+/// The config file read by figment's TOML (or, for `.json`, JSON) provider as a layer: unknown keys and wrong
+/// types are refused.
+fn file_layer(path: &Path) -> Result<SettingsLayer, String> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -364,10 +365,9 @@ fn file_layer(path: &Path) -> Result<(Figment, SettingsLayer), String> {
     } else {
         Figment::from(Toml::file_exact(path))
     };
-    match provider.extract::<SettingsLayer>() {
-        Ok(layer) => Ok((provider, layer)),
-        Err(e) => Err(format!("config file {}: {e}", path.display())),
-    }
+    provider
+        .extract::<SettingsLayer>()
+        .map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
 /// The `CHAMFER_*` variables as a layer; unparsable numbers are problems, unknown names are ignored.

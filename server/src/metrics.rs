@@ -162,9 +162,11 @@ const COLLECTION_GAUGES: [Gauge; 5] = [
         "Deleted or overwritten documents awaiting compaction",
         |s| s.tombstones,
     ),
-    ("chamfer_wal_bytes", "Bytes of write-ahead log on disk", |s| {
-        s.wal_bytes
-    }),
+    (
+        "chamfer_wal_bytes",
+        "Bytes of write-ahead log on disk",
+        |s| s.wal_bytes,
+    ),
 ];
 
 /// The core's state at one scrape, encoded as gauges and counters.
@@ -180,10 +182,16 @@ impl Collector for CoreGauges {
         for (name, help, get) in COLLECTION_GAUGES {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (coll, s) in &self.stats {
-                ConstGauge::new(get(s)).encode(m.encode_family(&[("collection", coll.as_str())])?)?;
+                ConstGauge::new(get(s))
+                    .encode(m.encode_family(&[("collection", coll.as_str())])?)?;
             }
         }
-        let m = enc.encode_descriptor("chamfer_collections", "Collections", None, MetricType::Gauge)?;
+        let m = enc.encode_descriptor(
+            "chamfer_collections",
+            "Collections",
+            None,
+            MetricType::Gauge,
+        )?;
         ConstGauge::new(self.stats.len() as u64).encode(m)?;
         let m = enc.encode_descriptor(
             "chamfer_ready",
@@ -216,7 +224,10 @@ impl Collector for CoreGauges {
             None,
             MetricType::Counter,
         )?;
-        for (state, n) in [("executed", self.pool.executed), ("skipped", self.pool.skipped)] {
+        for (state, n) in [
+            ("executed", self.pool.executed),
+            ("skipped", self.pool.skipped),
+        ] {
             ConstCounter::new(n).encode(m.encode_family(&[("state", state)])?)?;
         }
         let m = enc.encode_descriptor(

@@ -139,7 +139,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves (or a listener fails), then shuts down gracefully.
-    pub async fn wait(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    pub async fn wait(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
         let failed = tokio::select! {
             _ = shutdown => None,
             r = &mut self.http => Some(ServeError::Listener { protocol: "HTTP", message: format!("{r:?}") }),
@@ -179,12 +182,18 @@ impl Server {
         tracing::info!("shut down; logs synced");
         let listener = |protocol, message: String| ServeError::Listener { protocol, message };
         match http {
-            Err(source) => Err(ServeError::Panicked { what: "the HTTP server", source }),
+            Err(source) => Err(ServeError::Panicked {
+                what: "the HTTP server",
+                source,
+            }),
             Ok(Err(e)) => Err(listener("HTTP", e.to_string())),
             Ok(Ok(())) => Ok(()),
         }?;
         match grpc {
-            Err(source) => Err(ServeError::Panicked { what: "the gRPC server", source }),
+            Err(source) => Err(ServeError::Panicked {
+                what: "the gRPC server",
+                source,
+            }),
             Ok(Err(e)) => Err(listener("gRPC", e.to_string())),
             Ok(Ok(())) => Ok(()),
         }
@@ -192,7 +201,10 @@ impl Server {
 }
 
 /// Binds one listener, returning it with its real address.
-async fn bind(protocol: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+async fn bind(
+    protocol: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServeError> {
     let err = |source| ServeError::Bind {
         protocol,
         addr,

@@ -298,7 +298,10 @@ pub fn read_file(
     mut f: impl FnMut(u64, WalOp) -> Result<(), StorageError>,
 ) -> Result<FileEnd, StorageError> {
     let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
-    let size = file.metadata().map_err(|e| StorageError::io(path, e))?.len();
+    let size = file
+        .metadata()
+        .map_err(|e| StorageError::io(path, e))?
+        .len();
     let mut r = BufReader::with_capacity(1 << 20, &file);
     let mut end = FileEnd {
         version: VERSION,
@@ -392,7 +395,11 @@ pub fn read_file(
                     }
                 }
                 let op = decode(kind, &body[9..]).map_err(|reason| {
-                    StorageError::damaged(path, Some(pos), format!("record at byte {pos}: {reason}"))
+                    StorageError::damaged(
+                        path,
+                        Some(pos),
+                        format!("record at byte {pos}: {reason}"),
+                    )
                 })?;
                 f(seq, op)?;
                 end.first_record.get_or_insert(seq);

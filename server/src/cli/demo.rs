@@ -177,10 +177,10 @@ CLI:
             return Err(e);
         }
         if self.once {
-            return server.shutdown().await;
+            return Ok(server.shutdown().await?);
         }
         println!("\nPress Ctrl-C to stop.");
-        server.wait(chamfer_server::serve::shutdown_signal()).await
+        Ok(server.wait(chamfer_server::serve::shutdown_signal()).await?)
     }
 }
 

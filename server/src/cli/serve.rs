@@ -72,9 +72,9 @@ impl ServeCmd {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        rt.block_on(chamfer_server::serve::run(
+        Ok(rt.block_on(chamfer_server::serve::run(
             settings,
             chamfer_server::serve::shutdown_signal(),
-        ))
+        ))?)
     }
 }

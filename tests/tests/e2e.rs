@@ -494,6 +494,7 @@ async fn deletes_never_come_back_and_filters_return_k_matches() {
                         kind: Some(pb::value::Kind::StringValue(s.to_string())),
                     })
                     .collect(),
+                equals: None,
             }],
             ids: vec![],
         });

@@ -40,6 +40,8 @@ pub struct CollectionConfig {
     pub format_version: u32,
     pub name: String,
     pub dimension: usize,
+    /// Stored in its own versioned form ([`chamfer_index::shard::persisted`]), not the engine's.
+    #[serde(with = "chamfer_index::shard::persisted")]
     pub params: IndexParams,
 }
 

@@ -78,7 +78,6 @@ pub struct Ids {
 
 /// Query of `GET .../documents/{id}`.
 #[derive(Clone, Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct GetOneQuery {
     /// Tokens in the packed form (`dtype` "f16").

@@ -203,6 +203,7 @@ impl Filter {
         self.0.must.push(pb::FieldCondition {
             key: key.into(),
             any_of,
+            equals: None,
         });
         self
     }

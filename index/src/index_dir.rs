@@ -23,6 +23,7 @@ const MANIFEST: &str = "index.json";
 struct Manifest {
     format: String,
     version: u32,
+    #[serde(with = "crate::shard::persisted")]
     params: IndexParams,
     shards: Vec<String>,
 }

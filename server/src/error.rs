@@ -9,7 +9,8 @@
 //! |---|---|---|---|
 //! | malformed JSON, bytes or field | `malformed` | INVALID_ARGUMENT | 400 |
 //! | other bad argument | `invalid_argument` | INVALID_ARGUMENT | 400 |
-//! | wrong token dimension | `dimension_mismatch` | INVALID_ARGUMENT | 400 |
+//! | wrong token dimension (or one token's length) | `dimension_mismatch` | INVALID_ARGUMENT | 400 |
+//! | any of these in one document of a batch | the inner error's | | |
 //! | NaN / infinity | `non_finite` | INVALID_ARGUMENT | 400 |
 //! | document or query without tokens | `empty` | INVALID_ARGUMENT | 400 |
 //! | k, ef, ... out of range | `invalid_parameter` | INVALID_ARGUMENT | 400 |
@@ -41,7 +42,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chamfer_index::IndexError;
-use serde::Serialize;
 
 use crate::core::storage_error::StorageError;
 use tonic::Code;
@@ -61,6 +61,20 @@ pub enum ServiceError {
     /// A well-formed but unacceptable argument.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A token of a JSON token list with the wrong number of values (`token` counts from 0).
+    #[error("token {token} has {got} values, expected {expected}")]
+    TokenLength {
+        token: usize,
+        got: usize,
+        expected: usize,
+    },
+    /// An input-validation error in one document of a batch: the inner error's code and status, its message
+    /// prefixed with the document's id (`document "abc": token 3 has 127 values, expected 128`).
+    #[error("document {id:?}: {source}")]
+    InDocument {
+        id: String,
+        source: Box<ServiceError>,
+    },
     #[error("collection {0:?} does not exist")]
     CollectionNotFound(String),
     /// No route for this method and path (REST).
@@ -166,6 +180,8 @@ impl ServiceError {
                 StorageError::Poisoned { .. } => st(Code::Internal, SERVER, "internal"),
             },
             S::Malformed(_) => st(Code::InvalidArgument, BAD, "malformed"),
+            S::TokenLength { .. } => st(Code::InvalidArgument, BAD, "dimension_mismatch"),
+            S::InDocument { source, .. } => source.status(),
             S::InvalidArgument(_) => st(Code::InvalidArgument, BAD, "invalid_argument"),
             S::CollectionNotFound(_) => st(
                 Code::NotFound,
@@ -210,6 +226,14 @@ impl ServiceError {
                 "deadline_exceeded",
             ),
             S::Internal(_) => st(Code::Internal, SERVER, "internal"),
+        }
+    }
+
+    /// This error, said of the document `id` of a batch.
+    pub fn in_document(self, id: &str) -> Self {
+        ServiceError::InDocument {
+            id: id.to_owned(),
+            source: Box::new(self),
         }
     }
 
@@ -260,12 +284,7 @@ impl From<ServiceError> for tonic::Status {
     }
 }
 
-/// The JSON error body of the REST API.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    pub code: &'static str,
-    pub message: String,
-}
+pub use crate::api::ErrorBody;
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {

@@ -110,7 +110,7 @@ fn search_in(s: pb::SearchRequest) -> SearchInput {
                 .map(|c| ConditionInput {
                     key: c.key,
                     any_of: c.any_of.into_iter().map(value_in).collect(),
-                    equals: None,
+                    equals: c.equals.map(value_in),
                 })
                 .collect(),
             ids: f.ids,
@@ -119,9 +119,12 @@ fn search_in(s: pb::SearchRequest) -> SearchInput {
     }
 }
 
+/// The one proto -> core conversion of collection parameters (unset fields stay unset: the core owns the
+/// defaults).
 fn params_in(
     fde: Option<pb::FdeParams>,
     hnsw: Option<pb::HnswParams>,
+    codebook_size: Option<u32>,
 ) -> Result<CollectionParamsInput, ServiceError> {
     let (f, h) = (fde.unwrap_or_default(), hnsw.unwrap_or_default());
     let us = |v: Option<u32>| v.map(|v| v as usize);
@@ -160,6 +163,7 @@ fn params_in(
         ef_construction: us(h.ef_construction),
         storage,
         min_docs: us(h.min_docs),
+        codebook_size: us(codebook_size),
     })
 }
 
@@ -200,6 +204,7 @@ fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
             wal_bytes: i.stats.wal_bytes,
             last_sequence: i.stats.last_sequence,
         }),
+        codebook_size: Some(i.params.codebook_size as u32),
     }
 }
 
@@ -335,7 +340,7 @@ impl Collections for GrpcApi {
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let r = r.into_inner();
         self.observe("create_collection", async {
-            let params = params_in(r.fde, r.hnsw)?;
+            let params = params_in(r.fde, r.hnsw, r.codebook_size)?;
             self.core
                 .create_collection(r.name, r.dimension as usize, params)
                 .await

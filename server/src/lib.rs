@@ -17,7 +17,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod grpc;
 pub mod metrics;
-pub mod openapi;
+pub mod api;
 pub mod rest;
 pub mod serve;
 

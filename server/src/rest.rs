@@ -8,8 +8,8 @@
 //! |---|---|---|
 //! | GET | `/healthz`, `/readyz` | liveness, readiness (no API key) |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/openapi.json` | the OpenAPI 3.1 document |
-//! | POST / GET | `/v1/collections` | create / list |
+//! | GET | `/openapi.json`, `/docs` | the OpenAPI 3.1 document (generated from `crate::api`), a Scalar page over it |
+//! | POST / GET | `/v1/collections` | create (201) / list |
 //! | GET / DELETE | `/v1/collections/{name}` | describe / drop |
 //! | POST | `/v1/collections/{name}/flush`, `/compact` | maintenance now |
 //! | POST | `/v1/collections/{name}/documents` | upsert a batch |
@@ -23,22 +23,29 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use std::sync::LazyLock;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::api::openapi::ApiDoc;
+use crate::api::{
+    Collection, CollectionList, CreateCollection, DeleteResult, DocumentOut, Documents, Empty,
+    GetOneQuery, Hits, Ids, Liveness, Readiness, Search, SearchBatch, SearchBatchResult,
+    UnavailableCollection, Upsert, UpsertResult,
+};
 use crate::auth::ApiKey;
-use crate::core::filter::FilterInput;
-use crate::core::input::{CollectionParamsInput, DocInput, MetadataInput, SearchInput, TokenInput};
-use crate::core::{CollectionInfo, Core, HitOut};
+use crate::core::input::DocInput;
+use crate::core::Core;
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, Proto};
 
@@ -103,6 +110,10 @@ type Body<T> = Result<ApiJson<T>, ServiceError>;
 /// The request header with a client's own (shorter) deadline, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
 
+/// The OpenAPI description of [`TIMEOUT_HEADER`].
+const TIMEOUT_DOC: &str = "a deadline in milliseconds, shorter than the server's request_timeout_ms (504 \
+    deadline_exceeded past it; an upsert's covers only its work before the log write)";
+
 /// The client's deadline from [`TIMEOUT_HEADER`], if it sent one; counted from now (the body has been read).
 fn client_deadline(headers: &HeaderMap) -> Result<Option<std::time::Instant>, ServiceError> {
     let Some(v) = headers.get(TIMEOUT_HEADER) else {
@@ -124,262 +135,131 @@ fn client_deadline(headers: &HeaderMap) -> Result<Option<std::time::Instant>, Se
     ))
 }
 
-// ----- JSON shapes ----------------------------------------------------------------------------------------
+// ----- handlers (bodies: crate::api; each documented for the generated OpenAPI) --------------------------
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FdeJson {
-    num_repetitions: Option<usize>,
-    num_simhash_projections: Option<u32>,
-    seed: Option<u64>,
-    projection_type: Option<chamfer_index::fde::ProjectionType>,
-    projection_dimension: Option<usize>,
-    fill_empty_partitions: Option<bool>,
-    final_projection_dimension: Option<usize>,
-}
+/// Path parameter `name`.
+const NAME: &str = "collection name";
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct HnswJson {
-    prefix_repetitions: Option<usize>,
-    m: Option<usize>,
-    ef_construction: Option<usize>,
-    storage: Option<chamfer_index::shard::VectorStorage>,
-    min_docs: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    dimension: usize,
-    #[serde(default)]
-    fde: FdeJson,
-    #[serde(default)]
-    hnsw: HnswJson,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DocJson {
-    id: String,
-    tokens: Vec<Vec<f32>>,
-    #[serde(default)]
-    metadata: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpsertBody {
-    documents: Vec<DocJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdsBody {
-    ids: Vec<String>,
-    #[serde(default)]
-    with_tokens: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchBody {
-    query: Vec<Vec<f32>>,
-    k: usize,
-    ef: Option<usize>,
-    candidates: Option<usize>,
-    rerank: Option<usize>,
-    prefix_repetitions: Option<usize>,
-    #[serde(default)]
-    exact: bool,
-    filter: Option<FilterInput>,
-    #[serde(default)]
-    with_metadata: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchBatchBody {
-    searches: Vec<SearchBody>,
-}
-
-impl SearchBody {
-    fn into_input(self) -> SearchInput {
-        SearchInput {
-            query: TokenInput::Rows(self.query),
-            k: self.k,
-            ef: self.ef,
-            candidates: self.candidates,
-            rerank: self.rerank,
-            prefix_repetitions: self.prefix_repetitions,
-            exact: self.exact,
-            filter: self.filter,
-            with_metadata: self.with_metadata,
-        }
-    }
-}
-
-fn info_json(i: CollectionInfo) -> Value {
-    let s = i.stats;
-    json!({
-        "name": i.name,
-        "dimension": i.dimension,
-        "fde": i.params.fde,
-        "hnsw": i.params.hnsw,
-        "stats": {
-            "documents": s.documents, "shards": s.shards, "memtable_documents": s.memtable_documents,
-            "tombstones": s.tombstones, "wal_bytes": s.wal_bytes, "last_sequence": s.last_sequence,
-        },
-    })
-}
-
-fn metadata_json(m: Option<String>) -> Value {
-    m.and_then(|m| serde_json::from_str(&m).ok())
-        .unwrap_or_else(|| json!({}))
-}
-
-fn hits_json(hits: Vec<HitOut>, with_metadata: bool) -> Value {
-    let hits: Vec<Value> = hits
-        .into_iter()
-        .map(|h| {
-            if with_metadata {
-                json!({"id": h.id, "score": h.score, "metadata": metadata_json(h.metadata)})
-            } else {
-                json!({"id": h.id, "score": h.score})
-            }
-        })
-        .collect();
-    json!({ "hits": hits })
-}
-
-// ----- handlers -------------------------------------------------------------------------------------------
-
+#[utoipa::path(post, path = "/v1/collections", operation_id = "create_collection", tag = "collections",
+    request_body = CreateCollection,
+    responses((status = 201, description = "created", body = Collection)))]
 async fn create(
     State(s): State<RestApi>,
-    body: Body<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ServiceError> {
+    body: Body<CreateCollection>,
+) -> Result<(StatusCode, Json<Collection>), ServiceError> {
     s.observe("create_collection", async {
         let b = body?.0;
-        let params = CollectionParamsInput {
-            num_repetitions: b.fde.num_repetitions,
-            num_simhash_projections: b.fde.num_simhash_projections,
-            seed: b.fde.seed,
-            projection_type: b.fde.projection_type,
-            projection_dimension: b.fde.projection_dimension,
-            fill_empty_partitions: b.fde.fill_empty_partitions,
-            final_projection_dimension: b.fde.final_projection_dimension,
-            prefix_repetitions: b.hnsw.prefix_repetitions,
-            m: b.hnsw.m,
-            ef_construction: b.hnsw.ef_construction,
-            storage: b.hnsw.storage,
-            min_docs: b.hnsw.min_docs,
-        };
+        let params = b.params();
         let info = s
             .core
             .create_collection(b.name, b.dimension, params)
             .await?;
-        Ok((StatusCode::CREATED, Json(info_json(info))))
+        Ok((StatusCode::CREATED, Json(info.into())))
     })
     .await
 }
 
-async fn list(State(s): State<RestApi>) -> Result<Json<Value>, ServiceError> {
+#[utoipa::path(get, path = "/v1/collections", operation_id = "list_collections", tag = "collections",
+    responses((status = 200, description = "every collection that serves, and the unavailable ones", body = CollectionList)))]
+async fn list(State(s): State<RestApi>) -> Result<Json<CollectionList>, ServiceError> {
     s.observe("list_collections", async {
-        let all: Vec<Value> = s
+        let collections = s
             .core
             .list_collections()
             .into_iter()
-            .map(info_json)
+            .map(Collection::from)
             .collect();
-        let unavailable: Vec<Value> = s
+        let unavailable = s
             .core
             .health()
             .unavailable
             .into_iter()
-            .map(|(n, r)| json!({"name": n, "reason": r}))
+            .map(|(name, reason)| UnavailableCollection { name, reason })
             .collect();
-        Ok(Json(
-            json!({ "collections": all, "unavailable": unavailable }),
-        ))
+        Ok(Json(CollectionList {
+            collections,
+            unavailable,
+        }))
     })
     .await
 }
 
+#[utoipa::path(get, path = "/v1/collections/{name}", operation_id = "describe_collection", tag = "collections",
+    params(("name" = String, Path, description = NAME)),
+    responses((status = 200, description = "the collection", body = Collection)))]
 async fn describe(
     State(s): State<RestApi>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ServiceError> {
+) -> Result<Json<Collection>, ServiceError> {
     s.observe("describe_collection", async {
-        Ok(Json(info_json(s.core.describe(&name)?)))
+        Ok(Json(s.core.describe(&name)?.into()))
     })
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/collections/{name}", operation_id = "drop_collection", tag = "collections",
+    params(("name" = String, Path, description = NAME)),
+    responses((status = 200, description = "dropped", body = Empty)))]
 async fn drop_collection(
     State(s): State<RestApi>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ServiceError> {
+) -> Result<Json<Empty>, ServiceError> {
     s.observe("drop_collection", async {
         s.core.drop_collection(&name).await?;
-        Ok(Json(json!({})))
+        Ok(Json(Empty {}))
     })
     .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/flush", operation_id = "flush", tag = "collections",
+    params(("name" = String, Path, description = NAME)),
+    responses((status = 200, description = "the memtable is a shard now", body = Collection)))]
 async fn flush(
     State(s): State<RestApi>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ServiceError> {
-    s.observe("flush", async {
-        Ok(Json(info_json(s.core.flush(&name).await?)))
-    })
-    .await
+) -> Result<Json<Collection>, ServiceError> {
+    s.observe("flush", async { Ok(Json(s.core.flush(&name).await?.into())) })
+        .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/compact", operation_id = "compact", tag = "collections",
+    params(("name" = String, Path, description = NAME)),
+    responses((status = 200, description = "shards merged, deleted documents dropped", body = Collection)))]
 async fn compact(
     State(s): State<RestApi>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ServiceError> {
+) -> Result<Json<Collection>, ServiceError> {
     s.observe("compact", async {
-        Ok(Json(info_json(s.core.compact(&name).await?)))
+        Ok(Json(s.core.compact(&name).await?.into()))
     })
     .await
-}
-
-fn upsert_docs_in(body: UpsertBody) -> Vec<DocInput> {
-    body.documents
-        .into_iter()
-        .map(|d| DocInput {
-            id: d.id,
-            tokens: TokenInput::Rows(d.tokens),
-            metadata: MetadataInput::Value(d.metadata),
-        })
-        .collect()
 }
 
 /// An upsert body (JSON bytes) as the core's input, as the handler decodes it (public for the fuzz targets:
 /// `chamfer_server::fuzzing`).
 #[doc(hidden)]
 pub fn decode_upsert_body(bytes: &[u8]) -> Result<Vec<DocInput>, ServiceError> {
-    let body: UpsertBody = serde_json::from_slice(bytes)
+    let body: Upsert = serde_json::from_slice(bytes)
         .map_err(|e| ServiceError::Malformed(format!("upsert body: {e}")))?;
-    Ok(upsert_docs_in(body))
+    body.into_input()
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/documents", operation_id = "upsert", tag = "documents",
+    params(("name" = String, Path, description = NAME),
+           ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = Upsert,
+    responses((status = 200, description = "durable when answered", body = UpsertResult)))]
 async fn upsert(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Body<UpsertBody>,
-) -> Result<Json<Value>, ServiceError> {
+    body: Body<Upsert>,
+) -> Result<Json<UpsertResult>, ServiceError> {
     s.observe("upsert", async {
         let deadline = client_deadline(&headers)?;
-        let docs = upsert_docs_in(body?.0);
+        let docs = body?.0.into_input()?;
         let o = s.core.upsert_until(&name, docs, deadline).await?;
-        Ok(Json(
-            json!({"upserted": o.upserted, "sequence": o.sequence}),
-        ))
+        Ok(Json(o.into()))
     })
     .await
 }
@@ -389,49 +269,49 @@ async fn get_docs(
     name: &str,
     ids: Vec<String>,
     with_tokens: bool,
+    packed: bool,
     headers: &HeaderMap,
-) -> Result<Value, ServiceError> {
+) -> Result<Documents, ServiceError> {
     let deadline = client_deadline(headers)?;
     let o = s.core.get_until(name, ids, with_tokens, deadline).await?;
-    let docs: Vec<Value> = o
-        .documents
-        .into_iter()
-        .map(|d| {
-            let mut v =
-                json!({"id": d.id, "n_tokens": d.n_tokens, "metadata": metadata_json(d.metadata)});
-            if let Some(t) = d.tokens {
-                let dim = t.len() / d.n_tokens.max(1);
-                v["tokens"] = json!(t.chunks(dim.max(1)).collect::<Vec<_>>());
-            }
-            v
-        })
-        .collect();
-    Ok(json!({"documents": docs, "missing": o.missing}))
+    Ok(Documents::from_core(o, packed))
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/documents/get", operation_id = "get", tag = "documents",
+    params(("name" = String, Path, description = NAME),
+           ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = Ids,
+    responses((status = 200, description = "the documents found, and the missing ids", body = Documents)))]
 async fn get_many(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Body<IdsBody>,
-) -> Result<Json<Value>, ServiceError> {
+    body: Body<Ids>,
+) -> Result<Json<Documents>, ServiceError> {
     s.observe("get", async {
         let b = body?.0;
         Ok(Json(
-            get_docs(&s, &name, b.ids, b.with_tokens, &headers).await?,
+            get_docs(&s, &name, b.ids, b.with_tokens, b.packed, &headers).await?,
         ))
     })
     .await
 }
 
+#[utoipa::path(get, path = "/v1/collections/{name}/documents/{id}", operation_id = "get_one", tag = "documents",
+    params(("name" = String, Path, description = NAME), ("id" = String, Path, description = "document id"),
+           GetOneQuery, ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    responses((status = 200, description = "the document, with its tokens", body = DocumentOut)))]
 async fn get_one(
     State(s): State<RestApi>,
     Path((name, id)): Path<(String, String)>,
+    query: Result<Query<GetOneQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ServiceError> {
+) -> Result<Json<DocumentOut>, ServiceError> {
     s.observe("get", async {
-        let mut v = get_docs(&s, &name, vec![id.clone()], true, &headers).await?;
-        match v["documents"].as_array_mut().and_then(|d| d.pop()) {
+        let Query(q) = query.map_err(|e| ServiceError::Malformed(e.body_text()))?;
+        let packed = q.packed.unwrap_or(false);
+        let mut o = get_docs(&s, &name, vec![id.clone()], true, packed, &headers).await?;
+        match o.documents.pop() {
             Some(doc) => Ok(Json(doc)),
             None => Err(chamfer_index::IndexError::NotFound(id).into()),
         }
@@ -439,102 +319,113 @@ async fn get_one(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/documents/delete", operation_id = "delete", tag = "documents",
+    params(("name" = String, Path, description = NAME)),
+    request_body = Ids,
+    responses((status = 200, description = "deleted", body = DeleteResult)))]
 async fn delete_many(
     State(s): State<RestApi>,
     Path(name): Path<String>,
-    body: Body<IdsBody>,
-) -> Result<Json<Value>, ServiceError> {
+    body: Body<Ids>,
+) -> Result<Json<DeleteResult>, ServiceError> {
     s.observe("delete", async {
-        let o = s.core.delete(&name, body?.0.ids).await?;
-        Ok(Json(json!({"deleted": o.deleted, "sequence": o.sequence})))
+        Ok(Json(s.core.delete(&name, body?.0.ids).await?.into()))
     })
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", operation_id = "delete_one", tag = "documents",
+    params(("name" = String, Path, description = NAME), ("id" = String, Path, description = "document id")),
+    responses((status = 200, description = "deleted (0 when it did not exist)", body = DeleteResult)))]
 async fn delete_one(
     State(s): State<RestApi>,
     Path((name, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ServiceError> {
+) -> Result<Json<DeleteResult>, ServiceError> {
     s.observe("delete", async {
-        let o = s.core.delete(&name, vec![id]).await?;
-        Ok(Json(json!({"deleted": o.deleted, "sequence": o.sequence})))
+        Ok(Json(s.core.delete(&name, vec![id]).await?.into()))
     })
     .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/search", operation_id = "search", tag = "search",
+    params(("name" = String, Path, description = NAME),
+           ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = Search,
+    responses((status = 200, description = "best first", body = Hits)))]
 async fn search(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Body<SearchBody>,
-) -> Result<Json<Value>, ServiceError> {
+    body: Body<Search>,
+) -> Result<Json<Hits>, ServiceError> {
     s.observe("search", async {
         let deadline = client_deadline(&headers)?;
         let b = body?.0;
         let with_metadata = b.with_metadata;
-        Ok(Json(hits_json(
-            s.core.search_until(&name, b.into_input(), deadline).await?,
-            with_metadata,
-        )))
+        let hits = s
+            .core
+            .search_until(&name, b.into_input()?, deadline)
+            .await?;
+        Ok(Json(Hits::from_core(hits, with_metadata)))
     })
     .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/search/batch", operation_id = "search_batch", tag = "search",
+    params(("name" = String, Path, description = NAME),
+           ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = SearchBatch,
+    responses((status = 200, description = "one result per search, in order", body = SearchBatchResult)))]
 async fn search_batch(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Body<SearchBatchBody>,
-) -> Result<Json<Value>, ServiceError> {
+    body: Body<SearchBatch>,
+) -> Result<Json<SearchBatchResult>, ServiceError> {
     s.observe("search_batch", async {
         let deadline = client_deadline(&headers)?;
         let b = body?.0;
         let meta: Vec<bool> = b.searches.iter().map(|q| q.with_metadata).collect();
-        let results = s
-            .core
-            .search_batch_until(
-                &name,
-                b.searches.into_iter().map(SearchBody::into_input).collect(),
-                deadline,
-            )
-            .await?;
-        let results: Vec<Value> = results
+        let inputs = b
+            .searches
             .into_iter()
-            .zip(meta)
-            .map(|(h, m)| hits_json(h, m))
-            .collect();
-        Ok(Json(json!({ "results": results })))
+            .map(Search::into_input)
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = s.core.search_batch_until(&name, inputs, deadline).await?;
+        Ok(Json(SearchBatchResult {
+            results: results
+                .into_iter()
+                .zip(meta)
+                .map(|(h, m)| Hits::from_core(h, m))
+                .collect(),
+        }))
     })
     .await
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()),
+    responses((status = 200, description = "alive (no API key)", body = Liveness)))]
+async fn healthz() -> Json<Liveness> {
+    Json(Liveness { status: "ok" })
 }
 
 /// 200 when every collection has been opened (damaged ones are listed, not fatal); 503 with the reason while
 /// starting, shutting down, or while writes fail for lack of disk space.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", security(()),
+    responses((status = 200, description = "ready (no API key)", body = Readiness),
+              (status = 503, description = "not ready: while collections open, during shutdown or while the disk is full; the body names the reason", body = Readiness)))]
 async fn readyz(State(s): State<RestApi>) -> Response {
     let h = s.core.health();
-    let pairs = |v: &[(String, String)]| -> Value {
-        v.iter()
-            .map(|(n, r)| json!({"collection": n, "reason": r}))
-            .collect()
-    };
-    let body = json!({
-        "status": if h.ready { "ready" } else { "not_ready" },
-        "reason": h.reason,
-        "unavailable_collections": pairs(&h.unavailable),
-        "storage_full": pairs(&h.storage_full),
-    });
     let code = if h.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    (code, Json(Readiness::from_core(h))).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(s): State<RestApi>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -543,8 +434,34 @@ async fn metrics_text(State(s): State<RestApi>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+/// The generated document, rendered once.
+struct Rendered {
+    json: String,
+    html: String,
+}
+
+static RENDERED: LazyLock<Rendered> = LazyLock::new(|| {
+    let doc = openapi_document();
+    Rendered {
+        json: doc.to_json().unwrap_or_default(),
+        html: utoipa_scalar::Scalar::new(doc).to_html(),
+    }
+});
+
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
+    responses((status = 200, description = "this OpenAPI 3.1 document", body = Object)))]
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        RENDERED.json.as_str(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/docs", operation_id = "docs", tag = "operations",
+    responses((status = 200, description = "interactive API documentation (HTML)", content_type = "text/html", body = String)))]
+async fn docs() -> Html<&'static str> {
+    Html(RENDERED.html.as_str())
 }
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ServiceError {
@@ -578,6 +495,42 @@ pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
 }
 
+/// Every route behind the API key, each with its OpenAPI operation.
+fn keyed_routes() -> OpenApiRouter<RestApi> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(describe, drop_collection))
+        .routes(routes!(flush))
+        .routes(routes!(compact))
+        .routes(routes!(upsert))
+        .routes(routes!(get_many))
+        .routes(routes!(delete_many))
+        .routes(routes!(get_one, delete_one))
+        .routes(routes!(search))
+        .routes(routes!(search_batch))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi))
+        .routes(routes!(docs))
+}
+
+/// The routes without an API key (health).
+fn open_routes() -> OpenApiRouter<RestApi> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// The OpenAPI document of [`router`], generated from the same route lists (so every route is in it) and the
+/// bodies of `crate::api`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.merge(keyed_routes().into_openapi());
+    doc.merge(open_routes().into_openapi());
+    crate::api::openapi::finish(&mut doc);
+    doc
+}
+
 /// The router: API routes behind the key check, health routes open.
 pub fn router(core: Core, metrics: Arc<Metrics>, key: ApiKey, max_request_bytes: usize) -> Router {
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -586,30 +539,11 @@ pub fn router(core: Core, metrics: Arc<Metrics>, key: ApiKey, max_request_bytes:
         metrics,
         max_request_bytes,
     };
-    let api = Router::new()
-        .route("/v1/collections", post(create).get(list))
-        .route(
-            "/v1/collections/{name}",
-            get(describe).delete(drop_collection),
-        )
-        .route("/v1/collections/{name}/flush", post(flush))
-        .route("/v1/collections/{name}/compact", post(compact))
-        .route("/v1/collections/{name}/documents", post(upsert))
-        .route("/v1/collections/{name}/documents/get", post(get_many))
-        .route("/v1/collections/{name}/documents/delete", post(delete_many))
-        .route(
-            "/v1/collections/{name}/documents/{id}",
-            get(get_one).delete(delete_one),
-        )
-        .route("/v1/collections/{name}/search", post(search))
-        .route("/v1/collections/{name}/search/batch", post(search_batch))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi))
+    let (keyed, _) = keyed_routes().split_for_parts();
+    let api = keyed
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(key, check_key));
-    let open = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+    let (open, _) = open_routes().split_for_parts();
     open.merge(api)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_request_bytes))

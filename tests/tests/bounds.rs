@@ -94,6 +94,7 @@ async fn fat_fde_is_rejected_over_both_protocols() {
             ..Default::default()
         }),
         hnsw: None,
+        codebook_size: None,
     };
     let status = g.coll.create(fat).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -106,6 +107,7 @@ async fn fat_fde_is_rejected_over_both_protocols() {
             ef_construction: Some(1_000_000),
             ..Default::default()
         }),
+        codebook_size: None,
     };
     assert_eq!(
         code_of(g.coll.create(big_graph).await),

@@ -31,8 +31,9 @@
 //!
 //! Files: `params.rs` (the parameters that define a shard's bytes, with their maxima), `writer.rs` (encoding,
 //! codebook, section streaming, atomic write), this file (the format constants, the reader and verifier),
-//! `tests.rs`.
+//! `persisted.rs` (the on-disk JSON of the parameters, separate from the engine types), `tests.rs`.
 mod params;
+pub mod persisted;
 mod writer;
 
 use std::fs::{self, File};
@@ -80,6 +81,7 @@ struct Section {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Meta {
     format: String,
+    #[serde(with = "persisted")]
     params: IndexParams,
     n_docs: usize,
     total_tokens: u64,

@@ -1,7 +1,5 @@
 //! The parameters that define a shard's bytes (FDE configuration, graph, codebook) and the maxima every
 //! client-chosen value is held to before anything is allocated for it.
-use serde::{Deserialize, Serialize};
-
 use crate::fde::FdeConfig;
 pub use crate::hnsw::VectorStorage;
 use crate::{IndexError, Result};
@@ -20,8 +18,9 @@ pub const MAX_MIN_DOCS: usize = 1 << 40;
 pub const MAX_DOC_TOKENS: usize = 1 << 16;
 pub use crate::tokens::MAX_TOKEN_VALUE;
 
-/// Parameters of the candidate graph.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of the candidate graph. (No serde: the files store [`super::persisted::PersistedHnswV1`], the REST
+/// API its own DTOs.)
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HnswParams {
     /// How many FDE repetitions (a Matryoshka prefix) the graph indexes.
     pub prefix_repetitions: usize,
@@ -50,23 +49,18 @@ impl Default for HnswParams {
 }
 
 /// Everything that defines an index's bytes: the FDE configuration (with its seed), the graph parameters and
-/// the token codebook size.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// the token codebook size. (No serde: files store [`super::persisted::PersistedParamsV1`].)
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexParams {
     pub fde: FdeConfig,
     pub hnsw: HnswParams,
     /// Centroids of each shard's token codebook (0: no codes; see [`crate::codebook`]). Small shards get fewer
     /// (one per 16 tokens at most).
-    #[serde(default = "default_codebook_size")]
     pub codebook_size: usize,
 }
 
 /// Default token codebook size.
 pub const DEFAULT_CODEBOOK_SIZE: usize = 4096;
-
-fn default_codebook_size() -> usize {
-    DEFAULT_CODEBOOK_SIZE
-}
 
 impl IndexParams {
     /// The defaults for token dimension `dim`: FDE (R, k_sim, d_proj) = (20, 5, 16), seed 1, empty partitions

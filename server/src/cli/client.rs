@@ -890,6 +890,7 @@ impl CollectionsCmd {
                             min_docs: a.graph_min_docs,
                             ..Default::default()
                         }),
+                        codebook_size: None,
                     };
                     let info = c.create_collection_with(req).await?;
                     println!("{}", serde_json::to_string_pretty(&info_json(&info))?);

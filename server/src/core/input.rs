@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
-use serde::Deserialize;
+use chamfer_index::shard::IndexParams;
 
 use crate::config::Limits;
 use crate::error::ServiceError;
@@ -77,9 +77,10 @@ pub struct SearchInput {
     pub with_metadata: bool,
 }
 
-/// Optional FDE / graph parameters of a new collection (unset: the engine's defaults).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// THE parameter set of a new collection, as every protocol hands it to the core (REST DTOs and proto messages
+/// each convert into it once; see `crate::api`). Unset fields take the defaults, which live here and in the
+/// engine's [`IndexParams::new`] and nowhere else ([`CollectionParamsInput::resolve`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CollectionParamsInput {
     pub num_repetitions: Option<usize>,
     pub num_simhash_projections: Option<u32>,
@@ -87,12 +88,51 @@ pub struct CollectionParamsInput {
     pub projection_type: Option<chamfer_index::fde::ProjectionType>,
     pub projection_dimension: Option<usize>,
     pub fill_empty_partitions: Option<bool>,
+    /// 0: no final projection.
     pub final_projection_dimension: Option<usize>,
     pub prefix_repetitions: Option<usize>,
     pub m: Option<usize>,
     pub ef_construction: Option<usize>,
     pub storage: Option<chamfer_index::shard::VectorStorage>,
     pub min_docs: Option<usize>,
+    /// Centroids of each shard's token codebook (0: no codes).
+    pub codebook_size: Option<usize>,
+}
+
+impl CollectionParamsInput {
+    /// The engine parameters of a new collection of token `dimension`: the defaults
+    /// ([`IndexParams::new`]), then every set field; validated. Without an explicit graph prefix, a smaller
+    /// FDE keeps the default prefix inside it.
+    pub fn resolve(&self, dimension: usize) -> Result<IndexParams, ServiceError> {
+        let mut p = IndexParams::new(dimension);
+        fn set<T>(dst: &mut T, src: Option<T>) {
+            if let Some(v) = src {
+                *dst = v;
+            }
+        }
+        let f = &mut p.fde;
+        set(&mut f.num_repetitions, self.num_repetitions);
+        set(&mut f.num_simhash_projections, self.num_simhash_projections);
+        set(&mut f.seed, self.seed);
+        set(&mut f.projection_type, self.projection_type);
+        set(&mut f.projection_dimension, self.projection_dimension);
+        set(&mut f.fill_empty_partitions, self.fill_empty_partitions);
+        if let Some(v) = self.final_projection_dimension {
+            f.final_projection_dimension = (v > 0).then_some(v);
+        }
+        let h = &mut p.hnsw;
+        set(&mut h.prefix_repetitions, self.prefix_repetitions);
+        set(&mut h.m, self.m);
+        set(&mut h.ef_construction, self.ef_construction);
+        set(&mut h.storage, self.storage);
+        set(&mut h.min_docs, self.min_docs);
+        set(&mut p.codebook_size, self.codebook_size);
+        if self.prefix_repetitions.is_none() {
+            p.hnsw.prefix_repetitions = p.hnsw.prefix_repetitions.min(p.fde.num_repetitions.max(1));
+        }
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 /// A validated document, ready for the engine and the log.
@@ -239,6 +279,13 @@ pub fn decode_tokens(
                 }
                 .into());
             }
+            if let Some((token, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != dim) {
+                return Err(ServiceError::TokenLength {
+                    token,
+                    got: row.len(),
+                    expected: dim,
+                });
+            }
             let mut buf = Vec::with_capacity(rows.len() * dim);
             TokenMatrix::from_rows(rows, dim, what, &mut buf)?;
             buf
@@ -326,15 +373,10 @@ pub fn validate_docs(
     Ok(out)
 }
 
-/// Adds the document id to argument errors, so a client can find the bad document in a large batch.
+/// Adds the document id to a validation error, so a client can find the bad document in a large batch (the
+/// code and status stay the inner error's).
 fn in_doc(id: &str, e: ServiceError) -> ServiceError {
-    match e {
-        ServiceError::Malformed(m) => ServiceError::Malformed(format!("document {id:?}: {m}")),
-        ServiceError::InvalidArgument(m) => {
-            ServiceError::InvalidArgument(format!("document {id:?}: {m}"))
-        }
-        other => other,
-    }
+    e.in_document(id)
 }
 
 /// Validates the id list of a get or delete.

@@ -41,6 +41,8 @@ pub struct CollectionConfig {
     pub format_version: u32,
     pub name: String,
     pub dimension: usize,
+    /// Stored in its own versioned form ([`chamfer_index::shard::persisted`]), not the engine's.
+    #[serde(with = "chamfer_index::shard::persisted")]
     pub params: IndexParams,
 }
 
@@ -273,5 +275,81 @@ mod tests {
                 StorageError::Damaged { .. }
             ));
         }
+    }
+}
+
+/// The bytes of `collection.json` are a file format: a known collection's file must equal a golden string, the
+/// one this and every earlier release write (parameters through `chamfer_index::shard::persisted`).
+#[cfg(test)]
+mod golden_tests {
+    use super::*;
+
+    const GOLDEN: &str = r#"{
+  "format_version": 2,
+  "crc32": 824210986,
+  "body": {
+    "format_version": 2,
+    "name": "legacy",
+    "dimension": 4,
+    "params": {
+      "fde": {
+        "dimension": 4,
+        "num_repetitions": 2,
+        "num_simhash_projections": 2,
+        "seed": 1,
+        "projection_type": "ams_sketch",
+        "projection_dimension": 4,
+        "fill_empty_partitions": false,
+        "final_projection_dimension": null
+      },
+      "hnsw": {
+        "prefix_repetitions": 2,
+        "m": 16,
+        "ef_construction": 100,
+        "storage": "f16",
+        "min_docs": 250000
+      },
+      "codebook_size": 4096
+    }
+  }
+}"#;
+
+    fn known() -> CollectionConfig {
+        let mut params = IndexParams::new(4);
+        params.fde.num_repetitions = 2;
+        params.fde.num_simhash_projections = 2;
+        params.fde.projection_dimension = 4;
+        params.hnsw.prefix_repetitions = 2;
+        CollectionConfig {
+            format_version: MANIFEST_VERSION,
+            name: "legacy".into(),
+            dimension: 4,
+            params,
+        }
+    }
+
+    #[test]
+    fn collection_json_is_a_golden_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collection.json");
+        write_checked(&path, &known()).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), GOLDEN);
+        assert_eq!(read_checked::<CollectionConfig>(&path).unwrap(), known());
+    }
+
+    /// The checked-in v1 fixture (written by the first release) reads as the same collection.
+    #[test]
+    fn the_v1_fixture_reads_as_the_known_collection() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/v1/collections/legacy/collection.json");
+        let v1 = read_checked::<CollectionConfig>(&path).unwrap();
+        assert_eq!(v1.format_version, 1);
+        assert_eq!(
+            CollectionConfig {
+                format_version: MANIFEST_VERSION,
+                ..v1
+            },
+            known()
+        );
     }
 }

@@ -373,7 +373,7 @@ impl Core {
                 "dimension must be in 1..={MAX_DIMENSION}, got {dimension}"
             )));
         }
-        let params = resolve_params(dimension, &overrides)?;
+        let params = overrides.resolve(dimension)?;
         let _lifecycle = self.inner.lifecycle.lock().await;
         if self.registry().contains_key(&name) {
             return Err(ServiceError::CollectionExists(name));
@@ -750,43 +750,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
-}
-
-/// The engine parameters of a new collection: defaults for `dimension`, then the overrides; validated.
-fn resolve_params(
-    dimension: usize,
-    o: &CollectionParamsInput,
-) -> Result<IndexParams, ServiceError> {
-    let mut p = IndexParams::new(dimension);
-    let f = &mut p.fde;
-    macro_rules! set {
-        ($dst:expr, $src:expr) => {
-            if let Some(v) = $src {
-                $dst = v;
-            }
-        };
-    }
-    set!(f.num_repetitions, o.num_repetitions);
-    set!(f.num_simhash_projections, o.num_simhash_projections);
-    set!(f.seed, o.seed);
-    set!(f.projection_type, o.projection_type);
-    set!(f.projection_dimension, o.projection_dimension);
-    set!(f.fill_empty_partitions, o.fill_empty_partitions);
-    if let Some(v) = o.final_projection_dimension {
-        f.final_projection_dimension = (v > 0).then_some(v);
-    }
-    let h = &mut p.hnsw;
-    set!(h.prefix_repetitions, o.prefix_repetitions);
-    set!(h.m, o.m);
-    set!(h.ef_construction, o.ef_construction);
-    set!(h.storage, o.storage);
-    set!(h.min_docs, o.min_docs);
-    // A smaller FDE without an explicit graph prefix: keep the prefix inside it.
-    if o.prefix_repetitions.is_none() {
-        p.hnsw.prefix_repetitions = p.hnsw.prefix_repetitions.min(p.fde.num_repetitions.max(1));
-    }
-    p.validate()?;
-    Ok(p)
 }
 
 /// Runs a validated search on a snapshot: tombstones and the filter are applied inside the engine's candidate

@@ -1,0 +1,138 @@
+//! The OpenAPI 3.1 document, generated: `ApiDoc` (title, tags, security schemes) plus the paths and schemas
+//! utoipa collects from the handlers' `#[utoipa::path]` attributes (`crate::rest`), then [`finish`] adds the
+//! error responses each operation can give (derived from what it takes, so they cannot drift from the table in
+//! `crate::error`). Served at `/openapi.json`; `/docs` is a Scalar page over it (its assets are embedded in the
+//! `utoipa-scalar` crate: nothing is downloaded).
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::OpenApi;
+
+use super::health::ErrorBody;
+
+/// The document's fixed parts.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chamfer",
+        description = "Multi-vector (ColBERT-style) retrieval: documents and queries are sets of token vectors, \
+                       scored by Chamfer / MaxSim. The same operations are served over gRPC (package chamfer.v1). \
+                       Token vectors are an array of arrays of numbers or the packed form \
+                       `{\"dtype\": \"f16\"|\"f32\", \"shape\": [n, dim], \"data\": \"<base64>\"}`. Every error is \
+                       `{\"code\", \"message\"}`."
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "collections", description = "create, list, describe, drop, flush, compact"),
+        (name = "documents", description = "upsert, get, delete"),
+        (name = "search", description = "search and batch search"),
+        (name = "operations", description = "health, readiness, metrics, this document")
+    )
+)]
+pub struct ApiDoc;
+
+/// Operations that write (they can meet a full disk: 507).
+const WRITES: &[&str] = &[
+    "create_collection",
+    "drop_collection",
+    "flush",
+    "compact",
+    "upsert",
+    "delete",
+    "delete_one",
+];
+
+fn error_description(status: u16) -> &'static str {
+    match status {
+        400 => "bad request (malformed, invalid_argument, dimension_mismatch, non_finite, empty, invalid_parameter, duplicate_id, invalid_config, out_of_range)",
+        401 => "unauthenticated: missing or wrong API key",
+        404 => "collection_not_found or not_found",
+        409 => "already_exists",
+        413 => "too_large or too_many_tokens",
+        429 => "overloaded: retry after the Retry-After header",
+        500 => "internal server error (io, corrupt, unsupported_version, incompatible, dataset, internal)",
+        503 => "unavailable, collection_unavailable or cancelled",
+        504 => "deadline_exceeded",
+        507 => "storage_full",
+        _ => "error",
+    }
+}
+
+/// The error statuses an operation can answer, from what it takes.
+fn error_statuses(path: &str, op: &Operation) -> Vec<u16> {
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let has = |loc: ParameterIn| params.iter().any(|p| p.parameter_in == loc);
+    let id = op.operation_id.as_deref().unwrap_or_default();
+    // Only the open routes (health, readiness) set their own `security(())`.
+    let open = op.security.is_some();
+    let mut out = Vec::new();
+    if !open {
+        out.push(401);
+    }
+    if path.starts_with("/v1/") {
+        out.extend([500, 503, 504]);
+        if has(ParameterIn::Path) {
+            out.push(404);
+        }
+        if op.request_body.is_some() || has(ParameterIn::Query) || has(ParameterIn::Header) {
+            out.push(400);
+        }
+        if op.request_body.is_some() {
+            out.push(413);
+        }
+        if WRITES.contains(&id) {
+            out.push(507);
+        }
+        if id == "upsert" {
+            out.push(429);
+        }
+        if id == "create_collection" {
+            out.extend([400, 409]);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Completes the generated document: security schemes (bearer or `x-api-key`, required everywhere except
+/// where an operation says `security(())`) and every operation's error responses with the [`ErrorBody`] schema.
+pub fn finish(doc: &mut Document) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    components.add_security_scheme(
+        "apiKey",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+    );
+    doc.security = Some(vec![
+        utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
+        utoipa::openapi::security::SecurityRequirement::new("apiKey", Vec::<String>::new()),
+    ]);
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            for status in error_statuses(path, op) {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(error_description(status))
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
+    }
+}

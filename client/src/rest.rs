@@ -103,6 +103,10 @@ pub fn parse_http_url(url: &str) -> Result<Uri> {
     if auth.host().is_empty() {
         return Err(bad("no host"));
     }
+    // `http::Uri` takes any text after the last colon as a port: it must be a number.
+    if auth.as_str().len() > auth.host().len() && auth.port_u16().is_none() {
+        return Err(bad("bad port"));
+    }
     if auth.host().eq_ignore_ascii_case("localhost") {
         let port = auth.port_u16().map_or(String::new(), |p| format!(":{p}"));
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());

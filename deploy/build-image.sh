@@ -16,7 +16,7 @@ TARGET_DIR=${CHAMFER_STATIC_TARGET_DIR:-target/static}
 
 echo "== building a static chamfer binary ($TARGET)" >&2
 RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR" \
-    cargo build --release --locked --target "$TARGET" -p chamfer-server --bin chamfer
+    cargo build --release --locked --target "$TARGET" -p chamfer-cli --bin chamfer
 BIN="$TARGET_DIR/$TARGET/release/chamfer"
 if ldd "$BIN" 2>/dev/null | grep -q '=>'; then
     echo "error: $BIN is dynamically linked" >&2

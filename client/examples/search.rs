@@ -6,12 +6,12 @@
 //! cargo run -p chamfer-client --example search -- http://127.0.0.1:50051 data/demo
 //! ```
 //!
-//! Reading the folder uses `chamfer_index::dataset` (a dev-dependency of the examples only; the client itself
+//! Reading the folder uses `chamfer_data::dataset` (a dev-dependency of the examples only; the client itself
 //! does not depend on the engine).
 use std::path::PathBuf;
 
 use chamfer_client::{Client, Document, Error, Query, Vectors};
-use chamfer_index::dataset::Dataset;
+use chamfer_data::dataset::Dataset;
 use serde_json::json;
 
 #[tokio::main]

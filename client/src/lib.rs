@@ -3,7 +3,7 @@
 //! chamfer is a multi-vector (ColBERT-style) retrieval server: a document is an external string id, a set of
 //! token vectors and optional JSON metadata; a search sends a query's token vectors and gets the `k` documents
 //! with the highest Chamfer (MaxSim) score. This crate talks to it over gRPC (package `chamfer.v1`, crate
-//! [`chamfer_proto`]) and depends on nothing else of chamfer: no engine, no server.
+//! [`chamfer_proto`]) or REST ([`RestClient`]) and depends on nothing else of chamfer: no engine, no server.
 //!
 //! ```no_run
 //! use chamfer_client::{Client, Document, Filter, Query};
@@ -73,6 +73,13 @@
 //! [`Error::AlreadyExists`], [`Error::InvalidArgument`], [`Error::Unauthenticated`], ...), a transport failure,
 //! or a problem the client found before sending (bad address, bad metadata JSON).
 //!
+//! ## REST and bulk ingest
+//!
+//! [`RestClient`] talks to the same server over its REST API (plain HTTP/1.1 on `hyper-util`'s pooled client).
+//! [`ingest::ingest`] uploads a numbered list of documents over either protocol ([`ingest::IngestTarget`] is
+//! implemented by [`Client`] and [`RestClient`]): batches, resume by id, retry when the server pushes back,
+//! a progress callback.
+//!
 //! ## Examples
 //!
 //! `client/examples/search.rs` creates a collection, bulk-uploads the bundled demo data set (`data/demo`) and
@@ -84,11 +91,14 @@
 //! ```
 mod client;
 mod error;
+pub mod ingest;
+pub mod rest;
 mod types;
 
 pub use chamfer_proto::v1 as pb;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
+pub use rest::{RestClient, RestResponse};
 pub use types::{Document, Filter, Hit, Query, StoredDocument, Vectors};
 
 /// The result type of every call.

@@ -70,6 +70,11 @@ impl Vectors {
         self.0
     }
 
+    /// Bytes of the packed values (what travels over gRPC).
+    pub fn byte_len(&self) -> usize {
+        self.0.data.len()
+    }
+
     /// Number of token vectors.
     pub fn n_tokens(&self) -> usize {
         self.0.n_tokens as usize

@@ -48,9 +48,6 @@ pub enum IndexError {
         found: u32,
         supported: u32,
     },
-    /// A data set folder that does not follow the documented format.
-    #[error("data set {}: {reason}", path.display())]
-    Dataset { path: PathBuf, reason: String },
     /// Shards or queries built with incompatible FDE configurations.
     #[error("incompatible index: {0}")]
     Incompatible(String),

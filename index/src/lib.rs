@@ -9,17 +9,16 @@
 //! * [`shard`]: the memory-mapped, versioned, checksummed shard file (token panels, Matryoshka FDEs, ids).
 //! * [`hnsw`]: the candidate layer, hnsw_rs over a Matryoshka prefix of the FDE with a safe inner-product distance.
 //! * [`search`]: search plans (exhaustive exact, FDE scan, FDE+HNSW) over a set of shards.
-//! * [`dataset`], [`synth`], [`eval`]: the data set folder format, synthetic corpora, recall / nDCG.
 //! * [`fsutil`]: atomic, durable file replacement (used by the server's manifests too).
+//!
+//! The data set folder format, synthetic corpora and recall / nDCG live in the `chamfer-data` crate.
 //!
 //! All `unsafe` code (memory maps and SIMD intrinsics) lives in the private `sys` module; the rest of the crate
 //! is compiled with `#![deny(unsafe_code)]`.
 #![deny(unsafe_code)]
 
 pub mod codebook;
-pub mod dataset;
 pub mod error;
-pub mod eval;
 pub mod fde;
 pub mod fsutil;
 #[doc(hidden)]
@@ -29,7 +28,6 @@ pub mod index_dir;
 pub mod kernels;
 pub mod search;
 pub mod shard;
-pub mod synth;
 pub mod tokens;
 
 #[allow(unsafe_code)]

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 
-use chamfer_index::dataset::Dataset;
+use chamfer_data::dataset::Dataset;
 use chamfer_index::search::{Plan, SearchParams, Searcher, CANCEL_CHECK_EVERY};
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;

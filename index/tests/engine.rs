@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chamfer_index::dataset::Dataset;
-use chamfer_index::eval::recall_at_k;
+use chamfer_data::dataset::Dataset;
+use chamfer_data::eval::recall_at_k;
 use chamfer_index::index_dir::{open_index, write_index};
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
@@ -406,12 +406,12 @@ fn bad_inputs_are_typed_errors() {
     // Data set folders.
     assert!(matches!(
         Dataset::open(Path::new("/nonexistent")),
-        Err(IndexError::Dataset { .. })
+        Err(chamfer_data::DataError::Dataset { .. })
     ));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("doc_tokens.npy"), b"not numpy").unwrap();
     assert!(matches!(
         Dataset::open(dir.path()),
-        Err(IndexError::Dataset { .. })
+        Err(chamfer_data::DataError::Dataset { .. })
     ));
 }

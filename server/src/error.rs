@@ -161,7 +161,6 @@ impl ServiceError {
                 IndexError::UnsupportedVersion { .. } => {
                     st(Code::FailedPrecondition, SERVER, "unsupported_version")
                 }
-                IndexError::Dataset { .. } => st(Code::FailedPrecondition, SERVER, "dataset"),
                 IndexError::Incompatible(_) => st(Code::FailedPrecondition, SERVER, "incompatible"),
                 IndexError::ValueOutOfRange { .. } => {
                     st(Code::InvalidArgument, BAD, "out_of_range")

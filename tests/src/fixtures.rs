@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use chamfer_index::dataset::Dataset;
+use chamfer_data::dataset::Dataset;
 use chamfer_proto::v1 as pb;
 use chamfer_server::config::Settings;
 use chamfer_server::serve::{start, Server};
@@ -86,7 +86,7 @@ pub fn chamfer_bin_or_skip() -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "the chamfer binary must be built before the tests in CI"
         );
-        eprintln!("SKIPPED: build the binary first (cargo build -p chamfer-server --bin chamfer)");
+        eprintln!("SKIPPED: build the binary first (cargo build -p chamfer-cli --bin chamfer)");
     }
     bin
 }

@@ -4,17 +4,19 @@
 pub mod fixtures;
 pub mod soak;
 
-/// A minimal HTTP/1.1 client for tests: one request per connection, exact bytes on the wire (so malformed
-/// requests can be sent too).
+/// The tests' REST helper over `chamfer_client::RestClient::send` (hyper-util's client): exact body bytes on the
+/// wire (so malformed requests can be sent too), the status, headers and body of every answer whatever its
+/// status.
 pub mod http {
     use std::net::SocketAddr;
 
+    use chamfer_client::rest::Method;
+    use chamfer_client::RestClient;
     use serde_json::Value;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Sends requests to one address, with an optional API key.
     pub struct Http {
-        addr: SocketAddr,
+        client: RestClient,
         key: Option<String>,
         unchunked: bool,
     }
@@ -23,7 +25,8 @@ pub mod http {
         /// A client for `addr`, adding `x-api-key` when `key` is set.
         pub fn new(addr: SocketAddr, key: Option<&str>) -> Http {
             Http {
-                addr,
+                client: RestClient::new(&addr.to_string())
+                    .expect("a socket address is a valid URL"),
                 key: key.map(String::from),
                 unchunked: false,
             }
@@ -36,7 +39,7 @@ pub mod http {
             self
         }
 
-        /// Sends exactly these bytes as the body; returns the status and the (de-chunked) body.
+        /// Sends exactly these bytes as the body; returns the status and the body.
         pub async fn raw(
             &self,
             method: &str,
@@ -69,41 +72,33 @@ pub mod http {
             content_type: Option<&str>,
             headers: &[(&str, &str)],
         ) -> (u16, String, Vec<u8>) {
-            let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-            let mut head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-            if let Some(ct) = content_type {
-                head.push_str(&format!("Content-Type: {ct}\r\n"));
-            }
+            let mut all: Vec<(&str, &str)> = Vec::new();
             if let Some(k) = &self.key {
-                head.push_str(&format!("x-api-key: {k}\r\n"));
+                all.push(("x-api-key", k));
             }
-            for (name, value) in headers {
-                head.push_str(&format!("{name}: {value}\r\n"));
-            }
-            head.push_str("\r\n");
-            // The server may answer (413) and close before reading a large body: write errors are not failures.
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body).await;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            let split = buf
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .expect("an HTTP response");
-            let head = String::from_utf8_lossy(&buf[..split]).to_string();
-            let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let mut body = buf[split + 4..].to_vec();
-            if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked")
-            {
-                assert!(!self.unchunked, "unexpected chunked answer: {head}");
-                body = dechunk(&body);
-            }
-            (status, head, body)
+            all.extend_from_slice(headers);
+            let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+            let r = self
+                .client
+                .send(
+                    method.clone(),
+                    path,
+                    Some(bytes::Bytes::copy_from_slice(body)),
+                    content_type,
+                    &all,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let chunked = r
+                .headers
+                .get("transfer-encoding")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+            assert!(
+                !(self.unchunked && chunked),
+                "unexpected chunked answer: {}",
+                r.head()
+            );
+            (r.status, r.head(), r.body.to_vec())
         }
 
         /// Sends `body` as JSON (when given); returns the status and the parsed body (Null if not JSON).
@@ -142,36 +137,6 @@ pub mod http {
                 "{method} {path}: {status} {v}"
             );
             v
-        }
-    }
-
-    /// Decodes a chunked body; a truncated or malformed chunk ends it (what arrived is returned).
-    pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-                return out;
-            };
-            let Ok(n) = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16) else {
-                return out;
-            };
-            let start = eol + 2;
-            if n == 0 || start + n > b.len() {
-                out.extend_from_slice(&b[start.min(b.len())..(start + n).min(b.len())]);
-                return out;
-            }
-            out.extend_from_slice(&b[start..start + n]);
-            b = &b[(start + n + 2).min(b.len())..];
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn dechunk_handles_truncation() {
-            assert_eq!(super::dechunk(b"3\r\nabc\r\n0\r\n\r\n"), b"abc");
-            assert_eq!(super::dechunk(b"5\r\nab"), b"ab");
-            assert_eq!(super::dechunk(b"zz\r\n"), b"");
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Data: the bundled demo set (`data/demo`: 300 manpages passages, 50 queries, 128-d f16 tokens), so the whole
 //! binary runs in seconds. The crash test runs the `chamfer` binary as a child process and kills it with
-//! SIGKILL; it needs `cargo build -p chamfer-server --bin chamfer` first (done by `.ci/run`).
+//! SIGKILL; it needs `cargo build -p chamfer-cli --bin chamfer` first (done by `.ci/run`).
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -1384,7 +1384,7 @@ async fn cli_load_reports_the_in_process_recall() {
         .iter()
         .map(|&q| {
             let rows: Vec<usize> = want[q].iter().map(|h| doc_row(&h.0)).collect();
-            chamfer_index::eval::recall_at_k(&rows, ds.gt_ids(q).unwrap(), 10)
+            chamfer_data::eval::recall_at_k(&rows, ds.gt_ids(q).unwrap(), 10)
         })
         .sum::<f64>()
         / all.len() as f64;

@@ -1,11 +1,11 @@
-//! A minimal blocking HTTP/1.1 client for 127.0.0.1: one connection per request (`Connection: close`), every
-//! step bounded by a timeout, so a killed or hung server can never block the soak.
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+//! The soak's blocking REST calls to 127.0.0.1: `chamfer_client::RestClient` (hyper-util's client) driven by a
+//! per-thread current-thread runtime, every request bounded by a timeout (connect, send and the whole answer),
+//! so a killed or hung server can never block the soak.
+use std::io;
+use std::time::Duration;
 
-/// Largest response body accepted (a bound, not a limit of the server).
-const MAX_RESPONSE: usize = 512 << 20;
+use chamfer_client::rest::Method;
+use chamfer_client::RestClient;
 
 /// A response: status code and body bytes.
 #[derive(Debug)]
@@ -37,6 +37,14 @@ impl Response {
     }
 }
 
+thread_local! {
+    /// One small runtime per soak thread (the soak itself is synchronous).
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+}
+
 /// Sends one request to `127.0.0.1:port` and reads the whole answer within `timeout`.
 pub fn request(
     port: u16,
@@ -45,124 +53,22 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> io::Result<Response> {
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    if let Some(b) = body {
-        s.write_all(b)?;
-    }
-    s.flush()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 64 << 10];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "response timed out",
-            ));
-        }
-        s.set_read_timeout(Some(left))?;
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_RESPONSE {
-            return Err(io::Error::other("response too large"));
-        }
-    }
-    parse(&buf)
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-fn parse(buf: &[u8]) -> io::Result<Response> {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("incomplete response head"))?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("non-UTF-8 response head"))?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if k == "content-length" {
-            length = v.parse::<usize>().ok();
-        }
-    }
-    let rest = &buf[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        if rest.len() < n {
-            return Err(bad("truncated response body"));
-        }
-        rest[..n].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut b: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("bad chunk"))?;
-        let size_text = std::str::from_utf8(&b[..nl]).map_err(|_| bad("bad chunk size"))?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| bad("bad chunk size"))?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            return Err(bad("truncated chunk"));
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_length_and_chunked_bodies() {
-        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (503, &b"abcd"[..]));
-        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}").is_err());
-    }
+    let client = RestClient::new(&format!("127.0.0.1:{port}"))
+        .map_err(io::Error::other)?
+        .timeout(timeout);
+    let method = Method::from_bytes(method.as_bytes()).map_err(io::Error::other)?;
+    let body = body.map(bytes::Bytes::copy_from_slice);
+    let ct = body.as_ref().map(|_| "application/json");
+    let r = RUNTIME
+        .with(|rt| {
+            rt.block_on(client.send(method, path, body, ct, &[("accept", "application/json")]))
+        })
+        .map_err(|e| match e {
+            chamfer_client::Error::Timeout(m) => io::Error::new(io::ErrorKind::TimedOut, m),
+            e => io::Error::other(e),
+        })?;
+    Ok(Response {
+        status: r.status,
+        body: r.body.to_vec(),
+    })
 }

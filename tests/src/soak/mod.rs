@@ -1039,7 +1039,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     }
     let src = match &cfg.data {
         Some(dir) => {
-            let ds = chamfer_index::dataset::Dataset::open(dir).map_err(|e| e.to_string())?;
+            let ds = chamfer_data::dataset::Dataset::open(dir).map_err(|e| e.to_string())?;
             let dim = ds.dim();
             let docs = (0..ds.n_docs())
                 .map(|i| {

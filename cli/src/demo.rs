@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chamfer_client::{Query, Vectors};
-use chamfer_index::dataset::Dataset;
+use chamfer_data::dataset::Dataset;
 use chamfer_server::config::Settings;
 use clap::Args;
 
@@ -94,8 +94,7 @@ impl DemoCmd {
                     data_dir.display()
                 ),
                 None => {
-                    let r = ingest(&client, name, src.clone(), IngestOpts::default())
-                        .await?;
+                    let r = ingest(&client, name, &src, IngestOpts::default()).await?;
                     println!(
                         "loaded {} documents of {} into collection {name} in {:.2} s ({:.0} docs/s); data dir {}",
                         r.uploaded,

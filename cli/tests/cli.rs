@@ -144,7 +144,7 @@ fn index_search_and_bench_on_the_demo_set() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The first demo query's exact best document comes first.
-    let ds = chamfer_index::dataset::Dataset::open(&demo()).unwrap();
+    let ds = chamfer_data::dataset::Dataset::open(&demo()).unwrap();
     let top = ds.doc_id(ds.gt_ids(0).unwrap()[0] as usize).to_string();
     let out = chamfer()
         .args(["search", "--json", "--index"])
@@ -238,7 +238,7 @@ fn gen_writes_a_consistent_data_set() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ds = chamfer_index::dataset::Dataset::open(&out_dir).unwrap();
+    let ds = chamfer_data::dataset::Dataset::open(&out_dir).unwrap();
     assert_eq!((ds.n_docs(), ds.n_queries(), ds.dim()), (120, 6, 128));
     assert_eq!(ds.gt_ids(0).unwrap().len(), 100);
     // The ground truth is really the exact top list: scores descend.

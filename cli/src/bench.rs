@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use chamfer_index::dataset::Dataset;
-use chamfer_index::eval::{ndcg_at_k, percentiles, recall_at_k};
+use chamfer_data::dataset::Dataset;
+use chamfer_data::eval::{ndcg_at_k, percentiles, recall_at_k};
 use chamfer_index::fde::FdeEncoder;
 use chamfer_index::index_dir::{index_bytes, open_index, write_index};
 use chamfer_index::kernels::kernel_level;

@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chamfer_client::{Client, Query, Vectors};
-use chamfer_index::dataset::Dataset;
-use chamfer_index::eval::{percentiles, recall_at_k};
+use bytes::Bytes;
+use chamfer_client::rest::Method;
+use chamfer_client::{Client, Query, RestClient, Vectors};
+use chamfer_data::dataset::Dataset;
+use chamfer_data::eval::{percentiles, recall_at_k};
 use clap::Args;
 use serde_json::{json, Value};
 
 use super::client::{ingest, IngestOpts, Source};
-use super::http::{resolve, HttpConn};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["grpc", "http"])))]
@@ -71,20 +72,20 @@ pub struct LoadCmd {
 #[allow(clippy::large_enum_variant)] // one per run
 enum Target {
     Grpc(Client),
-    Http(SocketAddr),
+    Http(RestClient),
 }
 
 /// One worker's connection.
 #[allow(clippy::large_enum_variant)] // one per worker
 enum Conn {
     Grpc(Client, String),
-    Http(HttpConn, String),
+    Http(RestClient, String),
 }
 
 /// Pre-encoded requests, one per query.
 struct Requests {
     grpc: Vec<Query>,
-    http: Vec<Vec<u8>>,
+    http: Vec<Bytes>,
 }
 
 impl Conn {
@@ -97,11 +98,19 @@ impl Conn {
                 .map(|h| h.id)
                 .collect()),
             Conn::Http(c, path) => {
-                let (status, body) = c.request("POST", path, Some(&reqs.http[j])).await?;
-                if status != 200 {
-                    bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+                let r = c
+                    .send(
+                        Method::POST,
+                        path,
+                        Some(reqs.http[j].clone()),
+                        Some("application/json"),
+                        &[],
+                    )
+                    .await?;
+                if r.status != 200 {
+                    bail!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body));
                 }
-                let v: Value = serde_json::from_slice(&body)?;
+                let v: Value = serde_json::from_slice(&r.body)?;
                 let hits = v["hits"].as_array().context("no hits in the answer")?;
                 Ok(hits
                     .iter()
@@ -110,6 +119,24 @@ impl Conn {
             }
         }
     }
+}
+
+/// Resolves `host:port`; IP literals and `localhost` never touch the system resolver (a static glibc binary in a
+/// `FROM scratch` image has no NSS modules).
+fn resolve(host: &str, port: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+    }
+    let v: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("cannot resolve {host}"))?
+        .collect();
+    if v.is_empty() {
+        bail!("{host} resolves to no address");
+    }
+    Ok(v)
 }
 
 fn loopback(addr: &str) -> anyhow::Result<(SocketAddr, String)> {
@@ -165,7 +192,13 @@ impl LoadCmd {
                     .await?;
                 (Target::Grpc(c), "grpc")
             }
-            (None, Some(a)) => (Target::Http(loopback(a)?.0), "http"),
+            (None, Some(a)) => {
+                let (_, url) = loopback(a)?;
+                let c = RestClient::new(&url)?
+                    .api_key(self.api_key.clone())?
+                    .timeout(Duration::from_secs(60));
+                (Target::Http(c), "http")
+            }
             (None, None) => bail!("give --grpc ADDR or --http ADDR"),
         };
         let dim = ds.dim();
@@ -174,7 +207,7 @@ impl LoadCmd {
             unreachable!()
         };
         if self.ingest {
-            self.ingest(&target, &collection, ds.clone()).await?;
+            self.ingest(&target, &collection, &ds).await?;
         }
 
         // Pre-encode every query for both protocols (cheap; keeps encoding out of the timed loop).
@@ -199,17 +232,16 @@ impl LoadCmd {
                 body["ef"] = json!(v);
             }
             reqs.grpc.push(q);
-            reqs.http.push(serde_json::to_vec(&body)?);
+            reqs.http.push(Bytes::from(serde_json::to_vec(&body)?));
         }
         let reqs = Arc::new(reqs);
         let row_of: HashMap<&str, usize> =
             (0..data.n_docs()).map(|i| (data.doc_id(i), i)).collect();
         let new_conn = || match &target {
             Target::Grpc(c) => Conn::Grpc(c.clone(), collection.clone()),
-            Target::Http(a) => Conn::Http(
-                HttpConn::new(*a, self.api_key.clone()),
-                format!("/v1/collections/{collection}/search"),
-            ),
+            Target::Http(c) => {
+                Conn::Http(c.clone(), format!("/v1/collections/{collection}/search"))
+            }
         };
 
         // Warm-up: every query once; recall against the exact ground truth.
@@ -339,90 +371,27 @@ impl LoadCmd {
         Ok(())
     }
 
-    async fn ingest(
-        &self,
-        target: &Target,
-        collection: &str,
-        src: Arc<Source>,
-    ) -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        match target {
+    /// `--ingest`: the shared ingest over the chosen protocol (creates the collection, skips stored ids), then
+    /// flush and compact (one shard).
+    async fn ingest(&self, target: &Target, collection: &str, src: &Source) -> anyhow::Result<()> {
+        let r = match target {
             Target::Grpc(c) => {
                 let r = ingest(c, collection, src, IngestOpts::default()).await?;
-                eprintln!(
-                    "ingested {} documents ({} already stored) in {:.2} s",
-                    r.uploaded, r.skipped, r.seconds
-                );
                 c.flush(collection).await?;
                 c.compact(collection).await?;
+                r
             }
-            Target::Http(a) => {
-                let mut h = HttpConn::new(*a, self.api_key.clone());
-                let Source::Dataset(ds) = src.as_ref() else {
-                    unreachable!()
-                };
-                let dim = ds.dim();
-                let base = format!("/v1/collections/{collection}");
-                let (status, body) = h.request("GET", &base, None).await?;
-                let stored = match status {
-                    200 => {
-                        let v: Value = serde_json::from_slice(&body)?;
-                        if v["dimension"].as_u64() != Some(dim as u64) {
-                            bail!(
-                                "collection {collection} has dimension {}, the data {dim}",
-                                v["dimension"]
-                            );
-                        }
-                        v["stats"]["documents"].as_u64().unwrap_or(0) as usize
-                    }
-                    404 => {
-                        let req = json!({"name": collection, "dimension": dim}).to_string();
-                        let (s, b) = h
-                            .request("POST", "/v1/collections", Some(req.as_bytes()))
-                            .await?;
-                        if s != 201 && s != 409 {
-                            bail!(
-                                "create {collection}: HTTP {s} {}",
-                                String::from_utf8_lossy(&b)
-                            );
-                        }
-                        0
-                    }
-                    s => bail!(
-                        "describe {collection}: HTTP {s} {}",
-                        String::from_utf8_lossy(&body)
-                    ),
-                };
-                // Upserts are idempotent: a partial collection is simply uploaded again.
-                if stored < ds.n_docs() {
-                    let pb = super::params::bar(ds.n_docs() as u64, "ingest");
-                    for c in (0..ds.n_docs()).collect::<Vec<_>>().chunks(64) {
-                        let docs: Vec<Value> = c
-                            .iter()
-                            .map(|&i| {
-                                json!({"id": ds.doc_id(i), "tokens": ds.doc_tokens(i).chunks(dim).collect::<Vec<_>>()})
-                            })
-                            .collect();
-                        let req = serde_json::to_vec(&json!({ "documents": docs }))?;
-                        let (s, b) = h
-                            .request("POST", &format!("{base}/documents"), Some(&req))
-                            .await?;
-                        if s != 200 {
-                            bail!("upsert: HTTP {s} {}", String::from_utf8_lossy(&b));
-                        }
-                        pb.inc(c.len() as u64);
-                    }
-                    pb.finish_and_clear();
-                }
-                for op in ["flush", "compact"] {
-                    let (s, b) = h.request("POST", &format!("{base}/{op}"), None).await?;
-                    if s != 200 {
-                        bail!("{op}: HTTP {s} {}", String::from_utf8_lossy(&b));
-                    }
-                }
-                eprintln!("ingested over HTTP in {:.2} s", t0.elapsed().as_secs_f64());
+            Target::Http(c) => {
+                let r = ingest(c, collection, src, IngestOpts::default()).await?;
+                c.flush(collection).await?;
+                c.compact(collection).await?;
+                r
             }
-        }
+        };
+        eprintln!(
+            "ingested {} documents ({} already stored) in {:.2} s",
+            r.uploaded, r.skipped, r.seconds
+        );
         Ok(())
     }
 }

@@ -3,11 +3,14 @@
 //! qrels and texts. [`Dataset::open`] validates everything it reads and names the file and the problem.
 use std::collections::HashMap;
 use std::fs;
+use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 
 use half::f16;
 
-use crate::{IndexError, Result};
+use chamfer_index::fsutil::write_atomic;
+
+use crate::{DataError, Result};
 
 /// A numeric array read from a `.npy` file, converted to the type the caller needs.
 #[derive(Debug)]
@@ -16,112 +19,100 @@ pub struct NpyArray<T> {
     pub data: Vec<T>,
 }
 
-fn ds_err(path: &Path, reason: impl Into<String>) -> IndexError {
-    IndexError::Dataset {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+fn ds_err(path: &Path, reason: impl Into<String>) -> DataError {
+    DataError::dataset(path, reason)
 }
 
-/// Parses a `.npy` (format 1.x/2.x/3.x, little-endian, C order) header: returns (descr, shape, data offset).
-fn parse_npy_header(path: &Path, b: &[u8]) -> Result<(String, Vec<usize>, usize)> {
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-        return Err(ds_err(path, "not a .npy file (bad magic)"));
-    }
-    let (hlen, start) = match b[6] {
-        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
-        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
-        v => return Err(ds_err(path, format!("unsupported .npy version {v}"))),
-    };
-    let header = b
-        .get(start..start + hlen)
-        .ok_or_else(|| ds_err(path, ".npy header truncated"))?;
-    let header =
-        std::str::from_utf8(header).map_err(|_| ds_err(path, ".npy header is not text"))?;
-    let field = |key: &str| -> Option<&str> {
-        let i = header.find(&format!("'{key}'"))?;
-        Some(
-            header[i + key.len() + 2..]
-                .trim_start()
-                .trim_start_matches(':')
-                .trim_start(),
-        )
-    };
-    let descr = field("descr")
-        .and_then(|s| s.strip_prefix('\''))
-        .and_then(|s| s.split('\'').next());
-    let descr = descr
-        .ok_or_else(|| ds_err(path, ".npy header has no descr"))?
-        .to_string();
-    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
-        return Err(ds_err(
-            path,
-            "Fortran-order arrays are not supported (save with C order)",
-        ));
-    }
-    let shape = field("shape")
-        .and_then(|s| s.strip_prefix('('))
-        .and_then(|s| s.split(')').next());
-    let shape = shape.ok_or_else(|| ds_err(path, ".npy header has no shape"))?;
-    let shape: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| ds_err(path, format!("bad shape entry {s:?}")))
-        })
-        .collect::<Result<_>>()?;
-    Ok((descr, shape, start + hlen))
+/// An open `.npy` file whose header is read and checked against the file's length (little-endian, C order):
+/// its elements are then streamed, each converted once into the caller's type, so a multi-GB token file is
+/// never held twice in memory.
+struct NpyStream {
+    descr: String,
+    shape: Vec<usize>,
+    file: npyz::NpyFile<BufReader<fs::File>>,
 }
 
-fn read_npy_raw(path: &Path) -> Result<(String, Vec<usize>, Vec<u8>)> {
-    let mut b = fs::read(path).map_err(|e| IndexError::io(path, e))?;
-    let (descr, shape, off) = parse_npy_header(path, &b)?;
-    let count: usize = shape.iter().product();
-    let width = match descr.as_str() {
-        "<f2" => 2,
-        "<f4" | "<i4" => 4,
-        "<i8" | "<f8" => 8,
-        "|u1" | "|i1" => 1,
-        d => {
+impl NpyStream {
+    fn open(path: &Path) -> Result<NpyStream> {
+        let f = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| DataError::io(path, e))?.len();
+        let mut r = BufReader::new(f);
+        let header = npyz::NpyHeader::from_reader(&mut r)
+            .map_err(|e| ds_err(path, format!("not a readable .npy file: {e}")))?;
+        let data_start = r.stream_position().map_err(|e| DataError::io(path, e))?;
+        let file = npyz::NpyFile::with_header(header, r);
+        if file.order() == npyz::Order::Fortran {
             return Err(ds_err(
                 path,
-                format!("unsupported dtype {d:?} (little-endian f2/f4/f8/i4/i8 expected)"),
-            ))
+                "Fortran-order arrays are not supported (save with C order)",
+            ));
         }
-    };
-    if b.len() - off != count * width {
-        return Err(ds_err(
-            path,
-            format!(
-                "data holds {} bytes, shape {:?} of {descr} needs {}",
-                b.len() - off,
-                shape,
-                count * width
-            ),
-        ));
+        let descr = match file.dtype() {
+            npyz::DType::Plain(t) => t.to_string(),
+            d => return Err(ds_err(path, format!("unsupported dtype {}", d.descr()))),
+        };
+        let width: u64 = match descr.as_str() {
+            "<f2" => 2,
+            "<f4" | "<i4" => 4,
+            "<i8" | "<f8" => 8,
+            "|u1" | "|i1" => 1,
+            d => {
+                return Err(ds_err(
+                    path,
+                    format!("unsupported dtype {d:?} (little-endian f2/f4/f8/i4/i8 expected)"),
+                ))
+            }
+        };
+        let shape: Vec<usize> = file
+            .shape()
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| ds_err(path, "shape does not fit in memory"))?;
+        let need = file
+            .shape()
+            .iter()
+            .try_fold(width, |acc, &d| acc.checked_mul(d));
+        let have = file_len.saturating_sub(data_start);
+        if need != Some(have) {
+            return Err(ds_err(
+                path,
+                format!(
+                    "data holds {have} bytes, shape {shape:?} of {descr} needs {}",
+                    need.map_or("more than 2^64".into(), |n| n.to_string())
+                ),
+            ));
+        }
+        Ok(NpyStream { descr, shape, file })
     }
-    b.drain(..off);
-    Ok((descr, shape, b))
+
+    /// Streams every element as `T` (the dtype is checked by `npyz`) converted by `conv` into `out`.
+    fn collect<T: npyz::Deserialize, U>(
+        self,
+        path: &Path,
+        conv: impl Fn(T) -> U,
+    ) -> Result<Vec<U>> {
+        let n = self.file.len() as usize;
+        let mut out = Vec::with_capacity(n);
+        let data = self
+            .file
+            .data::<T>()
+            .map_err(|e| ds_err(path, e.to_string()))?;
+        for v in data {
+            out.push(conv(v.map_err(|e| DataError::io(path, e))?));
+        }
+        Ok(out)
+    }
 }
 
 /// Reads a float array (f2, f4 or f8) as f32.
 pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
-    let (descr, shape, b) = read_npy_raw(path)?;
-    let data = match descr.as_str() {
-        "<f2" => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        "<f4" => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        "<f8" => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+    let s = NpyStream::open(path)?;
+    let shape = s.shape.clone();
+    let data = match s.descr.as_str() {
+        "<f2" => s.collect(path, |x: f16| x.to_f32())?,
+        "<f4" => s.collect(path, |x: f32| x)?,
+        "<f8" => s.collect(path, |x: f64| x as f32)?,
         d => {
             return Err(ds_err(
                 path,
@@ -134,16 +125,11 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
 
 /// Reads an integer array (i4 or i8) as i64.
 pub fn read_npy_i64(path: &Path) -> Result<NpyArray<i64>> {
-    let (descr, shape, b) = read_npy_raw(path)?;
-    let data = match descr.as_str() {
-        "<i4" => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect(),
-        "<i8" => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
+    let s = NpyStream::open(path)?;
+    let shape = s.shape.clone();
+    let data = match s.descr.as_str() {
+        "<i4" => s.collect(path, |x: i32| i64::from(x))?,
+        "<i8" => s.collect(path, |x: i64| x)?,
         d => {
             return Err(ds_err(
                 path,
@@ -176,7 +162,7 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Resu
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
-    crate::fsutil::write_atomic(path, &out)
+    Ok(write_atomic(path, &out)?)
 }
 
 /// One side (documents or queries) of a data set: concatenated tokens, offsets and ids.
@@ -239,7 +225,7 @@ impl Items {
                 format!("item {i} has no tokens (offsets must increase strictly)"),
             ));
         }
-        let text = fs::read_to_string(&ids_path).map_err(|e| IndexError::io(&ids_path, e))?;
+        let text = fs::read_to_string(&ids_path).map_err(|e| DataError::io(&ids_path, e))?;
         let ids: Vec<String> = text
             .lines()
             .map(|l| l.trim().to_string())
@@ -332,7 +318,7 @@ impl Dataset {
         let qrels_path = dir.join("qrels.tsv");
         let qrels = if qrels_path.exists() {
             let text =
-                fs::read_to_string(&qrels_path).map_err(|e| IndexError::io(&qrels_path, e))?;
+                fs::read_to_string(&qrels_path).map_err(|e| DataError::io(&qrels_path, e))?;
             let mut m: HashMap<String, HashMap<String, f32>> = HashMap::new();
             for (ln, line) in text
                 .lines()
@@ -362,7 +348,7 @@ impl Dataset {
         let texts_path = dir.join("docs.jsonl");
         let doc_texts = if texts_path.exists() {
             let text =
-                fs::read_to_string(&texts_path).map_err(|e| IndexError::io(&texts_path, e))?;
+                fs::read_to_string(&texts_path).map_err(|e| DataError::io(&texts_path, e))?;
             let mut by_id: HashMap<String, String> = HashMap::new();
             for (ln, line) in text
                 .lines()
@@ -496,7 +482,7 @@ pub struct DatasetWriter<'a> {
 impl DatasetWriter<'_> {
     /// Writes every file into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let f16s = |v: &[f32]| -> Vec<u8> {
             v.iter()
                 .flat_map(|x| f16::from_f32(*x).to_le_bytes())
@@ -525,7 +511,7 @@ impl DatasetWriter<'_> {
                 &[offs.len()],
                 &i64s(offs),
             )?;
-            crate::fsutil::write_atomic(
+            write_atomic(
                 &dir.join(format!("{p}_ids.txt")),
                 (ids.join("\n") + "\n").as_bytes(),
             )?;
@@ -543,7 +529,7 @@ impl DatasetWriter<'_> {
                 .iter()
                 .map(|(q, d)| format!("{q}\t{d}\t1\n"))
                 .collect();
-            crate::fsutil::write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
+            write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
         }
         Ok(())
     }

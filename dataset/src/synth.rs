@@ -14,14 +14,14 @@
 //! 3. the exact Chamfer top-100 of every query is computed with the engine's kernel.
 //!
 //! Everything is seeded (ChaCha, platform independent).
+use chamfer_index::kernels::{self, PreparedQuery};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 
 use crate::dataset::Dataset;
-use crate::kernels::{self, PreparedQuery};
-use crate::{IndexError, Result};
+use crate::{DataError, Result};
 
 /// Generator settings.
 #[derive(Clone, Debug)]
@@ -105,10 +105,10 @@ pub fn generate(
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> Result<SynthCorpus> {
     if p.docs == 0 {
-        return Err(IndexError::param("docs", "must be > 0"));
+        return Err(DataError::param("docs", "must be > 0"));
     }
     if like.n_queries() == 0 && p.queries > 0 {
-        return Err(IndexError::param(
+        return Err(DataError::param(
             "like",
             "the template data set has no queries (their lengths are needed)",
         ));
@@ -126,11 +126,11 @@ pub fn generate(
     };
     progress(STAGES[0], 1, 1);
     let topic_noise = Normal::new(0.0f32, p.topic_noise / (dim as f32).sqrt())
-        .map_err(|e| IndexError::param("noise", e.to_string()))?;
+        .map_err(|e| DataError::param("noise", e.to_string()))?;
     let doc_noise = Normal::new(0.0f32, p.doc_noise / (dim as f32).sqrt())
-        .map_err(|e| IndexError::param("noise", e.to_string()))?;
+        .map_err(|e| DataError::param("noise", e.to_string()))?;
     let query_noise = Normal::new(0.0f32, p.query_noise / (dim as f32).sqrt())
-        .map_err(|e| IndexError::param("noise", e.to_string()))?;
+        .map_err(|e| DataError::param("noise", e.to_string()))?;
     // A noisy copy of real token `t`, re-normalised when the real tokens are unit vectors.
     let copy = |rng: &mut StdRng, src: &[f32], noise: &Normal<f32>, out: &mut Vec<f32>| {
         let start = out.len();

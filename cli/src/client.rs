@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chamfer_client::{pb, Client, Document, Error as ClientError, Filter, Query, Vectors};
-use chamfer_index::dataset::Dataset;
+use base64::Engine as _;
+use chamfer_client::ingest::{
+    DocumentSource, IngestEvent, IngestOptions, IngestReport, IngestTarget, Progress,
+};
+use chamfer_client::rest::parse_http_url;
+use chamfer_client::{pb, Client, Document, Filter, Query, RestClient, Vectors};
+use chamfer_data::dataset::Dataset;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-
-use super::http::{get_status, HttpUrl};
 
 /// Where the server is.
 #[derive(Args, Debug, Clone)]
@@ -219,6 +222,27 @@ impl Source {
     }
 }
 
+/// Documents of a [`Source`] in a chosen wire encoding: what the shared ingest (`chamfer_client::ingest`) reads.
+struct Encoded<'a> {
+    src: &'a Source,
+    dtype: Dtype,
+}
+
+impl DocumentSource for Encoded<'_> {
+    fn len(&self) -> usize {
+        self.src.len()
+    }
+    fn dim(&self) -> usize {
+        self.src.dim()
+    }
+    fn id(&self, i: usize) -> &str {
+        self.src.id(i)
+    }
+    fn document(&self, i: usize) -> Document {
+        self.src.document(i, self.dtype)
+    }
+}
+
 /// How to ingest.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestOpts {
@@ -245,151 +269,40 @@ impl Default for IngestOpts {
     }
 }
 
-/// What an ingest did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IngestReport {
-    pub uploaded: u64,
-    pub skipped: u64,
-    pub tokens: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-}
-
-/// Most attempts [`ingest`] makes when the server says it is overloaded.
-const OVERLOAD_ATTEMPTS: u32 = 60;
-
-/// [`ingest_once`], retried with backoff (1 s doubling to 8 s, up to 60 attempts) while the server answers
-/// RESOURCE_EXHAUSTED `overloaded` (flushing is behind): each retry resumes by id, so nothing is sent twice.
-pub async fn ingest(
-    client: &Client,
+/// Uploads `src` into `collection` over either protocol with the shared ingest of `chamfer-client` (batches,
+/// resume by id, retry when the server pushes back), drawing its progress callback as a progress bar.
+pub async fn ingest<T: IngestTarget>(
+    target: &T,
     collection: &str,
-    src: Arc<Source>,
+    src: &Source,
     opts: IngestOpts,
 ) -> anyhow::Result<IngestReport> {
-    let t0 = Instant::now();
-    let mut wait = Duration::from_secs(1);
-    for attempt in 1.. {
-        let mut o = opts;
-        // Resume: after the first attempt, skip what is stored (even with force).
-        o.force = opts.force && attempt == 1;
-        match ingest_once(client, collection, src.clone(), o).await {
-            Ok(mut r) => {
-                // `uploaded` counts the last attempt; what earlier attempts stored is in `skipped`.
-                r.seconds = t0.elapsed().as_secs_f64();
-                return Ok(r);
-            }
-            Err(e) if attempt < OVERLOAD_ATTEMPTS && is_overloaded(&e) => {
-                eprintln!("server overloaded (flushing is behind); retrying in {wait:?}: {e:#}");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(8));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the loop returns")
-}
-
-fn is_overloaded(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<ClientError>(), Some(ClientError::ResourceExhausted(m)) if m.contains("overloaded"))
-    })
-}
-
-/// Creates `collection` (unless it exists or `create` is false) and uploads `src` in batches over one
-/// client-streaming bulk upsert. Unless `force`, each batch's ids are first looked up (Get) and the stored
-/// ones skipped: a re-run after an interruption uploads only what is missing, and a complete re-run uploads
-/// nothing. Upserts are idempotent by id anyway, so resuming can never duplicate a document.
-pub async fn ingest_once(
-    client: &Client,
-    collection: &str,
-    src: Arc<Source>,
-    opts: IngestOpts,
-) -> anyhow::Result<IngestReport> {
-    let IngestOpts {
-        batch,
-        dtype,
-        force,
-        create,
-        progress,
-    } = opts;
-    let t0 = Instant::now();
-    match client.collection(collection).await? {
-        Some(info) if info.dimension as usize != src.dim() => bail!(
-            "collection {collection} has dimension {}, the data {}",
-            info.dimension,
-            src.dim()
-        ),
-        Some(_) => {}
-        None if create => {
-            client
-                .create_collection(collection, src.dim() as u32)
-                .await
-                .or_else(|e| match e {
-                    ClientError::AlreadyExists(_) => Ok(pb::CollectionInfo::default()),
-                    e => Err(e),
-                })?;
-        }
-        None => bail!("collection {collection} does not exist (and --no-create was given)"),
-    }
-    let pb = if progress {
+    let pb = if opts.progress {
         super::params::bar(src.len() as u64, "ingest")
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Document>>(2);
-    let producer = {
-        let (client, src, coll, pb) = (
-            client.clone(),
-            src.clone(),
-            collection.to_string(),
-            pb.clone(),
-        );
-        tokio::spawn(async move {
-            let mut r = IngestReport::default();
-            let batch = batch.max(1);
-            for start in (0..src.len()).step_by(batch) {
-                let rows: Vec<usize> = (start..(start + batch).min(src.len())).collect();
-                let todo: Vec<usize> = if force {
-                    rows.clone()
-                } else {
-                    let (_, missing) = client
-                        .get(&coll, rows.iter().map(|&i| src.id(i)), false)
-                        .await?;
-                    let missing: HashSet<String> = missing.into_iter().collect();
-                    rows.iter()
-                        .copied()
-                        .filter(|&i| missing.contains(src.id(i)))
-                        .collect()
-                };
-                r.skipped += (rows.len() - todo.len()) as u64;
-                if !todo.is_empty() {
-                    let docs: Vec<Document> =
-                        todo.iter().map(|&i| src.document(i, dtype)).collect();
-                    for d in &docs {
-                        r.tokens += d.vectors.n_tokens() as u64;
-                        r.bytes += d.vectors.clone().into_proto().data.len() as u64;
-                    }
-                    if tx.send(docs).await.is_err() {
-                        break; // the stream failed; its error is reported below
-                    }
-                }
-                pb.inc(rows.len() as u64);
-            }
-            anyhow::Ok(r)
-        })
+    let bar = pb.clone();
+    let progress: Progress = Arc::new(move |e: &IngestEvent| match e {
+        IngestEvent::Batch { done, .. } => bar.set_position(*done),
+        IngestEvent::Retry { wait, error } => {
+            bar.suspend(|| eprintln!("the server pushed back; retrying in {wait:?}: {error}"))
+        }
+    });
+    let options = IngestOptions {
+        batch: opts.batch,
+        force: opts.force,
+        create: opts.create,
+        progress: Some(progress),
+        ..IngestOptions::default()
     };
-    let sent = client
-        .bulk_upsert(collection, tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
-    let produced = producer.await.context("the ingest producer panicked")?;
+    let src = Encoded {
+        src,
+        dtype: opts.dtype,
+    };
+    let r = chamfer_client::ingest::ingest(target, collection, &src, &options).await;
     pb.finish_and_clear();
-    let uploaded = sent
-        .context("bulk upsert failed (re-run to resume)")?
-        .upserted;
-    let mut r = produced.context("looking up stored ids failed (re-run to resume)")?;
-    r.uploaded = uploaded;
-    r.seconds = t0.elapsed().as_secs_f64();
-    Ok(r)
+    Ok(r?)
 }
 
 impl IngestCmd {
@@ -409,7 +322,6 @@ impl IngestCmd {
             (None, None) => bail!("give --data DIR or --jsonl FILE"),
         };
         let name = self.collection.clone().unwrap_or(default_name);
-        let src = Arc::new(src);
         runtime()?.block_on(async {
             let client = self.conn.connect().await?;
             let opts = IngestOpts {
@@ -419,8 +331,7 @@ impl IngestCmd {
                 create: !self.no_create,
                 progress: true,
             };
-            let r = ingest(&client, &name, src.clone(), opts)
-            .await?;
+            let r = ingest(&client, &name, &src, opts).await?;
             let s = r.seconds.max(1e-9);
             println!(
                 "ingested {} documents into {name} ({} already stored, skipped) in {:.2} s: {:.0} docs/s, {:.0} tokens/s, {:.1} MB/s",
@@ -559,25 +470,6 @@ fn read_vectors_file(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
         .with_context(|| format!("{}: vectors must be arrays of numbers", path.display()))
 }
 
-/// Standard base64 (for grpcurl's JSON `bytes`).
-pub fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= c.len() {
-                out.push(T[(n >> shift) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The REST search body for `rows` (as `chamfer query --emit-rest-body` prints it).
 pub fn rest_body(rows: &[Vec<f32>], k: u32, with_metadata: bool) -> Value {
     json!({"query": rows, "k": k, "with_metadata": with_metadata})
@@ -589,7 +481,7 @@ pub fn grpc_body(collection: &str, rows: &[Vec<f32>], k: u32) -> Value {
     let t = chamfer_proto::tokens::pack_f32(&rows.concat(), dim.max(1));
     json!({
         "collection": collection, "k": k, "with_metadata": true,
-        "query": {"dtype": "DTYPE_F32", "n_tokens": t.n_tokens, "dim": t.dim, "data": base64(&t.data)},
+        "query": {"dtype": "DTYPE_F32", "n_tokens": t.n_tokens, "dim": t.dim, "data": base64::engine::general_purpose::STANDARD.encode(&t.data)},
     })
 }
 
@@ -934,9 +826,14 @@ pub struct HealthcheckCmd {
 
 impl HealthcheckCmd {
     pub fn run(self) -> anyhow::Result<()> {
-        let url = HttpUrl::parse(&self.http)?;
-        let status = get_status(&url, Duration::from_secs_f64(self.timeout.max(0.001)))
-            .with_context(|| format!("{} is not healthy", self.http))?;
+        let url = parse_http_url(&self.http)?;
+        let path = url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let timeout = Duration::from_secs_f64(self.timeout.max(0.001));
+        let client = RestClient::new(&self.http)?.timeout(timeout);
+        let status = runtime()?
+            .block_on(client.send(chamfer_client::rest::Method::GET, &path, None, None, &[]))
+            .with_context(|| format!("{} is not healthy", self.http))?
+            .status;
         if !(200..300).contains(&status) {
             bail!("{} answered HTTP {status}", self.http);
         }
@@ -950,21 +847,6 @@ impl HealthcheckCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
 
     #[test]
     fn filters_parse_into_conditions() {

@@ -3,11 +3,11 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use chamfer_index::dataset::{Dataset, DatasetWriter};
+use chamfer_data::dataset::{Dataset, DatasetWriter};
+use chamfer_data::synth::{generate, SynthParams};
 use chamfer_index::fde::{FdeConfig, FdeEncoder, ProjectionType};
 use chamfer_index::index_dir::{index_bytes, open_index, write_index};
 use chamfer_index::shard::ShardDoc;
-use chamfer_index::synth::{generate, SynthParams};
 use chamfer_index::tokens::TokenMatrix;
 use clap::Args;
 
@@ -184,7 +184,7 @@ impl GenCmd {
         .write(&self.out)?;
         let readme = format!(
             "# synthetic data set\n\nWritten by `chamfer gen --like {} --docs {} --queries {} --seed {}`: {} documents ({} tokens), {} queries, \
-             token statistics mimicking the template (see chamfer_index::synth), exact Chamfer top-{} ground truth, qrels = each query's source document.\n",
+             token statistics mimicking the template (see chamfer_data::synth), exact Chamfer top-{} ground truth, qrels = each query's source document.\n",
             self.like.display(), self.docs, self.queries, self.seed, corpus.doc_ids.len(), corpus.doc_tokens.len() / corpus.dim,
             corpus.query_ids.len(), corpus.gt_k
         );
@@ -349,7 +349,7 @@ impl SliceCmd {
             query_tokens.extend_from_slice(ds.query_tokens(j));
             query_offsets.push(query_tokens.len() / dim);
         }
-        let (gt_ids, gt_scores, gt_k) = chamfer_index::synth::exact_ground_truth(
+        let (gt_ids, gt_scores, gt_k) = chamfer_data::synth::exact_ground_truth(
             &doc_tokens,
             &doc_offsets,
             &query_tokens,

@@ -1,9 +1,10 @@
-//! Command-line interface: argument parsing and one module per group of verbs.
+//! The `chamfer` command: a thin entry point over the engine (`chamfer-index`), the data set tools
+//! (`chamfer-data`), the server (`chamfer-server`) and the client (`chamfer-client`). Argument parsing here, one
+//! module per group of verbs.
 mod bench;
 mod client;
 mod demo;
 mod engine;
-mod http;
 mod load;
 mod params;
 mod serve;
@@ -49,7 +50,7 @@ enum Command {
 }
 
 /// Parses the command line and runs the command.
-pub fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(c) => c.run(),
@@ -65,5 +66,15 @@ pub fn run() -> anyhow::Result<()> {
         Command::Healthcheck(c) => c.run(),
         Command::Demo(c) => c.run(),
         Command::Load(c) => c.run(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,529 @@
+//! Bulk ingest, one implementation for both protocols: batching, resume by id, retry with backoff when the
+//! server pushes back, pipelined batches, a progress callback.
+//!
+//! **Resume rule.** Unless `force`, each batch's ids are looked up first and the ones the collection already
+//! holds are skipped: a re-run after an interruption uploads only what is missing, a complete re-run uploads
+//! nothing, and documents the collection holds besides the source's do not matter. (Upserts are idempotent by id,
+//! so resuming never duplicates a document; a skipped document is not compared with the source: `force` uploads
+//! every document again.)
+//!
+//! **Retry rule.** A call the server answers with backpressure ([`Error::is_backpressure`]: RESOURCE_EXHAUSTED
+//! `overloaded` / HTTP 429, UNAVAILABLE / HTTP 503) is sent again after the server's hint (gRPC metadata
+//! `retry-after-ms`, HTTP `Retry-After`) or, without one, after a backoff of 1 s doubling to 8 s; at most
+//! [`IngestOptions::max_attempts`] attempts in a row. Any other error ends the ingest (re-run to resume).
+//!
+//! **Pipelining.** Looking up and encoding batch `i + 1` overlaps the upload of batch `i` (at most two batches
+//! wait); uploads go one at a time, in source order, so every acknowledged batch is one durable write and a
+//! later document with the same id always wins.
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{pb, Client, Document, Error, RestClient, Result};
+
+/// Where documents go: the few calls an ingest makes, over gRPC ([`Client`]) or REST ([`RestClient`]).
+pub trait IngestTarget: Sync {
+    /// The collection's token dimension, or `None` when it does not exist.
+    fn dimension(&self, collection: &str) -> impl Future<Output = Result<Option<usize>>> + Send;
+    /// Creates the collection with the server's default parameters (an existing one is not an error).
+    fn create(&self, collection: &str, dimension: usize)
+        -> impl Future<Output = Result<()>> + Send;
+    /// The ids among `ids` that the collection does not hold.
+    fn missing(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Upserts one batch durably; the number of documents written.
+    fn upsert(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Where documents come from: a numbered list of ids and documents.
+pub trait DocumentSource: Sync {
+    /// How many documents.
+    fn len(&self) -> usize;
+    /// True when there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Their token dimension.
+    fn dim(&self) -> usize;
+    /// Document `i`'s id (ids are what resuming compares).
+    fn id(&self, i: usize) -> &str;
+    /// Document `i`, encoded for the wire.
+    fn document(&self, i: usize) -> Document;
+}
+
+/// What the progress callback hears.
+#[derive(Debug, Clone)]
+pub enum IngestEvent {
+    /// A batch is done (uploaded and acknowledged, or skipped): `done` of `total` source documents.
+    Batch {
+        done: u64,
+        total: u64,
+        uploaded: u64,
+        skipped: u64,
+    },
+    /// The server pushed back; the call is sent again after `wait`.
+    Retry { wait: Duration, error: String },
+}
+
+/// A progress callback.
+pub type Progress = Arc<dyn Fn(&IngestEvent) + Send + Sync>;
+
+/// How to ingest.
+#[derive(Clone)]
+pub struct IngestOptions {
+    /// Documents per batch (one durable write each).
+    pub batch: usize,
+    /// Upload every document, even those whose id is stored.
+    pub force: bool,
+    /// Create the collection when it is absent.
+    pub create: bool,
+    /// Most attempts of one call while the server pushes back.
+    pub max_attempts: u32,
+    /// Called after every batch and before every retry.
+    pub progress: Option<Progress>,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            batch: 64,
+            force: false,
+            create: true,
+            max_attempts: 60,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for IngestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestOptions")
+            .field("batch", &self.batch)
+            .field("force", &self.force)
+            .field("create", &self.create)
+            .field("max_attempts", &self.max_attempts)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// What an ingest did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct IngestReport {
+    /// Documents the server wrote.
+    pub uploaded: u64,
+    /// Documents skipped because their id was stored.
+    pub skipped: u64,
+    /// Token vectors uploaded.
+    pub tokens: u64,
+    /// Bytes of packed vectors uploaded (the gRPC encoding; REST sends them as JSON numbers).
+    pub bytes: u64,
+    /// Calls sent again after backpressure.
+    pub retries: u64,
+    pub seconds: f64,
+}
+
+/// Why an ingest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The collection exists with another dimension.
+    #[error("collection {collection} has dimension {stored}, the data {data}")]
+    Dimension {
+        collection: String,
+        stored: usize,
+        data: usize,
+    },
+    /// The collection is absent and creating it was not allowed.
+    #[error("collection {0} does not exist (and creating it was not allowed)")]
+    NoCollection(String),
+    /// A call failed (after its retries); what was acknowledged before stays written.
+    #[error("{step} failed (re-run to resume): {source}")]
+    Call {
+        step: &'static str,
+        #[source]
+        source: Error,
+    },
+}
+
+fn step(step: &'static str) -> impl FnOnce(Error) -> IngestError {
+    move |source| IngestError::Call { step, source }
+}
+
+/// Sends `call` until it succeeds, fails with something other than backpressure, or `max_attempts` is used up.
+async fn retrying<T, F, Fut>(opts: &IngestOptions, retries: &mut u64, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_backpressure() && attempt < opts.max_attempts => {
+                // A hint is honoured, within reason (a broken server must not stall the client for hours).
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(backoff)
+                    .min(Duration::from_secs(60));
+                if let Some(p) = &opts.progress {
+                    p(&IngestEvent::Retry {
+                        wait,
+                        error: e.to_string(),
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(8));
+                attempt += 1;
+                *retries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One batch ready to upload: its size in the source and the documents to send.
+struct Batch {
+    rows: usize,
+    docs: Vec<Document>,
+}
+
+/// Uploads `src` into `collection` (created when absent and `opts.create`), resuming by id (see the module
+/// documentation for the rules).
+pub async fn ingest<T: IngestTarget, S: DocumentSource>(
+    target: &T,
+    collection: &str,
+    src: &S,
+    opts: &IngestOptions,
+) -> std::result::Result<IngestReport, IngestError> {
+    let t0 = Instant::now();
+    let mut retries = 0;
+    let stored = retrying(opts, &mut retries, || target.dimension(collection))
+        .await
+        .map_err(step("describing the collection"))?;
+    match stored {
+        Some(d) if d != src.dim() => {
+            return Err(IngestError::Dimension {
+                collection: collection.into(),
+                stored: d,
+                data: src.dim(),
+            })
+        }
+        Some(_) => {}
+        None if opts.create => {
+            retrying(opts, &mut retries, || target.create(collection, src.dim()))
+                .await
+                .map_err(step("creating the collection"))?
+        }
+        None => return Err(IngestError::NoCollection(collection.into())),
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
+    let batch = opts.batch.max(1);
+    let total = src.len() as u64;
+    // Producer: look up each batch's stored ids, encode the rest.
+    let produce = async {
+        let mut retries = 0;
+        let mut skipped = 0u64;
+        for start in (0..src.len()).step_by(batch) {
+            let rows: Vec<usize> = (start..(start + batch).min(src.len())).collect();
+            let todo: Vec<usize> = if opts.force {
+                rows.clone()
+            } else {
+                let ids: Vec<String> = rows.iter().map(|&i| src.id(i).to_string()).collect();
+                let missing: HashSet<String> = retrying(opts, &mut retries, || {
+                    target.missing(collection, ids.clone())
+                })
+                .await
+                .map_err(step("looking up stored ids"))?
+                .into_iter()
+                .collect();
+                rows.iter()
+                    .copied()
+                    .filter(|&i| missing.contains(src.id(i)))
+                    .collect()
+            };
+            skipped += (rows.len() - todo.len()) as u64;
+            let docs = todo.iter().map(|&i| src.document(i)).collect();
+            if tx
+                .send(Batch {
+                    rows: rows.len(),
+                    docs,
+                })
+                .await
+                .is_err()
+            {
+                break; // the uploader stopped; its error is reported
+            }
+        }
+        drop(tx);
+        Ok::<_, IngestError>((skipped, retries))
+    };
+    // Uploader: one batch at a time, in order.
+    let upload = async {
+        let mut r = IngestReport::default();
+        let mut done = 0u64;
+        let mut skipped = 0u64;
+        while let Some(b) = rx.recv().await {
+            skipped += (b.rows - b.docs.len()) as u64;
+            if !b.docs.is_empty() {
+                for d in &b.docs {
+                    r.tokens += d.vectors.n_tokens() as u64;
+                    r.bytes += d.vectors.byte_len() as u64;
+                }
+                r.uploaded += retrying(opts, &mut r.retries, || {
+                    target.upsert(collection, b.docs.clone())
+                })
+                .await
+                .map_err(step("upserting a batch"))?;
+            }
+            done += b.rows as u64;
+            if let Some(p) = &opts.progress {
+                p(&IngestEvent::Batch {
+                    done,
+                    total,
+                    uploaded: r.uploaded,
+                    skipped,
+                });
+            }
+        }
+        Ok::<_, IngestError>(r)
+    };
+    let (produced, uploaded) = tokio::join!(produce, upload);
+    // The uploader's error first: when it stops, the producer only notices.
+    let mut r = uploaded?;
+    let (skipped, lookup_retries) = produced?;
+    r.skipped = skipped;
+    r.retries += retries + lookup_retries;
+    r.seconds = t0.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+impl IngestTarget for Client {
+    async fn dimension(&self, collection: &str) -> Result<Option<usize>> {
+        Ok(self
+            .collection(collection)
+            .await?
+            .map(|i| i.dimension as usize))
+    }
+
+    async fn create(&self, collection: &str, dimension: usize) -> Result<()> {
+        let dim = u32::try_from(dimension)
+            .map_err(|_| Error::InvalidInput(format!("dimension {dimension} is too large")))?;
+        match self.create_collection(collection, dim).await {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn missing(&self, collection: &str, ids: Vec<String>) -> Result<Vec<String>> {
+        Ok(self.get(collection, ids, false).await?.1)
+    }
+
+    async fn upsert(&self, collection: &str, docs: Vec<Document>) -> Result<u64> {
+        let r: pb::UpsertResponse = Client::upsert(self, collection, docs).await?;
+        Ok(r.upserted)
+    }
+}
+
+impl IngestTarget for RestClient {
+    async fn dimension(&self, collection: &str) -> Result<Option<usize>> {
+        Ok(self
+            .collection(collection)
+            .await?
+            .map(|v| v["dimension"].as_u64().unwrap_or(0) as usize))
+    }
+
+    async fn create(&self, collection: &str, dimension: usize) -> Result<()> {
+        let dim = u32::try_from(dimension)
+            .map_err(|_| Error::InvalidInput(format!("dimension {dimension} is too large")))?;
+        match self.create_collection(collection, dim).await {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn missing(&self, collection: &str, ids: Vec<String>) -> Result<Vec<String>> {
+        RestClient::missing(self, collection, ids).await
+    }
+
+    async fn upsert(&self, collection: &str, docs: Vec<Document>) -> Result<u64> {
+        RestClient::upsert(self, collection, docs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::Vectors;
+
+    /// An in-memory target that pushes back on chosen calls and records what it was sent.
+    #[derive(Default)]
+    struct Fake {
+        dim: Mutex<Option<usize>>,
+        stored: Mutex<Vec<String>>,
+        batches: Mutex<Vec<Vec<String>>>,
+        /// Upsert calls that answer "overloaded" (by call number, from 0).
+        overloaded: Vec<usize>,
+        calls: Mutex<usize>,
+    }
+
+    impl IngestTarget for Fake {
+        async fn dimension(&self, _: &str) -> Result<Option<usize>> {
+            Ok(*self.dim.lock().unwrap())
+        }
+        async fn create(&self, _: &str, dimension: usize) -> Result<()> {
+            *self.dim.lock().unwrap() = Some(dimension);
+            Ok(())
+        }
+        async fn missing(&self, _: &str, ids: Vec<String>) -> Result<Vec<String>> {
+            let s = self.stored.lock().unwrap();
+            Ok(ids.into_iter().filter(|i| !s.contains(i)).collect())
+        }
+        async fn upsert(&self, _: &str, docs: Vec<Document>) -> Result<u64> {
+            let n = {
+                let mut c = self.calls.lock().unwrap();
+                *c += 1;
+                *c - 1
+            };
+            if self.overloaded.contains(&n) {
+                return Err(Error::Overloaded {
+                    message: "flushing is behind".into(),
+                    retry_after: Some(Duration::from_millis(1)),
+                });
+            }
+            let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+            self.stored.lock().unwrap().extend(ids.iter().cloned());
+            self.batches.lock().unwrap().push(ids);
+            Ok(docs.len() as u64)
+        }
+    }
+
+    struct Src(usize);
+
+    impl DocumentSource for Src {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn dim(&self) -> usize {
+            2
+        }
+        fn id(&self, i: usize) -> &str {
+            ["a", "b", "c", "d", "e", "f", "g"][i]
+        }
+        fn document(&self, i: usize) -> Document {
+            Document::from_vectors(self.id(i), Vectors::f32(&[i as f32, 1.0], 2))
+        }
+    }
+
+    fn opts(batch: usize) -> IngestOptions {
+        IngestOptions {
+            batch,
+            ..IngestOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_in_batches_and_resumes_by_id() {
+        let t = Fake::default();
+        t.stored
+            .lock()
+            .unwrap()
+            .extend(["b".to_string(), "zz".to_string()]);
+        *t.dim.lock().unwrap() = Some(2);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let mut o = opts(3);
+        o.progress = Some(Arc::new(move |e: &IngestEvent| {
+            ev.lock().unwrap().push(e.clone())
+        }));
+        let r = ingest(&t, "c", &Src(7), &o).await.unwrap();
+        assert_eq!((r.uploaded, r.skipped, r.tokens), (6, 1, 6));
+        assert_eq!(
+            *t.batches.lock().unwrap(),
+            vec![vec!["a", "c"], vec!["d", "e", "f"], vec!["g"]]
+        );
+        let last = events.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            matches!(
+                last,
+                IngestEvent::Batch {
+                    done: 7,
+                    total: 7,
+                    uploaded: 6,
+                    skipped: 1
+                }
+            ),
+            "{last:?}"
+        );
+        // A complete re-run uploads nothing; force uploads everything.
+        let r = ingest(&t, "c", &Src(7), &opts(3)).await.unwrap();
+        assert_eq!((r.uploaded, r.skipped), (0, 7));
+        let mut o = opts(4);
+        o.force = true;
+        let r = ingest(&t, "c", &Src(7), &o).await.unwrap();
+        assert_eq!((r.uploaded, r.skipped), (7, 0));
+    }
+
+    #[tokio::test]
+    async fn retries_backpressure_then_gives_up() {
+        let t = Fake {
+            overloaded: vec![0, 1],
+            ..Fake::default()
+        };
+        let r = ingest(&t, "c", &Src(4), &opts(2)).await.unwrap();
+        assert_eq!((r.uploaded, r.retries), (4, 2));
+        assert_eq!(t.batches.lock().unwrap().len(), 2);
+
+        let t = Fake {
+            overloaded: (0..10).collect(),
+            ..Fake::default()
+        };
+        let mut o = opts(2);
+        o.max_attempts = 3;
+        let e = ingest(&t, "c", &Src(4), &o).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                IngestError::Call {
+                    source: Error::Overloaded { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(t.batches.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn checks_the_collection_first() {
+        let t = Fake::default();
+        *t.dim.lock().unwrap() = Some(3);
+        let e = ingest(&t, "c", &Src(1), &opts(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IngestError::Dimension {
+                    stored: 3,
+                    data: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let t = Fake::default();
+        let mut o = opts(1);
+        o.create = false;
+        let e = ingest(&t, "c", &Src(1), &o).await.unwrap_err();
+        assert!(matches!(e, IngestError::NoCollection(_)), "{e}");
+    }
+}

@@ -327,7 +327,7 @@ pub fn validate_docs(
 }
 
 /// Adds the document id to argument errors, so a client can find the bad document in a large batch.
-fn in_doc(id: &str, e: ServiceError) -> ServiceError {
+pub(crate) fn in_doc(id: &str, e: ServiceError) -> ServiceError {
     match e {
         ServiceError::Malformed(m) => ServiceError::Malformed(format!("document {id:?}: {m}")),
         ServiceError::InvalidArgument(m) => {

@@ -242,7 +242,7 @@ impl BenchCmd {
             "plan": main.plan.unwrap_or(Plan::Auto).name(),
             "kernel": format!("{:?}", kernel_level()),
             "runs": self.runs,
-            "params": {"index": params, "search": p},
+            "params": {"index": chamfer_index::shard::persisted::PersistedParamsV1::from(&params), "search": p},
         });
         if let Some(n) = ndcg {
             report["ndcg_at_10"] = json!(n);

@@ -179,7 +179,9 @@ CLI:
             return Ok(server.shutdown().await?);
         }
         println!("\nPress Ctrl-C to stop.");
-        Ok(server.wait(chamfer_server::serve::shutdown_signal()).await?)
+        Ok(server
+            .wait(chamfer_server::serve::shutdown_signal())
+            .await?)
     }
 }
 

@@ -21,9 +21,15 @@ pub enum DataError {
     /// A generator setting out of range.
     #[error("invalid parameter {name}: {reason}")]
     InvalidParam { name: &'static str, reason: String },
-    /// An engine error (writing files atomically goes through the engine's `fsutil`).
+    /// An engine error.
     #[error(transparent)]
     Index(#[from] IndexError),
+}
+
+impl From<chamfer_index::fsutil::FsError> for DataError {
+    fn from(e: chamfer_index::fsutil::FsError) -> Self {
+        DataError::io(e.path, e.source)
+    }
 }
 
 impl DataError {

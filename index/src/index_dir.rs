@@ -46,7 +46,7 @@ pub fn write_index(
     };
     let json = serde_json::to_vec_pretty(&m)
         .map_err(|e| IndexError::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
-    write_atomic(&dir.join(MANIFEST), &json)
+    Ok(write_atomic(&dir.join(MANIFEST), &json)?)
 }
 
 /// Opens the index in `dir`: reads the manifest, opens and verifies every shard, returns a searcher.

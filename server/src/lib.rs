@@ -9,6 +9,7 @@
 //! * [`metrics`]: Prometheus counters and latency histograms; [`auth`]: the API-key check.
 //! * [`serve`]: `run(settings, shutdown)`, the whole server as a library function (the `chamfer` binary and
 //!   the end-to-end tests both call it).
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
@@ -17,7 +18,6 @@ pub mod error;
 pub mod fuzzing;
 pub mod grpc;
 pub mod metrics;
-pub mod api;
 pub mod rest;
 pub mod serve;
 

@@ -111,7 +111,8 @@ type Body<T> = Result<ApiJson<T>, ServiceError>;
 pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
 
 /// The OpenAPI description of [`TIMEOUT_HEADER`].
-const TIMEOUT_DOC: &str = "a deadline in milliseconds, shorter than the server's request_timeout_ms (504 \
+const TIMEOUT_DOC: &str =
+    "a deadline in milliseconds, shorter than the server's request_timeout_ms (504 \
     deadline_exceeded past it; an upsert's covers only its work before the log write)";
 
 /// The client's deadline from [`TIMEOUT_HEADER`], if it sent one; counted from now (the body has been read).
@@ -218,8 +219,10 @@ async fn flush(
     State(s): State<RestApi>,
     Path(name): Path<String>,
 ) -> Result<Json<Collection>, ServiceError> {
-    s.observe("flush", async { Ok(Json(s.core.flush(&name).await?.into())) })
-        .await
+    s.observe("flush", async {
+        Ok(Json(s.core.flush(&name).await?.into()))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/collections/{name}/compact", operation_id = "compact", tag = "collections",

@@ -1589,7 +1589,11 @@ async fn rest_packed_tokens_equal_rows() {
         for coll in forms {
             for qf in forms {
                 let got = rest_hits(&h, coll, query(qf)).await;
-                assert_same(&want, &got, &format!("query {q}: {qf} query on the {coll} collection"));
+                assert_same(
+                    &want,
+                    &got,
+                    &format!("query {q}: {qf} query on the {coll} collection"),
+                );
             }
             // The batch route takes packed queries too.
             let batch = h
@@ -1627,11 +1631,19 @@ async fn rest_packed_tokens_equal_rows() {
             .await;
         check_packed(&got["documents"][0]["tokens"]);
         let one = h
-            .ok("GET", &format!("/v1/collections/{coll}/documents/{path_id}?packed=true"), None)
+            .ok(
+                "GET",
+                &format!("/v1/collections/{coll}/documents/{path_id}?packed=true"),
+                None,
+            )
             .await;
         check_packed(&one["tokens"]);
         let plain = h
-            .ok("GET", &format!("/v1/collections/{coll}/documents/{path_id}"), None)
+            .ok(
+                "GET",
+                &format!("/v1/collections/{coll}/documents/{path_id}"),
+                None,
+            )
             .await;
         assert_eq!(plain["tokens"], json!(rows(stored, dim)));
     }
@@ -1647,22 +1659,86 @@ async fn rest_packed_tokens_equal_rows() {
     };
     let one_row = vec![0.5f32; dim];
     let cases: Vec<(Value, u16, &str, &str)> = vec![
-        (json!({"dtype": "f32", "shape": [1, dim], "data": "not base64!"}), 400, "malformed", "base64"),
-        (json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&one_row[1..])}), 400, "malformed", "bytes"),
-        (json!({"dtype": "f16", "shape": [2, dim], "data": b64_f16(&one_row)}), 400, "malformed", "bytes"),
-        (json!({"dtype": "f32", "shape": [dim], "data": b64_f32(&one_row)}), 400, "malformed", "shape"),
-        (json!({"dtype": "f32", "shape": [1, dim, 1], "data": b64_f32(&one_row)}), 400, "malformed", "shape"),
-        (json!({"dtype": "f32", "shape": [2, dim / 2], "data": b64_f32(&one_row)}), 400, "dimension_mismatch", "dimension"),
-        (json!({"dtype": "f32", "shape": [0, dim], "data": ""}), 400, "empty", "no token"),
-        (json!({"dtype": "f32", "shape": [201, dim], "data": ""}), 413, "too_many_tokens", "too many"),
-        (json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&[vec![1e5f32], vec![0.0; dim - 1]].concat())}), 400, "out_of_range", "65504"),
-        (json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&[vec![f32::NAN], vec![0.0; dim - 1]].concat())}), 400, "non_finite", "non-finite"),
-        (json!({"dtype": "f64", "shape": [1, dim], "data": ""}), 400, "malformed", "f64"),
-        (json!([one_row.clone(), vec![0.5f32; dim - 1]]), 400, "dimension_mismatch", "token 1 has 127 values, expected 128"),
+        (
+            json!({"dtype": "f32", "shape": [1, dim], "data": "not base64!"}),
+            400,
+            "malformed",
+            "base64",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&one_row[1..])}),
+            400,
+            "malformed",
+            "bytes",
+        ),
+        (
+            json!({"dtype": "f16", "shape": [2, dim], "data": b64_f16(&one_row)}),
+            400,
+            "malformed",
+            "bytes",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [dim], "data": b64_f32(&one_row)}),
+            400,
+            "malformed",
+            "shape",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [1, dim, 1], "data": b64_f32(&one_row)}),
+            400,
+            "malformed",
+            "shape",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [2, dim / 2], "data": b64_f32(&one_row)}),
+            400,
+            "dimension_mismatch",
+            "dimension",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [0, dim], "data": ""}),
+            400,
+            "empty",
+            "no token",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [201, dim], "data": ""}),
+            413,
+            "too_many_tokens",
+            "too many",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&[vec![1e5f32], vec![0.0; dim - 1]].concat())}),
+            400,
+            "out_of_range",
+            "65504",
+        ),
+        (
+            json!({"dtype": "f32", "shape": [1, dim], "data": b64_f32(&[vec![f32::NAN], vec![0.0; dim - 1]].concat())}),
+            400,
+            "non_finite",
+            "non-finite",
+        ),
+        (
+            json!({"dtype": "f64", "shape": [1, dim], "data": ""}),
+            400,
+            "malformed",
+            "f64",
+        ),
+        (
+            json!([one_row.clone(), vec![0.5f32; dim - 1]]),
+            400,
+            "dimension_mismatch",
+            "token 1 has 127 values, expected 128",
+        ),
     ];
     for (tokens, status, code, needle) in cases {
         let (st, v) = upsert(tokens.clone()).await;
-        assert_eq!((st, v["code"].as_str()), (status, Some(code)), "{tokens}: {v}");
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (status, Some(code)),
+            "{tokens}: {v}"
+        );
         let msg = v["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{tokens}: {msg}");
         // (An unknown dtype fails to parse at all: the message names the JSON position instead.)
@@ -1671,10 +1747,19 @@ async fn rest_packed_tokens_equal_rows() {
         }
     }
     // The exact message of the example.
-    let (_, v) = upsert(json!([one_row.clone(), one_row.clone(), one_row.clone(), vec![0.0f32; dim - 1]])).await;
+    let (_, v) = upsert(json!([
+        one_row.clone(),
+        one_row.clone(),
+        one_row.clone(),
+        vec![0.0f32; dim - 1]
+    ]))
+    .await;
     assert_eq!(
         v["message"],
-        format!("document \"bad-doc\": token 3 has {} values, expected {dim}", dim - 1)
+        format!(
+            "document \"bad-doc\": token 3 has {} values, expected {dim}",
+            dim - 1
+        )
     );
     // Queries: the same checks.
     let (st, v) = h
@@ -1692,6 +1777,10 @@ async fn rest_packed_tokens_equal_rows() {
             Some(&json!({"query": {"dtype": "f16", "shape": [1, dim + 1], "data": b64_f16(&vec![0.5; dim + 1])}, "k": 1})),
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (400, Some("dimension_mismatch")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("dimension_mismatch")),
+        "{v}"
+    );
     server.shutdown().await.unwrap();
 }

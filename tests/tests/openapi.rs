@@ -14,7 +14,9 @@ const KEY: &str = "openapi-test-key-0123456789";
 /// Checks `v` against `schema` (resolving `$ref`s in `doc`); the error names the JSON path.
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema["$ref"].as_str() {
-        let name = r.strip_prefix("#/components/schemas/").ok_or(format!("{at}: ref {r}"))?;
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("{at}: ref {r}"))?;
         let target = &doc["components"]["schemas"][name];
         if target.is_null() {
             return Err(format!("{at}: unknown schema {name}"));
@@ -28,7 +30,10 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String>
     }
     for key in ["oneOf", "anyOf"] {
         if let Some(any) = schema[key].as_array() {
-            let errs: Vec<String> = any.iter().filter_map(|s| check(doc, s, v, at).err()).collect();
+            let errs: Vec<String> = any
+                .iter()
+                .filter_map(|s| check(doc, s, v, at).err())
+                .collect();
             if errs.len() == any.len() {
                 return Err(format!("{at}: matches no {key} alternative: {errs:?}"));
             }
@@ -112,7 +117,13 @@ struct Case {
     want: u16,
 }
 
-fn case(method: &'static str, template: &'static str, path: &str, body: Option<Value>, want: u16) -> Case {
+fn case(
+    method: &'static str,
+    template: &'static str,
+    path: &str,
+    body: Option<Value>,
+    want: u16,
+) -> Case {
     Case {
         method,
         template,
@@ -125,7 +136,9 @@ fn case(method: &'static str, template: &'static str, path: &str, body: Option<V
 /// 4-dimensional rows.
 fn rows(n: usize, seed: f32) -> Value {
     json!((0..n)
-        .map(|i| (0..4).map(|j| ((i * 4 + j) as f32 * 0.37 + seed).sin()).collect::<Vec<f32>>())
+        .map(|i| (0..4)
+            .map(|j| ((i * 4 + j) as f32 * 0.37 + seed).sin())
+            .collect::<Vec<f32>>())
         .collect::<Vec<_>>())
 }
 
@@ -147,48 +160,178 @@ async fn the_served_openapi_matches_every_route() {
         case("GET", "/metrics", "/metrics", None, 200),
         case("GET", "/openapi.json", "/openapi.json", None, 200),
         case("GET", "/docs", "/docs", None, 200),
-        case("POST", "/v1/collections", "/v1/collections",
-            Some(json!({"name": "c", "dimension": 4, "fde": {"num_repetitions": 2, "projection_dimension": 4},
-                        "hnsw": {"m": 8, "storage": "f32"}, "codebook_size": 8})), 201),
-        case("POST", "/v1/collections", "/v1/collections", Some(json!({"name": "c", "dimension": 4})), 409),
-        case("POST", "/v1/collections", "/v1/collections", Some(json!({"name": "bad name", "dimension": 4})), 400),
-        case("POST", "/v1/collections", "/v1/collections", Some(json!({"name": "x", "dimension": 4, "fde": {"nope": 1}})), 400),
+        case(
+            "POST",
+            "/v1/collections",
+            "/v1/collections",
+            Some(
+                json!({"name": "c", "dimension": 4, "fde": {"num_repetitions": 2, "projection_dimension": 4},
+                        "hnsw": {"m": 8, "storage": "f32"}, "codebook_size": 8}),
+            ),
+            201,
+        ),
+        case(
+            "POST",
+            "/v1/collections",
+            "/v1/collections",
+            Some(json!({"name": "c", "dimension": 4})),
+            409,
+        ),
+        case(
+            "POST",
+            "/v1/collections",
+            "/v1/collections",
+            Some(json!({"name": "bad name", "dimension": 4})),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/collections",
+            "/v1/collections",
+            Some(json!({"name": "x", "dimension": 4, "fde": {"nope": 1}})),
+            400,
+        ),
         case("GET", "/v1/collections", "/v1/collections", None, 200),
         case("GET", "/v1/collections/{name}", c, None, 200),
-        case("GET", "/v1/collections/{name}", "/v1/collections/nope", None, 404),
-        case("POST", "/v1/collections/{name}/documents", &format!("{c}/documents"),
+        case(
+            "GET",
+            "/v1/collections/{name}",
+            "/v1/collections/nope",
+            None,
+            404,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents",
+            &format!("{c}/documents"),
             Some(json!({"documents": [
                 {"id": "a", "tokens": rows(3, 0.1), "metadata": {"lang": "en"}},
                 {"id": "b", "tokens": packed},
-                {"id": "d", "tokens": rows(2, 0.7)}]})), 200),
-        case("POST", "/v1/collections/{name}/documents", &format!("{c}/documents"),
-            Some(json!({"documents": [{"id": "e", "tokens": [[1.0, 2.0]]}]})), 400),
-        case("POST", "/v1/collections/{name}/documents", "/v1/collections/nope/documents",
-            Some(json!({"documents": [{"id": "e", "tokens": rows(1, 0.0)}]})), 404),
-        case("POST", "/v1/collections/{name}/documents/get", &format!("{c}/documents/get"),
-            Some(json!({"ids": ["a", "zz"], "with_tokens": true})), 200),
-        case("POST", "/v1/collections/{name}/documents/get", &format!("{c}/documents/get"),
-            Some(json!({"ids": ["a", "b"], "with_tokens": true, "packed": true})), 200),
-        case("POST", "/v1/collections/{name}/documents/get", &format!("{c}/documents/get"),
-            Some(json!({"ids": []})), 400),
-        case("GET", "/v1/collections/{name}/documents/{id}", &format!("{c}/documents/a"), None, 200),
-        case("GET", "/v1/collections/{name}/documents/{id}", &format!("{c}/documents/a?packed=true"), None, 200),
-        case("GET", "/v1/collections/{name}/documents/{id}", &format!("{c}/documents/zz"), None, 404),
-        case("POST", "/v1/collections/{name}/search", &format!("{c}/search"),
+                {"id": "d", "tokens": rows(2, 0.7)}]})),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents",
+            &format!("{c}/documents"),
+            Some(json!({"documents": [{"id": "e", "tokens": [[1.0, 2.0]]}]})),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents",
+            "/v1/collections/nope/documents",
+            Some(json!({"documents": [{"id": "e", "tokens": rows(1, 0.0)}]})),
+            404,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents/get",
+            &format!("{c}/documents/get"),
+            Some(json!({"ids": ["a", "zz"], "with_tokens": true})),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents/get",
+            &format!("{c}/documents/get"),
+            Some(json!({"ids": ["a", "b"], "with_tokens": true, "packed": true})),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents/get",
+            &format!("{c}/documents/get"),
+            Some(json!({"ids": []})),
+            400,
+        ),
+        case(
+            "GET",
+            "/v1/collections/{name}/documents/{id}",
+            &format!("{c}/documents/a"),
+            None,
+            200,
+        ),
+        case(
+            "GET",
+            "/v1/collections/{name}/documents/{id}",
+            &format!("{c}/documents/a?packed=true"),
+            None,
+            200,
+        ),
+        case(
+            "GET",
+            "/v1/collections/{name}/documents/{id}",
+            &format!("{c}/documents/zz"),
+            None,
+            404,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/search",
+            &format!("{c}/search"),
             Some(json!({"query": rows(2, 0.2), "k": 2, "with_metadata": true,
-                        "filter": {"must": [{"key": "lang", "equals": "en"}]}})), 200),
-        case("POST", "/v1/collections/{name}/search", &format!("{c}/search"),
-            Some(json!({"query": packed, "k": 3})), 200),
-        case("POST", "/v1/collections/{name}/search", &format!("{c}/search"),
-            Some(json!({"query": rows(1, 0.0), "k": 0})), 400),
-        case("POST", "/v1/collections/{name}/search/batch", &format!("{c}/search/batch"),
-            Some(json!({"searches": [{"query": rows(1, 0.3), "k": 1}, {"query": rows(2, 0.5), "k": 2, "with_metadata": true}]})), 200),
-        case("POST", "/v1/collections/{name}/flush", &format!("{c}/flush"), None, 200),
-        case("POST", "/v1/collections/{name}/compact", &format!("{c}/compact"), None, 200),
-        case("POST", "/v1/collections/{name}/flush", "/v1/collections/nope/flush", None, 404),
-        case("POST", "/v1/collections/{name}/documents/delete", &format!("{c}/documents/delete"),
-            Some(json!({"ids": ["b"]})), 200),
-        case("DELETE", "/v1/collections/{name}/documents/{id}", &format!("{c}/documents/d"), None, 200),
+                        "filter": {"must": [{"key": "lang", "equals": "en"}]}})),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/search",
+            &format!("{c}/search"),
+            Some(json!({"query": packed, "k": 3})),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/search",
+            &format!("{c}/search"),
+            Some(json!({"query": rows(1, 0.0), "k": 0})),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/search/batch",
+            &format!("{c}/search/batch"),
+            Some(
+                json!({"searches": [{"query": rows(1, 0.3), "k": 1}, {"query": rows(2, 0.5), "k": 2, "with_metadata": true}]}),
+            ),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/flush",
+            &format!("{c}/flush"),
+            None,
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/compact",
+            &format!("{c}/compact"),
+            None,
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/flush",
+            "/v1/collections/nope/flush",
+            None,
+            404,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/documents/delete",
+            &format!("{c}/documents/delete"),
+            Some(json!({"ids": ["b"]})),
+            200,
+        ),
+        case(
+            "DELETE",
+            "/v1/collections/{name}/documents/{id}",
+            &format!("{c}/documents/d"),
+            None,
+            200,
+        ),
         case("DELETE", "/v1/collections/{name}", c, None, 200),
         case("DELETE", "/v1/collections/{name}", c, None, 404),
     ];
@@ -196,32 +339,65 @@ async fn the_served_openapi_matches_every_route() {
     for k in &cases {
         let what = format!("{} {}", k.method, k.path);
         let op = &doc["paths"][k.template][k.method.to_lowercase()];
-        assert!(op.is_object(), "{what}: {} {} is not in the document", k.method, k.template);
+        assert!(
+            op.is_object(),
+            "{what}: {} {} is not in the document",
+            k.method,
+            k.template
+        );
         covered.insert((k.template.to_string(), k.method.to_lowercase()));
-        let bytes = k.body.as_ref().map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+        let bytes = k
+            .body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
         let (status, head, body) = h
-            .raw_with_head(k.method, &k.path, &bytes, k.body.as_ref().map(|_| "application/json"))
+            .raw_with_head(
+                k.method,
+                &k.path,
+                &bytes,
+                k.body.as_ref().map(|_| "application/json"),
+            )
             .await;
         assert_eq!(status, k.want, "{what}: {}", String::from_utf8_lossy(&body));
         let resp = &op["responses"][status.to_string()];
-        assert!(resp.is_object(), "{what}: status {status} is not documented: {}", op["responses"]);
+        assert!(
+            resp.is_object(),
+            "{what}: status {status} is not documented: {}",
+            op["responses"]
+        );
         let content = &resp["content"];
         let head = head.to_ascii_lowercase();
         if let Some(schema) = content.get("application/json").map(|c| &c["schema"]) {
-            assert!(head.contains("content-type: application/json"), "{what}: {head}");
-            let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+            assert!(
+                head.contains("content-type: application/json"),
+                "{what}: {head}"
+            );
+            let v: Value =
+                serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
             if let Err(e) = check(&doc, schema, &v, "body") {
                 panic!("{what} ({status}): {e}\n{v}");
             }
         } else if let Some(ct) = content.as_object().and_then(|m| m.keys().next()) {
-            assert!(head.contains(&format!("content-type: {ct}")), "{what}: {ct} vs {head}");
+            assert!(
+                head.contains(&format!("content-type: {ct}")),
+                "{what}: {ct} vs {head}"
+            );
         }
     }
     // Without the key: 401, documented on every keyed operation; the open ones answer.
     let anon = Http::new(addr, None);
-    for (path, method) in doc["paths"].as_object().unwrap().iter().flat_map(|(p, item)| {
-        item.as_object().unwrap().keys().map(move |m| (p.clone(), m.clone()))
-    }) {
+    for (path, method) in doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (p.clone(), m.clone()))
+        })
+    {
         let op = &doc["paths"][&path][&method];
         let concrete = path.replace("{name}", "c").replace("{id}", "a");
         let (status, _) = anon.call(&method.to_uppercase(), &concrete, None).await;
@@ -253,7 +429,10 @@ async fn the_served_openapi_matches_every_route() {
         ("/v1/collections/{name}/search/batch", &["post"]),
     ] {
         for m in methods {
-            assert!(doc["paths"][path][m].is_object(), "{m} {path} missing from the document");
+            assert!(
+                doc["paths"][path][m].is_object(),
+                "{m} {path} missing from the document"
+            );
         }
     }
     // A path that is not a route is not found (so the table above is the whole router).

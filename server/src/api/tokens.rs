@@ -90,7 +90,9 @@ impl Tokens {
                     )));
                 };
                 let bytes = STANDARD.decode(p.data.as_bytes()).map_err(|e| {
-                    ServiceError::Malformed(format!("packed tokens: data is not standard base64: {e}"))
+                    ServiceError::Malformed(format!(
+                        "packed tokens: data is not standard base64: {e}"
+                    ))
                 })?;
                 Ok(TokenInput::Packed {
                     dtype: Some(match p.dtype {
@@ -135,17 +137,32 @@ mod tests {
         assert_eq!(rows, Tokens::Rows(vec![vec![1.0, 2.0], vec![3.0, 4.5]]));
         let packed = Tokens::from_stored(&[1.0, 2.0, 3.0, 4.5], 2, true);
         let json = serde_json::to_string(&packed).unwrap();
-        assert!(json.starts_with(r#"{"dtype":"f16","shape":[2,2],"data":""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"dtype":"f16","shape":[2,2],"data":""#),
+            "{json}"
+        );
         let back: Tokens = serde_json::from_str(&json).unwrap();
-        let TokenInput::Packed { dtype, n_tokens, dim, bytes } = back.into_input().unwrap() else {
+        let TokenInput::Packed {
+            dtype,
+            n_tokens,
+            dim,
+            bytes,
+        } = back.into_input().unwrap()
+        else {
             panic!("not packed")
         };
-        assert_eq!((dtype, n_tokens, dim, bytes.len()), (Some(Dtype::F16), 2, 2, 8));
+        assert_eq!(
+            (dtype, n_tokens, dim, bytes.len()),
+            (Some(Dtype::F16), 2, 2, 8)
+        );
         // The schema's examples are valid packed values.
-        let ex: Tokens =
-            serde_json::from_str(r#"{"dtype": "f32", "shape": [1, 4], "data": "AAAAPwAAAL8AAIA+AAAAAA=="}"#)
-                .unwrap();
-        assert!(matches!(ex.into_input().unwrap(), TokenInput::Packed { bytes, .. } if bytes.len() == 16));
+        let ex: Tokens = serde_json::from_str(
+            r#"{"dtype": "f32", "shape": [1, 4], "data": "AAAAPwAAAL8AAIA+AAAAAA=="}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(ex.into_input().unwrap(), TokenInput::Packed { bytes, .. } if bytes.len() == 16)
+        );
     }
 
     #[test]
@@ -154,10 +171,21 @@ mod tests {
             let t: Tokens = serde_json::from_str(j).unwrap();
             t.into_input().unwrap_err().status().code
         };
-        assert_eq!(code(r#"{"dtype":"f32","shape":[1],"data":""}"#), "malformed");
-        assert_eq!(code(r#"{"dtype":"f32","shape":[1,1],"data":"!!!!"}"#), "malformed");
-        assert!(serde_json::from_str::<Tokens>(r#"{"dtype":"f64","shape":[1,1],"data":""}"#).is_err());
+        assert_eq!(
+            code(r#"{"dtype":"f32","shape":[1],"data":""}"#),
+            "malformed"
+        );
+        assert_eq!(
+            code(r#"{"dtype":"f32","shape":[1,1],"data":"!!!!"}"#),
+            "malformed"
+        );
+        assert!(
+            serde_json::from_str::<Tokens>(r#"{"dtype":"f64","shape":[1,1],"data":""}"#).is_err()
+        );
         assert!(serde_json::from_str::<Tokens>(r#""abc""#).is_err());
-        assert!(serde_json::from_str::<Tokens>(r#"{"dtype":"f32","shape":[1,1],"data":"","x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Tokens>(r#"{"dtype":"f32","shape":[1,1],"data":"","x":1}"#)
+                .is_err()
+        );
     }
 }

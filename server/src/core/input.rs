@@ -5,9 +5,9 @@
 //! is checked here, once, so REST and gRPC cannot drift apart.
 use std::collections::HashSet;
 
+use chamfer_index::shard::IndexParams;
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
-use chamfer_index::shard::IndexParams;
 
 use crate::config::Limits;
 use crate::error::ServiceError;

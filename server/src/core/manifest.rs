@@ -202,7 +202,7 @@ pub fn write_checked<T: Versioned>(path: &Path, body: &T) -> Result<(), StorageE
     };
     let bytes = serde_json::to_vec_pretty(&env)
         .map_err(|e| StorageError::damaged(path, None, e.to_string()))?;
-    fsutil::write_atomic(path, &bytes).map_err(|e| StorageError::from_atomic_write(path, e))
+    fsutil::write_atomic(path, &bytes).map_err(StorageError::from)
 }
 
 /// Recomputes the CRC of a version-2 file whose body parses as `T` (for fuzzing: mutations then reach the

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod input;
 pub mod manifest;
 pub mod pool;
+pub mod rerank;
 pub mod storage_error;
 pub mod wal;
 

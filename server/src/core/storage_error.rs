@@ -2,9 +2,7 @@
 //! the checks recovery makes across them. Every variant names the file; damage names the offset where it is
 //! known. [`ServiceError`](crate::error::ServiceError) maps each variant (exhaustively) to what clients see.
 use std::io;
-use std::path::{Path, PathBuf};
-
-use chamfer_index::IndexError;
+use std::path::PathBuf;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,31 +92,11 @@ impl StorageError {
             },
         }
     }
+}
 
-    /// The error of the engine's atomic write (`chamfer_index::fsutil::write_atomic`) of `path`, which only
-    /// ever fails with an I/O error on the file or its temporary twin. Anything else would be an engine bug,
-    /// reported as an I/O error on `path` with the engine's message.
-    pub(crate) fn from_atomic_write(path: &Path, e: IndexError) -> Self {
-        match e {
-            IndexError::Io { path, source } => StorageError::io(path, source),
-            IndexError::InvalidConfig(_)
-            | IndexError::DimensionMismatch { .. }
-            | IndexError::Empty { .. }
-            | IndexError::NonFinite { .. }
-            | IndexError::TooManyTokens { .. }
-            | IndexError::InvalidParam { .. }
-            | IndexError::DuplicateId(_)
-            | IndexError::NotFound(_)
-            | IndexError::Corrupt { .. }
-            | IndexError::UnsupportedVersion { .. }
-            | IndexError::Dataset { .. }
-            | IndexError::Incompatible(_)
-            | IndexError::ValueOutOfRange { .. }
-            | IndexError::Cancelled(_) => StorageError::Io {
-                path: path.to_path_buf(),
-                source: io::Error::other(e.to_string()),
-            },
-        }
+impl From<chamfer_index::fsutil::FsError> for StorageError {
+    fn from(e: chamfer_index::fsutil::FsError) -> Self {
+        StorageError::io(e.path, e.source)
     }
 }
 

@@ -931,7 +931,7 @@ fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(
     file.read_exact_at(&mut bytes, from)
         .map_err(|e| StorageError::io(path, e))?;
     fs::create_dir_all(quarantine).map_err(|e| StorageError::io(quarantine, e))?;
-    fsutil::write_atomic(&dest, &bytes).map_err(|e| StorageError::from_atomic_write(&dest, e))?;
+    fsutil::write_atomic(&dest, &bytes)?;
     tracing::warn!(file = %path.display(), offset = from, bytes = to - from, evidence = %dest.display(),
         "torn log tail: an append that never completed (so was never acknowledged); its bytes were saved and cleared");
     Ok(())

@@ -1,0 +1,116 @@
+"""The seam between what the API does and how bytes move (a "sans-I/O" design).
+
+Every operation of the API is written once, in :mod:`chamfer._ops`, as a generator that *yields* what it needs
+done and receives the outcome:
+
+* a :class:`Request` -> the driver sends it and sends back a :class:`Response` (or throws a
+  :class:`~chamfer.errors.TransportError` into the generator when no answer came);
+* a :class:`Sleep` -> the driver waits (``time.sleep`` or ``asyncio.sleep``);
+* a :class:`Gather` -> the driver runs several operations at once (threads or tasks).
+
+The generator's return value is the operation's result. :class:`chamfer.Client` drives operations with blocking
+httpx calls and :class:`chamfer.AsyncClient` with awaited ones; neither holds any request-building, parsing,
+retry or batching logic of its own. This module also holds the httpx plumbing both drivers share.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterable, Mapping, TypeVar
+
+import httpx
+
+from . import errors
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    body: Any = None
+    params: Mapping[str, str] | None = None
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+    text: str
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Gather:
+    """Run ``ops`` (consumed lazily), at most ``parallel`` at a time; ``on_result`` gets each result as it
+    completes (in the driver's thread or task, one call at a time). The first failure stops starting new ones
+    and is raised into the gathering operation once the running ones end."""
+
+    ops: Iterable[Generator[Any, Any, Any]]
+    parallel: int
+    on_result: Callable[[Any], None]
+
+
+Op = Generator[Any, Any, T]
+
+
+def call(req: Request, ok: tuple[int, ...] = ()) -> Generator[Any, Any, Any]:
+    """Sends ``req``; returns the parsed JSON body of a 2xx answer (or of a status in ``ok``), raises the
+    mapped :class:`~chamfer.errors.ChamferError` otherwise."""
+    resp: Response = yield req
+    if 200 <= resp.status < 300 or resp.status in ok:
+        return resp.body
+    raise errors.error_from_response(resp.status, resp.headers, resp.body, resp.text)
+
+
+# ----- httpx plumbing shared by both drivers ------------------------------------------------------------------
+
+
+def http_args(req: Request) -> dict[str, Any]:
+    """The keyword arguments of ``httpx.Client.request`` / ``httpx.AsyncClient.request`` for ``req``."""
+    headers: dict[str, str] = {}
+    content = None
+    if req.body is not None:
+        content = json.dumps(req.body, separators=(",", ":")).encode()
+        headers["content-type"] = "application/json"
+    if req.timeout_ms is not None:
+        headers["x-timeout-ms"] = str(int(req.timeout_ms))
+    return {
+        "method": req.method,
+        "url": req.path,
+        "content": content,
+        "params": dict(req.params) if req.params else None,
+        "headers": headers,
+    }
+
+
+def to_response(r: httpx.Response) -> Response:
+    body = None
+    if r.content and "json" in r.headers.get("content-type", ""):
+        try:
+            body = json.loads(r.content)
+        except ValueError:
+            body = None
+    text = "" if body is not None else r.text
+    return Response(status=r.status_code, headers=r.headers, body=body, text=text)
+
+
+def transport_error(e: httpx.HTTPError) -> errors.TransportError:
+    if isinstance(e, httpx.TimeoutException):
+        return errors.TransportError(f"no answer in time: {e!r}", code="timeout")
+    return errors.TransportError(f"request failed: {e!r}", code="transport")
+
+
+def client_headers(api_key: str | None) -> dict[str, str]:
+    headers = {"user-agent": "chamfer-client-python"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers

@@ -1,0 +1,80 @@
+"""The wire forms and the error table, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import chamfer
+from chamfer._tokens import TokenCodec, as_matrix, pack, unpack
+from chamfer.errors import error_from_response
+
+
+def test_packed_layout_is_little_endian_row_major_base64() -> None:
+    # the README's gRPC example: [[1, 0, 0, 0]] as f32
+    assert pack(np.array([[1, 0, 0, 0]], dtype=np.float32), "f32") == {
+        "dtype": "f32", "shape": [1, 4], "data": "AACAPwAAAAAAAAAAAAAAAA==",
+    }
+    # f16 1.0 = 0x3C00, 2.0 = 0x4000 -> bytes 00 3C 00 40
+    assert pack(np.array([[1.0], [2.0]]), "f16") == {"dtype": "f16", "shape": [2, 1], "data": "ADwAQA=="}
+
+
+def test_pack_unpack_round_trip_and_views() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(unpack(pack(a, "f32")), a)
+    np.testing.assert_array_equal(unpack(pack(a, "f16")), a.astype(np.float16).astype(np.float32))
+    view = a[:, ::2]  # not contiguous: packed from a contiguous copy
+    np.testing.assert_array_equal(unpack(pack(view, "f32")), view)
+    assert unpack(pack(np.zeros((0, 3), np.float32), "f16")).shape == (0, 3)
+    assert unpack([[1, 2], [3, 4]]).dtype == np.float32
+    assert as_matrix(a) is a  # numpy input is used as it is
+
+
+def test_values_beyond_f16_go_as_f32() -> None:
+    big = np.array([[70000.0, 1.0]], dtype=np.float32)
+    assert pack(big, "f16")["dtype"] == "f32"
+    assert pack(np.array([[np.nan, 1.0]]), "f16")["dtype"] == "f32"
+    assert pack(np.array([[65504.0]]), "f16")["dtype"] == "f16"
+
+
+def test_codec_options_are_checked() -> None:
+    with pytest.raises(chamfer.InvalidArgument):
+        TokenCodec("msgpack")  # type: ignore[arg-type]
+    with pytest.raises(chamfer.InvalidArgument):
+        TokenCodec("packed", "f64")  # type: ignore[arg-type]
+    assert TokenCodec("json").encode(np.array([[0.5, 1]], dtype=np.float16)) == [[0.5, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (400, "malformed", chamfer.InvalidArgument),
+        (400, "dimension_mismatch", chamfer.DimensionMismatch),
+        (400, "out_of_range", chamfer.InvalidArgument),
+        (401, "unauthenticated", chamfer.Unauthenticated),
+        (404, "not_found", chamfer.NotFound),
+        (404, "collection_not_found", chamfer.CollectionNotFound),
+        (409, "already_exists", chamfer.AlreadyExists),
+        (413, "too_large", chamfer.TooLarge),
+        (429, "overloaded", chamfer.Overloaded),
+        (503, "collection_unavailable", chamfer.Unavailable),
+        (504, "deadline_exceeded", chamfer.DeadlineExceeded),
+        (507, "storage_full", chamfer.StorageFull),
+        (500, "corrupt", chamfer.ServerError),
+        (400, "some_future_code", chamfer.InvalidArgument),  # unknown code: by status
+        (502, "gateway", chamfer.ServerError),
+        (418, "teapot", chamfer.ChamferError),
+    ],
+)
+def test_error_table(status: int, code: str, cls: type) -> None:
+    e = error_from_response(status, {}, {"code": code, "message": "m"})
+    assert type(e) is cls and e.code == code and e.status == status and e.message == "m"
+    assert str(e) == f"HTTP {status} {code}: m"
+
+
+def test_retry_after_and_non_json_errors() -> None:
+    e = error_from_response(429, {"retry-after": "2"}, {"code": "overloaded", "message": "slow down"})
+    assert isinstance(e, chamfer.Overloaded) and e.retry_after == 2.0
+    p = error_from_response(502, {}, None, "<html>bad gateway</html>")
+    assert isinstance(p, chamfer.ServerError) and p.code == "http_502" and "bad gateway" in p.message

@@ -27,9 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "examples"))
 
-import chamfer  # noqa: E402
-from chamfer._tokens import pack  # noqa: E402
-from index_npy import DataSet  # noqa: E402
+from index_npy import DataSet
+
+import chamfer
+from chamfer._tokens import pack
 
 
 def drop(c: chamfer.Client, name: str) -> None:

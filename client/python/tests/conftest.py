@@ -11,9 +11,9 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -153,15 +153,20 @@ def client(server: Server) -> Iterator[chamfer.Client]:
 
 
 @pytest.fixture(scope="session")
-def demo(client: chamfer.Client, demo_set: DemoSet) -> str:
-    """Collection ``demo`` holding the demo set (metadata: the text's first 200 characters), flushed into a
-    shard so searches go through the index."""
-    client.create_collection(DEMO, demo_set.dim)
-    meta = [{"text": t[:200], "page": i.split("#")[0]} for i, t in zip(demo_set.doc_ids, demo_set.texts)]
-    r = client.upload(DEMO, demo_set.doc_ids, demo_set.docs, meta, batch_size=50, parallel=2, progress=False)
-    assert r.uploaded == len(demo_set.doc_ids) and r.skipped == 0
+def demo(server: Server, client: chamfer.Client, demo_set: DemoSet) -> str:
+    """Collection ``demo`` holding the demo set, loaded as ``chamfer demo`` loads it: by the Rust CLI's
+    ``chamfer ingest`` over gRPC (metadata ``{"text": ...}``), then flushed into a shard so that searches go through
+    the index. (Uploading through this client is tested on its own; in JSON mode it would take most of the
+    suite's time on a debug build.)"""
+    subprocess.run(
+        [
+            str(server.bin), "ingest", "--addr", f"http://{server.grpc_addr}", "--collection", DEMO,
+            "--data", str(DEMO_DIR),
+        ],
+        check=True, capture_output=True, timeout=300,
+    )
     info = client.flush(DEMO)
-    assert info.stats.documents == len(demo_set.doc_ids)
+    assert info.stats.documents == len(demo_set.doc_ids) and info.stats.shards == 1
     return DEMO
 
 

@@ -4,7 +4,7 @@ The ``packed-*`` cases need the server's packed token support (contract-packed).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -90,7 +90,9 @@ def test_bad_documents_raise_mapped_exceptions(mode_client: chamfer.Client, fres
     for ids, emb, exc, code in cases:
         with pytest.raises(exc) as e:
             c.upsert(fresh, ids, emb)
-        assert e.value.code == code and e.value.status == 400, (code, e.value)
+        assert e.value.code == code, (code, e.value)
+        # JSON cannot carry NaN: that one is refused before sending, with the server's code
+        assert e.value.status == (None if code == "non_finite" and c.vectors == "json" else 400)
         assert isinstance(e.value, ValueError)
     with pytest.raises(chamfer.TooLarge) as big:
         c.upsert(fresh, ["a"], [np.ones((5000, 4))])

@@ -3,7 +3,7 @@ re-rank support; they run in JSON mode and in packed mode."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest

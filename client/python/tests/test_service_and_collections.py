@@ -94,7 +94,7 @@ def test_flush_and_compact(client: chamfer.Client, fresh: str) -> None:
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    s = start_server(tmp_path_factory.mktemp("keyed") / "data", env={"CHAMFER_API_KEY": "sesame"})
+    s = start_server(tmp_path_factory.mktemp("keyed") / "data", env={"CHAMFER_API_KEY": "open-sesame"})
     yield s
     stop_server(s)
 
@@ -105,10 +105,9 @@ def test_api_key(keyed_server: Server) -> None:
         with pytest.raises(chamfer.Unauthenticated) as e:
             anonymous.list_collections()
         assert e.value.status == 401 and e.value.code == "unauthenticated"
-    with chamfer.Client(keyed_server.url, api_key="wrong") as wrong:
-        with pytest.raises(chamfer.Unauthenticated):
-            wrong.list_collections()
-    with chamfer.Client(keyed_server.url, api_key="sesame") as c:
+    with chamfer.Client(keyed_server.url, api_key="wrong") as wrong, pytest.raises(chamfer.Unauthenticated):
+        wrong.list_collections()
+    with chamfer.Client(keyed_server.url, api_key="open-sesame") as c:
         assert c.list_collections() == []
 
 

@@ -16,8 +16,9 @@ retry or batching logic of its own. This module also holds the httpx plumbing bo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -79,7 +80,10 @@ def http_args(req: Request) -> dict[str, Any]:
     headers: dict[str, str] = {}
     content = None
     if req.body is not None:
-        content = json.dumps(req.body, separators=(",", ":")).encode()
+        try:
+            content = json.dumps(req.body, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError as e:  # JSON has no NaN or infinity: refuse as the server would
+            raise errors.InvalidArgument(f"a value is not finite (NaN or infinity): {e}", code="non_finite") from e
         headers["content-type"] = "application/json"
     if req.timeout_ms is not None:
         headers["x-timeout-ms"] = str(int(req.timeout_ms))

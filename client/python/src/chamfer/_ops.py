@@ -6,7 +6,8 @@ them. Routes and bodies follow the server's REST API (``/openapi.json``).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from . import errors

@@ -26,7 +26,7 @@ Dtype = Literal["f16", "f32"]
 #: Largest finite float16 value; larger magnitudes cannot be sent as f16.
 F16_MAX = 65504.0
 
-_WIRE = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+_WIRE: dict[str, np.dtype[Any]] = {"f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 
 
 def _is_torch(x: Any) -> bool:
@@ -68,7 +68,7 @@ def pack(arr: np.ndarray, dtype: Dtype) -> dict[str, Any]:
 def unpack(value: Any) -> np.ndarray:
     """A wire token matrix (either form) as a float32 ``[n_tokens, dim]`` array."""
     if isinstance(value, dict):
-        dtype = value.get("dtype")
+        dtype = str(value.get("dtype"))
         if dtype not in _WIRE:
             raise client_error(f"server sent tokens of unknown dtype {dtype!r}", code="client_bad_response")
         rows, dim = (int(s) for s in value["shape"])

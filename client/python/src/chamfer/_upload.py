@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from . import errors
 from ._io import Gather, Op, Request, Sleep, call
@@ -21,6 +22,10 @@ from .types import UploadResult
 
 #: Errors worth another try: the server asked to wait (429), is (temporarily) unavailable (503), or no answer.
 RETRYABLE = (errors.Overloaded, errors.Unavailable, errors.TransportError)
+
+
+#: Longest wait a ``Retry-After`` may impose (seconds).
+MAX_RETRY_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, err: errors.ChamferError) -> float:
         if err.retry_after is not None:
-            return min(err.retry_after, self.cap * 6)
-        return min(self.cap, self.base * 2**attempt) * (0.5 + random.random() / 2)
+            return min(err.retry_after, MAX_RETRY_AFTER)
+        return float(min(self.cap, self.base * 2.0**attempt) * (0.5 + random.random() / 2))
 
 
 def with_retry(req: Request, policy: RetryPolicy, retries: list[int]) -> Op[Any]:

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -26,7 +27,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack
 
     from ._knobs import CollectionParams, SearchKnobs
 
@@ -53,7 +54,7 @@ async def run_async(op: Op[T], send: Send) -> T:
         elif isinstance(item, Gather):
             try:
                 await _gather_tasks(item, send)
-            except Exception as e:  # raised inside the operation, so its cleanup runs
+            except Exception as e:  # noqa: BLE001 -- raised inside the operation, so its cleanup runs
                 exc = e
         else:
             raise TypeError(f"operation yielded {item!r}")
@@ -78,7 +79,7 @@ async def _gather_tasks(g: Gather, send: Send) -> None:
                 pending.discard(t)
                 try:
                     g.on_result(t.result())
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 -- the first failure is re-raised
                     first_error = first_error or e
                 if first_error is None:
                     start_next()

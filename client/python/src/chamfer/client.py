@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -25,7 +26,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack
 
     from ._knobs import CollectionParams, SearchKnobs
 
@@ -52,7 +53,7 @@ def run_sync(op: Op[T], send: Callable[[Request], Response]) -> T:
         elif isinstance(item, Gather):
             try:
                 _gather_threads(item, send)
-            except Exception as e:  # raised inside the operation, so its cleanup (progress bar) runs
+            except Exception as e:  # noqa: BLE001 -- raised inside the operation, so its cleanup (progress bar) runs
                 exc = e
         else:
             raise TypeError(f"operation yielded {item!r}")
@@ -77,7 +78,7 @@ def _gather_threads(g: Gather, send: Callable[[Request], Response]) -> None:
                 pending.discard(f)
                 try:
                     g.on_result(f.result())
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 -- the first failure is re-raised
                     first_error = first_error or e
                 if first_error is None:
                     start_next()

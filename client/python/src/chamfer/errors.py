@@ -8,7 +8,8 @@ status. :func:`error_from_response` picks the subclass by ``code`` first and by 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class ChamferError(Exception):

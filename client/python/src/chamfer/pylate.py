@@ -19,10 +19,12 @@ own re-rank step is not needed. PyLate is never imported by this module.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from ._tokens import VectorsMode
 from .client import DEFAULT_URL, Client
 from .errors import CollectionNotFound
 
@@ -67,7 +69,7 @@ class Index:
         *,
         api_key: str | None = None,
         client: Client | None = None,
-        vectors: str = "packed",
+        vectors: VectorsMode = "packed",
         batch_size: int = 64,
         parallel: int = 2,
         query_batch_size: int = 64,
@@ -75,7 +77,7 @@ class Index:
         search_params: dict[str, Any] | None = None,
         show_progress: bool = False,
     ) -> None:
-        self.client = client if client is not None else Client(url, api_key, vectors=vectors)  # type: ignore[arg-type]
+        self.client = client if client is not None else Client(url, api_key, vectors=vectors)
         self.name = name
         self.batch_size = batch_size
         self.parallel = parallel
@@ -136,9 +138,9 @@ class Index:
         if subset is None:
             filters = [None] * len(queries)
         elif len(subset) > 0 and not isinstance(subset[0], str):
-            filters = [{"ids": list(s)} for s in subset]  # type: ignore[arg-type]
+            filters = [{"ids": list(s)} for s in subset]
         else:
-            filters = [{"ids": list(subset)}] * len(queries)  # type: ignore[arg-type]
+            filters = [{"ids": list(subset)}] * len(queries)
         if len(filters) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(filters)} subsets")
         results: list[list[dict[str, Any]]] = [[] for _ in queries]

@@ -44,8 +44,9 @@ def python_upload(c: chamfer.Client, ds: DataSet, name: str, args: argparse.Name
     drop(c, name)
     t0 = time.perf_counter()
     c.create_collection(name, ds.dim)
-    r = c.upload(name, ds.ids, ds.docs, ds.metadata(), batch_size=args.batch_size, parallel=args.parallel,
-                 progress=False)
+    r = c.upload(
+        name, ds.ids, ds.docs, ds.metadata(), batch_size=args.batch_size, parallel=args.parallel, progress=False
+    )
     dt = time.perf_counter() - t0
     assert r.uploaded == len(ds.ids), r
     drop(c, name)
@@ -57,7 +58,9 @@ def rust_ingest(c: chamfer.Client, ds: DataSet, name: str, args: argparse.Namesp
     t0 = time.perf_counter()
     subprocess.run(
         [args.bin, "ingest", "--addr", f"http://{args.grpc}", "--collection", name, "--data", str(args.data)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     dt = time.perf_counter() - t0
     drop(c, name)
@@ -78,9 +81,23 @@ def python_search_p50(c: chamfer.Client, ds: DataSet, name: str, n: int) -> floa
 
 def rust_search_p50(name: str, args: argparse.Namespace) -> float:
     out = subprocess.run(
-        [args.bin, "load", "--http", args.url, "--data", str(args.data), "--collection", name,
-         "--concurrency", "1", "--duration", str(args.search_seconds)],
-        check=True, capture_output=True, text=True,
+        [
+            args.bin,
+            "load",
+            "--http",
+            args.url,
+            "--data",
+            str(args.data),
+            "--collection",
+            name,
+            "--concurrency",
+            "1",
+            "--duration",
+            str(args.search_seconds),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["p50_ms"])
 
@@ -106,23 +123,25 @@ def main() -> None:
     for run in range(args.runs):
         py_rates.append(python_upload(c, ds, "bench_py", args))
         rs_rates.append(rust_ingest(c, ds, "bench_rs", args))
-        print(f"run {run + 1}: python upload {py_rates[-1]:.0f} docs/s, chamfer ingest {rs_rates[-1]:.0f} docs/s",
-              file=sys.stderr)
+        print(
+            f"run {run + 1}: python upload {py_rates[-1]:.0f} docs/s, chamfer ingest {rs_rates[-1]:.0f} docs/s",
+            file=sys.stderr,
+        )
 
     # search: one collection, flushed and compacted into one shard, searched by both
     name = "bench_search"
     drop(c, name)
     c.create_collection(name, ds.dim)
-    c.upload(name, ds.ids, ds.docs, ds.metadata(), batch_size=args.batch_size, parallel=args.parallel,
-             progress=False)
+    c.upload(name, ds.ids, ds.docs, ds.metadata(), batch_size=args.batch_size, parallel=args.parallel, progress=False)
     c.flush(name)
     c.compact(name)
     py_p50 = python_search_p50(c, ds, name, args.queries)
     rs_p50 = rust_search_p50(name, args)
     py_p50_again = python_search_p50(c, ds, name, args.queries)
     drop(c, name)
-    print(f"search p50: python {py_p50:.3f} / {py_p50_again:.3f} ms, chamfer load --http {rs_p50:.3f} ms",
-          file=sys.stderr)
+    print(
+        f"search p50: python {py_p50:.3f} / {py_p50_again:.3f} ms, chamfer load --http {rs_p50:.3f} ms", file=sys.stderr
+    )
 
     one = np.zeros((2048, 128), dtype=np.float16)
     packed_bytes = len(json.dumps({"documents": [{"id": "x", "tokens": pack(one, "f16")}]}))

@@ -49,7 +49,9 @@ class DataSet:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.ids = (self.folder / "doc_ids.txt").read_text().split()
-        self.docs = Split(np.load(self.folder / "doc_tokens.npy", mmap_mode="r"), np.load(self.folder / "doc_offsets.npy"))
+        self.docs = Split(
+            np.load(self.folder / "doc_tokens.npy", mmap_mode="r"), np.load(self.folder / "doc_offsets.npy")
+        )
         if len(self.docs) != len(self.ids):
             raise SystemExit(f"{len(self.ids)} ids but {len(self.docs)} documents in {self.folder}")
         self.dim = int(self.docs.tokens.shape[1])

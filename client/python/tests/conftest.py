@@ -56,8 +56,14 @@ def start_server(data_dir: Path, env: dict[str, str] | None = None) -> Server:
     log = data_dir.parent / f"{data_dir.name}.log"
     proc = subprocess.Popen(
         [
-            str(binary), "serve", "--data-dir", str(data_dir),
-            "--http-addr", f"127.0.0.1:{http}", "--grpc-addr", f"127.0.0.1:{grpc}",
+            str(binary),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--http-addr",
+            f"127.0.0.1:{http}",
+            "--grpc-addr",
+            f"127.0.0.1:{grpc}",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -160,10 +166,18 @@ def demo(server: Server, client: chamfer.Client, demo_set: DemoSet) -> str:
     suite's time on a debug build.)"""
     subprocess.run(
         [
-            str(server.bin), "ingest", "--addr", f"http://{server.grpc_addr}", "--collection", DEMO,
-            "--data", str(DEMO_DIR),
+            str(server.bin),
+            "ingest",
+            "--addr",
+            f"http://{server.grpc_addr}",
+            "--collection",
+            DEMO,
+            "--data",
+            str(DEMO_DIR),
         ],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     info = client.flush(DEMO)
     assert info.stats.documents == len(demo_set.doc_ids) and info.stats.shards == 1

@@ -24,9 +24,10 @@ def test_index_top_k_equals_exact_search(server: Server, client: chamfer.Client,
     # the first 60 documents of the demo set (JSON mode on a debug server: keep the upload small)
     n = 60
     index = chamfer.pylate.Index(name="pylate_demo", override=True, client=client, query_batch_size=16)
-    assert index.add_documents(
-        documents_ids=demo_set.doc_ids[:n], documents_embeddings=demo_set.docs[:n], batch_size=25
-    ) is index
+    assert (
+        index.add_documents(documents_ids=demo_set.doc_ids[:n], documents_embeddings=demo_set.docs[:n], batch_size=25)
+        is index
+    )
     assert client.describe("pylate_demo").stats.documents == n
     queries = demo_set.queries
     results = index(queries_embeddings=queries, k=10)

@@ -92,7 +92,9 @@ def test_bad_searches_raise_mapped_exceptions(client: chamfer.Client, demo: str,
         client.search(demo, np.ones((600, demo_set.dim), dtype=np.float32), 5)
 
 
-def test_packed_queries_equal_json_queries(server: Server, client: chamfer.Client, demo: str, demo_set: DemoSet) -> None:
+def test_packed_queries_equal_json_queries(
+    server: Server, client: chamfer.Client, demo: str, demo_set: DemoSet
+) -> None:
     """Needs packed token support in the server."""
     for dtype in ("f16", "f32"):
         with chamfer.Client(server.url, vectors="packed", dtype=dtype) as packed:
@@ -106,10 +108,25 @@ def test_same_hits_as_the_rust_client(server: Server, client: chamfer.Client, de
     for qid in demo_set.query_ids[:5]:
         out = subprocess.run(
             [
-                str(server.bin), "query", "--addr", f"http://{server.grpc_addr}", "--collection", demo,
-                "--data", str(DEMO_DIR), "--query-id", qid, "--k", str(K), "--format", "json",
+                str(server.bin),
+                "query",
+                "--addr",
+                f"http://{server.grpc_addr}",
+                "--collection",
+                demo,
+                "--data",
+                str(DEMO_DIR),
+                "--query-id",
+                qid,
+                "--k",
+                str(K),
+                "--format",
+                "json",
             ],
-            check=True, capture_output=True, text=True, timeout=60,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         rust = json.loads(out.stdout.strip().splitlines()[-1])["hits"]
         q = demo_set.queries[demo_set.query_ids.index(qid)]

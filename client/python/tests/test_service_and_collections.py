@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import chamfer
@@ -94,7 +95,10 @@ def test_flush_and_compact(client: chamfer.Client, fresh: str) -> None:
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    s = start_server(tmp_path_factory.mktemp("keyed") / "data", env={"CHAMFER_API_KEY": "open-sesame"})
+    s = start_server(
+        tmp_path_factory.mktemp("keyed") / "data",
+        env={"CHAMFER_API_KEY": "open-sesame", "CHAMFER_MAX_REQUEST_BYTES": "200000"},
+    )
     yield s
     stop_server(s)
 
@@ -114,7 +118,17 @@ def test_api_key(keyed_server: Server) -> None:
 def test_no_server_is_a_transport_error() -> None:
     from .conftest import free_port
 
-    with chamfer.Client(f"http://127.0.0.1:{free_port()}", timeout=2) as c:
-        with pytest.raises(chamfer.TransportError) as e:
-            c.health()
+    with chamfer.Client(f"http://127.0.0.1:{free_port()}", timeout=2) as c, pytest.raises(chamfer.TransportError) as e:
+        c.health()
     assert e.value.status is None and e.value.code == "transport"
+
+
+def test_body_over_the_limit_is_too_large(keyed_server: Server) -> None:
+    """The server answers 413 before reading a large body and closes: the client still reports the 413."""
+    with chamfer.Client(keyed_server.url, api_key="open-sesame", vectors="json") as c:
+        c.create_collection("limits", 128)
+        for n_docs in (5, 300):  # 0.26 MB and 15 MB of JSON
+            with pytest.raises(chamfer.TooLarge) as e:
+                c.upsert("limits", [f"d{i}" for i in range(n_docs)], [np.ones((100, 128))] * n_docs)
+            assert e.value.status == 413 and e.value.code == "too_large"
+        assert c.describe("limits").stats.documents == 0

@@ -52,8 +52,14 @@ def test_async_upload_and_methods(server, demo: str, demo_set: DemoSet) -> None:
             assert await c.health()
             assert (await c.ready()).ready
             await c.create_collection("async_c", 4)
-            r = await c.upload("async_c", ["a", "b", "c"], [np.eye(4)[:2], np.eye(4)[2:3], np.eye(4)[3:]],
-                               batch_size=1, parallel=3, progress=False)
+            r = await c.upload(
+                "async_c",
+                ["a", "b", "c"],
+                [np.eye(4)[:2], np.eye(4)[2:3], np.eye(4)[3:]],
+                batch_size=1,
+                parallel=3,
+                progress=False,
+            )
             assert (r.uploaded, r.batches) == (3, 3)
             assert (await c.upload("async_c", ["a", "z"], [np.eye(4)[:1]] * 2, progress=False)).skipped == 1
             assert (await c.upsert("async_c", ["d"], [np.ones((1, 4))])).upserted == 1
@@ -73,9 +79,7 @@ def test_async_upload_and_methods(server, demo: str, demo_set: DemoSet) -> None:
             await c.drop("async_c")
             # the demo collection through the async client: same hits as exact search
             q = demo_set.queries[1]
-            assert [h.id for h in await c.search(demo, q, 5)] == [
-                demo_set.doc_ids[r] for r in demo_set.gt_ids[1, :5]
-            ]
+            assert [h.id for h in await c.search(demo, q, 5)] == [demo_set.doc_ids[r] for r in demo_set.gt_ids[1, :5]]
 
     asyncio.run(main())
 
@@ -125,8 +129,17 @@ class Script:
 def scripted_upload(script: Script, n: int = 4, **kw) -> chamfer.UploadResult:  # type: ignore[no-untyped-def]
     policy = _upload.RetryPolicy(max_retries=kw.pop("max_retries", 5), base=0.001, cap=0.01)
     op = _upload.upload(
-        TokenCodec("json"), "c", [f"i{k}" for k in range(n)], [np.ones((1, 2))] * n, None,
-        kw.pop("batch_size", 2), 1, kw.pop("resume", False), policy, False, None,
+        TokenCodec("json"),
+        "c",
+        [f"i{k}" for k in range(n)],
+        [np.ones((1, 2))] * n,
+        None,
+        kw.pop("batch_size", 2),
+        1,
+        kw.pop("resume", False),
+        policy,
+        False,
+        None,
     )
     return run_sync(op, script)
 

@@ -10,7 +10,8 @@ done and receives the outcome:
 
 The generator's return value is the operation's result. :class:`chamfer.Client` drives operations with blocking
 httpx calls and :class:`chamfer.AsyncClient` with awaited ones; neither holds any request-building, parsing,
-retry or batching logic of its own. This module also holds the httpx plumbing both drivers share.
+retry or batching logic of its own. This module also holds the encoding of requests and the decoding of answers
+that both transports share.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import json
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import httpx
+from urllib.parse import urlencode
 
 from . import errors
 
@@ -72,11 +72,21 @@ def call(req: Request, ok: tuple[int, ...] = ()) -> Generator[Any, Any, Any]:
     raise errors.error_from_response(resp.status, resp.headers, resp.body, resp.text)
 
 
-# ----- httpx plumbing shared by both drivers ------------------------------------------------------------------
+# ----- bytes, shared by both transports ------------------------------------------------------------------------
 
 
-def http_args(req: Request) -> dict[str, Any]:
-    """The keyword arguments of ``httpx.Client.request`` / ``httpx.AsyncClient.request`` for ``req``."""
+@dataclass(frozen=True)
+class Wire:
+    """A request as bytes: method, target (path and query), headers, body."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    content: bytes | None
+
+
+def encode(req: Request) -> Wire:
+    """The bytes both transports send for ``req``."""
     headers: dict[str, str] = {}
     content = None
     if req.body is not None:
@@ -87,30 +97,20 @@ def http_args(req: Request) -> dict[str, Any]:
         headers["content-type"] = "application/json"
     if req.timeout_ms is not None:
         headers["x-timeout-ms"] = str(int(req.timeout_ms))
-    return {
-        "method": req.method,
-        "url": req.path,
-        "content": content,
-        "params": dict(req.params) if req.params else None,
-        "headers": headers,
-    }
+    target = req.path + ("?" + urlencode(dict(req.params)) if req.params else "")
+    return Wire(req.method, target, headers, content)
 
 
-def to_response(r: httpx.Response) -> Response:
+def decode(status: int, headers: Mapping[str, str], content: bytes) -> Response:
+    """A :class:`Response` from an answer's status, headers (``get`` by lower-case name) and body bytes."""
     body = None
-    if r.content and "json" in r.headers.get("content-type", ""):
+    if content and "json" in headers.get("content-type", ""):
         try:
-            body = json.loads(r.content)
+            body = json.loads(content)
         except ValueError:
             body = None
-    text = "" if body is not None else r.text
-    return Response(status=r.status_code, headers=r.headers, body=body, text=text)
-
-
-def transport_error(e: httpx.HTTPError) -> errors.TransportError:
-    if isinstance(e, httpx.TimeoutException):
-        return errors.TransportError(f"no answer in time: {e!r}", code="timeout")
-    return errors.TransportError(f"request failed: {e!r}", code="transport")
+    text = "" if body is not None else content.decode("utf-8", "replace")
+    return Response(status=status, headers=headers, body=body, text=text)
 
 
 def client_headers(api_key: str | None) -> dict[str, str]:

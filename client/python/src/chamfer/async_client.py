@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from . import _ops, _upload
-from ._io import Gather, Op, Request, Response, Sleep, T, client_headers, http_args, to_response, transport_error
+from ._io import Gather, Op, Request, Response, Sleep, T, client_headers, decode, encode
 from ._tokens import Dtype, TokenCodec, VectorsMode
 from .client import DEFAULT_URL, Client
 from .errors import TransportError
@@ -101,7 +101,7 @@ class AsyncClient:
         self,
         url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout: float | httpx.Timeout = 30.0,
+        timeout: float | None = 30.0,
         *,
         vectors: VectorsMode = "packed",
         dtype: Dtype = "f16",
@@ -114,10 +114,14 @@ class AsyncClient:
         return self._codec.vectors
 
     async def _send(self, req: Request) -> Response:
+        w = encode(req)
         try:
-            return to_response(await self._http.request(**http_args(req)))
+            r = await self._http.request(w.method, w.target, content=w.content, headers=w.headers)
+        except httpx.TimeoutException as e:
+            raise TransportError(f"no answer in time: {e!r}", code="timeout") from e
         except httpx.HTTPError as e:
-            raise transport_error(e) from e
+            raise TransportError(f"request failed: {e!r}", code="transport") from e
+        return decode(r.status_code, r.headers, r.content)
 
     def _run(self, op: Op[T]) -> Awaitable[T]:
         return run_async(op, self._send)
@@ -186,8 +190,17 @@ class AsyncClient:
         policy = _upload.RetryPolicy(max_retries=max_retries)
         return await self._run(
             _upload.upload(
-                self._codec, collection, ids, embeddings, metadata, batch_size, parallel, resume, policy,
-                progress, timeout_ms,
+                self._codec,
+                collection,
+                ids,
+                embeddings,
+                metadata,
+                batch_size,
+                parallel,
+                resume,
+                policy,
+                progress,
+                timeout_ms,
             )
         )
 
@@ -263,6 +276,4 @@ class AsyncClient:
 # The async methods mirror the blocking ones: share their documentation.
 for _name, _fn in list(vars(AsyncClient).items()):
     if callable(_fn) and not _name.startswith("_") and _fn.__doc__ is None:
-        _fn.__doc__ = f"Awaitable form of :meth:`chamfer.Client.{_name}`.\n\n" + (
-            getattr(Client, _name).__doc__ or ""
-        )
+        _fn.__doc__ = f"Awaitable form of :meth:`chamfer.Client.{_name}`.\n\n" + (getattr(Client, _name).__doc__ or "")

@@ -1,4 +1,4 @@
-"""The blocking client: runs the shared operations of :mod:`chamfer._ops` over an ``httpx.Client``."""
+"""The blocking client: runs the shared operations of :mod:`chamfer._ops` over :mod:`chamfer._http_sync`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from . import _ops, _upload
-from ._io import Gather, Op, Request, Response, Sleep, T, client_headers, http_args, to_response, transport_error
+from ._http_sync import SyncTransport
+from ._io import Gather, Op, Request, Response, Sleep, T, client_headers, encode
 from ._tokens import Dtype, TokenCodec, VectorsMode
 from .errors import TransportError
 from .types import (
@@ -92,7 +91,7 @@ class Client:
     Args:
         url: the server's HTTP address, e.g. ``"http://127.0.0.1:8080"``.
         api_key: sent as ``Authorization: Bearer KEY`` when set.
-        timeout: seconds to wait for each HTTP answer (an ``httpx.Timeout`` also works).
+        timeout: seconds to wait for a connection and for each read of an answer (None: no limit).
         vectors: ``"packed"`` (default) sends token matrices as base64 of little-endian floats and reads them back
             packed; ``"json"`` uses arrays of numbers, for servers without packed support.
         dtype: precision of packed tokens, ``"f16"`` (default; the server stores f16) or ``"f32"``.
@@ -105,13 +104,13 @@ class Client:
         self,
         url: str = DEFAULT_URL,
         api_key: str | None = None,
-        timeout: float | httpx.Timeout = 30.0,
+        timeout: float | None = 30.0,
         *,
         vectors: VectorsMode = "packed",
         dtype: Dtype = "f16",
     ) -> None:
         self._codec = TokenCodec(vectors, dtype)
-        self._http = httpx.Client(base_url=url, headers=client_headers(api_key), timeout=timeout)
+        self._http = SyncTransport(url, client_headers(api_key), timeout)
 
     # ----- plumbing -----
 
@@ -121,16 +120,13 @@ class Client:
         return self._codec.vectors
 
     def _send(self, req: Request) -> Response:
-        try:
-            return to_response(self._http.request(**http_args(req)))
-        except httpx.HTTPError as e:
-            raise transport_error(e) from e
+        return self._http.send(encode(req))
 
     def _run(self, op: Op[T]) -> T:
         return run_sync(op, self._send)
 
     def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes the idle connections."""
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -232,8 +228,17 @@ class Client:
         policy = _upload.RetryPolicy(max_retries=max_retries)
         return self._run(
             _upload.upload(
-                self._codec, collection, ids, embeddings, metadata, batch_size, parallel, resume, policy,
-                progress, timeout_ms,
+                self._codec,
+                collection,
+                ids,
+                embeddings,
+                metadata,
+                batch_size,
+                parallel,
+                resume,
+                policy,
+                progress,
+                timeout_ms,
             )
         )
 

@@ -2,6 +2,7 @@
 demo data set (``data/demo``) loaded into collection ``demo`` through the Python client.
 
 The binary is ``$CHAMFER_BIN``, else ``target/release/chamfer``, else ``target/debug/chamfer`` of the repository.
+The tests that are not about a wire mode use JSON mode; ``CHAMFER_TEST_VECTORS=packed`` runs them packed.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def demo_set() -> DemoSet:
 
 @pytest.fixture(scope="session")
 def client(server: Server) -> Iterator[chamfer.Client]:
-    """A client in JSON mode: works with every server version."""
-    with chamfer.Client(server.url, vectors="json") as c:
+    """The client most tests use: JSON mode (every server version), or ``$CHAMFER_TEST_VECTORS`` ("packed")."""
+    with chamfer.Client(server.url, vectors=os.environ.get("CHAMFER_TEST_VECTORS", "json")) as c:  # type: ignore[arg-type]
         yield c
 
 

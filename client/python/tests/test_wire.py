@@ -150,3 +150,11 @@ def test_create_collection_body() -> None:
     )
     assert rec.sent[0].body == {"name": "c", "dimension": 8, "fde": {"seed": 3}, "hnsw": {"m": 4}, "codebook_size": 16}
     assert info.codebook_size == 16 and info.stats.documents == 0
+
+
+def test_a_2048_by_128_document_packed_as_f16_is_under_700_kb() -> None:
+    doc = np.zeros((2048, 128), dtype=np.float32)
+    body = _ops.upsert_body(TokenCodec("packed", "f16"), ["x"], [doc], None)
+    size = len(encode(_ops.upsert_request("c", body)).content or b"")
+    assert 4 * (2048 * 128 * 2 // 3 + 1) == 699_052  # the base64 of 524,288 bytes
+    assert 699_052 < size < 699_052 + 100  # plus the JSON around it: 1% of the 64 MiB default limit

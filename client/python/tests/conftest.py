@@ -155,7 +155,8 @@ def demo_set() -> DemoSet:
 @pytest.fixture(scope="session")
 def client(server: Server) -> Iterator[chamfer.Client]:
     """The client most tests use: JSON mode (every server version), or ``$CHAMFER_TEST_VECTORS`` ("packed")."""
-    with chamfer.Client(server.url, vectors=os.environ.get("CHAMFER_TEST_VECTORS", "json")) as c:  # type: ignore[arg-type]
+    mode = os.environ.get("CHAMFER_TEST_VECTORS", "json")
+    with chamfer.Client(server.url, timeout=300, vectors=mode) as c:  # type: ignore[arg-type]  # debug builds flush slowly
         yield c
 
 

@@ -1,0 +1,34 @@
+"""Keyword-argument types of :meth:`chamfer.Client.search` and :meth:`chamfer.Client.create_collection`."""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+
+class SearchKnobs(TypedDict, total=False):
+    """Search knobs; unset ones take the server's defaults."""
+
+    ef: int
+    candidates: int
+    rerank: int
+    prefix_repetitions: int
+    exact: bool
+    with_metadata: bool
+
+
+class CollectionParams(TypedDict, total=False):
+    """Index parameters of a new collection; unset ones take the server's defaults."""
+
+    num_repetitions: int
+    num_simhash_projections: int
+    seed: int
+    projection_type: Literal["identity", "ams_sketch"]
+    projection_dimension: int
+    fill_empty_partitions: bool
+    final_projection_dimension: int
+    prefix_repetitions: int
+    m: int
+    ef_construction: int
+    storage: Literal["f16", "f32"]
+    min_docs: int
+    codebook_size: int

@@ -23,6 +23,7 @@ use crate::core::filter::{ConditionInput, FilterInput};
 use crate::core::input::{
     CollectionParamsInput, DocInput, Dtype, MetadataInput, SearchInput, TokenInput,
 };
+use crate::core::rerank::{RerankDocs, RerankInput, RerankOutcome};
 use crate::core::{CollectionInfo, Core, HitOut};
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, Proto};
@@ -205,6 +206,47 @@ fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
             last_sequence: i.stats.last_sequence,
         }),
         codebook_size: Some(i.params.codebook_size as u32),
+    }
+}
+
+/// The one proto -> core conversion of a re-rank: exactly one of `ids` and `documents`; `k` 0 is refused.
+fn rerank_in(r: pb::RerankRequest) -> Result<RerankInput, ServiceError> {
+    let docs = match (r.ids.is_empty(), r.documents.is_empty()) {
+        (false, true) => RerankDocs::Stored(r.ids),
+        (true, false) => RerankDocs::Supplied(
+            r.documents
+                .into_iter()
+                .map(|d| (d.id, tokens_in(d.tokens)))
+                .collect(),
+        ),
+        (true, true) => {
+            return Err(ServiceError::InvalidArgument(
+                "a re-rank needs ids or documents".into(),
+            ))
+        }
+        (false, false) => {
+            return Err(ServiceError::InvalidArgument(
+                "a re-rank takes ids or documents, not both".into(),
+            ))
+        }
+    };
+    if r.k == Some(0) {
+        return Err(ServiceError::InvalidArgument(
+            "k must be at least 1 (leave it unset to keep every document)".into(),
+        ));
+    }
+    Ok(RerankInput {
+        query: tokens_in(r.query),
+        docs,
+        k: r.k.map(|k| k as usize),
+        with_metadata: r.with_metadata,
+    })
+}
+
+fn rerank_out(o: RerankOutcome) -> pb::RerankResponse {
+    pb::RerankResponse {
+        hits: hits_out(o.hits).hits,
+        missing: o.missing,
     }
 }
 
@@ -560,6 +602,59 @@ impl Search for GrpcApi {
                 .await?;
             Ok(pb::SearchBatchResponse {
                 results: results.into_iter().map(hits_out).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn rerank(
+        &self,
+        r: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResponse>, Status> {
+        let deadline = client_deadline(&r);
+        let r = r.into_inner();
+        self.observe("rerank", async {
+            let name = (!r.collection.is_empty()).then(|| r.collection.clone());
+            let input = rerank_in(r)?;
+            self.core
+                .rerank_until(name.as_deref(), input, deadline)
+                .await
+                .map(rerank_out)
+        })
+        .await
+    }
+
+    async fn rerank_batch(
+        &self,
+        r: Request<pb::RerankBatchRequest>,
+    ) -> Result<Response<pb::RerankBatchResponse>, Status> {
+        let deadline = client_deadline(&r);
+        let r = r.into_inner();
+        self.observe("rerank_batch", async {
+            let name = r.requests.first().map(|q| q.collection.clone());
+            if let Some(bad) = r
+                .requests
+                .iter()
+                .find(|q| Some(&q.collection) != name.as_ref())
+            {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "re-rank for collection {:?} inside a batch for {:?}",
+                    bad.collection,
+                    name.unwrap_or_default()
+                )));
+            }
+            let name = name.filter(|n| !n.is_empty());
+            let inputs = r
+                .requests
+                .into_iter()
+                .map(rerank_in)
+                .collect::<Result<Vec<_>, _>>()?;
+            let results = self
+                .core
+                .rerank_batch_until(name.as_deref(), inputs, deadline)
+                .await?;
+            Ok(pb::RerankBatchResponse {
+                results: results.into_iter().map(rerank_out).collect(),
             })
         })
         .await

@@ -40,7 +40,8 @@ use utoipa_axum::routes;
 use crate::api::openapi::ApiDoc;
 use crate::api::{
     Collection, CollectionList, CreateCollection, DeleteResult, DocumentOut, Documents, Empty,
-    GetOneQuery, Hits, Ids, Liveness, Readiness, Search, SearchBatch, SearchBatchResult,
+    GetOneQuery, Hits, Ids, Liveness, Readiness, Rerank, RerankBatch, RerankBatchResult,
+    RerankStored, RerankStoredResult, Search, SearchBatch, SearchBatchResult,
     UnavailableCollection, Upsert, UpsertResult,
 };
 use crate::auth::ApiKey;
@@ -406,6 +407,76 @@ async fn search_batch(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/rerank", operation_id = "rerank_stored", tag = "rerank",
+    params(("name" = String, Path, description = NAME),
+           ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = RerankStored,
+    responses((status = 200, description = "exact scores, best first; unknown ids in `missing`", body = RerankStoredResult)))]
+async fn rerank_stored(
+    State(s): State<RestApi>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body<RerankStored>,
+) -> Result<Json<RerankStoredResult>, ServiceError> {
+    s.observe("rerank", async {
+        let deadline = client_deadline(&headers)?;
+        let b = body?.0;
+        let with_metadata = b.with_metadata;
+        let out = s
+            .core
+            .rerank_until(Some(&name), b.into_input()?, deadline)
+            .await?;
+        Ok(Json(RerankStoredResult::from_core(out, with_metadata)))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/rerank", operation_id = "rerank", tag = "rerank",
+    params(("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = Rerank,
+    responses((status = 200, description = "exact scores of the sent documents, best first", body = Hits)))]
+async fn rerank(
+    State(s): State<RestApi>,
+    headers: HeaderMap,
+    body: Body<Rerank>,
+) -> Result<Json<Hits>, ServiceError> {
+    s.observe("rerank", async {
+        let deadline = client_deadline(&headers)?;
+        let input = body?.0.into_input()?;
+        let out = s.core.rerank_until(None, input, deadline).await?;
+        Ok(Json(Hits::from_core(out.hits, false)))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/rerank/batch", operation_id = "rerank_batch", tag = "rerank",
+    params(("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
+    request_body = RerankBatch,
+    responses((status = 200, description = "one result per request, in order", body = RerankBatchResult)))]
+async fn rerank_batch(
+    State(s): State<RestApi>,
+    headers: HeaderMap,
+    body: Body<RerankBatch>,
+) -> Result<Json<RerankBatchResult>, ServiceError> {
+    s.observe("rerank_batch", async {
+        let deadline = client_deadline(&headers)?;
+        let inputs = body?
+            .0
+            .requests
+            .into_iter()
+            .map(Rerank::into_input)
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = s.core.rerank_batch_until(None, inputs, deadline).await?;
+        Ok(Json(RerankBatchResult {
+            results: out
+                .into_iter()
+                .map(|o| Hits::from_core(o.hits, false))
+                .collect(),
+        }))
+    })
+    .await
+}
+
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()),
     responses((status = 200, description = "alive (no API key)", body = Liveness)))]
 async fn healthz() -> Json<Liveness> {
@@ -511,6 +582,9 @@ fn keyed_routes() -> OpenApiRouter<RestApi> {
         .routes(routes!(get_one, delete_one))
         .routes(routes!(search))
         .routes(routes!(search_batch))
+        .routes(routes!(rerank_stored))
+        .routes(routes!(rerank))
+        .routes(routes!(rerank_batch))
         .routes(routes!(metrics_text))
         .routes(routes!(openapi))
         .routes(routes!(docs))

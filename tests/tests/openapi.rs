@@ -299,6 +299,49 @@ async fn the_served_openapi_matches_every_route() {
         ),
         case(
             "POST",
+            "/v1/collections/{name}/rerank",
+            &format!("{c}/rerank"),
+            Some(
+                json!({"query": rows(2, 0.2), "ids": ["a", "zz", "d"], "k": 5, "with_metadata": true}),
+            ),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/rerank",
+            &format!("{c}/rerank"),
+            Some(json!({"query": rows(2, 0.2), "ids": []})),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/rerank",
+            "/v1/rerank",
+            Some(
+                json!({"query": packed, "documents": [{"id": "x", "tokens": rows(2, 0.4)}, {"id": "y", "tokens": packed}], "k": 1}),
+            ),
+            200,
+        ),
+        case(
+            "POST",
+            "/v1/rerank",
+            "/v1/rerank",
+            Some(
+                json!({"query": rows(1, 0.0), "documents": [{"id": "x", "tokens": [[1.0, 2.0]]}]}),
+            ),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/rerank/batch",
+            "/v1/rerank/batch",
+            Some(
+                json!({"requests": [{"query": rows(1, 0.3), "documents": [{"id": "x", "tokens": rows(2, 0.1)}]}]}),
+            ),
+            200,
+        ),
+        case(
+            "POST",
             "/v1/collections/{name}/flush",
             &format!("{c}/flush"),
             None,

@@ -11,6 +11,7 @@
 //! | `collections.rs` | create (FDE / graph / codebook parameters), collection (parameters + stats), list |
 //! | `documents.rs` | upsert, ids (get / delete), one document, documents, upsert / delete results |
 //! | `search.rs` | search, filter, batch, hits |
+//! | `rerank.rs` | re-rank of stored ids or of sent documents, batch |
 //! | `tokens.rs` | token vectors: rows or packed base64 (`{"dtype", "shape", "data"}`) |
 //! | `health.rs` | liveness, readiness, the error body |
 //! | `openapi.rs` | the generated document, its error responses and security, the `/docs` page |
@@ -18,11 +19,13 @@ pub mod collections;
 pub mod documents;
 pub mod health;
 pub mod openapi;
+pub mod rerank;
 pub mod search;
 pub mod tokens;
 
 pub use collections::*;
 pub use documents::*;
 pub use health::*;
+pub use rerank::*;
 pub use search::*;
 pub use tokens::*;

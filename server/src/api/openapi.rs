@@ -26,6 +26,7 @@ use super::health::ErrorBody;
         (name = "collections", description = "create, list, describe, drop, flush, compact"),
         (name = "documents", description = "upsert, get, delete"),
         (name = "search", description = "search and batch search"),
+        (name = "rerank", description = "exact Chamfer scores of stored or sent documents against a query"),
         (name = "operations", description = "health, readiness, metrics, this document")
     )
 )]

@@ -1,4 +1,6 @@
 //! The client's error type (gRPC and REST).
+// Error tables are exhaustive: a new variant must be placed by hand, never by a catch-all arm.
+#![deny(clippy::wildcard_enum_match_arm)]
 use std::time::Duration;
 
 use tonic::Code;
@@ -8,11 +10,18 @@ use tonic::Code;
 pub enum Error {
     /// The address is not a valid URI (e.g. missing `http://`).
     #[error("invalid address {addr:?}: {message}")]
-    InvalidAddress { addr: String, message: String },
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// Why it could not be parsed.
+        message: String,
+    },
     /// The connection could not be established (refused, timed out, TLS failure).
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The server address the client tried to reach.
         addr: String,
+        /// The transport error that prevented the connection.
         #[source]
         source: tonic::transport::Error,
     },
@@ -38,26 +47,40 @@ pub enum Error {
     /// the `overloaded` error code, HTTP 429. Retrying after `retry_after` (the server's hint) may succeed.
     #[error("overloaded: {message}")]
     Overloaded {
+        /// The server's error message.
         message: String,
+        /// How long the server suggested waiting before retrying, if it gave a hint.
         retry_after: Option<Duration>,
     },
     /// The server is shutting down or unreachable (gRPC UNAVAILABLE, HTTP 503); retrying later may succeed,
     /// after `retry_after` when the server gave a hint.
     #[error("unavailable: {message}")]
     Unavailable {
+        /// The server's (or transport's) error message.
         message: String,
+        /// How long the server suggested waiting before retrying, if it gave a hint.
         retry_after: Option<Duration>,
     },
     /// A REST request could not be sent or its answer not read (connection refused, reset, timed out,
     /// an answer over the size bound).
     #[error("HTTP request to {addr} failed: {message}")]
-    Http { addr: String, message: String },
+    Http {
+        /// The server address (base URL) the request was sent to.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The request timeout (deadline) passed (gRPC DEADLINE_EXCEEDED).
     #[error("timed out: {0}")]
     Timeout(String),
     /// Any other gRPC status (INTERNAL, DATA_LOSS, ...).
     #[error("server error ({code:?}): {message}")]
-    Server { code: Code, message: String },
+    Server {
+        /// The gRPC status code the server returned.
+        code: Code,
+        /// The status message the server returned.
+        message: String,
+    },
 }
 
 impl Error {

@@ -64,13 +64,22 @@ pub trait DocumentSource: Sync {
 pub enum IngestEvent {
     /// A batch is done (uploaded and acknowledged, or skipped): `done` of `total` source documents.
     Batch {
+        /// Source documents handled so far (uploaded or skipped).
         done: u64,
+        /// Source documents in all.
         total: u64,
+        /// Documents the server has written so far (running total).
         uploaded: u64,
+        /// Documents skipped so far because their id was already stored (running total).
         skipped: u64,
     },
     /// The server pushed back; the call is sent again after `wait`.
-    Retry { wait: Duration, error: String },
+    Retry {
+        /// Delay before the call is sent again (the server's hint or the backoff; at most 60 s).
+        wait: Duration,
+        /// The error the server pushed back with, as text.
+        error: String,
+    },
 }
 
 /// A progress callback.
@@ -128,6 +137,7 @@ pub struct IngestReport {
     pub bytes: u64,
     /// Calls sent again after backpressure.
     pub retries: u64,
+    /// Wall-clock duration of the whole ingest, in seconds.
     pub seconds: f64,
 }
 
@@ -137,8 +147,11 @@ pub enum IngestError {
     /// The collection exists with another dimension.
     #[error("collection {collection} has dimension {stored}, the data {data}")]
     Dimension {
+        /// The collection's name.
         collection: String,
+        /// The collection's token dimension.
         stored: usize,
+        /// The data's token dimension.
         data: usize,
     },
     /// The collection is absent and creating it was not allowed.
@@ -147,7 +160,9 @@ pub enum IngestError {
     /// A call failed (after its retries); what was acknowledged before stays written.
     #[error("{step} failed (re-run to resume): {source}")]
     Call {
+        /// What the ingest was doing (e.g. "upserting a batch").
         step: &'static str,
+        /// The call's error.
         #[source]
         source: Error,
     },
@@ -306,6 +321,20 @@ pub async fn ingest<T: IngestTarget, S: DocumentSource>(
     Ok(r)
 }
 
+/// A dimension as the wire carries it (u32).
+fn wire_dimension(dimension: usize) -> Result<u32> {
+    u32::try_from(dimension)
+        .map_err(|_| Error::InvalidInput(format!("dimension {dimension} is too large")))
+}
+
+/// Creating a collection that already exists is what a resumed ingest expects.
+fn exists_is_fine<T>(r: Result<T>) -> Result<()> {
+    match r {
+        Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl IngestTarget for Client {
     async fn dimension(&self, collection: &str) -> Result<Option<usize>> {
         Ok(self
@@ -315,12 +344,10 @@ impl IngestTarget for Client {
     }
 
     async fn create(&self, collection: &str, dimension: usize) -> Result<()> {
-        let dim = u32::try_from(dimension)
-            .map_err(|_| Error::InvalidInput(format!("dimension {dimension} is too large")))?;
-        match self.create_collection(collection, dim).await {
-            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        exists_is_fine(
+            self.create_collection(collection, wire_dimension(dimension)?)
+                .await,
+        )
     }
 
     async fn missing(&self, collection: &str, ids: Vec<String>) -> Result<Vec<String>> {
@@ -342,12 +369,10 @@ impl IngestTarget for RestClient {
     }
 
     async fn create(&self, collection: &str, dimension: usize) -> Result<()> {
-        let dim = u32::try_from(dimension)
-            .map_err(|_| Error::InvalidInput(format!("dimension {dimension} is too large")))?;
-        match self.create_collection(collection, dim).await {
-            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        exists_is_fine(
+            self.create_collection(collection, wire_dimension(dimension)?)
+                .await,
+        )
     }
 
     async fn missing(&self, collection: &str, ids: Vec<String>) -> Result<Vec<String>> {

@@ -89,6 +89,7 @@
 //! ```text
 //! cargo run -p chamfer-client --example search -- http://127.0.0.1:50051 data/demo
 //! ```
+#![warn(missing_docs)]
 mod client;
 mod error;
 pub mod ingest;
@@ -96,7 +97,7 @@ pub mod rest;
 mod types;
 
 pub use chamfer_proto::v1 as pb;
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::Error;
 pub use rest::{RestClient, RestResponse};
 pub use types::{Document, Filter, Hit, Query, StoredDocument, Vectors};

@@ -25,8 +25,11 @@ pub const MAX_RESPONSE_BYTES: usize = 512 << 20;
 /// An answer, whatever its status.
 #[derive(Debug, Clone)]
 pub struct RestResponse {
+    /// HTTP status code (e.g. 200, 404).
     pub status: u16,
+    /// Response headers.
     pub headers: HeaderMap,
+    /// The raw response body (at most [`MAX_RESPONSE_BYTES`]).
     pub body: Bytes,
 }
 

@@ -110,7 +110,9 @@ impl Vectors {
 /// A document to upsert: external id, token vectors, optional JSON-object metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {
+    /// External document id (unique within the collection; upserting it again replaces the document).
     pub id: String,
+    /// The token vectors (one row per token, of the collection's dimension).
     pub vectors: Vectors,
     /// A JSON object, or `None`.
     pub metadata: Option<Value>,
@@ -154,9 +156,11 @@ impl Document {
 /// A document as the server returned it (from `get`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredDocument {
+    /// External document id.
     pub id: String,
     /// Present when asked for (`with_tokens`).
     pub vectors: Option<Vectors>,
+    /// The stored JSON metadata, or `None` when the document has none.
     pub metadata: Option<Value>,
 }
 
@@ -184,6 +188,7 @@ pub(crate) fn parse_metadata(s: &str) -> Option<Value> {
 pub struct Filter(pub(crate) pb::Filter);
 
 impl Filter {
+    /// An empty filter: every document passes.
     pub fn new() -> Filter {
         Filter::default()
     }
@@ -313,6 +318,7 @@ impl Query {
 /// One search result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hit {
+    /// The document's external id.
     pub id: String,
     /// Chamfer score: sum over query tokens of the best dot product with the document's tokens.
     pub score: f32,

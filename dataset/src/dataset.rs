@@ -15,7 +15,9 @@ use crate::{DataError, Result};
 /// A numeric array read from a `.npy` file, converted to the type the caller needs.
 #[derive(Debug)]
 pub struct NpyArray<T> {
+    /// The array's shape from the header (e.g. `[rows, dim]`).
     pub shape: Vec<usize>,
+    /// The elements in C (row-major) order; their count is the product of `shape`.
     pub data: Vec<T>,
 }
 
@@ -402,9 +404,11 @@ impl Dataset {
     pub fn dim(&self) -> usize {
         self.dim
     }
+    /// Number of documents.
     pub fn n_docs(&self) -> usize {
         self.docs.ids.len()
     }
+    /// Number of queries (0 when the folder has none).
     pub fn n_queries(&self) -> usize {
         self.queries.ids.len()
     }
@@ -412,6 +416,7 @@ impl Dataset {
     pub fn n_doc_tokens(&self) -> usize {
         self.docs.tokens.len() / self.dim
     }
+    /// External id of document `i` (panics if `i >= n_docs()`).
     pub fn doc_id(&self, i: usize) -> &str {
         &self.docs.ids[i]
     }
@@ -423,6 +428,7 @@ impl Dataset {
     pub fn all_doc_tokens(&self) -> &[f32] {
         &self.docs.tokens
     }
+    /// External id of query `j` (panics if `j >= n_queries()`).
     pub fn query_id(&self, j: usize) -> &str {
         &self.queries.ids[j]
     }
@@ -466,12 +472,19 @@ impl Dataset {
 
 /// Writes a data set folder (the inverse of [`Dataset::open`]): tokens as float16.
 pub struct DatasetWriter<'a> {
+    /// Token dimension.
     pub dim: usize,
+    /// One external id per document.
     pub doc_ids: &'a [String],
+    /// Every document token, row-major (`dim` values each), documents one after another.
     pub doc_tokens: &'a [f32],
+    /// Token row offsets (n_docs + 1, from 0): document `i` is rows `doc_offsets[i]..doc_offsets[i + 1]`.
     pub doc_offsets: &'a [usize],
+    /// One external id per query (may be empty).
     pub query_ids: &'a [String],
+    /// Every query token, row-major (`dim` values each), queries one after another.
     pub query_tokens: &'a [f32],
+    /// Token row offsets (n_queries + 1, from 0): query `j` is rows `query_offsets[j]..query_offsets[j + 1]`.
     pub query_offsets: &'a [usize],
     /// Row-major [n_queries, k] ground truth (ids, scores).
     pub gt: Option<(&'a [i32], &'a [f32], usize)>,

@@ -11,16 +11,28 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 pub enum DataError {
     /// A data set folder that does not follow the documented format.
     #[error("data set {}: {reason}", path.display())]
-    Dataset { path: PathBuf, reason: String },
+    Dataset {
+        /// The data set folder (or file within it) at fault.
+        path: PathBuf,
+        /// What does not follow the format.
+        reason: String,
+    },
     /// An operating-system I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The underlying operating-system error.
         source: std::io::Error,
     },
     /// A generator setting out of range.
     #[error("invalid parameter {name}: {reason}")]
-    InvalidParam { name: &'static str, reason: String },
+    InvalidParam {
+        /// The setting's name.
+        name: &'static str,
+        /// Why its value was rejected.
+        reason: String,
+    },
     /// An engine error.
     #[error(transparent)]
     Index(#[from] IndexError),

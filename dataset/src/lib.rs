@@ -7,6 +7,7 @@
 //!   truth, qrels, texts) and its writer.
 //! * [`synth`]: seeded synthetic corpora that mimic a real data set, with exact ground truth.
 //! * [`eval`]: recall@k, nDCG@k, percentiles.
+#![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod dataset;

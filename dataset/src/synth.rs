@@ -26,8 +26,11 @@ use crate::{DataError, Result};
 /// Generator settings.
 #[derive(Clone, Debug)]
 pub struct SynthParams {
+    /// Number of documents to generate (must be > 0).
     pub docs: usize,
+    /// Number of queries to generate (needs a template data set with queries when > 0).
     pub queries: usize,
+    /// Seed of the random generator: the same settings and seed give the same corpus.
     pub seed: u64,
     /// Documents per topic (they share a template document's tokens, like the passages of one page).
     pub docs_per_topic: usize,
@@ -51,6 +54,8 @@ pub struct SynthParams {
 }
 
 impl SynthParams {
+    /// `docs` documents and `queries` queries from `seed`, with the default shape settings (8 documents per
+    /// topic, 10 topics per group, ground truth to depth 100).
     pub fn new(docs: usize, queries: usize, seed: u64) -> Self {
         SynthParams {
             docs,
@@ -71,16 +76,27 @@ impl SynthParams {
 
 /// A generated corpus (row-major f32 tokens with offsets), ready for [`crate::dataset::DatasetWriter`].
 pub struct SynthCorpus {
+    /// Token dimension (the template data set's).
     pub dim: usize,
+    /// Document ids (`syn-0`, `syn-1`, ...).
     pub doc_ids: Vec<String>,
+    /// Every document token, row-major, documents one after another.
     pub doc_tokens: Vec<f32>,
+    /// Token row offsets (n_docs + 1, from 0): document `i` is rows `doc_offsets[i]..doc_offsets[i + 1]`.
     pub doc_offsets: Vec<usize>,
+    /// Query ids (`synq-0`, `synq-1`, ...).
     pub query_ids: Vec<String>,
+    /// Every query token, row-major, queries one after another.
     pub query_tokens: Vec<f32>,
+    /// Token row offsets (n_queries + 1, from 0): query `j` is rows `query_offsets[j]..query_offsets[j + 1]`.
     pub query_offsets: Vec<usize>,
+    /// Exact-Chamfer ground truth: row-major `[n_queries, gt_k]` document rows, best first.
     pub gt_ids: Vec<i32>,
+    /// The matching exact Chamfer scores, row-major `[n_queries, gt_k]`.
     pub gt_scores: Vec<f32>,
+    /// Ground-truth depth actually used: `min(SynthParams::gt_k, docs)`.
     pub gt_k: usize,
+    /// (query id, doc id) relevance pairs: each query's relevant documents are those of its topic.
     pub qrels: Vec<(String, String)>,
 }
 

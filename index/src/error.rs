@@ -13,19 +13,42 @@ pub enum IndexError {
     InvalidConfig(String),
     /// A vector or token matrix of the wrong width.
     #[error("dimension mismatch: expected {expected}, got {got}")]
-    DimensionMismatch { expected: usize, got: usize },
+    DimensionMismatch {
+        /// The width the index or configuration requires.
+        expected: usize,
+        /// The width that was supplied.
+        got: usize,
+    },
     /// A document or query without any token vector.
     #[error("empty {what}: it has no token vectors")]
-    Empty { what: &'static str },
+    Empty {
+        /// What was empty (e.g. "document" or "query").
+        what: &'static str,
+    },
     /// NaN or infinity in an input vector.
     #[error("non-finite value (NaN or infinity) at token {token}, coordinate {coord}")]
-    NonFinite { token: usize, coord: usize },
+    NonFinite {
+        /// Zero-based index of the offending token vector.
+        token: usize,
+        /// Zero-based coordinate within that token vector.
+        coord: usize,
+    },
     /// More tokens than a limit allows.
     #[error("too many tokens: {got} (at most {max})")]
-    TooManyTokens { got: usize, max: usize },
+    TooManyTokens {
+        /// The number of tokens supplied.
+        got: usize,
+        /// The largest number of tokens allowed.
+        max: usize,
+    },
     /// A request parameter out of range (k, ef, candidate counts, ...).
     #[error("invalid parameter {name}: {reason}")]
-    InvalidParam { name: &'static str, reason: String },
+    InvalidParam {
+        /// The parameter's name (e.g. "k" or "ef").
+        name: &'static str,
+        /// Why its value was rejected.
+        reason: String,
+    },
     /// Two documents with the same external id where ids must be unique.
     #[error("duplicate document id {0:?}")]
     DuplicateId(String),
@@ -35,17 +58,27 @@ pub enum IndexError {
     /// An operating-system I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The underlying operating-system error.
         source: std::io::Error,
     },
     /// A file that exists but whose bytes are not what they must be (truncated, bit-flipped, wrong magic).
     #[error("{}: corrupt or truncated file: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The corrupt file.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
     /// A file written by a newer (or older, unsupported) version of chamfer.
     #[error("{}: unsupported format version {found} (this build reads version {supported})", path.display())]
     UnsupportedVersion {
+        /// The file with the unsupported version.
         path: PathBuf,
+        /// The format version recorded in the file.
         found: u32,
+        /// The format version this build reads.
         supported: u32,
     },
     /// Shards or queries built with incompatible FDE configurations.
@@ -54,9 +87,13 @@ pub enum IndexError {
     /// A finite input value too large to store (token vectors are stored as f16: |x| <= 65504).
     #[error("value {value} at token {token}, coordinate {coord} is out of range (|x| <= {limit})")]
     ValueOutOfRange {
+        /// Zero-based index of the offending token vector.
         token: usize,
+        /// Zero-based coordinate within that token vector.
         coord: usize,
+        /// The value that was supplied.
         value: f32,
+        /// The largest magnitude that can be stored (65504, the f16 maximum).
         limit: f32,
     },
     /// Work stopped before it finished because its caller gave up (a deadline passed, or shutdown began).

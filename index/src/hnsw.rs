@@ -52,16 +52,22 @@ impl Distance<f16> for ClampedInnerF16 {
 /// Graph construction parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct GraphBuild {
+    /// Graph degree: the most neighbours per node (hnsw_rs max_nb_connection).
     pub m: usize,
+    /// Beam width while inserting nodes (larger: better graph, slower build).
     pub ef_construction: usize,
+    /// Precision (f16 or f32) of the vectors stored in the graph.
     pub storage: VectorStorage,
 }
 
 /// A file written by the graph dump, with what the shard records to verify it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphFile {
+    /// File name (no directory), e.g. `<base>.hnsw.graph`.
     pub name: String,
+    /// File size in bytes.
     pub len: u64,
+    /// CRC-32 of the file's whole contents.
     pub crc32: u32,
 }
 

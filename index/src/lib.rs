@@ -15,6 +15,7 @@
 //!
 //! All `unsafe` code (memory maps and SIMD intrinsics) lives in the private `sys` module; the rest of the crate
 //! is compiled with `#![deny(unsafe_code)]`.
+#![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod codebook;

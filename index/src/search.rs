@@ -6,7 +6,8 @@
 //! * [`Plan::Exact`]: every document is scored exactly. The baseline, and the right choice for tiny collections.
 //! * [`Plan::FdeScan`]: the query FDE is scored against every document's full FDE with a sparse,
 //!   coordinate-major scan (the query FDE has at most `tokens x R` non-zero blocks); the best `rerank` go to the
-//!   exact re-rank. Cost grows linearly but slowly with the collection: the default for shards without a graph.
+//!   exact re-rank. Cost grows linearly but slowly with the collection; the pure-MUVERA baseline, and what
+//!   [`Plan::Auto`] runs on shards without a codebook.
 //! * [`Plan::CentroidScan`]: every document's token codes are scored by centroid interaction
 //!   ([`crate::codebook`]: one table load and max per token); the best `rerank` go to the exact re-rank. Cheaper
 //!   per document than the FDE scan and a closer approximation of Chamfer: the default for shards without a graph.
@@ -15,8 +16,8 @@
 //!   re-ranked exactly. Sub-linear: the default for shards with a graph (large ones).
 //!
 //! [`Plan::Auto`] picks per shard: HNSW where a graph exists, else the centroid scan (the FDE scan without a
-//! codebook); and exact when the collection is no larger than the re-rank depth anyway. A filter is applied before any scoring (inside the HNSW walk), so `k`
-//! results come back whenever `k` documents pass it.
+//! codebook); and exact when the collection is no larger than the re-rank depth anyway. A filter is applied before
+//! any scoring (inside the HNSW walk), so `k` results come back whenever `k` documents pass it.
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -75,7 +76,9 @@ impl Plan {
 /// Per-request knobs. `None` means the engine's default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchParams {
+    /// Number of results to return, 1 to [`MAX_K`] (10 000).
     pub k: usize,
+    /// How to search (default [`Plan::Auto`]).
     pub plan: Plan,
     /// HNSW beam width (default: the number of candidates).
     pub ef: Option<usize>,
@@ -131,8 +134,11 @@ impl SearchParams {
 /// One result: document `doc` of shard `shard` (indices into the searcher's shard list) with its exact score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hit {
+    /// Index of the shard in the searcher's shard list.
     pub shard: usize,
+    /// Index of the document within that shard.
     pub doc: usize,
+    /// Exact Chamfer (MaxSim) score against the query; higher is better.
     pub score: f32,
 }
 

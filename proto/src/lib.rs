@@ -12,7 +12,7 @@
 
 /// Package `chamfer.v1`.
 pub mod v1 {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, missing_docs, unused_qualifications, unreachable_pub)]
     tonic::include_proto!("chamfer.v1");
 }
 

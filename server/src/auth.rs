@@ -11,6 +11,7 @@ use crate::error::ServiceError;
 pub struct ApiKey(Option<Arc<[u8]>>);
 
 impl ApiKey {
+    /// The key to require (`None`: every request is accepted).
     pub fn new(key: Option<&str>) -> Self {
         ApiKey(key.map(|k| Arc::from(k.as_bytes())))
     }

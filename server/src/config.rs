@@ -79,12 +79,16 @@ impl Default for Limits {
 /// [`Settings::default`] and call [`Settings::validate`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
+    /// Directory holding every collection (one server per directory). Default `./chamfer-data`.
     pub data_dir: PathBuf,
+    /// REST listen address. Default `127.0.0.1:8080`.
     pub http_addr: SocketAddr,
+    /// gRPC listen address. Default `127.0.0.1:50051`.
     pub grpc_addr: SocketAddr,
     /// When set, every endpoint but health needs `authorization: Bearer KEY` or `x-api-key: KEY`.
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
+    /// Request limits.
     pub limits: Limits,
     /// Live memtable documents that trigger a background flush into an immutable shard.
     pub flush_threshold_docs: usize,
@@ -120,22 +124,31 @@ impl Default for Settings {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
+    /// Overrides [`Settings::data_dir`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Overrides [`Settings::http_addr`] (`IP:port`; checked before merging).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
+    /// Overrides [`Settings::grpc_addr`] (`IP:port`; checked before merging).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<String>,
+    /// Overrides [`Settings::api_key`] (empty: no key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Overrides of [`Settings::limits`], field by field.
     #[serde(default)]
     pub limits: LimitsLayer,
+    /// Overrides [`Settings::flush_threshold_docs`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flush_threshold_docs: Option<usize>,
+    /// Overrides [`Settings::compaction_max_shards`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_max_shards: Option<usize>,
+    /// Overrides [`Settings::search_threads`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search_threads: Option<usize>,
+    /// Overrides [`Settings::request_timeout_ms`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
 }
@@ -144,18 +157,25 @@ pub struct SettingsLayer {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsLayer {
+    /// Overrides [`Limits::max_tokens_per_doc`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens_per_doc: Option<usize>,
+    /// Overrides [`Limits::max_query_tokens`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_query_tokens: Option<usize>,
+    /// Overrides [`Limits::max_batch`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<usize>,
+    /// Overrides [`Limits::max_request_bytes`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    /// Overrides [`Limits::max_k`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_k: Option<usize>,
+    /// Overrides [`Limits::max_metadata_bytes`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_metadata_bytes: Option<usize>,
+    /// Overrides [`Limits::max_batch_query_tokens`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_query_tokens: Option<usize>,
 }
@@ -164,6 +184,7 @@ pub struct LimitsLayer {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
 pub struct ConfigError {
+    /// Each problem, naming its setting and where it came from.
     pub problems: Vec<String>,
 }
 

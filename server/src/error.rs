@@ -39,6 +39,8 @@
 //!
 //! A 500's message names only its `code` (its details name server files and go to the log at ERROR); a
 //! damaged collection's reason names the file relative to the data directory.
+// Error tables are exhaustive: a new variant must be placed by hand, never by a catch-all arm.
+#![deny(clippy::wildcard_enum_match_arm)]
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chamfer_index::IndexError;
@@ -64,34 +66,48 @@ pub enum ServiceError {
     /// A token of a JSON token list with the wrong number of values (`token` counts from 0).
     #[error("token {token} has {got} values, expected {expected}")]
     TokenLength {
+        /// Index of the token, from 0.
         token: usize,
+        /// Values it has.
         got: usize,
+        /// Values expected (the dimension).
         expected: usize,
     },
     /// An input-validation error in one document of a batch: the inner error's code and status, its message
     /// prefixed with the document's id (`document "abc": token 3 has 127 values, expected 128`).
     #[error("document {id:?}: {source}")]
     InDocument {
+        /// The document's id.
         id: String,
+        /// The error in that document.
         source: Box<ServiceError>,
     },
+    /// No collection of this name (code `collection_not_found`, 404).
     #[error("collection {0:?} does not exist")]
     CollectionNotFound(String),
     /// No route for this method and path (REST).
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// A collection of this name exists already (code `already_exists`, 409).
     #[error("collection {0:?} already exists")]
     CollectionExists(String),
     /// A request, batch or field larger than a configured limit.
     #[error("{what} too large: {got} (the limit is {max})")]
     TooLarge {
+        /// What is too large (a unit is part of the name, e.g. `metadata (bytes)`).
         what: &'static str,
+        /// Its size.
         got: usize,
+        /// The configured limit.
         max: usize,
     },
     /// A request body above `limits.max_request_bytes`.
     #[error("request body larger than the limit of {max} bytes")]
-    RequestTooLarge { max: usize },
+    RequestTooLarge {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The API key is required and missing or wrong.
     #[error("missing or invalid API key")]
     Unauthenticated,
     /// The server (or the collection) is shutting down.
@@ -100,10 +116,20 @@ pub enum ServiceError {
     /// A collection that exists on disk but cannot serve: damaged (the reason says what and where), or still
     /// being opened.
     #[error("collection {name:?} is unavailable: {reason}")]
-    CollectionUnavailable { name: String, reason: String },
+    CollectionUnavailable {
+        /// The collection.
+        name: String,
+        /// Why: still opening, or what is damaged and where.
+        reason: String,
+    },
     /// Writes arrive faster than they can be flushed: retry after the hint.
     #[error("overloaded: {reason}; retry after {retry_after_ms} ms")]
-    Overloaded { reason: String, retry_after_ms: u64 },
+    Overloaded {
+        /// What is backed up (memtable documents waiting for a flush, and the limit).
+        reason: String,
+        /// Suggested wait in ms (gRPC `retry-after-ms` metadata; REST `Retry-After`, in whole seconds).
+        retry_after_ms: u64,
+    },
     /// The request's deadline passed before it finished (its work was stopped).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -115,7 +141,9 @@ pub enum ServiceError {
 /// How one error looks on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorStatus {
+    /// gRPC status code.
     pub grpc: Code,
+    /// HTTP status.
     pub http: StatusCode,
     /// Stable, machine-readable name (the JSON body's `code`).
     pub code: &'static str,

@@ -36,6 +36,7 @@ pub struct GrpcApi {
 }
 
 impl GrpcApi {
+    /// The gRPC services over `core`, recording request metrics in `metrics`.
     pub fn new(core: Core, metrics: Arc<Metrics>) -> Self {
         GrpcApi { core, metrics }
     }
@@ -362,7 +363,7 @@ where
             };
             match tokio::time::timeout_at(deadline_from(arrival, timeout).into(), fut).await {
                 Ok(r) => r,
-                Err(_) => Ok(tonic::Status::from(ServiceError::DeadlineExceeded(format!(
+                Err(_) => Ok(Status::from(ServiceError::DeadlineExceeded(format!(
                     "the call did not finish within its grpc-timeout of {} ms; its work was stopped",
                     timeout.as_millis()
                 )))

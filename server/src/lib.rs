@@ -9,6 +9,7 @@
 //! * [`metrics`]: Prometheus counters and latency histograms; [`auth`]: the API-key check.
 //! * [`serve`]: `run(settings, shutdown)`, the whole server as a library function (the `chamfer` binary and
 //!   the end-to-end tests both call it).
+#![warn(missing_docs)]
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -35,7 +35,9 @@ const BUCKETS: [f64; 14] = [
 /// The protocol a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Proto {
+    /// gRPC (label `grpc`).
     Grpc,
+    /// REST (label `rest`).
     Rest,
 }
 

@@ -499,7 +499,7 @@ async fn readyz(State(s): State<RestApi>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics_text(State(s): State<RestApi>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

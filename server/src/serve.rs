@@ -30,26 +30,35 @@ pub enum ServeError {
     /// The data directory could not be opened (locked by another server, unreadable, ...).
     #[error("cannot open data directory {}: {source}", path.display())]
     DataDir {
+        /// The data directory.
         path: std::path::PathBuf,
+        /// Why it could not be opened.
         source: ServiceError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({protocol}): {source}")]
     Bind {
+        /// `HTTP` or `gRPC`.
         protocol: &'static str,
+        /// The address.
         addr: SocketAddr,
+        /// The bind error.
         source: std::io::Error,
     },
     /// A listener failed while serving.
     #[error("the {protocol} server stopped: {message}")]
     Listener {
+        /// `HTTP` or `gRPC`.
         protocol: &'static str,
+        /// The listener's error.
         message: String,
     },
     /// A start-up or shutdown step on a blocking thread panicked (a bug).
     #[error("{what} panicked: {source}")]
     Panicked {
+        /// The step that panicked.
         what: &'static str,
+        /// The panic, as the join error.
         source: tokio::task::JoinError,
     },
 }
@@ -57,7 +66,9 @@ pub enum ServeError {
 /// The addresses the server listens on (with the real ports when the settings asked for port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BoundAddrs {
+    /// REST listen address.
     pub http: SocketAddr,
+    /// gRPC listen address.
     pub grpc: SocketAddr,
 }
 

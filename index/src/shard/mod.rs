@@ -15,9 +15,12 @@
 //!                             panel_start  u64[n+1]                  offset of doc i's panels in `tokens` (values)
 //!                             n_tokens     u32[n]                    real token count of doc i
 //!                             fde          f16[n * fde_dim]          full FDEs, repetition-major
+//!                             centroids    f32[K * dim]              token codebook (K may be 0)
+//!                             codes        u16[total tokens]         nearest centroid of every token, docs in order
 //!                             id_start     u64[n+1], id_bytes        external ids (UTF-8)
 //!                             payload_start u64[n+1], payload_bytes  payloads
-//! M             meta_len    meta JSON: IndexParams (FDE config + seed, HNSW params), counts, the section table
+//! M             meta_len    meta JSON: the persisted parameters (`persisted::PersistedParamsV1`: FDE config + seed,
+//!                           HNSW params, codebook size), counts, the section table
 //!                           (offset, length, CRC32 of each section), the graph files (length, CRC32), prefix scale
 //! end - 24      8           meta_len (u64 LE)
 //! end - 16      4           CRC32 of the meta JSON
@@ -65,8 +68,11 @@ const FOOTER: usize = 24;
 /// One document to write.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardDoc<'a> {
+    /// External document id (unique within the shard).
     pub id: &'a str,
+    /// The document's token vectors.
     pub tokens: TokenMatrix<'a>,
+    /// Opaque bytes stored with the document (the server's metadata); may be empty.
     pub payload: &'a [u8],
 }
 

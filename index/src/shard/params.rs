@@ -1,7 +1,7 @@
 //! The parameters that define a shard's bytes (FDE configuration, graph, codebook) and the maxima every
 //! client-chosen value is held to before anything is allocated for it.
 use crate::fde::FdeConfig;
-pub use crate::hnsw::VectorStorage;
+use crate::hnsw::VectorStorage;
 use crate::{IndexError, Result};
 
 /// Largest graph degree `hnsw.m` (hnsw_rs exits the process beyond 256 connections).
@@ -52,7 +52,9 @@ impl Default for HnswParams {
 /// the token codebook size. (No serde: files store [`super::persisted::PersistedParamsV1`].)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexParams {
+    /// The FDE configuration (dimension, repetitions, projections, seed).
     pub fde: FdeConfig,
+    /// The candidate graph's parameters.
     pub hnsw: HnswParams,
     /// Centroids of each shard's token codebook (0: no codes; see [`crate::codebook`]). Small shards get fewer
     /// (one per 16 tokens at most).

@@ -8,13 +8,16 @@
 //! field.
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::params::{HnswParams, IndexParams, VectorStorage, DEFAULT_CODEBOOK_SIZE};
+use super::params::{HnswParams, IndexParams, DEFAULT_CODEBOOK_SIZE};
 use crate::fde::{FdeConfig, ProjectionType};
+use crate::hnsw::VectorStorage;
 
 /// `params` (version 1): `{"fde": {...}, "hnsw": {...}, "codebook_size": n}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedParamsV1 {
+    /// `params.fde`: the FDE configuration.
     pub fde: PersistedFdeV1,
+    /// `params.hnsw`: the candidate graph's parameters.
     pub hnsw: PersistedHnswV1,
     /// Absent in shards written before codebooks existed: the default then.
     #[serde(default = "default_codebook_size")]
@@ -28,12 +31,19 @@ fn default_codebook_size() -> usize {
 /// `params.fde` (version 1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedFdeV1 {
+    /// Token dimension d.
     pub dimension: usize,
+    /// Repetitions R.
     pub num_repetitions: usize,
+    /// SimHash hyperplanes per repetition (`0..=30`; 2^k partitions).
     pub num_simhash_projections: u32,
+    /// Seed of the random projections.
     pub seed: u64,
+    /// Inner projection.
     pub projection_type: PersistedProjectionV1,
+    /// d_proj, used only with `ams_sketch`.
     pub projection_dimension: usize,
+    /// Whether documents fill empty partitions with the nearest token.
     pub fill_empty_partitions: bool,
     /// Written as `null` when unset.
     pub final_projection_dimension: Option<usize>,
@@ -42,8 +52,10 @@ pub struct PersistedFdeV1 {
 /// `params.fde.projection_type` (version 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PersistedProjectionV1 {
+    /// `"identity"`: no projection.
     #[serde(rename = "identity")]
     Identity,
+    /// `"ams_sketch"`: AMS sketch to `projection_dimension`.
     #[serde(rename = "ams_sketch")]
     AmsSketch,
 }
@@ -51,18 +63,25 @@ pub enum PersistedProjectionV1 {
 /// `params.hnsw` (version 1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedHnswV1 {
+    /// FDE repetitions (Matryoshka prefix) the graph indexes.
     pub prefix_repetitions: usize,
+    /// Graph degree.
     pub m: usize,
+    /// Beam width while building.
     pub ef_construction: usize,
+    /// Precision of the graph's vectors.
     pub storage: PersistedStorageV1,
+    /// Shards with fewer documents get no graph.
     pub min_docs: usize,
 }
 
 /// `params.hnsw.storage` (version 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PersistedStorageV1 {
+    /// `"f16"`: half-precision vectors.
     #[serde(rename = "f16")]
     F16,
+    /// `"f32"`: single-precision vectors.
     #[serde(rename = "f32")]
     F32,
 }

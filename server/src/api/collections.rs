@@ -35,12 +35,17 @@ pub struct CreateCollection {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FdeParamsIn {
+    /// Repetitions R of the FDE (independent estimates, summed). Default 20.
     pub num_repetitions: Option<usize>,
+    /// SimHash hyperplanes per repetition: 2^n partitions each. Default 5.
     pub num_simhash_projections: Option<u32>,
     /// Part of the index: stored, never changes.
     pub seed: Option<u64>,
+    /// Inner projection of each token. Default `ams_sketch`.
     pub projection_type: Option<ProjectionTypeDto>,
+    /// Dimension of the AMS sketch (used only with `ams_sketch`). Default 16.
     pub projection_dimension: Option<usize>,
+    /// Documents only: fill empty partitions with the nearest token (in SimHash distance). Default false.
     pub fill_empty_partitions: Option<bool>,
     /// 0: none.
     pub final_projection_dimension: Option<usize>,
@@ -52,8 +57,11 @@ pub struct FdeParamsIn {
 pub struct HnswParamsIn {
     /// Matryoshka prefix of the FDE (in repetitions) the graph is built on.
     pub prefix_repetitions: Option<usize>,
+    /// Graph degree (max connections per node), 1-128. Default 16.
     pub m: Option<usize>,
+    /// Beam width while building the graph, 1-4096. Default 100.
     pub ef_construction: Option<usize>,
+    /// Precision of the graph's vectors. Default `f16`.
     pub storage: Option<StorageDto>,
     /// Shards with fewer documents get no graph.
     pub min_docs: Option<usize>,
@@ -63,7 +71,9 @@ pub struct HnswParamsIn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectionTypeDto {
+    /// No projection: FDE blocks have the token dimension.
     Identity,
+    /// Sparse AMS sketch to `projection_dimension`.
     AmsSketch,
 }
 
@@ -71,7 +81,9 @@ pub enum ProjectionTypeDto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageDto {
+    /// Half precision (2 bytes per value).
     F16,
+    /// Single precision (4 bytes per value).
     F32,
 }
 
@@ -136,24 +148,36 @@ impl CreateCollection {
 /// A collection: its resolved parameters and statistics (create, describe, flush, compact, list).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Collection {
+    /// Collection name.
     pub name: String,
+    /// Token vector dimension.
     pub dimension: usize,
+    /// FDE parameters.
     pub fde: FdeParamsOut,
+    /// Graph parameters.
     pub hnsw: HnswParamsOut,
     /// Centroids of each shard's token codebook (0: no codes).
     pub codebook_size: usize,
+    /// Statistics.
     pub stats: CollectionStats,
 }
 
 /// Resolved FDE parameters.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct FdeParamsOut {
+    /// Token dimension the FDE encodes.
     pub dimension: usize,
+    /// Repetitions R.
     pub num_repetitions: usize,
+    /// SimHash hyperplanes per repetition (2^n partitions each).
     pub num_simhash_projections: u32,
+    /// Seed of the random projections (part of the index).
     pub seed: u64,
+    /// Inner projection of each token.
     pub projection_type: ProjectionTypeDto,
+    /// Dimension of the AMS sketch (ignored with `identity`).
     pub projection_dimension: usize,
+    /// Documents only: empty partitions filled with the nearest token.
     pub fill_empty_partitions: bool,
     /// null: none.
     pub final_projection_dimension: Option<usize>,
@@ -162,10 +186,15 @@ pub struct FdeParamsOut {
 /// Resolved graph parameters.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct HnswParamsOut {
+    /// FDE repetitions (a Matryoshka prefix) the graph is built on.
     pub prefix_repetitions: usize,
+    /// Graph degree (max connections per node).
     pub m: usize,
+    /// Beam width while building the graph.
     pub ef_construction: usize,
+    /// Precision of the graph's vectors.
     pub storage: StorageDto,
+    /// Shards with fewer documents get no graph (they are scanned instead).
     pub min_docs: usize,
 }
 
@@ -235,7 +264,9 @@ pub struct CollectionList {
 /// A collection that cannot serve.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct UnavailableCollection {
+    /// Collection name (the name of its directory).
     pub name: String,
+    /// Why it cannot serve (names the damaged file, relative to the data directory).
     pub reason: String,
 }
 

@@ -15,6 +15,7 @@ use crate::error::ServiceError;
 pub struct DocumentIn {
     /// 1-512 bytes, no control characters.
     pub id: String,
+    /// Token vectors: one row of `dimension` numbers per token, or the packed form.
     pub tokens: Tokens,
     /// A JSON object (or null / absent: none).
     #[serde(default)]
@@ -26,6 +27,7 @@ pub struct DocumentIn {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upsert {
+    /// Documents to insert or replace (by id), 1 to `limits.max_batch`, ids unique within the request.
     pub documents: Vec<DocumentIn>,
 }
 
@@ -49,6 +51,7 @@ impl Upsert {
 /// The answer of an upsert (durable when answered).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct UpsertResult {
+    /// Documents written (inserted or replaced).
     pub upserted: u64,
     /// Sequence number of the write.
     pub sequence: u64,
@@ -67,6 +70,7 @@ impl From<UpsertOutcome> for UpsertResult {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ids {
+    /// Document ids, 1 to `limits.max_batch`.
     pub ids: Vec<String>,
     /// Get only: return the token vectors.
     #[serde(default)]
@@ -87,7 +91,9 @@ pub struct GetOneQuery {
 /// A stored document.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct DocumentOut {
+    /// Document id.
     pub id: String,
+    /// Number of token vectors.
     pub n_tokens: usize,
     /// The metadata object (`{}` when none).
     #[schema(value_type = Object)]
@@ -98,6 +104,7 @@ pub struct DocumentOut {
 }
 
 impl DocumentOut {
+    /// A core document as returned by the API; `packed` selects packed f16 tokens over rows.
     pub fn from_core(d: DocOut, packed: bool) -> Self {
         DocumentOut {
             tokens: d
@@ -119,12 +126,14 @@ pub fn metadata_value(m: Option<String>) -> Value {
 /// The answer of a get by ids.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Documents {
+    /// Documents found, in request order.
     pub documents: Vec<DocumentOut>,
     /// Requested ids that do not exist.
     pub missing: Vec<String>,
 }
 
 impl Documents {
+    /// A core get result as returned by the API; `packed` selects packed f16 tokens over rows.
     pub fn from_core(o: GetOutcome, packed: bool) -> Self {
         Documents {
             documents: o
@@ -140,7 +149,9 @@ impl Documents {
 /// The answer of a delete.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct DeleteResult {
+    /// Documents that existed and were deleted (unknown ids are not counted).
     pub deleted: u64,
+    /// Sequence number of the write.
     pub sequence: u64,
 }
 

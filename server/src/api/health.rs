@@ -6,7 +6,9 @@ use utoipa::ToSchema;
 #[derive(Clone, Debug, Serialize, ToSchema)]
 #[schema(example = json!({"code": "dimension_mismatch", "message": "document \"a\": token 3 has 127 values, expected 128"}))]
 pub struct ErrorBody {
+    /// Stable machine-readable error code, e.g. `invalid_argument` or `collection_not_found`.
     pub code: &'static str,
+    /// Human-readable description (a 500 or 507 gives no server details: those go to the server log).
     pub message: String,
 }
 
@@ -33,11 +35,14 @@ pub struct Readiness {
 /// A collection and a reason.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CollectionReason {
+    /// Collection name.
     pub collection: String,
+    /// Why (a damaged collection's reason names the file; a full disk's, the error).
     pub reason: String,
 }
 
 impl Readiness {
+    /// The core's health as the `/readyz` body.
     pub fn from_core(h: crate::core::Health) -> Self {
         let pairs = |v: Vec<(String, String)>| {
             v.into_iter()

@@ -13,6 +13,7 @@ use crate::error::ServiceError;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"query": [[0.12, -0.5, 0.33, 0.9]], "ids": ["doc-1", "doc-7"], "k": 10}))]
 pub struct RerankStored {
+    /// Query token vectors (the collection's dimension).
     pub query: Tokens,
     /// Ids to score (unknown ones are listed in `missing`).
     pub ids: Vec<String>,
@@ -28,7 +29,9 @@ pub struct RerankStored {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RerankDocument {
+    /// Document id (echoed in the hits).
     pub id: String,
+    /// Token vectors, of the query's dimension.
     pub tokens: Tokens,
 }
 
@@ -38,7 +41,9 @@ pub struct RerankDocument {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"query": [[0.12, -0.5]], "documents": [{"id": "a", "tokens": [[0.1, 0.2], [0.3, -0.4]]}], "k": 1}))]
 pub struct Rerank {
+    /// Query token vectors.
     pub query: Tokens,
+    /// Documents to score, 1 to `limits.max_batch`.
     pub documents: Vec<RerankDocument>,
     /// Keep the best `k` (all when absent).
     #[schema(minimum = 1)]
@@ -49,19 +54,23 @@ pub struct Rerank {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RerankBatch {
+    /// Re-ranks, 1 to `limits.max_batch`; each answered independently, in order.
     pub requests: Vec<Rerank>,
 }
 
 /// The answer of a re-rank of stored documents: best first, and the ids not found.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct RerankStoredResult {
+    /// Scored documents, best (highest Chamfer score) first.
     pub hits: Vec<Hit>,
+    /// Requested ids that do not exist.
     pub missing: Vec<String>,
 }
 
 /// The answer of a batch: one `Hits` per request, in order.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct RerankBatchResult {
+    /// One result per request, in request order.
     pub results: Vec<Hits>,
 }
 
@@ -108,6 +117,7 @@ impl Rerank {
 }
 
 impl RerankStoredResult {
+    /// A core re-rank result as returned by the API; `with_metadata` adds each hit's metadata.
     pub fn from_core(out: RerankOutcome, with_metadata: bool) -> Self {
         RerankStoredResult {
             hits: Hits::from_core(out.hits, with_metadata).hits,

@@ -15,16 +15,25 @@ use crate::error::ServiceError;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"query": [[0.12, -0.5, 0.33, 0.9]], "k": 10, "with_metadata": true}))]
 pub struct Search {
+    /// Query token vectors (the collection's dimension).
     pub query: Tokens,
+    /// Number of results, 1 to the server's `limits.max_k` (1000 unless configured).
     #[schema(minimum = 1)]
     pub k: usize,
+    /// HNSW beam width, 1-10000 (default and minimum: `candidates`). Only graph searches use it.
     pub ef: Option<usize>,
+    /// Documents the graph returns per shard, 1-10000 (default: 3 x `rerank`). Only graph searches use it.
     pub candidates: Option<usize>,
+    /// Documents re-ranked exactly, 1-10000 (default: 2% of the collection, within 128-2048; at least `k`).
     pub rerank: Option<usize>,
+    /// Matryoshka prefix (in FDE repetitions) for graph queries; if set, must equal the collection's
+    /// `hnsw.prefix_repetitions`.
     pub prefix_repetitions: Option<usize>,
     /// Score every document exactly.
     #[serde(default)]
     pub exact: bool,
+    /// Only documents that pass this filter are returned (applied during the search: `k` results come back
+    /// whenever `k` documents pass).
     pub filter: Option<Filter>,
     /// Return each hit's metadata.
     #[serde(default)]
@@ -35,8 +44,10 @@ pub struct Search {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
+    /// Conditions that must all hold.
     #[serde(default)]
     pub must: Vec<Condition>,
+    /// When not empty, only documents with these ids pass.
     #[serde(default)]
     pub ids: Vec<String>,
 }
@@ -46,9 +57,12 @@ pub struct Filter {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
+    /// Metadata field name; dots descend into nested objects (`a.b`).
     pub key: String,
+    /// The field equals one of these values.
     #[serde(default)]
     pub any_of: Vec<Value>,
+    /// The field equals this value.
     #[serde(default)]
     pub equals: Option<Value>,
 }
@@ -85,13 +99,16 @@ impl Search {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBatch {
+    /// Searches, 1 to `limits.max_batch`, all on the same snapshot of the collection.
     pub searches: Vec<Search>,
 }
 
 /// One result.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Hit {
+    /// Document id.
     pub id: String,
+    /// Chamfer score: sum over query tokens of the best dot product with a document token (higher is better).
     pub score: f32,
     /// With `with_metadata` only (`{}` when the document has none).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,10 +119,12 @@ pub struct Hit {
 /// The answer of a search: best first.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Hits {
+    /// Results, best first (at most `k`).
     pub hits: Vec<Hit>,
 }
 
 impl Hits {
+    /// Core hits as returned by the API; `with_metadata` adds each hit's metadata.
     pub fn from_core(hits: Vec<HitOut>, with_metadata: bool) -> Self {
         Hits {
             hits: hits
@@ -123,5 +142,6 @@ impl Hits {
 /// The answer of a batch: one `Hits` per search, in order.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SearchBatchResult {
+    /// One result per search, in request order.
     pub results: Vec<Hits>,
 }

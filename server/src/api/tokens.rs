@@ -46,7 +46,9 @@ pub struct PackedTokens {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PackedDtype {
+    /// Half precision: 2 bytes per value.
     F16,
+    /// Single precision: 4 bytes per value.
     F32,
 }
 

@@ -27,9 +27,12 @@ pub struct FilterInput {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionInput {
+    /// Metadata field name; dots descend into nested objects.
     pub key: String,
+    /// The field equals one of these values.
     #[serde(default)]
     pub any_of: Vec<Value>,
+    /// The field equals this value.
     #[serde(default)]
     pub equals: Option<Value>,
 }

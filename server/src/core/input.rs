@@ -17,7 +17,9 @@ use super::filter::{Filter, FilterInput};
 /// Element type of packed token bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
+    /// 4-byte little-endian floats.
     F32,
+    /// 2-byte little-endian half floats.
     F16,
 }
 
@@ -35,9 +37,13 @@ impl Dtype {
 pub enum TokenInput {
     /// Packed little-endian bytes plus shape (gRPC). `dtype: None` = unspecified or unknown on the wire.
     Packed {
+        /// Element type (`None`: unspecified or unknown on the wire, refused as malformed).
         dtype: Option<Dtype>,
+        /// Declared number of token vectors.
         n_tokens: usize,
+        /// Declared dimension of each token vector.
         dim: usize,
+        /// The `n_tokens * dim` values, row-major.
         bytes: Vec<u8>,
     },
     /// One array of numbers per token (JSON).
@@ -47,6 +53,7 @@ pub enum TokenInput {
 /// Metadata as a client sent it.
 #[derive(Clone, Debug, Default)]
 pub enum MetadataInput {
+    /// No metadata.
     #[default]
     None,
     /// JSON text (gRPC); empty means none.
@@ -58,22 +65,34 @@ pub enum MetadataInput {
 /// One document of an upsert.
 #[derive(Clone, Debug)]
 pub struct DocInput {
+    /// External id (checked by [`validate_id`]).
     pub id: String,
+    /// Token vectors as sent.
     pub tokens: TokenInput,
+    /// Metadata as sent.
     pub metadata: MetadataInput,
 }
 
 /// One search.
 #[derive(Clone, Debug)]
 pub struct SearchInput {
+    /// Query token vectors as sent.
     pub query: TokenInput,
+    /// Number of results (1 to `limits.max_k`).
     pub k: usize,
+    /// HNSW beam width (engine default when unset).
     pub ef: Option<usize>,
+    /// Documents the graph returns per shard (engine default when unset).
     pub candidates: Option<usize>,
+    /// Documents re-ranked exactly (engine default when unset).
     pub rerank: Option<usize>,
+    /// Matryoshka prefix of graph queries; must equal the collection's when set.
     pub prefix_repetitions: Option<usize>,
+    /// Score every document exactly.
     pub exact: bool,
+    /// Metadata filter, applied during the search.
     pub filter: Option<FilterInput>,
+    /// Return each hit's metadata.
     pub with_metadata: bool,
 }
 
@@ -82,18 +101,29 @@ pub struct SearchInput {
 /// engine's [`IndexParams::new`] and nowhere else ([`CollectionParamsInput::resolve`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CollectionParamsInput {
+    /// FDE repetitions R.
     pub num_repetitions: Option<usize>,
+    /// SimHash hyperplanes per repetition.
     pub num_simhash_projections: Option<u32>,
+    /// Seed of the random projections.
     pub seed: Option<u64>,
+    /// Inner projection of each token.
     pub projection_type: Option<chamfer_index::fde::ProjectionType>,
+    /// AMS sketch dimension (used only with the AMS projection).
     pub projection_dimension: Option<usize>,
+    /// Documents only: fill empty partitions.
     pub fill_empty_partitions: Option<bool>,
     /// 0: no final projection.
     pub final_projection_dimension: Option<usize>,
+    /// FDE repetitions the graph indexes (default: 4, at most `num_repetitions`).
     pub prefix_repetitions: Option<usize>,
+    /// Graph degree.
     pub m: Option<usize>,
+    /// Beam width while building the graph.
     pub ef_construction: Option<usize>,
+    /// Precision of the graph's vectors.
     pub storage: Option<chamfer_index::shard::VectorStorage>,
+    /// Shards with fewer documents get no graph.
     pub min_docs: Option<usize>,
     /// Centroids of each shard's token codebook (0: no codes).
     pub codebook_size: Option<usize>,
@@ -138,7 +168,9 @@ impl CollectionParamsInput {
 /// A validated document, ready for the engine and the log.
 #[derive(Clone, Debug)]
 pub struct ValidDoc {
+    /// External id.
     pub id: String,
+    /// Token values, row-major (`n_tokens * dim`).
     pub tokens: Vec<f32>,
     /// Compact JSON object text, or empty for none (the shard payload).
     pub metadata: Vec<u8>,
@@ -387,9 +419,13 @@ pub fn validate_ids(ids: &[String], limits: &Limits) -> Result<(), ServiceError>
 
 /// A validated search: query tokens, engine parameters and a compiled filter.
 pub struct ValidSearch {
+    /// Query token values, row-major.
     pub query: Vec<f32>,
+    /// Engine parameters (k, knobs, plan).
     pub params: chamfer_index::search::SearchParams,
+    /// Compiled filter (`None` when it restricts nothing).
     pub filter: Option<Filter>,
+    /// Return each hit's metadata.
     pub with_metadata: bool,
 }
 

@@ -38,8 +38,11 @@ const OLDEST_VERSION: u32 = 1;
 /// `collection.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CollectionConfig {
+    /// Format version of the body (see [`MANIFEST_VERSION`]).
     pub format_version: u32,
+    /// Collection name (its directory name).
     pub name: String,
+    /// Token vector dimension.
     pub dimension: usize,
     /// Stored in its own versioned form ([`chamfer_index::shard::persisted`]), not the engine's.
     #[serde(with = "chamfer_index::shard::persisted")]
@@ -49,7 +52,9 @@ pub struct CollectionConfig {
 /// One live shard in `manifest.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SegmentEntry {
+    /// Segment id (the shard file is `segments/seg-<id>.shard`).
     pub id: u64,
+    /// Documents in the shard file, deleted ones included (checked against the shard on open).
     pub docs: usize,
     /// Deleted (or overwritten) document indices, ascending.
     pub deleted: Vec<u32>,
@@ -58,35 +63,45 @@ pub struct SegmentEntry {
 /// `manifest.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
+    /// Format version of the body (see [`MANIFEST_VERSION`]).
     pub format_version: u32,
     /// Every log record with a sequence number up to this one is reflected in the shards and deletions.
     pub flushed_seq: u64,
+    /// The id the next flushed or compacted segment takes.
     pub next_segment_id: u64,
+    /// Live shard files, with their deletions.
     pub segments: Vec<SegmentEntry>,
 }
 
 /// Paths inside a collection directory.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The collection directory.
     pub dir: PathBuf,
 }
 
 impl Layout {
+    /// `collection.json`.
     pub fn config(&self) -> PathBuf {
         self.dir.join("collection.json")
     }
+    /// `manifest.json`.
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("manifest.json")
     }
+    /// `segments/`: the shard files.
     pub fn segments(&self) -> PathBuf {
         self.dir.join("segments")
     }
+    /// `wal/`: the write-ahead log files.
     pub fn wal(&self) -> PathBuf {
         self.dir.join("wal")
     }
+    /// `quarantine/`: evidence kept aside (torn log tails).
     pub fn quarantine(&self) -> PathBuf {
         self.dir.join("quarantine")
     }
+    /// The shard file of segment `id`.
     pub fn segment(&self, id: u64) -> PathBuf {
         self.segments().join(format!("seg-{id:010}.shard"))
     }

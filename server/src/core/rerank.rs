@@ -24,7 +24,9 @@ pub enum RerankDocs {
 /// One re-rank request.
 #[derive(Clone, Debug)]
 pub struct RerankInput {
+    /// Query token vectors as sent.
     pub query: TokenInput,
+    /// The documents to score.
     pub docs: RerankDocs,
     /// Keep the best `k` (all when unset).
     pub k: Option<usize>,
@@ -35,7 +37,9 @@ pub struct RerankInput {
 /// Scored documents, best first, and the stored ids that were not found.
 #[derive(Clone, Debug, Default)]
 pub struct RerankOutcome {
+    /// Scored documents, best first (at most `k`).
     pub hits: Vec<HitOut>,
+    /// Requested stored ids that do not exist.
     pub missing: Vec<String>,
 }
 

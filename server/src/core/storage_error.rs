@@ -1,6 +1,8 @@
 //! The error type of the server's own storage: the write-ahead log (`wal`), the two JSON files (`manifest`) and
 //! the checks recovery makes across them. Every variant names the file; damage names the offset where it is
 //! known. [`ServiceError`](crate::error::ServiceError) maps each variant (exhaustively) to what clients see.
+// Error tables are exhaustive: a new variant must be placed by hand, never by a catch-all arm.
+#![deny(clippy::wildcard_enum_match_arm)]
 use std::io;
 use std::path::PathBuf;
 
@@ -9,29 +11,49 @@ use std::path::PathBuf;
 pub enum StorageError {
     /// The operating system refused a read, write, fsync or rename.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// A write failed for lack of disk space (ENOSPC). Nothing was applied; it succeeds again once space is freed.
     #[error("{}: out of disk space: {source}", path.display())]
-    Full { path: PathBuf, source: io::Error },
+    Full {
+        /// The file being written.
+        path: PathBuf,
+        /// The operating system's error (ENOSPC).
+        source: io::Error,
+    },
     /// A file whose bytes are not what they must be (missing, truncated, bit-flipped, edited). Refused; nothing
     /// is changed on disk.
     #[error("{}: corrupt or truncated file: {what}", path.display())]
     Damaged {
+        /// The damaged file.
         path: PathBuf,
         /// The byte offset of the damage, when it is a place in the file.
         offset: Option<u64>,
+        /// What is wrong.
         what: String,
     },
     /// A file written in a format version this build does not read.
     #[error("{}: unsupported format version {found} (this build reads version {supported})", path.display())]
     Version {
+        /// The file.
         path: PathBuf,
+        /// The version it records.
         found: u32,
+        /// The newest version this build reads.
         supported: u32,
     },
     /// An append failed and could not be rolled back: the log takes no more writes until restart.
     #[error("{}: the write-ahead log is unusable after an earlier failure: {reason}", path.display())]
-    Poisoned { path: PathBuf, reason: String },
+    Poisoned {
+        /// The log file.
+        path: PathBuf,
+        /// The earlier failure.
+        reason: String,
+    },
 }
 
 impl StorageError {

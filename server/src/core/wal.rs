@@ -56,22 +56,29 @@ const SCAN_CHUNK: usize = 4 << 20;
 
 /// Record kinds.
 pub const KIND_UPSERT: u8 = 1;
+/// Record kind of a delete.
 pub const KIND_DELETE: u8 = 2;
 const KIND_SEAL: u8 = 3;
 
 /// One document of an upsert record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WalDoc {
+    /// External document id.
     pub id: String,
+    /// Token dimension.
     pub dim: usize,
+    /// Token values, row-major (`n_tokens * dim`).
     pub tokens: Vec<f32>,
+    /// Compact JSON metadata, or empty for none.
     pub metadata: Vec<u8>,
 }
 
 /// A decoded record body.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WalOp {
+    /// Documents inserted or replaced.
     Upsert(Vec<WalDoc>),
+    /// Ids deleted.
     Delete(Vec<String>),
 }
 
@@ -112,14 +119,19 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Why a record body (whose CRC matched) does not decode: corruption, reported with the file and offset.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The body ends before a declared field.
     #[error("record body is truncated")]
     Truncated,
+    /// A document's token count times its dimension overflows.
     #[error("token count times dimension overflows")]
     Overflow,
+    /// An id that is not valid UTF-8.
     #[error("id is not UTF-8")]
     NotUtf8,
+    /// A kind other than upsert, delete or seal.
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
+    /// Bytes left over after the body decoded.
     #[error("{0} trailing bytes in a record")]
     Trailing(usize),
 }
@@ -229,7 +241,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// A log file found in a collection directory.
 #[derive(Clone, Debug)]
 pub struct WalFile {
+    /// The file's path.
     pub path: PathBuf,
+    /// Sequence number of its first record (from the file name).
     pub first_seq: u64,
 }
 
@@ -269,7 +283,10 @@ pub enum Tail {
     /// Nothing, or only zeros (the preallocated fill).
     Clean,
     /// Non-zero bytes up to `end` that hold no valid record: an append that never completed.
-    Torn { end: u64 },
+    Torn {
+        /// File offset where the torn (non-zero) bytes end.
+        end: u64,
+    },
 }
 
 /// How reading one file ended.
@@ -285,9 +302,11 @@ pub struct FileEnd {
     pub valid_len: u64,
     /// Sequence numbers of the first and last record (None when the file has none).
     pub first_record: Option<u64>,
+    /// Sequence number of the last record (None when the file has none).
     pub last_seq: Option<u64>,
     /// The first sequence number of the next file, when this file was closed by a seal record.
     pub sealed: Option<u64>,
+    /// What follows the last valid record.
     pub tail: Tail,
 }
 

@@ -69,9 +69,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum WriteOp {
     /// A validated batch, already built into a memory shard.
     Upsert {
+        /// The batch's memory shard (FDE-encoded, no graph).
         shard: Arc<Shard>,
     },
+    /// Deletes documents by id (unknown ids are ignored).
     Delete {
+        /// External ids to delete.
         ids: Vec<String>,
     },
 }
@@ -79,6 +82,7 @@ pub enum WriteOp {
 /// The acknowledgement of a durable write.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteAck {
+    /// Sequence number of the write's log record.
     pub seq: u64,
     /// Documents written (upsert) or that existed and were deleted (delete).
     pub affected: usize,
@@ -88,8 +92,11 @@ pub struct WriteAck {
 pub struct SegView {
     /// The segment id (what the id map's locations name).
     pub id: u64,
+    /// The segment's engine shard.
     pub shard: Arc<Shard>,
+    /// Tombstones: bit `doc` set when the document is deleted or overwritten.
     pub deleted: Arc<Bitset>,
+    /// Parsed metadata of the segment's documents (filled on first use).
     pub meta: Arc<MetaCache>,
 }
 
@@ -99,6 +106,7 @@ pub struct Snapshot {
     pub searcher: Option<Searcher>,
     /// Same order as the searcher's shards (a hit's `shard` indexes this).
     pub segs: Vec<SegView>,
+    /// True when any segment has a tombstone (searches must then filter).
     pub any_deleted: bool,
     /// Where every live document is, as of this snapshot.
     ids: imbl::HashMap<String, state::Loc>,
@@ -109,18 +117,26 @@ pub struct Snapshot {
 /// Statistics of a collection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Live documents.
     pub documents: u64,
+    /// Durable shard files (memory segments not counted).
     pub shards: u64,
+    /// Live documents in memory segments (in the log, not yet flushed to a shard).
     pub memtable_documents: u64,
+    /// Deleted or overwritten documents still in some segment.
     pub tombstones: u64,
+    /// Bytes of log records on disk.
     pub wal_bytes: u64,
+    /// Sequence number of the last applied write.
     pub last_sequence: u64,
 }
 
 /// Background-work thresholds.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
+    /// Live memtable documents that trigger a flush.
     pub flush_threshold_docs: usize,
+    /// Durable shards that trigger a compaction.
     pub compaction_max_shards: usize,
     /// Live memtable documents above which writes are refused with `overloaded` (429) until a flush catches
     /// up: bounds memory, log size and restart time when writers outrun flushing.
@@ -141,12 +157,15 @@ impl Tuning {
 
 /// A document as `get` returns it.
 pub struct DocRef {
+    /// The shard holding the document.
     pub shard: Arc<Shard>,
+    /// The document's index in that shard.
     pub doc: usize,
 }
 
 /// An open collection.
 pub struct Collection {
+    /// The collection's `collection.json`: name, dimension, parameters.
     pub config: CollectionConfig,
     layout: Layout,
     tuning: Tuning,

@@ -127,7 +127,17 @@ impl Error {
             Error::Overloaded { retry_after, .. } | Error::Unavailable { retry_after, .. } => {
                 *retry_after
             }
-            _ => None,
+            Error::InvalidAddress { .. }
+            | Error::Connect { .. }
+            | Error::InvalidInput(_)
+            | Error::NotFound(_)
+            | Error::AlreadyExists(_)
+            | Error::InvalidArgument(_)
+            | Error::Unauthenticated(_)
+            | Error::ResourceExhausted(_)
+            | Error::Http { .. }
+            | Error::Timeout(_)
+            | Error::Server { .. } => None,
         }
     }
 
@@ -201,7 +211,14 @@ impl From<tonic::Status> for Error {
             Code::DeadlineExceeded => Error::Timeout(m),
             // tonic's client-side request timeout surfaces as CANCELLED "Timeout expired".
             Code::Cancelled if m.to_ascii_lowercase().contains("timeout") => Error::Timeout(m),
-            code => Error::Server { code, message: m },
+            code @ (Code::Ok
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::FailedPrecondition
+            | Code::Aborted
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss) => Error::Server { code, message: m },
         }
     }
 }

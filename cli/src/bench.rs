@@ -18,7 +18,7 @@ use super::engine::dataset_docs;
 use super::params::{bar, IndexArgs, SearchArgs};
 
 #[derive(Args, Debug)]
-pub struct BenchCmd {
+pub(crate) struct BenchCmd {
     /// Data set folder with queries and ground truth.
     #[arg(long)]
     data: PathBuf,
@@ -104,7 +104,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 impl BenchCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         if let Some(t) = self.threads {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(t)

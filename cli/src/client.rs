@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 /// Where the server is.
 #[derive(Args, Debug, Clone)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The server's gRPC address.
     #[arg(long, env = "CHAMFER_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
@@ -32,7 +32,7 @@ pub struct Conn {
 
 impl Conn {
     /// The address as a URL (`host:port` gets `http://`).
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         if self.addr.contains("://") {
             self.addr.clone()
         } else {
@@ -40,7 +40,7 @@ impl Conn {
         }
     }
 
-    pub async fn connect(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::builder(self.url())
             .api_key_opt(self.api_key.clone())
             .connect_timeout(Duration::from_secs(10))
@@ -51,7 +51,7 @@ impl Conn {
 }
 
 /// A current-thread runtime: the client verbs are I/O-bound and should leave the cores to the server.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -60,7 +60,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 // ----- ingest ---------------------------------------------------------------------------------------------
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
+pub(crate) enum Dtype {
     /// f16 when every value of a document is exactly an f16 (no loss), else f32.
     Auto,
     F32,
@@ -69,7 +69,7 @@ pub enum Dtype {
 
 /// `chamfer ingest`.
 #[derive(Args, Debug)]
-pub struct IngestCmd {
+pub(crate) struct IngestCmd {
     #[command(flatten)]
     conn: Conn,
     /// Collection (default: the data set folder's name, or the JSONL file's stem). Created when absent.
@@ -101,12 +101,12 @@ pub struct IngestCmd {
 
 /// Documents to upload, from either source.
 #[allow(clippy::large_enum_variant)] // one value per command
-pub enum Source {
+pub(crate) enum Source {
     Dataset(Dataset),
     Jsonl { dim: usize, docs: Vec<JsonDoc> },
 }
 
-pub struct JsonDoc {
+pub(crate) struct JsonDoc {
     id: String,
     data: Vec<f32>,
     metadata: Option<Value>,
@@ -127,19 +127,19 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl Source {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Source::Dataset(d) => d.n_docs(),
             Source::Jsonl { docs, .. } => docs.len(),
         }
     }
-    pub fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         match self {
             Source::Dataset(d) => d.dim(),
             Source::Jsonl { dim, .. } => *dim,
         }
     }
-    pub fn id(&self, i: usize) -> &str {
+    pub(crate) fn id(&self, i: usize) -> &str {
         match self {
             Source::Dataset(d) => d.doc_id(i),
             Source::Jsonl { docs, .. } => &docs[i].id,
@@ -168,7 +168,7 @@ impl Source {
     }
 
     /// Reads a JSON Lines file (all of it: the ids must be known up front for resuming).
-    pub fn read_jsonl(path: &Path) -> anyhow::Result<Source> {
+    pub(crate) fn read_jsonl(path: &Path) -> anyhow::Result<Source> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut docs = Vec::new();
@@ -245,7 +245,7 @@ impl DocumentSource for Encoded<'_> {
 
 /// How to ingest.
 #[derive(Debug, Clone, Copy)]
-pub struct IngestOpts {
+pub(crate) struct IngestOpts {
     /// Documents per batch (one durable write each).
     pub batch: usize,
     pub dtype: Dtype,
@@ -271,7 +271,7 @@ impl Default for IngestOpts {
 
 /// Uploads `src` into `collection` over either protocol with the shared ingest of `chamfer-client` (batches,
 /// resume by id, retry when the server pushes back), drawing its progress callback as a progress bar.
-pub async fn ingest<T: IngestTarget>(
+pub(crate) async fn ingest<T: IngestTarget>(
     target: &T,
     collection: &str,
     src: &Source,
@@ -306,7 +306,7 @@ pub async fn ingest<T: IngestTarget>(
 }
 
 impl IngestCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let (src, default_name) = match (&self.data, &self.jsonl) {
             (Some(dir), _) => {
                 let ds = Dataset::open(dir)?;
@@ -365,7 +365,7 @@ fn stats_line(i: &pb::CollectionInfo) -> String {
 // ----- query ----------------------------------------------------------------------------------------------
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Ranked hits with a metadata excerpt.
     Table,
     /// One JSON object.
@@ -376,7 +376,7 @@ pub enum Format {
 
 /// `chamfer query`.
 #[derive(Args, Debug)]
-pub struct QueryCmd {
+pub(crate) struct QueryCmd {
     #[command(flatten)]
     conn: Conn,
     /// Collection (default: the data set folder's name with --data).
@@ -429,7 +429,7 @@ pub struct QueryCmd {
 }
 
 /// Parses `KEY=VALUE` conditions into a filter (see `--filter`).
-pub fn parse_filters(filters: &[String], ids: &[String]) -> anyhow::Result<Filter> {
+pub(crate) fn parse_filters(filters: &[String], ids: &[String]) -> anyhow::Result<Filter> {
     let mut by_key: Vec<(String, Vec<Value>)> = Vec::new();
     for f in filters {
         let Some((k, v)) = f.split_once('=') else {
@@ -471,12 +471,12 @@ fn read_vectors_file(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
 }
 
 /// The REST search body for `rows` (as `chamfer query --emit-rest-body` prints it).
-pub fn rest_body(rows: &[Vec<f32>], k: u32, with_metadata: bool) -> Value {
+pub(crate) fn rest_body(rows: &[Vec<f32>], k: u32, with_metadata: bool) -> Value {
     json!({"query": rows, "k": k, "with_metadata": with_metadata})
 }
 
 /// The grpcurl JSON of a `chamfer.v1.Search/Search` request for `rows` (f32 bytes, base64).
-pub fn grpc_body(collection: &str, rows: &[Vec<f32>], k: u32) -> Value {
+pub(crate) fn grpc_body(collection: &str, rows: &[Vec<f32>], k: u32) -> Value {
     let dim = rows.first().map_or(0, Vec::len);
     let t = chamfer_proto::tokens::pack_f32(&rows.concat(), dim.max(1));
     json!({
@@ -486,7 +486,7 @@ pub fn grpc_body(collection: &str, rows: &[Vec<f32>], k: u32) -> Value {
 }
 
 impl QueryCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let ds = self.data.as_deref().map(Dataset::open).transpose()?;
         let (rows, qrow): (Vec<Vec<f32>>, Option<usize>) = match (&ds, &self.vectors) {
             (Some(ds), _) => {
@@ -636,7 +636,7 @@ fn value_json(v: &pb::Value) -> Value {
 
 /// `chamfer collections ...`.
 #[derive(Args, Debug)]
-pub struct CollectionsCmd {
+pub(crate) struct CollectionsCmd {
     #[command(flatten)]
     conn: Conn,
     #[command(subcommand)]
@@ -696,7 +696,7 @@ struct CreateArgs {
 }
 
 /// A collection description as JSON.
-pub fn info_json(i: &pb::CollectionInfo) -> Value {
+pub(crate) fn info_json(i: &pb::CollectionInfo) -> Value {
     let f = i.fde.unwrap_or_default();
     let h = i.hnsw.unwrap_or_default();
     let s = i.stats.unwrap_or_default();
@@ -722,7 +722,7 @@ pub fn info_json(i: &pb::CollectionInfo) -> Value {
 }
 
 impl CollectionsCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         runtime()?.block_on(async {
             let c = self.conn.connect().await?;
             match self.action {
@@ -812,7 +812,7 @@ impl CollectionsCmd {
 /// `chamfer healthcheck`: exit 0 iff `GET URL` answers 2xx within the timeout (for container health checks in
 /// images without a shell or curl).
 #[derive(Args, Debug)]
-pub struct HealthcheckCmd {
+pub(crate) struct HealthcheckCmd {
     /// URL to probe, e.g. http://127.0.0.1:8080/readyz.
     #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
     http: String,
@@ -825,7 +825,7 @@ pub struct HealthcheckCmd {
 }
 
 impl HealthcheckCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let url = parse_http_url(&self.http)?;
         let path = url.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let timeout = Duration::from_secs_f64(self.timeout.max(0.001));

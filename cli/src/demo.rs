@@ -13,7 +13,7 @@ use clap::Args;
 use super::client::{grpc_body, ingest, rest_body, IngestOpts, Source};
 
 #[derive(Args, Debug)]
-pub struct DemoCmd {
+pub(crate) struct DemoCmd {
     /// The demo data set folder (default: data/demo of the source tree, found from the current directory or
     /// next to the binary).
     #[arg(long)]
@@ -63,7 +63,7 @@ fn init_tracing() {
 }
 
 impl DemoCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         init_tracing();
         let settings = self.server.settings()?;
         let dir = match &self.data {

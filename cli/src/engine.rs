@@ -14,7 +14,7 @@ use clap::Args;
 use super::params::{bar, IndexArgs, SearchArgs};
 
 /// Every document of `ds` as shard input (payload: empty).
-pub fn dataset_docs(ds: &Dataset) -> anyhow::Result<Vec<ShardDoc<'_>>> {
+pub(crate) fn dataset_docs(ds: &Dataset) -> anyhow::Result<Vec<ShardDoc<'_>>> {
     (0..ds.n_docs())
         .map(|i| {
             let tokens = TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document")
@@ -29,7 +29,7 @@ pub fn dataset_docs(ds: &Dataset) -> anyhow::Result<Vec<ShardDoc<'_>>> {
 }
 
 #[derive(Args, Debug)]
-pub struct IndexCmd {
+pub(crate) struct IndexCmd {
     /// Data set folder (doc_tokens.npy, doc_offsets.npy, doc_ids.txt, ...).
     #[arg(long)]
     data: PathBuf,
@@ -41,7 +41,7 @@ pub struct IndexCmd {
 }
 
 impl IndexCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let ds = Dataset::open(&self.data)?;
         let params = self.index.params(ds.dim());
         params.validate()?;
@@ -68,7 +68,7 @@ impl IndexCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct SearchCmd {
+pub(crate) struct SearchCmd {
     /// Index directory written by `chamfer index`.
     #[arg(long)]
     index: PathBuf,
@@ -86,7 +86,7 @@ pub struct SearchCmd {
 }
 
 impl SearchCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let ds = Dataset::open(&self.data)?;
         let searcher = open_index(&self.index)?;
         let Some(j) = ds.query_index(&self.query_id) else {
@@ -121,7 +121,7 @@ impl SearchCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct GenCmd {
+pub(crate) struct GenCmd {
     /// Real data set whose statistics to mimic.
     #[arg(long)]
     like: PathBuf,
@@ -152,7 +152,7 @@ pub struct GenCmd {
 }
 
 impl GenCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let like = Dataset::open(&self.like)?;
         let p = SynthParams {
             docs_per_topic: self.docs_per_topic,
@@ -201,7 +201,7 @@ impl GenCmd {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("kind").required(true).args(["query", "document"])))]
-pub struct FdeCmd {
+pub(crate) struct FdeCmd {
     /// Encode as a query (SUM).
     #[arg(long)]
     query: bool,
@@ -232,7 +232,7 @@ struct FdeInput {
 }
 
 impl FdeCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let config = FdeConfig {
             dimension: self.dimension,
             num_repetitions: self.repetitions,
@@ -269,7 +269,7 @@ impl FdeCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct SliceCmd {
+pub(crate) struct SliceCmd {
     /// Source data set folder.
     #[arg(long)]
     data: PathBuf,
@@ -286,7 +286,7 @@ pub struct SliceCmd {
 
 impl SliceCmd {
     /// Writes a self-consistent subset of a data set with its exact ground truth recomputed.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let ds = Dataset::open(&self.data)?;
         let dim = ds.dim();
         if self.queries == 0

@@ -27,7 +27,7 @@ use super::client::{ingest, IngestOpts, Source};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["grpc", "http"])))]
-pub struct LoadCmd {
+pub(crate) struct LoadCmd {
     /// gRPC address of the server (host:port or http://host:port; loopback only).
     #[arg(long)]
     grpc: Option<String>,
@@ -160,7 +160,7 @@ fn loopback(addr: &str) -> anyhow::Result<(SocketAddr, String)> {
 }
 
 impl LoadCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         if !(self.duration > 0.0 && self.duration <= 3600.0) {
             bail!("--duration must be in (0, 3600] seconds");
         }

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Index build parameters (defaults: the engine's).
 #[derive(Args, Debug, Clone)]
-pub struct IndexArgs {
+pub(crate) struct IndexArgs {
     /// FDE repetitions R.
     #[arg(long, default_value_t = 20)]
     pub repetitions: usize,
@@ -44,14 +44,14 @@ pub struct IndexArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum Storage {
+pub(crate) enum Storage {
     F16,
     F32,
 }
 
 impl IndexArgs {
     /// The engine parameters for token dimension `dim`.
-    pub fn params(&self, dim: usize) -> IndexParams {
+    pub(crate) fn params(&self, dim: usize) -> IndexParams {
         let fde = FdeConfig {
             dimension: dim,
             num_repetitions: self.repetitions,
@@ -86,7 +86,7 @@ impl IndexArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanArg {
+pub(crate) enum PlanArg {
     Auto,
     Exact,
     FdeScan,
@@ -96,7 +96,7 @@ pub enum PlanArg {
 
 /// Search knobs.
 #[derive(Args, Debug, Clone)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// Results per query.
     #[arg(long, default_value_t = 10)]
     pub k: usize,
@@ -115,7 +115,7 @@ pub struct SearchArgs {
 }
 
 impl SearchArgs {
-    pub fn params(&self) -> SearchParams {
+    pub(crate) fn params(&self) -> SearchParams {
         let plan = match self.plan {
             PlanArg::Auto => Plan::Auto,
             PlanArg::Exact => Plan::Exact,
@@ -135,7 +135,7 @@ impl SearchArgs {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
-pub fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")

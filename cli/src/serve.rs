@@ -6,7 +6,7 @@ use clap::Args;
 
 /// Where the server listens and keeps its data (shared by `serve` and `demo`).
 #[derive(Args, Debug)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Configuration file (TOML, or JSON when it ends in .json). Precedence: flags > CHAMFER_* env > file > defaults.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -26,7 +26,7 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// The validated settings (all problems at once).
-    pub fn settings(&self) -> anyhow::Result<Settings> {
+    pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
         let flags = SettingsLayer {
             data_dir: self.data_dir.clone(),
             http_addr: self.http_addr.clone(),
@@ -43,7 +43,7 @@ impl ServerArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ServeCmd {
+pub(crate) struct ServeCmd {
     #[command(flatten)]
     server: ServerArgs,
     /// Log as JSON lines instead of text.
@@ -52,7 +52,7 @@ pub struct ServeCmd {
 }
 
 /// Installs the tracing subscriber (RUST_LOG, default info).
-pub fn init_tracing(json: bool) {
+pub(crate) fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -66,7 +66,7 @@ pub fn init_tracing(json: bool) {
 }
 
 impl ServeCmd {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         init_tracing(self.log_json);
         let settings = self.server.settings()?;
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -354,7 +354,7 @@ async fn close_abandons_background_work_without_loss() {
     assert_all_there(&core, &ids).await;
     let named: Vec<u64> = manifest.segments.iter().map(|s| s.id).collect();
     for e in fs::read_dir(c.join("segments")).unwrap().flatten() {
-        let id = manifest::Layout::segment_id_of(&e.file_name().to_string_lossy()).unwrap();
+        let id = Layout::segment_id_of(&e.file_name().to_string_lossy()).unwrap();
         assert!(named.contains(&id), "{:?} is not in the manifest", e.path());
     }
     shutdown(core).await;
@@ -437,7 +437,7 @@ async fn a_full_disk_answers_storage_full_and_recovers() {
     core.create_collection("c".into(), WIDE, CollectionParamsInput::default())
         .await
         .unwrap();
-    let big = |i: u64| input::DocInput {
+    let big = |i: u64| DocInput {
         id: format!("b{i}"),
         tokens: input::TokenInput::Rows(
             (0..64)
@@ -546,7 +546,7 @@ async fn a_version_1_collection_opens_and_continues() {
         }
     };
     let core = check(open(dir.path()).await, vec![]).await;
-    let d100 = input::DocInput {
+    let d100 = DocInput {
         id: "d100".into(),
         tokens: input::TokenInput::Rows(vec![vec![0.5, 0.25, -1.0, 2.0]]),
         metadata: input::MetadataInput::None,

@@ -80,17 +80,31 @@ pub mod http {
             }
             all.extend_from_slice(headers);
             let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-            let r = self
-                .client
-                .send(
-                    method.clone(),
-                    path,
-                    Some(bytes::Bytes::copy_from_slice(body)),
-                    content_type,
-                    &all,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            // A server that refuses an oversized body answers before reading it and closes; the client can then
+            // see the connection reset before it reads the answer (a race in TCP, not in chamfer). Such a send
+            // is tried again, a bounded number of times; any other error, or the race every time, fails.
+            let mut attempt = 0;
+            let r = loop {
+                attempt += 1;
+                match self
+                    .client
+                    .send(
+                        method.clone(),
+                        path,
+                        Some(bytes::Bytes::copy_from_slice(body)),
+                        content_type,
+                        &all,
+                    )
+                    .await
+                {
+                    Ok(r) => break r,
+                    Err(e)
+                        if attempt < 8
+                            && e.to_string()
+                                .contains("connection closed before message completed") => {}
+                    Err(e) => panic!("{method} {path}: {e}"),
+                }
+            };
             let chunked = r
                 .headers
                 .get("transfer-encoding")

@@ -38,7 +38,8 @@ pub(crate) struct IndexArgs {
     /// Shards with fewer documents get no graph (a scan is faster for them).
     #[arg(long, default_value_t = HnswParams::default().min_docs)]
     pub graph_min_docs: usize,
-    /// Token codebook size per shard (0: none; centroid-interaction scoring needs it).
+    /// Most centroids of the token codebook (0: none; centroid interaction and the inverted file need it). The
+    /// codebook gets min(this, 2^floor(log2(16 sqrt(tokens)))) centroids: it grows with the corpus.
     #[arg(long, default_value_t = DEFAULT_CODEBOOK_SIZE)]
     pub codebook_size: usize,
 }
@@ -91,6 +92,7 @@ pub(crate) enum PlanArg {
     Exact,
     FdeScan,
     CentroidScan,
+    Ivf,
     Hnsw,
 }
 
@@ -106,9 +108,13 @@ pub(crate) struct SearchArgs {
     /// HNSW beam width (default: the candidate count).
     #[arg(long)]
     pub ef: Option<usize>,
-    /// Graph candidates per shard (default: 3 x rerank).
+    /// Graph candidates per shard (default: 3 x rerank), or inverted-file candidates re-scored by centroid
+    /// interaction (default: 16 x rerank).
     #[arg(long)]
     pub candidates: Option<usize>,
+    /// Centroids probed per query token by the inverted-file plan (default: the engine's).
+    #[arg(long)]
+    pub nprobe: Option<usize>,
     /// Documents re-ranked with exact Chamfer (default: the engine's).
     #[arg(long)]
     pub rerank: Option<usize>,
@@ -121,6 +127,7 @@ impl SearchArgs {
             PlanArg::Exact => Plan::Exact,
             PlanArg::FdeScan => Plan::FdeScan,
             PlanArg::CentroidScan => Plan::CentroidScan,
+            PlanArg::Ivf => Plan::Ivf,
             PlanArg::Hnsw => Plan::Hnsw,
         };
         SearchParams {
@@ -130,6 +137,7 @@ impl SearchArgs {
             candidates: self.candidates,
             rerank: self.rerank,
             prefix_repetitions: None,
+            nprobe: self.nprobe,
         }
     }
 }

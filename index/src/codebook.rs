@@ -1,12 +1,26 @@
-//! Token codebooks for centroid-interaction scoring (the idea of PLAID's first stage, used here as a scan).
+//! Token codebooks for centroid-interaction scoring and the inverted file (the idea of PLAID's first stage).
 //!
 //! Every document token is replaced by the id of its nearest centroid (2 bytes instead of 256). For a query,
 //! a `K x W` table of query-token x centroid inner products is computed once; a document's approximate Chamfer
 //! score is then `sum_q max_{c in codes(doc)} <q, centroid_c>`: one table-row load and one max per document
-//! token. That is ~100x cheaper than the exact score and, measured on manpages and on this project's synthetic
-//! corpora, a tighter approximation of the Chamfer ranking than the (20, 5, 16) FDE: the exact top-10 lies in
-//! the centroid top-300 for 99.7% (manpages) and 90% (10k synthetic) of cases, against 99.3% / 86.6% for the
-//! FDE top-320 (`BENCHMARKS.md`). Centroids come from spherical k-means over a seeded sample of the shard's tokens.
+//! token. That is ~100x cheaper than the exact score and a much tighter approximation of the Chamfer ranking
+//! than the FDE (BENCHMARKS.md).
+//!
+//! **Size.** A codebook grows with the corpus, by ColBERT's rule: `2^floor(log2(16 sqrt(tokens)))` centroids
+//! ([`Codebook::size_for_tokens`]), capped by the requested size and by 2^16 (codes are u16). A finer codebook is
+//! a better ranker and makes each inverted list a smaller share of the collection.
+//!
+//! **Two levels.** Codebooks larger than [`FLAT_MAX`] centroids are trained and searched in two levels: about
+//! `sqrt(K)` coarse centroids, each owning a contiguous range of fine centroids trained on the tokens it holds
+//! (hierarchical k-means). Assigning a token scores the coarse centroids and then only the fine centroids of its
+//! [`ASSIGN_PROBE`] best coarse clusters: `sqrt(K) + 4 K / sqrt(K)` inner products instead of `K` (about 1280
+//! instead of 65,536 at 2^16), which is what makes indexing a million documents take minutes instead of hours.
+//! The price is that a token occasionally gets the second-nearest centroid; `chamfer bench` reports the share
+//! (`assign_agreement`).
+//!
+//! **Bytes.** [`Codebook::to_bytes`] / [`Codebook::from_bytes`] are the codebook's on-disk form (a shard's
+//! `codebook` section): `u32 K, u32 Kc, u32 dim` (little-endian), `f32[K * dim]` fine centroids, then when
+//! `Kc > 0` `f32[Kc * dim]` coarse centroids and `u32[Kc + 1]` fine-range starts. Centroids are unit vectors.
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -15,18 +29,34 @@ use crate::sys::codes;
 use crate::sys::gemm::matmul_abt;
 
 /// Tokens per k-means sample, per centroid.
-const SAMPLE_PER_CENTROID: usize = 16;
+pub const SAMPLE_PER_CENTROID: usize = 16;
 const KMEANS_ITERS: usize = 4;
 /// Rows per matrix-product block when assigning codes.
 const BLOCK: usize = 512;
+/// Rows per block of the two-level assignment (larger blocks group more tokens per coarse cluster).
+const BLOCK_TWO_LEVEL: usize = 4096;
+/// Largest codebook trained and searched flat (one level); larger ones get a coarse level.
+pub const FLAT_MAX: usize = 4096;
+/// Coarse clusters whose fine centroids a token is compared with in a two-level assignment.
+pub const ASSIGN_PROBE: usize = 4;
+/// Largest number of centroids (codes are u16).
+pub const MAX_CENTROIDS: usize = 1 << 16;
 
-/// Centroids (unit vectors, row-major `k x dim`).
-#[derive(Clone, Debug)]
+/// Centroids (unit vectors, row-major `k x dim`), optionally with a coarse level over them.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Codebook {
     dim: usize,
     centroids: Vec<f32>,
     /// The centroids as f16 16-row k-major panels (the kernel layout), for per-query tables.
     panels: Vec<half::f16>,
+    coarse: Option<Coarse>,
+}
+
+/// The coarse level: `kc` centroids, coarse cluster `c` owning fine centroids `start[c]..start[c + 1]`.
+#[derive(Clone, Debug, PartialEq)]
+struct Coarse {
+    centroids: Vec<f32>,
+    start: Vec<u32>,
 }
 
 fn normalise(v: &mut [f32]) {
@@ -37,26 +67,132 @@ fn normalise(v: &mut [f32]) {
 }
 
 /// Index of the largest value of each row of `scores` (`rows x k`).
-fn argmax_rows(scores: &[f32], k: usize) -> impl Iterator<Item = u16> + '_ {
+fn argmax_rows(scores: &[f32], k: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
     scores.chunks_exact(k).map(|row| {
-        let mut best = (f32::NEG_INFINITY, 0usize);
+        let mut best = (0usize, f32::NEG_INFINITY);
         for (c, &s) in row.iter().enumerate() {
-            if s > best.0 {
-                best = (s, c);
+            if s > best.1 {
+                best = (c, s);
             }
         }
-        best.1 as u16
+        best
     })
 }
 
+/// Nearest of `k` centroids (row-major) for every token, in parallel blocks of matrix products.
+fn assign_flat(centroids: &[f32], k: usize, dim: usize, tokens: &[f32]) -> Vec<usize> {
+    tokens
+        .par_chunks(BLOCK * dim)
+        .flat_map_iter(|block| {
+            let rows = block.len() / dim;
+            let mut scores = vec![0f32; rows * k];
+            matmul_abt(block, centroids, &mut scores, rows, k, dim);
+            argmax_rows(&scores, k).map(|(c, _)| c).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Spherical k-means of `sample` (row-major) into `k` unit centroids; None when `cancel()` turns true.
+fn kmeans(
+    sample: &[f32],
+    dim: usize,
+    k: usize,
+    rng: &mut StdRng,
+    cancel: &dyn Fn() -> bool,
+) -> Option<Vec<f32>> {
+    let n = sample.len() / dim.max(1);
+    let k = k.clamp(1, n.max(1));
+    if n == 0 {
+        return Some(vec![0.0; dim]);
+    }
+    let mut centroids: Vec<f32> = (0..k)
+        .flat_map(|_| sample[rng.random_range(0..n) * dim..][..dim].to_vec())
+        .collect();
+    centroids.chunks_exact_mut(dim).for_each(normalise);
+    for _ in 0..KMEANS_ITERS {
+        if cancel() {
+            return None;
+        }
+        let assign = assign_flat(&centroids, k, dim, sample);
+        let mut sums = vec![0f32; k * dim];
+        let mut counts = vec![0usize; k];
+        for (t, &c) in assign.iter().enumerate() {
+            counts[c] += 1;
+            sums[c * dim..][..dim]
+                .iter_mut()
+                .zip(&sample[t * dim..][..dim])
+                .for_each(|(s, v)| *s += v);
+        }
+        for (c, s) in sums.chunks_exact_mut(dim).enumerate() {
+            if counts[c] == 0 {
+                // Re-seed an empty cluster with a random sample token.
+                s.copy_from_slice(&sample[rng.random_range(0..n) * dim..][..dim]);
+            }
+            normalise(s);
+        }
+        centroids = sums;
+    }
+    Some(centroids)
+}
+
+/// Splits `k` fine centroids over clusters holding `counts` sample tokens: proportional, at least one per
+/// non-empty cluster, never more than a cluster has tokens.
+fn quotas(counts: &[usize], k: usize) -> Vec<usize> {
+    let total: usize = counts.iter().sum();
+    let mut q: Vec<usize> = counts
+        .iter()
+        .map(|&n| {
+            if n == 0 {
+                0
+            } else {
+                ((k as u128 * n as u128 / total.max(1) as u128) as usize).clamp(1, n)
+            }
+        })
+        .collect();
+    let mut sum: usize = q.iter().sum();
+    // Hand out what rounding left (or take back what the minimum of one added), largest share first.
+    while sum < k {
+        let best = (0..q.len())
+            .filter(|&c| q[c] < counts[c])
+            .max_by(|&a, &b| (counts[a] * q[b].max(1)).cmp(&(counts[b] * q[a].max(1))));
+        let Some(c) = best else { break };
+        q[c] += 1;
+        sum += 1;
+    }
+    while sum > k {
+        let Some(c) = (0..q.len()).filter(|&c| q[c] > 1).max_by_key(|&c| q[c]) else {
+            break;
+        };
+        q[c] -= 1;
+        sum -= 1;
+    }
+    q
+}
+
 impl Codebook {
-    /// The effective codebook size for `n_tokens` tokens when `requested` are asked for: at most one centroid
-    /// per 16 tokens, at least 1, at most 65536 (codes are u16).
-    pub fn effective_size(requested: usize, n_tokens: usize) -> usize {
-        requested.min(n_tokens / 16).clamp(1, 1 << 16)
+    /// ColBERT's codebook size for a corpus of `n_tokens` tokens: `2^floor(log2(16 sqrt(n_tokens)))`, at most
+    /// one centroid per 16 tokens, at least 1, at most [`MAX_CENTROIDS`].
+    pub fn size_for_tokens(n_tokens: usize) -> usize {
+        let target = 16.0 * (n_tokens as f64).sqrt();
+        let pow = if target >= 1.0 {
+            1usize << (target.log2().floor() as u32).min(16)
+        } else {
+            1
+        };
+        pow.min(n_tokens / SAMPLE_PER_CENTROID)
+            .clamp(1, MAX_CENTROIDS)
     }
 
-    /// Spherical k-means (`k` centroids) over a seeded sample of `tokens` (row-major, `dim` wide).
+    /// The effective codebook size for `n_tokens` tokens when at most `requested` are asked for:
+    /// `min(requested, size_for_tokens(n_tokens))`, at least 1.
+    pub fn effective_size(requested: usize, n_tokens: usize) -> usize {
+        requested
+            .min(Codebook::size_for_tokens(n_tokens))
+            .clamp(1, MAX_CENTROIDS)
+    }
+
+    /// Spherical k-means (`k` centroids) over a seeded sample of `tokens` (row-major, `dim` wide); two levels
+    /// when `k` > [`FLAT_MAX`] (see the module documentation).
     pub fn train(tokens: &[f32], dim: usize, k: usize, seed: u64) -> Codebook {
         Codebook::train_cancellable(tokens, dim, k, seed, &|| false).expect("never cancelled")
     }
@@ -71,7 +207,7 @@ impl Codebook {
         cancel: &dyn Fn() -> bool,
     ) -> Option<Codebook> {
         let n = tokens.len() / dim.max(1);
-        let k = k.clamp(1, n.max(1));
+        let k = k.clamp(1, n.clamp(1, MAX_CENTROIDS));
         let mut rng = StdRng::seed_from_u64(seed ^ 0xC0DE_B00C);
         let take = (k * SAMPLE_PER_CENTROID).min(n);
         let sample: Vec<f32> = if take == n {
@@ -85,38 +221,57 @@ impl Codebook {
                 })
                 .collect()
         };
-        let mut centroids: Vec<f32> = (0..k)
-            .flat_map(|_| sample[rng.random_range(0..take) * dim..][..dim].to_vec())
-            .collect();
-        centroids.chunks_exact_mut(dim).for_each(normalise);
-        let mut book = Codebook::from_centroids(dim, centroids);
-        for _ in 0..KMEANS_ITERS {
+        if k <= FLAT_MAX {
+            let centroids = kmeans(&sample, dim, k, &mut rng, cancel)?;
+            return Some(Codebook::from_centroids(dim, centroids));
+        }
+        // Two levels: coarse k-means, then k-means inside each coarse cluster on the tokens it holds.
+        let kc = (k as f64).sqrt().ceil() as usize;
+        let coarse = kmeans(&sample, dim, kc, &mut rng, cancel)?;
+        let kc = coarse.len() / dim;
+        let owner = assign_flat(&coarse, kc, dim, &sample);
+        let mut members: Vec<Vec<f32>> = vec![Vec::new(); kc];
+        for (t, &c) in owner.iter().enumerate() {
+            members[c].extend_from_slice(&sample[t * dim..][..dim]);
+        }
+        let counts: Vec<usize> = members.iter().map(|m| m.len() / dim).collect();
+        let quota = quotas(&counts, k);
+        let seeds: Vec<u64> = (0..kc).map(|_| rng.random()).collect();
+        // Fine k-means per coarse cluster, in parallel; `cancel` (not Sync) is asked between rounds.
+        let mut fine: Vec<Vec<f32>> = Vec::with_capacity(kc);
+        for round in (0..kc).collect::<Vec<_>>().chunks(32) {
             if cancel() {
                 return None;
             }
-            let assign = book.assign(&sample);
-            let mut sums = vec![0f32; k * dim];
-            let mut counts = vec![0usize; k];
-            for (t, &c) in assign.iter().enumerate() {
-                counts[c as usize] += 1;
-                sums[c as usize * dim..][..dim]
-                    .iter_mut()
-                    .zip(&sample[t * dim..][..dim])
-                    .for_each(|(s, v)| *s += v);
-            }
-            for (c, s) in sums.chunks_exact_mut(dim).enumerate() {
-                if counts[c] == 0 {
-                    // Re-seed an empty cluster with a random sample token.
-                    s.copy_from_slice(&sample[rng.random_range(0..take) * dim..][..dim]);
-                }
-                normalise(s);
-            }
-            book = Codebook::from_centroids(dim, sums);
+            let done: Vec<Vec<f32>> = round
+                .par_iter()
+                .map(|&c| {
+                    if quota[c] == 0 {
+                        return Vec::new();
+                    }
+                    let mut r = StdRng::seed_from_u64(seeds[c]);
+                    kmeans(&members[c], dim, quota[c], &mut r, &|| false).unwrap_or_default()
+                })
+                .collect();
+            fine.extend(done);
         }
-        Some(book)
+        let mut centroids = Vec::with_capacity(k * dim);
+        let mut start = vec![0u32];
+        for f in fine {
+            centroids.extend(f);
+            start.push((centroids.len() / dim) as u32);
+        }
+        Some(Codebook::with_coarse(
+            dim,
+            centroids,
+            Coarse {
+                centroids: coarse,
+                start,
+            },
+        ))
     }
 
-    /// Rebuilds a codebook from stored centroids.
+    /// Rebuilds a flat codebook from stored centroids.
     pub fn from_centroids(dim: usize, centroids: Vec<f32>) -> Codebook {
         let mut panels = Vec::new();
         if !centroids.is_empty() {
@@ -126,6 +281,14 @@ impl Codebook {
             dim,
             centroids,
             panels,
+            coarse: None,
+        }
+    }
+
+    fn with_coarse(dim: usize, centroids: Vec<f32>, coarse: Coarse) -> Codebook {
+        Codebook {
+            coarse: Some(coarse),
+            ..Codebook::from_centroids(dim, centroids)
         }
     }
 
@@ -137,27 +300,192 @@ impl Codebook {
     pub fn is_empty(&self) -> bool {
         self.centroids.is_empty()
     }
+    /// Token dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of coarse centroids (0 for a flat codebook).
+    pub fn coarse_len(&self) -> usize {
+        self.coarse
+            .as_ref()
+            .map_or(0, |c| c.centroids.len() / self.dim.max(1))
+    }
     /// The centroids, row-major.
     pub fn centroids(&self) -> &[f32] {
         &self.centroids
     }
 
-    /// The nearest centroid (largest inner product) of every token, in parallel blocks of matrix products.
+    /// The nearest centroid (largest inner product) of every token: exact for a flat codebook, among the fine
+    /// centroids of the [`ASSIGN_PROBE`] nearest coarse clusters for a two-level one.
     pub fn assign(&self, tokens: &[f32]) -> Vec<u16> {
-        let (k, dim) = (self.len(), self.dim);
-        tokens
-            .par_chunks(BLOCK * dim)
-            .flat_map_iter(|block| {
-                let rows = block.len() / dim;
-                let mut scores = vec![0f32; rows * k];
-                matmul_abt(block, &self.centroids, &mut scores, rows, k, dim);
-                argmax_rows(&scores, k).collect::<Vec<_>>()
-            })
-            .collect()
+        match &self.coarse {
+            None => assign_flat(&self.centroids, self.len(), self.dim, tokens)
+                .into_iter()
+                .map(|c| c as u16)
+                .collect(),
+            Some(coarse) => tokens
+                .par_chunks(BLOCK_TWO_LEVEL * self.dim)
+                .flat_map_iter(|block| self.assign_two_level(coarse, block))
+                .collect(),
+        }
+    }
+
+    /// [`assign`](Self::assign) on the calling thread only (for callers that parallelise over documents).
+    pub fn assign_sequential(&self, tokens: &[f32]) -> Vec<u16> {
+        match &self.coarse {
+            None => {
+                let (k, dim) = (self.len(), self.dim);
+                tokens
+                    .chunks(BLOCK * dim)
+                    .flat_map(|block| {
+                        let rows = block.len() / dim;
+                        let mut scores = vec![0f32; rows * k];
+                        matmul_abt(block, &self.centroids, &mut scores, rows, k, dim);
+                        argmax_rows(&scores, k)
+                            .map(|(c, _)| c as u16)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+            Some(coarse) => tokens
+                .chunks(BLOCK_TWO_LEVEL * self.dim)
+                .flat_map(|block| self.assign_two_level(coarse, block))
+                .collect(),
+        }
+    }
+
+    fn assign_two_level(&self, coarse: &Coarse, block: &[f32]) -> Vec<u16> {
+        let dim = self.dim;
+        let rows = block.len() / dim;
+        let kc = coarse.centroids.len() / dim;
+        let mut scores = vec![0f32; rows * kc];
+        matmul_abt(block, &coarse.centroids, &mut scores, rows, kc, dim);
+        // The tokens each coarse cluster is probed by.
+        let probe = ASSIGN_PROBE.min(kc);
+        let mut by_cluster: Vec<Vec<u32>> = vec![Vec::new(); kc];
+        let mut order: Vec<u32> = (0..kc as u32).collect();
+        for (r, row) in scores.chunks_exact(kc).enumerate() {
+            order.select_nth_unstable_by(probe - 1, |&a, &b| {
+                row[b as usize].total_cmp(&row[a as usize])
+            });
+            for &c in &order[..probe] {
+                by_cluster[c as usize].push(r as u32);
+            }
+        }
+        let mut best = vec![(0u16, f32::NEG_INFINITY); rows];
+        let mut gathered = Vec::new();
+        let mut fine_scores = Vec::new();
+        for (c, toks) in by_cluster.iter().enumerate() {
+            let (s, e) = (coarse.start[c] as usize, coarse.start[c + 1] as usize);
+            if toks.is_empty() || s == e {
+                continue;
+            }
+            gathered.clear();
+            for &r in toks {
+                gathered.extend_from_slice(&block[r as usize * dim..][..dim]);
+            }
+            fine_scores.resize(toks.len() * (e - s), 0.0);
+            matmul_abt(
+                &gathered,
+                &self.centroids[s * dim..e * dim],
+                &mut fine_scores,
+                toks.len(),
+                e - s,
+                dim,
+            );
+            for (&r, (f, score)) in toks.iter().zip(argmax_rows(&fine_scores, e - s)) {
+                let b = &mut best[r as usize];
+                if score > b.1 {
+                    *b = ((s + f) as u16, score);
+                }
+            }
+        }
+        best.into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// The codebook's on-disk form (see the module documentation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (kc, cc, st): (usize, &[f32], &[u32]) = match &self.coarse {
+            Some(c) => (c.centroids.len() / self.dim, &c.centroids, &c.start),
+            None => (0, &[], &[]),
+        };
+        let mut out = Vec::with_capacity(12 + 4 * (self.centroids.len() + cc.len() + st.len()));
+        for v in [self.len() as u32, kc as u32, self.dim as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in self.centroids.iter().chain(cc) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in st {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses [`to_bytes`](Self::to_bytes) output for tokens of `dim` values; every size is checked against
+    /// the bytes present before anything is allocated, every value must be finite and the coarse ranges must
+    /// cover the fine centroids in order. The error says what is wrong.
+    pub fn from_bytes(bytes: &[u8], dim: usize) -> Result<Codebook, String> {
+        let word = |i: usize| -> Option<u32> {
+            let b = bytes.get(i * 4..i * 4 + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (Some(k), Some(kc), Some(d)) = (word(0), word(1), word(2)) else {
+            return Err("codebook header is truncated".into());
+        };
+        let (k, kc, d) = (k as usize, kc as usize, d as usize);
+        if d != dim {
+            return Err(format!("codebook is {d}-dimensional, the index {dim}"));
+        }
+        if k == 0 || k > MAX_CENTROIDS || kc > k {
+            return Err(format!("codebook sizes out of range (K {k}, coarse {kc})"));
+        }
+        let starts = if kc > 0 { kc + 1 } else { 0 };
+        let want = 3 + (k + kc) * dim + starts;
+        if bytes.len() != want * 4 {
+            return Err(format!(
+                "codebook holds {} bytes, its header needs {}",
+                bytes.len(),
+                want * 4
+            ));
+        }
+        let floats = |from: usize, n: usize| -> Vec<f32> {
+            bytes[from * 4..(from + n) * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let centroids = floats(3, k * dim);
+        let coarse_c = floats(3 + k * dim, kc * dim);
+        if centroids.iter().chain(&coarse_c).any(|v| !v.is_finite()) {
+            return Err("codebook holds a non-finite value".into());
+        }
+        if kc == 0 {
+            return Ok(Codebook::from_centroids(dim, centroids));
+        }
+        let start: Vec<u32> = (0..starts)
+            .map(|i| word(3 + (k + kc) * dim + i).unwrap_or(u32::MAX))
+            .collect();
+        if start[0] != 0 || start[kc] as usize != k || start.windows(2).any(|w| w[1] < w[0]) {
+            return Err("codebook coarse ranges are inconsistent".into());
+        }
+        Ok(Codebook::with_coarse(
+            dim,
+            centroids,
+            Coarse {
+                centroids: coarse_c,
+                start,
+            },
+        ))
     }
 
     /// The per-query table: `K x W` inner products (`W` = query tokens rounded up to 8; padding columns 0).
     pub fn query_table(&self, query: &[f32]) -> QueryTable {
+        self.query_table_par(query, 1)
+    }
+
+    /// [`query_table`](Self::query_table) computed by up to `threads` rayon tasks (identical values).
+    pub fn query_table_par(&self, query: &[f32], threads: usize) -> QueryTable {
         let (k, dim) = (self.len(), self.dim);
         let nq = query.len() / dim.max(1);
         let w = nq.div_ceil(8).max(1) * 8;
@@ -168,8 +496,22 @@ impl Codebook {
             }
         }
         let mut table = vec![0f32; k * w];
-        codes::centroid_table(&qt, nq, dim, &self.panels, k, w, &mut table);
-        QueryTable { table, w }
+        if threads <= 1 || k < 1024 {
+            codes::centroid_table(&qt, nq, dim, &self.panels, k, w, &mut table);
+        } else {
+            // Split at panel (16-centroid) boundaries: each task fills its own rows.
+            let per = k.div_ceil(threads).div_ceil(16) * 16;
+            table
+                .par_chunks_mut(per * w)
+                .enumerate()
+                .for_each(|(i, rows)| {
+                    let c0 = i * per;
+                    let kk = rows.len() / w;
+                    let panels = &self.panels[c0 * dim..(c0 + kk.div_ceil(16) * 16) * dim];
+                    codes::centroid_table(&qt, nq, dim, panels, kk, w, rows);
+                });
+        }
+        QueryTable { table, w, nq }
     }
 }
 
@@ -177,12 +519,25 @@ impl Codebook {
 pub struct QueryTable {
     table: Vec<f32>,
     w: usize,
+    nq: usize,
 }
 
 impl QueryTable {
     /// Approximate Chamfer score of a document given its token codes.
     pub fn score(&self, codes: &[u16]) -> f32 {
         codes::score(&self.table, self.w, codes)
+    }
+    /// Number of query tokens (columns that are not padding).
+    pub fn query_tokens(&self) -> usize {
+        self.nq
+    }
+    /// Number of centroids (rows).
+    pub fn centroids(&self) -> usize {
+        self.table.len() / self.w.max(1)
+    }
+    /// `<query token j, centroid c>`.
+    pub fn get(&self, c: usize, j: usize) -> f32 {
+        self.table[c * self.w + j]
     }
 }
 
@@ -248,5 +603,111 @@ mod tests {
             t.score(&codes)
         );
         assert_eq!(Codebook::effective_size(1024, 100), 6);
+    }
+
+    /// Seeded clustered unit vectors: `clusters` random directions, `per` noisy tokens around each.
+    fn clustered(clusters: usize, per: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let centers: Vec<Vec<f32>> = (0..clusters)
+            .map(|_| {
+                let mut v: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
+                normalise(&mut v);
+                v
+            })
+            .collect();
+        let mut out = Vec::with_capacity(clusters * per * dim);
+        for i in 0..clusters * per {
+            let mut v: Vec<f32> = centers[i % clusters]
+                .iter()
+                .map(|x| x + 0.15 * (rng.random::<f32>() - 0.5))
+                .collect();
+            normalise(&mut v);
+            out.extend(v);
+        }
+        out
+    }
+
+    #[test]
+    fn size_rule_follows_colbert_and_is_capped() {
+        // 2^floor(log2(16 sqrt(n))): 1M tokens -> 16000 -> 8192; 64M -> 128k -> capped at 2^16.
+        assert_eq!(Codebook::size_for_tokens(1_000_000), 8192);
+        assert_eq!(Codebook::size_for_tokens(64_000_000), MAX_CENTROIDS);
+        assert_eq!(Codebook::size_for_tokens(0), 1);
+        assert_eq!(
+            Codebook::size_for_tokens(100),
+            6,
+            "at most one centroid per 16 tokens"
+        );
+        assert_eq!(Codebook::effective_size(1024, 1_000_000), 1024);
+    }
+
+    #[test]
+    fn quotas_sum_to_k_and_respect_cluster_sizes() {
+        let q = quotas(&[100, 0, 7, 1, 50], 40);
+        assert_eq!(q.iter().sum::<usize>(), 40);
+        assert_eq!(q[1], 0);
+        assert!(q.iter().zip([100, 0, 7, 1, 50]).all(|(&a, n)| a <= n));
+        // Fewer tokens than centroids asked: every token its own centroid.
+        assert_eq!(quotas(&[2, 3], 10), vec![2, 3]);
+    }
+
+    #[test]
+    fn two_level_codebook_assigns_like_brute_force_and_round_trips() {
+        let dim = 16;
+        let toks = clustered(6000, 3, dim, 5);
+        let k = FLAT_MAX * 2;
+        let book = Codebook::train(&toks, dim, k, 3);
+        assert!(
+            book.coarse_len() > 0,
+            "a codebook above FLAT_MAX has a coarse level"
+        );
+        assert!(book.len() <= k && book.len() > k / 2, "{}", book.len());
+        let codes = book.assign(&toks);
+        assert_eq!(codes, book.assign_sequential(&toks));
+        let flat = assign_flat(book.centroids(), book.len(), dim, &toks);
+        let agree = codes
+            .iter()
+            .zip(&flat)
+            .filter(|(a, b)| **a as usize == **b)
+            .count();
+        assert!(
+            agree as f64 >= 0.9 * toks.len() as f64 / dim as f64,
+            "{agree}"
+        );
+        // Round trip, and damage refused with a reason.
+        let bytes = book.to_bytes();
+        let back = Codebook::from_bytes(&bytes, dim).unwrap();
+        assert_eq!(back.centroids(), book.centroids());
+        assert_eq!(back.assign(&toks), codes);
+        assert!(Codebook::from_bytes(&bytes, dim + 1).is_err());
+        assert!(Codebook::from_bytes(&bytes[..bytes.len() - 4], dim).is_err());
+        assert!(Codebook::from_bytes(&bytes[..8], dim).is_err());
+        let mut nan = bytes.clone();
+        nan[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(Codebook::from_bytes(&nan, dim)
+            .unwrap_err()
+            .contains("non-finite"));
+        let mut ranges = bytes.clone();
+        let last = ranges.len() - 4;
+        ranges[last..].copy_from_slice(&1u32.to_le_bytes());
+        assert!(Codebook::from_bytes(&ranges, dim)
+            .unwrap_err()
+            .contains("ranges"));
+        // A flat codebook round trips too.
+        let small = Codebook::train(&toks, dim, 64, 3);
+        let back = Codebook::from_bytes(&small.to_bytes(), dim).unwrap();
+        assert_eq!(back.centroids(), small.centroids());
+        assert_eq!(back.coarse_len(), 0);
+    }
+
+    #[test]
+    fn parallel_query_table_equals_sequential() {
+        let dim = 16;
+        let toks = clustered(300, 10, dim, 9);
+        let book = Codebook::train(&toks, dim, 1500, 1);
+        let q = &toks[..5 * dim];
+        let (a, b) = (book.query_table(q), book.query_table_par(q, 3));
+        assert_eq!(a.table, b.table);
+        assert_eq!(a.query_tokens(), 5);
     }
 }

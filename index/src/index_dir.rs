@@ -65,11 +65,18 @@ pub fn open_index(dir: &Path) -> Result<Searcher> {
             supported: MANIFEST_VERSION,
         });
     }
-    let shards = m
-        .shards
-        .iter()
-        .map(|s| Shard::open(&dir.join(s)).map(Arc::new))
-        .collect::<Result<Vec<_>>>()?;
+    let mut books: Vec<Arc<crate::codebook::Codebook>> = Vec::new();
+    let mut shards = Vec::with_capacity(m.shards.len());
+    for s in &m.shards {
+        let mut shard = Shard::open(&dir.join(s))?;
+        // Shards written with one collection codebook hold it in memory once.
+        if let Some(book) = shard.codebook_arc().cloned() {
+            if !books.iter().any(|b| shard.share_codebook(b)) {
+                books.push(book);
+            }
+        }
+        shards.push(Arc::new(shard));
+    }
     Searcher::new(m.params, shards)
 }
 

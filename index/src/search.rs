@@ -11,18 +11,33 @@
 //! * [`Plan::CentroidScan`]: every document's token codes are scored by centroid interaction
 //!   ([`crate::codebook`]: one table load and max per token); the best `rerank` go to the exact re-rank. Cheaper
 //!   per document than the FDE scan and a closer approximation of Chamfer: the default for shards without a graph.
+//! * [`Plan::Ivf`]: the inverted file over the token codebook. The query's tokens are scored against every
+//!   centroid (one `K x W` table); each query token probes its `nprobe` best centroids; the documents in those
+//!   inverted lists are scored by the probed centroid scores, with an imputed score (the best unprobed
+//!   centroid's) for query tokens whose probed lists miss a document (WARP's idea); the best `candidates` of them
+//!   are re-scored by full centroid interaction over their codes and the best `rerank` re-ranked exactly.
+//!   Sub-linear in the collection (a probe touches a share of documents that falls as the codebook grows with
+//!   the corpus), and its re-rank depth is fixed in `k`, not grown with the collection: the default for shards
+//!   with an inverted file of at least [`IVF_MIN_DOCS`] documents.
 //! * [`Plan::Hnsw`]: the HNSW graph over a Matryoshka prefix of the FDE returns `candidates` documents, they are
 //!   re-scored by centroid interaction (or the full FDE when the shard has no codebook), and the best `rerank` are
 //!   re-ranked exactly. Sub-linear: the default for shards with a graph (large ones).
 //!
-//! [`Plan::Auto`] picks per shard: HNSW where a graph exists, else the centroid scan (the FDE scan without a
-//! codebook); and exact when the collection is no larger than the re-rank depth anyway. A filter is applied before
+//! [`Plan::Auto`] picks per shard: the inverted file where the shard has one and at least [`IVF_MIN_DOCS`]
+//! documents, else HNSW where a graph exists, else the centroid scan (the FDE scan without a codebook); and exact
+//! when the collection is no larger than the re-rank depth anyway.
+//!
+//! [`Searcher::with_search_threads`] splits one query's work (centroid table, candidate scoring, exact
+//! re-rank, the exhaustive scan) over a private thread pool; the results are identical to one thread's. A filter is applied before
 //! any scoring (inside the HNSW walk), so `k` results come back whenever `k` documents pass it.
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use rayon::prelude::*;
+
+use crate::codebook::{Codebook, QueryTable};
 use crate::fde::{FdeConfig, FdeEncoder};
 use crate::kernels::{self, PreparedQuery};
 use crate::shard::{IndexParams, Shard};
@@ -39,6 +54,17 @@ pub const DEFAULT_RERANK_MIN: usize = 128;
 pub const DEFAULT_RERANK_MAX: usize = 2048;
 /// Default number of graph candidates, as a multiple of the re-rank depth.
 pub const DEFAULT_CANDIDATE_FACTOR: usize = 3;
+/// Default centroids probed per query token by the inverted-file plan.
+pub const DEFAULT_NPROBE: usize = 16;
+/// Largest `nprobe`.
+pub const MAX_NPROBE: usize = 1024;
+/// Default exact re-rank depth of the inverted-file plan (at least `k`): fixed, not grown with the collection.
+pub const DEFAULT_IVF_RERANK: usize = 256;
+/// Default number of inverted-file candidates re-scored by full centroid interaction, as a multiple of the
+/// re-rank depth.
+pub const DEFAULT_IVF_CANDIDATE_FACTOR: usize = 16;
+/// Shards with fewer documents are scanned (centroid scan) rather than probed by [`Plan::Auto`].
+pub const IVF_MIN_DOCS: usize = 4096;
 /// [`Searcher::search_with`] asks its `cancel` hook once per this many documents scored exactly (or by
 /// centroid interaction), besides once per shard, per FDE-scan block and before the exact re-rank.
 pub const CANCEL_CHECK_EVERY: usize = 256;
@@ -56,6 +82,8 @@ pub enum Plan {
     FdeScan,
     /// Scan of all token codes (centroid interaction), then exact re-rank.
     CentroidScan,
+    /// Inverted file over the token codebook, centroid interaction, exact re-rank.
+    Ivf,
     /// HNSW over the FDE prefix, full-FDE re-score, exact re-rank.
     Hnsw,
 }
@@ -68,6 +96,7 @@ impl Plan {
             Plan::Exact => "exact",
             Plan::FdeScan => "fde_scan",
             Plan::CentroidScan => "centroid_scan",
+            Plan::Ivf => "ivf",
             Plan::Hnsw => "hnsw",
         }
     }
@@ -88,6 +117,10 @@ pub struct SearchParams {
     pub rerank: Option<usize>,
     /// Matryoshka prefix (repetitions) used by the graph query; must equal the graph's (default).
     pub prefix_repetitions: Option<usize>,
+    /// Centroids probed per query token by the inverted-file plan, 1 to [`MAX_NPROBE`] (default
+    /// [`DEFAULT_NPROBE`]).
+    #[serde(default)]
+    pub nprobe: Option<usize>,
 }
 
 impl SearchParams {
@@ -100,6 +133,7 @@ impl SearchParams {
             candidates: None,
             rerank: None,
             prefix_repetitions: None,
+            nprobe: None,
         }
     }
 
@@ -115,7 +149,25 @@ impl SearchParams {
         check("k", Some(self.k))?;
         check("ef", self.ef)?;
         check("candidates", self.candidates)?;
-        check("rerank", self.rerank)
+        check("rerank", self.rerank)?;
+        match self.nprobe {
+            Some(v) if v == 0 || v > MAX_NPROBE => Err(IndexError::param(
+                "nprobe",
+                format!("must be in 1..={MAX_NPROBE}, got {v}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Exact re-rank depth of the inverted-file plan.
+    pub fn ivf_rerank(&self) -> usize {
+        self.rerank.unwrap_or(DEFAULT_IVF_RERANK).max(self.k)
+    }
+    /// Candidates the inverted-file plan re-scores by full centroid interaction.
+    pub fn ivf_candidates(&self) -> usize {
+        self.candidates
+            .unwrap_or(self.ivf_rerank() * DEFAULT_IVF_CANDIDATE_FACTOR)
+            .max(self.ivf_rerank())
     }
 
     /// Exact re-rank depth for a collection of `n` documents.
@@ -159,6 +211,8 @@ pub struct Searcher {
     params: IndexParams,
     encoder: FdeEncoder,
     shards: Vec<Arc<Shard>>,
+    /// The private pool of [`Searcher::with_search_threads`] (None: the caller's thread only).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// Descending score, then ascending (shard, doc): the ground truth's tie rule.
@@ -238,6 +292,81 @@ impl SparseFde {
     }
 }
 
+/// Runs `f` in `pool` (its parallel iterators then use the pool's threads), or here without one.
+fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+/// The inverted-file plan's candidates of one shard, scored by full centroid interaction (see the module
+/// documentation): probe, gather with imputed scores, keep the best `candidates`, re-score them by their codes.
+#[allow(clippy::too_many_arguments)]
+fn ivf_candidates(
+    shard: &Shard,
+    si: usize,
+    table: &QueryTable,
+    nprobe: usize,
+    candidates: usize,
+    pass: &(dyn Fn(usize, usize) -> bool + Sync),
+    check: &dyn Fn() -> Result<()>,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<Vec<Hit>> {
+    let (k, nq, n) = (table.centroids(), table.query_tokens(), shard.len());
+    let np = nprobe.min(k);
+    let mut acc = vec![0f32; n];
+    let mut stamp = vec![0u32; n];
+    let mut touched: Vec<u32> = Vec::new();
+    let mut order: Vec<u32> = (0..k as u32).collect();
+    let mut col = vec![0f32; k];
+    for j in 0..nq {
+        check()?;
+        col.iter_mut()
+            .enumerate()
+            .for_each(|(c, v)| *v = table.get(c, j));
+        let by_score = |a: &u32, b: &u32| col[*b as usize].total_cmp(&col[*a as usize]);
+        // The best np + 1: np probed, the next one is the imputed score of every unprobed centroid.
+        let take = (np + 1).min(k);
+        order.select_nth_unstable_by(take - 1, by_score);
+        order[..take].sort_unstable_by(by_score);
+        let impute = col[order[take - 1] as usize];
+        for &c in &order[..np] {
+            let gain = col[c as usize] - impute;
+            for &d in shard.postings(c as usize) {
+                let d = d as usize;
+                if stamp[d] != j as u32 + 1 {
+                    if stamp[d] == 0 {
+                        touched.push(d as u32);
+                    }
+                    stamp[d] = j as u32 + 1;
+                    acc[d] += gain;
+                }
+            }
+        }
+    }
+    check()?;
+    let mut hits: Vec<Hit> = touched
+        .into_iter()
+        .filter(|&d| pass(si, d as usize))
+        .map(|d| Hit {
+            shard: si,
+            doc: d as usize,
+            score: acc[d as usize],
+        })
+        .collect();
+    keep_best(&mut hits, candidates);
+    let rescore = |h: &mut Hit| h.score = table.score(shard.codes(h.doc));
+    if pool.is_some() {
+        in_pool(pool, || {
+            hits.par_iter_mut().with_min_len(64).for_each(rescore)
+        });
+    } else {
+        hits.iter_mut().for_each(rescore);
+    }
+    Ok(hits)
+}
+
 impl Searcher {
     /// A searcher over `shards`, which must all have been built with `params`.
     pub fn new(params: IndexParams, shards: Vec<Arc<Shard>>) -> Result<Searcher> {
@@ -266,7 +395,36 @@ impl Searcher {
             params,
             encoder,
             shards,
+            pool: None,
         })
+    }
+
+    /// Splits each query's work over `threads` threads of a private pool (1: the caller's thread only). The
+    /// results are identical to one thread's: only independent per-document and per-centroid work is split.
+    pub fn with_search_threads(mut self, threads: usize) -> Result<Searcher> {
+        self.pool = if threads <= 1 {
+            None
+        } else {
+            Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("chamfer-search-{i}"))
+                    .build()
+                    .map_err(|e| IndexError::InvalidConfig(format!("search thread pool: {e}")))?,
+            ))
+        };
+        Ok(self)
+    }
+
+    /// Shares `pool` (see [`with_search_threads`](Self::with_search_threads)) instead of building one.
+    pub fn with_search_pool(mut self, pool: Option<Arc<rayon::ThreadPool>>) -> Searcher {
+        self.pool = pool;
+        self
+    }
+
+    /// Threads one query may use.
+    pub fn search_threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
     }
 
     /// The index parameters.
@@ -290,11 +448,15 @@ impl Searcher {
     pub fn resolve_plan(&self, requested: Plan, shard: &Shard, rerank: usize) -> Plan {
         match requested {
             Plan::Auto if self.len() <= rerank => Plan::Exact,
+            Plan::Auto if shard.has_ivf() && shard.len() >= IVF_MIN_DOCS => Plan::Ivf,
+            Plan::Ivf if shard.has_ivf() => Plan::Ivf,
             Plan::Auto | Plan::Hnsw if shard.graph().is_some() => Plan::Hnsw,
-            Plan::Auto | Plan::Hnsw | Plan::CentroidScan if shard.codebook().is_some() => {
+            Plan::Auto | Plan::Hnsw | Plan::CentroidScan | Plan::Ivf
+                if shard.codebook().is_some() =>
+            {
                 Plan::CentroidScan
             }
-            Plan::Auto | Plan::Hnsw | Plan::CentroidScan => Plan::FdeScan,
+            Plan::Auto | Plan::Hnsw | Plan::CentroidScan | Plan::Ivf => Plan::FdeScan,
             p => p,
         }
     }
@@ -339,6 +501,19 @@ impl Searcher {
         filter: Option<DocFilter<'_>>,
         cancel: &dyn Fn() -> bool,
     ) -> Result<(Vec<Hit>, SearchStats)> {
+        // `cancel` is not Sync: it is only asked on this thread, between the parallel steps.
+        self.search_inner(query, p, filter, cancel, self.pool.as_deref())
+    }
+
+    fn search_inner(
+        &self,
+        query: TokenMatrix<'_>,
+        p: &SearchParams,
+        filter: Option<DocFilter<'_>>,
+        cancel: &dyn Fn() -> bool,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
+        let par = pool.is_some();
         let check = || {
             if cancel() {
                 Err(IndexError::Cancelled("the search was stopped"))
@@ -391,6 +566,21 @@ impl Searcher {
                 values: vec![],
             }
         };
+        // The inverted-file plan's re-rank depth is fixed in k; the scans' grows with the collection.
+        let rerank = if plans
+            .iter()
+            .zip(&self.shards)
+            .filter(|(_, s)| !s.is_empty())
+            .all(|(&pl, _)| matches!(pl, Plan::Ivf | Plan::Exact))
+            && plans.contains(&Plan::Ivf)
+        {
+            p.ivf_rerank()
+        } else {
+            rerank
+        };
+        // One centroid table per distinct codebook (shards of one collection share theirs).
+        let mut tables: Vec<(Arc<Codebook>, QueryTable)> = Vec::new();
+        let threads = pool.map_or(1, |p| p.current_num_threads());
         let mut scores = Vec::new();
         for (si, shard) in self.shards.iter().enumerate() {
             if shard.is_empty() {
@@ -401,22 +591,78 @@ impl Searcher {
             if Some(si) == largest {
                 stats.plan = Some(plan);
             }
+            let table = match (plan, shard.codebook_arc()) {
+                (Plan::CentroidScan | Plan::Ivf | Plan::Hnsw, Some(book)) => {
+                    let at = match tables.iter().position(|(b, _)| Arc::ptr_eq(b, book)) {
+                        Some(at) => at,
+                        None => {
+                            tables.push((
+                                Arc::clone(book),
+                                in_pool(pool, || book.query_table_par(query.as_slice(), threads)),
+                            ));
+                            tables.len() - 1
+                        }
+                    };
+                    Some(&tables[at].1)
+                }
+                _ => None,
+            };
             match plan {
                 Plan::Exact | Plan::Auto => {
-                    for d in (0..shard.len()).filter(|&d| pass(si, d)) {
-                        if d % CANCEL_CHECK_EVERY == 0 {
-                            check()?;
+                    let score_range = |r: std::ops::Range<usize>| -> Vec<Hit> {
+                        let mut hits: Vec<Hit> = r
+                            .filter(|&d| pass(si, d))
+                            .map(|d| Hit {
+                                shard: si,
+                                doc: d,
+                                score: kernels::chamfer(
+                                    &prepared,
+                                    shard.packed_tokens(d),
+                                    shard.n_tokens(d),
+                                ),
+                            })
+                            .collect();
+                        keep_best(&mut hits, p.k);
+                        hits
+                    };
+                    let n = shard.len();
+                    let step = CANCEL_CHECK_EVERY * threads;
+                    for from in (0..n).step_by(step) {
+                        check()?;
+                        let to = (from + step).min(n);
+                        if par {
+                            let per = CANCEL_CHECK_EVERY;
+                            let parts: Vec<Vec<Hit>> = in_pool(pool, || {
+                                (from..to)
+                                    .step_by(per)
+                                    .collect::<Vec<_>>()
+                                    .into_par_iter()
+                                    .map(|a| score_range(a..(a + per).min(to)))
+                                    .collect()
+                            });
+                            parts.into_iter().for_each(|h| exact.extend(h));
+                        } else {
+                            exact.extend(score_range(from..to));
                         }
-                        let score =
-                            kernels::chamfer(&prepared, shard.packed_tokens(d), shard.n_tokens(d));
-                        exact.push(Hit {
-                            shard: si,
-                            doc: d,
-                            score,
-                        });
-                        stats.reranked += 1;
+                        stats.reranked += to - from;
+                        keep_best(&mut exact, p.k);
                     }
-                    keep_best(&mut exact, p.k);
+                }
+                Plan::Ivf => {
+                    let table = table.ok_or_else(|| {
+                        IndexError::param("plan", "this shard has no token codebook")
+                    })?;
+                    let hits = ivf_candidates(
+                        shard,
+                        si,
+                        table,
+                        p.nprobe.unwrap_or(DEFAULT_NPROBE),
+                        p.ivf_candidates(),
+                        &pass,
+                        &check,
+                        pool,
+                    )?;
+                    approx.extend(hits);
                 }
                 Plan::FdeScan => {
                     let sp = &sparse;
@@ -436,27 +682,43 @@ impl Searcher {
                     approx.extend(hits);
                 }
                 Plan::CentroidScan => {
-                    let Some(book) = shard.codebook() else {
-                        return Err(IndexError::param(
-                            "plan",
-                            "this shard has no token codebook",
-                        ));
-                    };
-                    let table = book.query_table(query.as_slice());
-                    let mut hits: Vec<Hit> = Vec::new();
-                    for d in 0..shard.len() {
-                        if d % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 {
-                            check()?;
-                        }
-                        if pass(si, d) {
-                            hits.push(Hit {
+                    let table = table.ok_or_else(|| {
+                        IndexError::param("plan", "this shard has no token codebook")
+                    })?;
+                    let n = shard.len();
+                    let score_range = |r: std::ops::Range<usize>| -> Vec<Hit> {
+                        let mut hits: Vec<Hit> = r
+                            .filter(|&d| pass(si, d))
+                            .map(|d| Hit {
                                 shard: si,
                                 doc: d,
                                 score: table.score(shard.codes(d)),
+                            })
+                            .collect();
+                        keep_best(&mut hits, rerank);
+                        hits
+                    };
+                    let mut hits: Vec<Hit> = Vec::new();
+                    let step = CANCEL_CHECK_EVERY * 16 * threads;
+                    for from in (0..n).step_by(step) {
+                        check()?;
+                        let to = (from + step).min(n);
+                        if par {
+                            let per = step.div_ceil(threads).max(1);
+                            let parts: Vec<Vec<Hit>> = in_pool(pool, || {
+                                (from..to)
+                                    .step_by(per)
+                                    .collect::<Vec<_>>()
+                                    .into_par_iter()
+                                    .map(|a| score_range(a..(a + per).min(to)))
+                                    .collect()
                             });
+                            parts.into_iter().for_each(|h| hits.extend(h));
+                        } else {
+                            hits.extend(score_range(from..to));
                         }
+                        keep_best(&mut hits, rerank);
                     }
-                    keep_best(&mut hits, rerank);
                     approx.extend(hits);
                 }
                 Plan::Hnsw => {
@@ -482,9 +744,8 @@ impl Searcher {
                         graph.search(&q, n, ef, if filter.is_some() { Some(&f) } else { None });
                     // Re-score the graph's candidates with the sharper signal the shard has: centroid interaction
                     // when it has a codebook, else the full FDE.
-                    match shard.codebook() {
-                        Some(book) => {
-                            let table = book.query_table(query.as_slice());
+                    match table {
+                        Some(table) => {
                             approx.extend(found.into_iter().map(|(d, _)| Hit {
                                 shard: si,
                                 doc: d,
@@ -504,13 +765,20 @@ impl Searcher {
         check()?;
         keep_best(&mut approx, rerank);
         stats.reranked += approx.len();
-        for (i, h) in approx.iter_mut().enumerate() {
-            if i % CANCEL_CHECK_EVERY == CANCEL_CHECK_EVERY - 1 {
-                check()?;
-            }
+        let rescore = |h: &mut Hit| {
             let shard = &self.shards[h.shard];
             h.score =
                 kernels::chamfer(&prepared, shard.packed_tokens(h.doc), shard.n_tokens(h.doc));
+        };
+        for chunk in approx.chunks_mut(CANCEL_CHECK_EVERY * threads) {
+            check()?;
+            if par {
+                in_pool(pool, || {
+                    chunk.par_iter_mut().with_min_len(8).for_each(rescore)
+                });
+            } else {
+                chunk.iter_mut().for_each(rescore);
+            }
         }
         exact.extend(approx);
         keep_best(&mut exact, p.k);

@@ -104,6 +104,7 @@ fn search_in(s: pb::SearchRequest) -> SearchInput {
         candidates: opt(s.candidates),
         rerank: opt(s.rerank),
         prefix_repetitions: opt(s.prefix_repetitions),
+        nprobe: opt(s.nprobe),
         exact: s.exact,
         filter: s.filter.map(|f| FilterInput {
             must: f

@@ -8,17 +8,22 @@
 //! ```text
 //! offset        size        content
 //! 0             8           magic "CHMFSHRD"
-//! 8             4           format version (u32 LE) = 1
+//! 8             4           format version (u32 LE) = 2 (version 1 files are still read)
 //! 12            52          zero
 //! 64            ...         sections, each 64-byte aligned, in this order:
 //!                             tokens       f16[total panel values]   packed token panels of every document
 //!                             panel_start  u64[n+1]                  offset of doc i's panels in `tokens` (values)
 //!                             n_tokens     u32[n]                    real token count of doc i
 //!                             fde          f16[n * fde_dim]          full FDEs, repetition-major
-//!                             centroids    f32[K * dim]              token codebook (K may be 0)
+//!                             codebook     bytes                     token codebook (`Codebook::to_bytes`; empty: none)
 //!                             codes        u16[total tokens]         nearest centroid of every token, docs in order
+//!                             ivf_start    u64[K+1]                  inverted file: centroid c's postings are
+//!                             ivf_docs     u32[...]                    ivf_docs[ivf_start[c]..ivf_start[c+1]], the
+//!                                                                      documents with a token coded c, ascending
 //!                             id_start     u64[n+1], id_bytes        external ids (UTF-8)
 //!                             payload_start u64[n+1], payload_bytes  payloads
+//! (Version 1 has a `centroids` section, `f32[K * dim]` of a flat codebook, instead of `codebook`, and no inverted
+//! file: such shards are searched by the centroid scan.)
 //! M             meta_len    meta JSON: the persisted parameters (`persisted::PersistedParamsV1`: FDE config + seed,
 //!                           HNSW params, codebook size), counts, the section table
 //!                           (offset, length, CRC32 of each section), the graph files (length, CRC32), prefix scale
@@ -42,6 +47,7 @@ mod writer;
 use std::fs::{self, File};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::f16;
 use rayon::prelude::*;
@@ -57,12 +63,14 @@ use crate::{IndexError, Result};
 
 pub use params::*;
 use writer::read_u64s;
-pub use writer::ENCODE_SCRATCH_BYTES;
+pub use writer::{train_codebook, ENCODE_SCRATCH_BYTES};
 
 const MAGIC: &[u8; 8] = b"CHMFSHRD";
 const END_MAGIC: &[u8; 8] = b"CHMFEND1";
-/// The shard format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The shard format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// Shard format versions this build reads.
+pub const READ_VERSIONS: [u32; 2] = [1, 2];
 const ALIGN: usize = 64;
 const FOOTER: usize = 24;
 /// One document to write.
@@ -124,7 +132,10 @@ pub struct Shard {
     n_tokens: Range<usize>,
     fde: Range<usize>,
     codes: Range<usize>,
-    codebook: Option<Codebook>,
+    codebook: Option<Arc<Codebook>>,
+    /// The inverted file (empty ranges in version 1 shards and shards without a codebook).
+    ivf_start: Range<usize>,
+    ivf_docs: Range<usize>,
     /// First token of document i (codes are per token, documents one after another).
     token_start: Vec<usize>,
     id_start: Range<usize>,
@@ -191,7 +202,7 @@ impl Shard {
             return Err(bad("not a chamfer shard (bad magic)".into()));
         }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if version != FORMAT_VERSION {
+        if !READ_VERSIONS.contains(&version) {
             return Err(IndexError::UnsupportedVersion {
                 path: name,
                 found: version,
@@ -217,19 +228,37 @@ impl Shard {
             .validate()
             .map_err(|e| bad(format!("stored parameters: {e}")))?;
         let body_end = (meta_end - meta_len) as u64;
+        let names: &[&str] = if version == 1 {
+            &[
+                "tokens",
+                "panel_start",
+                "n_tokens",
+                "fde",
+                "centroids",
+                "codes",
+                "id_start",
+                "id_bytes",
+                "payload_start",
+                "payload_bytes",
+            ]
+        } else {
+            &[
+                "tokens",
+                "panel_start",
+                "n_tokens",
+                "fde",
+                "codebook",
+                "codes",
+                "ivf_start",
+                "ivf_docs",
+                "id_start",
+                "id_bytes",
+                "payload_start",
+                "payload_bytes",
+            ]
+        };
         let mut ranges = Vec::new();
-        for want in [
-            "tokens",
-            "panel_start",
-            "n_tokens",
-            "fde",
-            "centroids",
-            "codes",
-            "id_start",
-            "id_bytes",
-            "payload_start",
-            "payload_bytes",
-        ] {
+        for &want in names {
             let s = meta
                 .sections
                 .iter()
@@ -249,17 +278,34 @@ impl Shard {
             }
             ranges.push(r);
         }
-        let [tokens, panel_start, n_tokens, fde, centroids, codes, id_start, id_bytes, payload_start, payload_bytes]: [Range<usize>; 10] =
+        if version == 1 {
+            // No inverted file: empty ranges at the end of the codes section.
+            let at = ranges[5].end;
+            ranges.insert(6, at..at);
+            ranges.insert(7, at..at);
+        }
+        let [tokens, panel_start, n_tokens, fde, book_bytes, codes, ivf_start, ivf_docs, id_start, id_bytes, payload_start, payload_bytes]: [Range<usize>; 12] =
             ranges.try_into().map_err(|_| bad("section table".into()))?;
         let dim = meta.params.fde.dimension;
-        let cvals: Vec<f32> = b[centroids.clone()]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if !cvals.len().is_multiple_of(dim) || codes.len() % 2 != 0 {
-            return Err(bad("codebook sections have the wrong size".into()));
+        if codes.len() % 2 != 0 {
+            return Err(bad("codes section has an odd size".into()));
         }
-        let codebook = (!cvals.is_empty()).then(|| Codebook::from_centroids(dim, cvals));
+        let codebook = if book_bytes.is_empty() {
+            None
+        } else if version == 1 {
+            let cvals: Vec<f32> = b[book_bytes.clone()]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if !(book_bytes.len() % 4 == 0 && cvals.len().is_multiple_of(dim)) {
+                return Err(bad("codebook sections have the wrong size".into()));
+            }
+            Some(Arc::new(Codebook::from_centroids(dim, cvals)))
+        } else {
+            Some(Arc::new(
+                Codebook::from_bytes(&b[book_bytes.clone()], dim).map_err(bad)?,
+            ))
+        };
         // Sized by the section actually present (bounded by the file), never by the stored document count;
         // check_structure then cross-checks the two.
         let mut token_start = Vec::with_capacity(n_tokens.len() / 4 + 1);
@@ -278,6 +324,8 @@ impl Shard {
             fde,
             codes,
             codebook,
+            ivf_start,
+            ivf_docs,
             token_start,
             id_start,
             id_bytes,
@@ -345,7 +393,8 @@ impl Shard {
             {
                 return Err("a token code is out of the codebook's range".into());
             }
-        } else if !self.codes.is_empty() {
+            self.check_ivf(k)?;
+        } else if !self.codes.is_empty() || !self.ivf_docs.is_empty() {
             return Err("codes without a codebook".into());
         }
         if starts.first() != Some(&0)
@@ -368,6 +417,39 @@ impl Shard {
         for i in 0..n {
             if std::str::from_utf8(self.id_raw(i)).is_err() {
                 return Err(format!("id of document {i} is not UTF-8"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The inverted file of a version 2 shard: K+1 monotone starts ending at the number of postings, every list
+    /// strictly ascending and below the document count. Version 1 shards have none.
+    fn check_ivf(&self, k: usize) -> std::result::Result<(), String> {
+        if self.ivf_start.is_empty() && self.ivf_docs.is_empty() {
+            return Ok(());
+        }
+        let b = self.bytes.as_slice();
+        if Some(self.ivf_start.len()) != k.checked_add(1).and_then(|v| v.checked_mul(8))
+            || !self.ivf_docs.len().is_multiple_of(4)
+        {
+            return Err("inverted file sections have the wrong size".into());
+        }
+        let starts: Vec<u64> = read_u64s(&b[self.ivf_start.clone()]).collect();
+        let total = (self.ivf_docs.len() / 4) as u64;
+        if starts.first() != Some(&0)
+            || starts.last() != Some(&total)
+            || starts.windows(2).any(|w| w[1] < w[0])
+        {
+            return Err("inverted file offsets are inconsistent".into());
+        }
+        let docs: &[u32] = bytemuck::cast_slice(&b[self.ivf_docs.clone()]);
+        let n = self.meta.n_docs as u64;
+        for w in starts.windows(2) {
+            let list = &docs[w[0] as usize..w[1] as usize];
+            if list.windows(2).any(|p| p[1] <= p[0])
+                || list.last().is_some_and(|&d| u64::from(d) >= n)
+            {
+                return Err("an inverted list is out of order or names a missing document".into());
             }
         }
         Ok(())
@@ -448,7 +530,43 @@ impl Shard {
     }
     /// The token codebook, when the shard has one.
     pub fn codebook(&self) -> Option<&Codebook> {
+        self.codebook.as_deref()
+    }
+    /// The token codebook as a shareable handle.
+    pub fn codebook_arc(&self) -> Option<&Arc<Codebook>> {
         self.codebook.as_ref()
+    }
+    /// Replaces this shard's copy of its codebook by `other` when the two are equal (so that shards trained with
+    /// one collection codebook hold it in memory once); returns whether it did.
+    pub fn share_codebook(&mut self, other: &Arc<Codebook>) -> bool {
+        match &self.codebook {
+            Some(mine) if Arc::ptr_eq(mine, other) => true,
+            Some(mine) if **mine == **other => {
+                self.codebook = Some(Arc::clone(other));
+                true
+            }
+            Some(_) | None => false,
+        }
+    }
+    /// True when the shard has an inverted file (version 2 shards with a codebook).
+    pub fn has_ivf(&self) -> bool {
+        !self.ivf_start.is_empty()
+    }
+    /// The documents with a token coded `c`, ascending (empty without an inverted file or for `c >= K`).
+    pub fn postings(&self, c: usize) -> &[u32] {
+        if !self.has_ivf() || c >= self.ivf_start.len() / 8 - 1 {
+            return &[];
+        }
+        let (s, e) = (
+            self.u64_at(&self.ivf_start, c),
+            self.u64_at(&self.ivf_start, c + 1),
+        );
+        let all: &[u32] = bytemuck::cast_slice(&self.bytes.as_slice()[self.ivf_docs.clone()]);
+        &all[s..e]
+    }
+    /// Bytes of the inverted file (starts and postings).
+    pub fn ivf_bytes(&self) -> usize {
+        self.ivf_start.len() + self.ivf_docs.len()
     }
     /// Document `i`'s token codes (empty without a codebook).
     pub fn codes(&self, i: usize) -> &[u16] {

@@ -56,13 +56,15 @@ pub struct IndexParams {
     pub fde: FdeConfig,
     /// The candidate graph's parameters.
     pub hnsw: HnswParams,
-    /// Centroids of each shard's token codebook (0: no codes; see [`crate::codebook`]). Small shards get fewer
-    /// (one per 16 tokens at most).
+    /// Most centroids of the token codebook (0: no codes; see [`crate::codebook`]). The codebook gets
+    /// `min(codebook_size, 2^floor(log2(16 sqrt(tokens))))`: it grows with the corpus up to this cap.
     pub codebook_size: usize,
 }
 
-/// Default token codebook size.
-pub const DEFAULT_CODEBOOK_SIZE: usize = 4096;
+/// Default cap of the token codebook size: the largest u16 codes allow, so that the size rule decides.
+pub const DEFAULT_CODEBOOK_SIZE: usize = MAX_CODEBOOK_SIZE;
+/// The codebook size of parameters persisted before the field existed (shards then had no codebook).
+pub const LEGACY_CODEBOOK_SIZE: usize = 4096;
 
 impl IndexParams {
     /// The defaults for token dimension `dim`: FDE (R, k_sim, d_proj) = (20, 5, 16), seed 1, empty partitions

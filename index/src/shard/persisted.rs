@@ -8,7 +8,7 @@
 //! field.
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::params::{HnswParams, IndexParams, DEFAULT_CODEBOOK_SIZE};
+use super::params::{HnswParams, IndexParams, LEGACY_CODEBOOK_SIZE};
 use crate::fde::{FdeConfig, ProjectionType};
 use crate::hnsw::VectorStorage;
 
@@ -25,7 +25,7 @@ pub struct PersistedParamsV1 {
 }
 
 fn default_codebook_size() -> usize {
-    DEFAULT_CODEBOOK_SIZE
+    LEGACY_CODEBOOK_SIZE
 }
 
 /// `params.fde` (version 1).
@@ -172,6 +172,8 @@ mod tests {
         p.fde.num_simhash_projections = 2;
         p.fde.projection_dimension = 4;
         p.hnsw.prefix_repetitions = 2;
+        p.hnsw.min_docs = 250_000;
+        p.codebook_size = 4096;
         let json = serde_json::to_string(&PersistedParamsV1::from(&p)).unwrap();
         let golden = concat!(
             r#"{"fde":{"dimension":4,"num_repetitions":2,"num_simhash_projections":2,"seed":1,"#,
@@ -185,7 +187,7 @@ mod tests {
         // Shards written before codebooks existed have no codebook_size: the default.
         let old = golden.replace(r#","codebook_size":4096"#, "");
         let back: PersistedParamsV1 = serde_json::from_str(&old).unwrap();
-        assert_eq!(back.codebook_size, DEFAULT_CODEBOOK_SIZE);
+        assert_eq!(back.codebook_size, LEGACY_CODEBOOK_SIZE);
         // Every enum spelling.
         p.fde.projection_type = ProjectionType::Identity;
         p.hnsw.storage = VectorStorage::F32;

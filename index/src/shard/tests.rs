@@ -153,7 +153,7 @@ fn extreme_in_range_tokens_write_reopen_and_search() {
         .iter()
         .any(|v| v.to_f32().abs() == MAX_TOKEN_VALUE));
     assert_eq!(shard.tokens(0), docs_data[0]);
-    let searcher = Searcher::new(params, vec![std::sync::Arc::new(shard)]).unwrap();
+    let searcher = Searcher::new(params, vec![Arc::new(shard)]).unwrap();
     let q = TokenMatrix::new(&docs_data[3][..2 * dim], dim, "query").unwrap();
     for plan in [Plan::Exact, Plan::Hnsw, Plan::FdeScan, Plan::CentroidScan] {
         let mut p = SearchParams::new(5);

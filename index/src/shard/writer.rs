@@ -77,8 +77,10 @@ struct Built {
     panel_start: Vec<u64>,
     total_tokens: u64,
     prefix_scale: f32,
-    codebook: Option<Codebook>,
+    codebook: Option<Arc<Codebook>>,
     codes: Vec<u16>,
+    ivf_start: Vec<u64>,
+    ivf_docs: Vec<u32>,
 }
 
 /// Documents per encode batch for FDEs of `fde_dim` values: as many as fit [`ENCODE_SCRATCH_BYTES`] of f32,
@@ -121,9 +123,75 @@ fn prefix_scale_of(fdes: &[f16], fde_dim: usize, pdim: usize) -> f32 {
     }
 }
 
+/// Trains the token codebook `params` asks for on a seeded sample of `docs`' tokens (None when
+/// `params.codebook_size` is 0 or there are no documents). Its size follows [`Codebook::effective_size`]; the
+/// sample holds [`crate::codebook::SAMPLE_PER_CENTROID`] tokens per centroid, drawn uniformly over all tokens
+/// (a document, then a token of it), so training cost does not grow with the collection.
+pub fn train_codebook(
+    params: &IndexParams,
+    docs: &[ShardDoc<'_>],
+    cancel: &dyn Fn() -> bool,
+) -> Result<Option<Codebook>> {
+    let total_tokens: usize = docs.iter().map(|d| d.tokens.len()).sum();
+    if params.codebook_size == 0 || docs.is_empty() {
+        return Ok(None);
+    }
+    let dim = params.fde.dimension;
+    let k = Codebook::effective_size(params.codebook_size, total_tokens);
+    // Seeded, so that a shard's bytes are reproducible.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(params.fde.seed);
+    let want = (k * crate::codebook::SAMPLE_PER_CENTROID).min(total_tokens);
+    let mut sample = Vec::with_capacity(want * dim);
+    let max_len = docs.iter().map(|d| d.tokens.len()).max().unwrap_or(1);
+    while sample.len() < want * dim {
+        // Rejection sampling: a document with probability proportional to its token count.
+        let d = &docs[rng.random_range(0..docs.len())].tokens;
+        let t = rng.random_range(0..max_len);
+        if t < d.len() {
+            sample.extend_from_slice(d.row(t));
+        }
+    }
+    Codebook::train_cancellable(&sample, dim, k, params.fde.seed, cancel)
+        .map(Some)
+        .ok_or(IndexError::Cancelled("codebook training"))
+}
+
+/// The inverted file of `codes` (documents one after another, `token_start` delimiting them) over `k`
+/// centroids: per centroid, the ascending documents with a token coded to it.
+fn inverted_file(codes: &[u16], token_start: &[usize], k: usize) -> (Vec<u64>, Vec<u32>) {
+    let n = token_start.len().saturating_sub(1);
+    let mut per_doc: Vec<Vec<u16>> = (0..n)
+        .into_par_iter()
+        .map(|d| {
+            let mut c = codes[token_start[d]..token_start[d + 1]].to_vec();
+            c.sort_unstable();
+            c.dedup();
+            c
+        })
+        .collect();
+    let mut start = vec![0u64; k + 1];
+    for c in per_doc.iter().flatten() {
+        start[*c as usize + 1] += 1;
+    }
+    for i in 0..k {
+        start[i + 1] += start[i];
+    }
+    let mut fill: Vec<u64> = start[..k].to_vec();
+    let mut docs = vec![0u32; start[k] as usize];
+    for (d, cs) in per_doc.iter_mut().enumerate() {
+        for &c in cs.iter() {
+            docs[fill[c as usize] as usize] = d as u32;
+            fill[c as usize] += 1;
+        }
+        *cs = Vec::new();
+    }
+    (start, docs)
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
+    codebook: Option<Arc<Codebook>>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Built> {
@@ -142,6 +210,12 @@ fn build(
                 got: d.tokens.len(),
                 max: MAX_DOC_TOKENS,
             });
+        }
+        if docs.len() > u32::MAX as usize {
+            return Err(IndexError::param(
+                "documents",
+                "a shard holds at most 2^32 - 1 documents",
+            ));
         }
         if !seen.insert(d.id) {
             return Err(IndexError::DuplicateId(d.id.to_string()));
@@ -187,29 +261,37 @@ fn build(
     let total_tokens = docs.iter().map(|d| d.tokens.len() as u64).sum();
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
     let prefix_scale = prefix_scale_of(&fdes, fde_dim, pdim);
-    let (codebook, codes) = if params.codebook_size > 0 && !docs.is_empty() {
-        let k = Codebook::effective_size(params.codebook_size, total_tokens as usize);
-        // A seeded sample of tokens (the codebook is part of the shard's bytes, so it must be reproducible).
-        let mut rng = rand::rngs::StdRng::seed_from_u64(params.fde.seed);
-        let want = (k * 16).min(total_tokens as usize);
-        let mut sample = Vec::with_capacity(want * dim);
-        for _ in 0..want {
-            let d = &docs[rng.random_range(0..docs.len())].tokens;
-            sample.extend_from_slice(d.row(rng.random_range(0..d.len())));
+    let codebook = match codebook {
+        Some(book) if book.dim() != dim => {
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: book.dim(),
+            })
         }
-        let book = Codebook::train_cancellable(&sample, dim, k, params.fde.seed, cancel)
-            .ok_or(IndexError::Cancelled("shard write: codebook training"))?;
-        if cancel() {
-            return Err(IndexError::Cancelled("shard write: before the token codes"));
-        }
-        let codes: Vec<Vec<u16>> = docs
-            .par_iter()
-            .map(|d| book.assign(d.tokens.as_slice()))
-            .collect();
-        (Some(book), codes.concat())
-    } else {
-        (None, Vec::new())
+        Some(book) => Some(book),
+        None => train_codebook(params, docs, cancel)?.map(Arc::new),
     };
+    let (codes, ivf_start, ivf_docs) = match &codebook {
+        Some(book) if !docs.is_empty() => {
+            if cancel() {
+                return Err(IndexError::Cancelled("shard write: before the token codes"));
+            }
+            let codes: Vec<Vec<u16>> = docs
+                .par_iter()
+                .map(|d| book.assign_sequential(d.tokens.as_slice()))
+                .collect();
+            let codes = codes.concat();
+            let mut token_start = Vec::with_capacity(docs.len() + 1);
+            token_start.push(0usize);
+            for d in docs {
+                token_start.push(token_start.last().unwrap_or(&0) + d.tokens.len());
+            }
+            let (s, d) = inverted_file(&codes, &token_start, book.len());
+            (codes, s, d)
+        }
+        Some(_) | None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let codebook = codebook.filter(|_| !docs.is_empty());
     Ok(Built {
         params: params.clone(),
         n: docs.len(),
@@ -220,6 +302,8 @@ fn build(
         prefix_scale,
         codebook,
         codes,
+        ivf_start,
+        ivf_docs,
     })
 }
 
@@ -253,14 +337,23 @@ fn write_body<W: Write>(
             .chunks(1 << 20)
             .map(|c| bytemuck::cast_slice::<f16, u8>(c).to_vec()),
     )?;
-    let centroids: &[f32] = b.codebook.as_ref().map(|c| c.centroids()).unwrap_or(&[]);
     sw.section(
-        "centroids",
-        [centroids.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        "codebook",
+        [b.codebook
+            .as_ref()
+            .map(|c| c.to_bytes())
+            .unwrap_or_default()],
     )?;
     sw.section(
         "codes",
         b.codes
+            .chunks(1 << 20)
+            .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()),
+    )?;
+    sw.section("ivf_start", [le_bytes_u64(&b.ivf_start)])?;
+    sw.section(
+        "ivf_docs",
+        b.ivf_docs
             .chunks(1 << 20)
             .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()),
     )?;
@@ -416,10 +509,24 @@ impl Shard {
         progress: &(dyn Fn(u64) + Sync),
         cancel: &dyn Fn() -> bool,
     ) -> Result<()> {
+        Shard::write_with_codebook(path, params, docs, None, progress, cancel)
+    }
+
+    /// [`write_cancellable`](Self::write_cancellable) with a given token codebook (a collection's, see
+    /// [`train_codebook`]) instead of one trained on `docs`: no training, and approximate scores that do not
+    /// depend on how documents were split into shards. `None` trains one as `params` asks.
+    pub fn write_with_codebook(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        codebook: Option<Arc<Codebook>>,
+        progress: &(dyn Fn(u64) + Sync),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<()> {
         if path.file_stem().is_none() {
             return Err(IndexError::param("path", "a shard path needs a file name"));
         }
-        let built = build(params, docs, progress, cancel)?;
+        let built = build(params, docs, codebook, progress, cancel)?;
         let (dir, base) = dir_and_base(path);
         let tmp = path.with_extension("tmp");
         let mut graph_started = false;
@@ -438,7 +545,17 @@ impl Shard {
 
     /// Builds the same bytes in memory (no file, no graph): for small or unflushed batches.
     pub fn build_in_memory(params: &IndexParams, docs: &[ShardDoc<'_>]) -> Result<Shard> {
-        let built = build(params, docs, &|_| {}, &|| false)?;
+        Shard::build_in_memory_with_codebook(params, docs, None)
+    }
+
+    /// [`build_in_memory`](Self::build_in_memory) with a given codebook (see
+    /// [`write_with_codebook`](Self::write_with_codebook)).
+    pub fn build_in_memory_with_codebook(
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        codebook: Option<Arc<Codebook>>,
+    ) -> Result<Shard> {
+        let built = build(params, docs, codebook, &|_| {}, &|| false)?;
         let mut sw = SectionWriter {
             out: Vec::new(),
             pos: 64,

@@ -24,11 +24,15 @@ pub struct Search {
     pub ef: Option<usize>,
     /// Documents the graph returns per shard, 1-10000 (default: 3 x `rerank`). Only graph searches use it.
     pub candidates: Option<usize>,
-    /// Documents re-ranked exactly, 1-10000 (default: 2% of the collection, within 128-2048; at least `k`).
+    /// Documents re-ranked exactly, 1-10000 (default: 128 on shards searched by their inverted file, else 2% of
+    /// the collection within 128-2048; at least `k`).
     pub rerank: Option<usize>,
     /// Matryoshka prefix (in FDE repetitions) for graph queries; if set, must equal the collection's
     /// `hnsw.prefix_repetitions`.
     pub prefix_repetitions: Option<usize>,
+    /// Centroids probed per query token by the inverted-file plan, 1-1024 (default 8). Only shards with an
+    /// inverted file use it.
+    pub nprobe: Option<usize>,
     /// Score every document exactly.
     #[serde(default)]
     pub exact: bool,
@@ -77,6 +81,7 @@ impl Search {
             candidates: self.candidates,
             rerank: self.rerank,
             prefix_repetitions: self.prefix_repetitions,
+            nprobe: self.nprobe,
             exact: self.exact,
             filter: self.filter.map(|f| FilterInput {
                 must: f

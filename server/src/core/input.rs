@@ -88,6 +88,8 @@ pub struct SearchInput {
     pub rerank: Option<usize>,
     /// Matryoshka prefix of graph queries; must equal the collection's when set.
     pub prefix_repetitions: Option<usize>,
+    /// Centroids probed per query token by the inverted-file plan (engine default when unset).
+    pub nprobe: Option<usize>,
     /// Score every document exactly.
     pub exact: bool,
     /// Metadata filter, applied during the search.
@@ -455,6 +457,7 @@ pub fn validate_search(
     params.candidates = knob("candidates", s.candidates)?;
     params.rerank = knob("rerank", s.rerank)?;
     params.prefix_repetitions = knob("prefix_repetitions", s.prefix_repetitions)?;
+    params.nprobe = s.nprobe;
     if s.exact {
         params.plan = Plan::Exact;
     }

@@ -255,6 +255,7 @@ mod tests {
                     candidates: None,
                     rerank: None,
                     prefix_repetitions: None,
+                    nprobe: None,
                     exact: true,
                     filter: None,
                     with_metadata: false,

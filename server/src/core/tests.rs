@@ -64,6 +64,7 @@ fn query(seed: u64, k: usize) -> SearchInput {
         candidates: None,
         rerank: None,
         prefix_repetitions: None,
+        nprobe: None,
         exact: true,
         filter: None,
         with_metadata: true,

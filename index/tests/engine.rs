@@ -7,7 +7,7 @@ use chamfer_data::dataset::Dataset;
 use chamfer_data::eval::recall_at_k;
 use chamfer_index::index_dir::{open_index, write_index};
 use chamfer_index::search::{Plan, SearchParams, Searcher};
-use chamfer_index::shard::{IndexParams, Shard, ShardDoc};
+use chamfer_index::shard::{train_codebook, IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
@@ -306,7 +306,13 @@ fn filters_and_multiple_shards() {
         assert_eq!(h1, h2, "query {j}");
         // Only even documents: k results that all pass, with every plan.
         let even = |s: usize, doc: usize| (s * 170 + doc).is_multiple_of(2);
-        for plan in [Plan::Exact, Plan::FdeScan, Plan::CentroidScan, Plan::Auto] {
+        for plan in [
+            Plan::Exact,
+            Plan::FdeScan,
+            Plan::CentroidScan,
+            Plan::Ivf,
+            Plan::Auto,
+        ] {
             let p = SearchParams {
                 plan,
                 rerank: Some(20),
@@ -414,4 +420,211 @@ fn bad_inputs_are_typed_errors() {
         Dataset::open(dir.path()),
         Err(chamfer_data::DataError::Dataset { .. })
     ));
+}
+
+/// Offset and length of section `name` of a shard file (from the metadata JSON before the 24-byte footer).
+fn section(bytes: &[u8], name: &str) -> (usize, usize) {
+    let end = bytes.len() - 24;
+    let len = u64::from_le_bytes(bytes[end..end + 8].try_into().unwrap()) as usize;
+    let meta: serde_json::Value = serde_json::from_slice(&bytes[end - len..end]).unwrap();
+    let s = meta["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap();
+    (
+        s["offset"].as_u64().unwrap() as usize,
+        s["len"].as_u64().unwrap() as usize,
+    )
+}
+
+#[test]
+fn inverted_file_round_trips_and_damage_is_refused() {
+    let ds = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.chs");
+    let d = docs(&ds);
+    Shard::write(&path, &IndexParams::new(ds.dim()), &d, &|_| {}).unwrap();
+    let shard = Shard::open(&path).unwrap();
+    assert!(shard.has_ivf());
+    let book = shard.codebook().unwrap();
+    // Every (document, code) pair is in the postings, and the postings hold nothing else.
+    let mut pairs = 0;
+    for doc in 0..shard.len() {
+        let mut codes = shard.codes(doc).to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        for &c in &codes {
+            assert!(shard
+                .postings(c as usize)
+                .binary_search(&(doc as u32))
+                .is_ok());
+        }
+        pairs += codes.len();
+    }
+    let listed: usize = (0..book.len()).map(|c| shard.postings(c).len()).sum();
+    assert_eq!(listed, pairs);
+    assert!(shard.postings(book.len()).is_empty(), "out of range: empty");
+    // A flipped byte in the postings is a checksum error naming the section.
+    let good = std::fs::read(&path).unwrap();
+    let (off, len) = section(&good, "ivf_docs");
+    let bad = dir.path().join("bad.chs");
+    let mut b = good.clone();
+    b[off + len / 2] ^= 0x01;
+    std::fs::write(&bad, &b).unwrap();
+    let err = Shard::open(&bad).unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Corrupt { reason, .. } if reason.contains("ivf_docs")),
+        "{err}"
+    );
+    // Postings out of order behind valid checksums are refused by the structural check.
+    let mut b = good.clone();
+    b[off..off + 8].copy_from_slice(&[5, 0, 0, 0, 1, 0, 0, 0]);
+    let resealed = chamfer_index::fuzzing::reseal(&b).unwrap();
+    std::fs::write(&bad, &resealed).unwrap();
+    let err = Shard::open(&bad).unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Corrupt { reason, .. } if reason.contains("inverted")),
+        "{err}"
+    );
+    // A damaged codebook section is refused too.
+    let (off, _) = section(&good, "codebook");
+    let mut b = good.clone();
+    b[off + 8] = 7;
+    std::fs::write(&bad, chamfer_index::fuzzing::reseal(&b).unwrap()).unwrap();
+    assert!(matches!(Shard::open(&bad), Err(IndexError::Corrupt { .. })));
+}
+
+#[test]
+fn ivf_plan_recall_floors_threads_and_shared_codebook() {
+    let ds = demo();
+    let params = IndexParams::new(ds.dim());
+    let d = docs(&ds);
+    let whole = Searcher::new(
+        params.clone(),
+        vec![Arc::new(Shard::build_in_memory(&params, &d).unwrap())],
+    )
+    .unwrap();
+    // Default knobs, and a pruned setting where every stage cuts (few probes, few candidates, shallow re-rank).
+    let ivf = SearchParams {
+        plan: Plan::Ivf,
+        ..SearchParams::new(10)
+    };
+    let r = recall(&whole, &ds, &ivf);
+    assert!(r >= 0.99, "IVF recall@10 at default knobs: {r}");
+    let pruned = SearchParams {
+        plan: Plan::Ivf,
+        nprobe: Some(2),
+        candidates: Some(60),
+        rerank: Some(20),
+        ..SearchParams::new(10)
+    };
+    let r = recall(&whole, &ds, &pruned);
+    assert!(
+        r >= 0.9,
+        "IVF recall@10, nprobe 2, 60 candidates, 20 re-ranked: {r}"
+    );
+    let (_, stats) = whole
+        .search_with_stats(query(&ds, 0), &pruned, None)
+        .unwrap();
+    assert_eq!((stats.plan, stats.reranked), (Some(Plan::Ivf), 20));
+    // Several threads for one query: the same hits and scores.
+    let threaded = Searcher::new(params.clone(), whole.shards().to_vec())
+        .unwrap()
+        .with_search_threads(3)
+        .unwrap();
+    assert_eq!(threaded.search_threads(), 3);
+    for plan in [Plan::Ivf, Plan::CentroidScan, Plan::Exact] {
+        for p in [
+            SearchParams {
+                plan,
+                ..SearchParams::new(10)
+            },
+            SearchParams {
+                plan,
+                ..pruned.clone()
+            },
+        ] {
+            for j in 0..ds.n_queries() {
+                assert_eq!(
+                    whole.search(query(&ds, j), &p, None).unwrap(),
+                    threaded.search(query(&ds, j), &p, None).unwrap(),
+                    "{plan:?} query {j}"
+                );
+            }
+        }
+    }
+    // One collection codebook for two shards: a document's approximate (centroid) score does not depend on the
+    // split, and both shards hold the same codebook.
+    let book = Arc::new(train_codebook(&params, &d, &|| false).unwrap().unwrap());
+    let (a, b) = d.split_at(170);
+    let sa = Shard::build_in_memory_with_codebook(&params, a, Some(book.clone())).unwrap();
+    let sb = Shard::build_in_memory_with_codebook(&params, b, Some(book.clone())).unwrap();
+    let sw = Shard::build_in_memory_with_codebook(&params, &d, Some(book.clone())).unwrap();
+    for (i, doc) in (0..sb.len()).enumerate() {
+        assert_eq!(sb.codes(doc), sw.codes(170 + i));
+    }
+    assert_eq!(sa.codes(3), sw.codes(3));
+    assert_eq!(sa.codebook().unwrap(), &*book);
+    let split = Searcher::new(params.clone(), vec![Arc::new(sa), Arc::new(sb)]).unwrap();
+    let whole = Searcher::new(params.clone(), vec![Arc::new(sw)]).unwrap();
+    let deep = SearchParams {
+        plan: Plan::Ivf,
+        rerank: Some(50),
+        ..SearchParams::new(10)
+    };
+    for j in 0..ds.n_queries() {
+        let h1: Vec<(usize, f32)> = split
+            .search(query(&ds, j), &deep, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.shard * 170 + h.doc, h.score))
+            .collect();
+        let h2: Vec<(usize, f32)> = whole
+            .search(query(&ds, j), &deep, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.doc, h.score))
+            .collect();
+        assert_eq!(h1, h2, "query {j}");
+    }
+    // A codebook of another dimension is refused.
+    let other = Arc::new(chamfer_index::codebook::Codebook::from_centroids(
+        4,
+        vec![1.0, 0.0, 0.0, 0.0],
+    ));
+    assert!(matches!(
+        Shard::build_in_memory_with_codebook(&params, a, Some(other)),
+        Err(IndexError::DimensionMismatch { .. })
+    ));
+}
+
+#[test]
+fn manpages_ivf_recall_floor() {
+    let Some(ds) = manpages() else {
+        eprintln!("skipped: ../shared/data/manpages not found");
+        return;
+    };
+    let params = IndexParams::new(ds.dim());
+    let searcher = Searcher::new(
+        params.clone(),
+        vec![Arc::new(
+            Shard::build_in_memory(&params, &docs(&ds)).unwrap(),
+        )],
+    )
+    .unwrap();
+    for (nprobe, candidates, floor) in [(None, None, 0.99), (Some(4), Some(512), 0.98)] {
+        let p = SearchParams {
+            plan: Plan::Ivf,
+            nprobe,
+            candidates,
+            ..SearchParams::new(10)
+        };
+        let r = recall(&searcher, &ds, &p);
+        assert!(
+            r >= floor,
+            "manpages IVF recall@10 {r} (nprobe {nprobe:?}, candidates {candidates:?})"
+        );
+    }
 }

@@ -539,6 +539,10 @@ impl QueryTable {
     pub fn get(&self, c: usize, j: usize) -> f32 {
         self.table[c * self.w + j]
     }
+    /// Centroid `c`'s row: its inner product with every query token (then zero padding).
+    pub fn row(&self, c: usize) -> &[f32] {
+        &self.table[c * self.w..(c + 1) * self.w]
+    }
 }
 
 #[cfg(test)]

@@ -2,17 +2,23 @@
 //!
 //! ```text
 //! INDEX_DIR/index.json           {"format": "chamfer-index", "version": 1, "params": {...}, "shards": ["shard-00000.chs"]}
-//! INDEX_DIR/shard-00000.chs      shard file (see crate::shard)
+//! INDEX_DIR/shard-00000.chs      shard file (see crate::shard); [`write_index_from`] writes several, sharing one
+//!                                collection codebook
 //! INDEX_DIR/shard-00000.hnsw.*   its HNSW graph (large shards only)
 //! ```
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use rand::{Rng, SeedableRng};
+
 use serde::{Deserialize, Serialize};
 
+use crate::codebook::Codebook;
 use crate::fsutil::write_atomic;
 use crate::search::Searcher;
 use crate::shard::{IndexParams, Shard, ShardDoc};
+use crate::tokens::TokenMatrix;
 use crate::{IndexError, Result};
 
 /// Manifest format version.
@@ -28,6 +34,128 @@ struct Manifest {
     shards: Vec<String>,
 }
 
+/// Documents read on demand, for indexes larger than memory (a data set's token file read a range at a time).
+pub trait DocSource: Sync {
+    /// Number of documents.
+    fn len(&self) -> usize;
+    /// True without documents.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Total token vectors (sizes the codebook).
+    fn n_tokens(&self) -> usize;
+    /// Clears `batch` and fills it with documents `range` (ids, row-major f32 tokens, token counts).
+    fn read(&self, range: Range<usize>, batch: &mut DocBatch) -> Result<()>;
+}
+
+/// Documents read from a [`DocSource`].
+#[derive(Debug, Default)]
+pub struct DocBatch {
+    /// One id per document.
+    pub ids: Vec<String>,
+    /// Every document's tokens, row-major, one document after another.
+    pub tokens: Vec<f32>,
+    /// Token count of each document.
+    pub lens: Vec<usize>,
+}
+
+impl DocBatch {
+    /// The batch as shard input (every token matrix validated); `dim` is the token width.
+    pub fn docs(&self, dim: usize) -> Result<Vec<ShardDoc<'_>>> {
+        let mut at = 0;
+        self.ids
+            .iter()
+            .zip(&self.lens)
+            .map(|(id, &n)| {
+                let tokens =
+                    TokenMatrix::new(&self.tokens[at * dim..(at + n) * dim], dim, "document")?;
+                at += n;
+                Ok(ShardDoc {
+                    id,
+                    tokens,
+                    payload: &[],
+                })
+            })
+            .collect()
+    }
+}
+
+/// Documents per shard of [`write_index_from`] by default: their f32 tokens are held while a shard is written
+/// (131,072 documents of 64 x 128 tokens: 4 GiB).
+pub const DEFAULT_SHARD_DOCS: usize = 1 << 17;
+
+/// Writes the documents of `source` into `dir` as shards of at most `shard_docs` documents that share one
+/// collection codebook (trained once on a sample of whole documents holding
+/// [`crate::codebook::SAMPLE_PER_CENTROID`] tokens per centroid), holding one shard's documents in memory at a
+/// time; then the manifest. `progress` gets the number of documents written so far (per encode batch);
+/// `cancel` is asked between steps (see [`Shard::write_cancellable`]).
+pub fn write_index_from(
+    dir: &Path,
+    params: &IndexParams,
+    source: &dyn DocSource,
+    shard_docs: usize,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &dyn Fn() -> bool,
+) -> Result<()> {
+    params.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+    let dim = params.fde.dimension;
+    let n = source.len();
+    let shard_docs = shard_docs.max(1);
+    let mut batch = DocBatch::default();
+    // The collection codebook, from whole documents drawn at random (seeded).
+    let book = if params.codebook_size > 0 && n > 0 {
+        let k = Codebook::effective_size(params.codebook_size, source.n_tokens());
+        let want = k * crate::codebook::SAMPLE_PER_CENTROID;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(params.fde.seed ^ 0x5A3F1E);
+        let mut sample = Vec::with_capacity(want * dim);
+        let mut picked = std::collections::HashSet::new();
+        while sample.len() < want * dim && picked.len() < n {
+            let d = rng.random_range(0..n);
+            if picked.insert(d) {
+                source.read(d..d + 1, &mut batch)?;
+                sample.extend_from_slice(&batch.tokens);
+            }
+        }
+        let book = Codebook::train_cancellable(&sample, dim, k, params.fde.seed, cancel)
+            .ok_or(IndexError::Cancelled("index build: codebook training"))?;
+        Some(Arc::new(book))
+    } else {
+        None
+    };
+    let mut names = Vec::new();
+    for (i, from) in (0..n).step_by(shard_docs).enumerate() {
+        if cancel() {
+            return Err(IndexError::Cancelled("index build: between shards"));
+        }
+        let name = format!("shard-{i:05}.chs");
+        source.read(from..(from + shard_docs).min(n), &mut batch)?;
+        let docs = batch.docs(dim)?;
+        Shard::write_with_codebook(
+            &dir.join(&name),
+            params,
+            &docs,
+            book.clone(),
+            progress,
+            cancel,
+        )?;
+        names.push(name);
+    }
+    write_manifest(dir, params, names)
+}
+
+fn write_manifest(dir: &Path, params: &IndexParams, shards: Vec<String>) -> Result<()> {
+    let m = Manifest {
+        format: "chamfer-index".into(),
+        version: MANIFEST_VERSION,
+        params: params.clone(),
+        shards,
+    };
+    let json = serde_json::to_vec_pretty(&m)
+        .map_err(|e| IndexError::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
+    Ok(write_atomic(&dir.join(MANIFEST), &json)?)
+}
+
 /// Writes `docs` as one shard into `dir` (created if needed) and the manifest naming it.
 pub fn write_index(
     dir: &Path,
@@ -38,15 +166,7 @@ pub fn write_index(
     std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
     let name = "shard-00000.chs".to_string();
     Shard::write(&dir.join(&name), params, docs, progress)?;
-    let m = Manifest {
-        format: "chamfer-index".into(),
-        version: MANIFEST_VERSION,
-        params: params.clone(),
-        shards: vec![name],
-    };
-    let json = serde_json::to_vec_pretty(&m)
-        .map_err(|e| IndexError::io(dir.join(MANIFEST), std::io::Error::other(e)))?;
-    Ok(write_atomic(&dir.join(MANIFEST), &json)?)
+    write_manifest(dir, params, vec![name])
 }
 
 /// Opens the index in `dir`: reads the manifest, opens and verifies every shard, returns a searcher.
@@ -65,7 +185,7 @@ pub fn open_index(dir: &Path) -> Result<Searcher> {
             supported: MANIFEST_VERSION,
         });
     }
-    let mut books: Vec<Arc<crate::codebook::Codebook>> = Vec::new();
+    let mut books: Vec<Arc<Codebook>> = Vec::new();
     let mut shards = Vec::with_capacity(m.shards.len());
     for s in &m.shards {
         let mut shard = Shard::open(&dir.join(s))?;

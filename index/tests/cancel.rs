@@ -34,7 +34,13 @@ fn the_hook_stops_every_plan_and_never_cancelling_changes_nothing() {
         "the exact scan checks more than once"
     );
     let q = TokenMatrix::new(ds.query_tokens(0), ds.dim(), "query").unwrap();
-    for plan in [Plan::Exact, Plan::Auto, Plan::CentroidScan, Plan::FdeScan] {
+    for plan in [
+        Plan::Exact,
+        Plan::Auto,
+        Plan::CentroidScan,
+        Plan::FdeScan,
+        Plan::Ivf,
+    ] {
         let p = SearchParams {
             plan,
             rerank: Some(64),

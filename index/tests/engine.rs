@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chamfer_data::dataset::Dataset;
 use chamfer_data::eval::recall_at_k;
-use chamfer_index::index_dir::{open_index, write_index};
+use chamfer_index::index_dir::{open_index, write_index, write_index_from, DocBatch, DocSource};
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::shard::{train_codebook, IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
@@ -185,6 +185,11 @@ fn graph_is_persisted_reloaded_and_verified() {
     write_index(dir.path(), &params, &docs(&ds), &|_| {}).unwrap();
     let searcher = open_index(dir.path()).unwrap();
     assert!(searcher.shards()[0].graph().is_some());
+    assert_eq!(
+        searcher.shards()[0].fde_dim(),
+        params.prefix_dim(params.hnsw.prefix_repetitions),
+        "a graph shard with a codebook stores the graph's prefix only"
+    );
     let p = SearchParams {
         plan: Plan::Hnsw,
         rerank: Some(100),
@@ -222,7 +227,30 @@ fn demo_plans_meet_recall_floors_and_exact_matches_ground_truth() {
         rerank: Some(60),
         ..SearchParams::new(10)
     };
-    let r = recall(&searcher, &ds, &scan);
+    // Shards with a codebook and no graph store no FDE (no default plan reads it): the FDE scan is measured on
+    // an index without a codebook, which stores all of it.
+    let no_codes = IndexParams {
+        codebook_size: 0,
+        ..IndexParams::new(ds.dim())
+    };
+    let fde_only = Searcher::new(
+        no_codes.clone(),
+        vec![Arc::new(
+            Shard::build_in_memory(&no_codes, &docs(&ds)).unwrap(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(fde_only.shards()[0].fde_dim(), no_codes.fde.output_dim());
+    assert_eq!(searcher.shards()[0].fde_dim(), 0);
+    let (_, stats) = searcher
+        .search_with_stats(query(&ds, 0), &scan, None)
+        .unwrap();
+    assert_eq!(
+        stats.plan,
+        Some(Plan::CentroidScan),
+        "falls back without FDEs"
+    );
+    let r = recall(&fde_only, &ds, &scan);
     assert!(
         r >= 0.95,
         "FDE scan recall@10 {r} with 60 of 300 documents re-ranked"
@@ -627,4 +655,83 @@ fn manpages_ivf_recall_floor() {
             "manpages IVF recall@10 {r} (nprobe {nprobe:?}, candidates {candidates:?})"
         );
     }
+}
+
+/// The demo set as a [`DocSource`] (what `chamfer bench` does with a token file read on demand).
+struct DemoSource(Dataset);
+
+impl DocSource for DemoSource {
+    fn len(&self) -> usize {
+        self.0.n_docs()
+    }
+    fn n_tokens(&self) -> usize {
+        self.0.n_doc_tokens()
+    }
+    fn read(
+        &self,
+        range: std::ops::Range<usize>,
+        batch: &mut DocBatch,
+    ) -> chamfer_index::Result<()> {
+        *batch = DocBatch::default();
+        for i in range {
+            batch.ids.push(self.0.doc_id(i).to_string());
+            batch.tokens.extend_from_slice(self.0.doc_tokens(i));
+            batch.lens.push(self.0.doc_tokens(i).len() / self.0.dim());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn streamed_index_shards_share_one_codebook_and_answer_like_one_shard() {
+    let src = DemoSource(demo());
+    let ds = &src.0;
+    let params = IndexParams::new(ds.dim());
+    let (split, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_index_from(split.path(), &params, &src, 70, &|_| {}, &|| false).unwrap();
+    write_index_from(whole.path(), &params, &src, 1000, &|_| {}, &|| false).unwrap();
+    let (split, whole) = (
+        open_index(split.path()).unwrap(),
+        open_index(whole.path()).unwrap(),
+    );
+    assert_eq!((split.shards().len(), whole.shards().len()), (5, 1));
+    let books: Vec<_> = split
+        .shards()
+        .iter()
+        .map(|s| s.codebook_arc().unwrap().clone())
+        .collect();
+    assert!(
+        books.iter().all(|b| Arc::ptr_eq(b, &books[0])),
+        "one codebook in memory"
+    );
+    assert_eq!(
+        *books[0],
+        *whole.shards()[0].codebook_arc().unwrap().clone()
+    );
+    let p = SearchParams {
+        plan: Plan::Ivf,
+        rerank: Some(40),
+        ..SearchParams::new(10)
+    };
+    for j in 0..ds.n_queries() {
+        let a: Vec<(usize, f32)> = split
+            .search(query(ds, j), &p, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.shard * 70 + h.doc, h.score))
+            .collect();
+        let b: Vec<(usize, f32)> = whole
+            .search(query(ds, j), &p, None)
+            .unwrap()
+            .iter()
+            .map(|h| (h.doc, h.score))
+            .collect();
+        assert_eq!(a, b, "query {j}");
+    }
+    assert!(recall(&whole, ds, &p) >= 0.99);
+    // Cancelled: an error, and no manifest.
+    let dir = tempfile::tempdir().unwrap();
+    let err = write_index_from(dir.path(), &params, &src, 70, &|_| {}, &|| true).unwrap_err();
+    assert!(matches!(err, IndexError::Cancelled(_)), "{err}");
+    assert!(!dir.path().join("index.json").exists());
 }

@@ -14,7 +14,10 @@
 //!                             tokens       f16[total panel values]   packed token panels of every document
 //!                             panel_start  u64[n+1]                  offset of doc i's panels in `tokens` (values)
 //!                             n_tokens     u32[n]                    real token count of doc i
-//!                             fde          f16[n * fde_dim]          full FDEs, repetition-major
+//!                             fde          f16[n * fde_dim]          FDEs, repetition-major: all R repetitions
+//!                                                                      without a codebook, the graph's prefix with
+//!                                                                      a codebook and a graph, none (fde_dim 0) with
+//!                                                                      a codebook only (version 1: always all)
 //!                             codebook     bytes                     token codebook (`Codebook::to_bytes`; empty: none)
 //!                             codes        u16[total tokens]         nearest centroid of every token, docs in order
 //!                             ivf_start    u64[K+1]                  inverted file: centroid c's postings are
@@ -343,7 +346,10 @@ impl Shard {
     fn check_structure(&self) -> std::result::Result<(), String> {
         let n = self.meta.n_docs;
         let dim = self.meta.params.fde.dimension;
-        if self.meta.fde_dim != self.meta.params.fde.output_dim() {
+        // Version 1 stores the full FDE; version 2 what the plans read (writer::stored_fde_repetitions).
+        let p = &self.meta.params;
+        let stored = writer::stored_fde_repetitions(p, self.codebook.is_some(), n);
+        if self.meta.fde_dim != p.fde.output_dim() && self.meta.fde_dim != p.prefix_dim(stored) {
             return Err("FDE dimension disagrees with the FDE configuration".into());
         }
         let b = self.bytes.as_slice();
@@ -523,7 +529,7 @@ impl Shard {
             self.meta.params.fde.dimension,
         )
     }
-    /// Document `i`'s full FDE (f16, repetition-major).
+    /// Document `i`'s stored FDE (f16, repetition-major; [`fde_dim`](Self::fde_dim) values).
     pub fn fde(&self, i: usize) -> &[f16] {
         let all: &[f16] = bytemuck::cast_slice(&self.bytes.as_slice()[self.fde.clone()]);
         &all[i * self.meta.fde_dim..(i + 1) * self.meta.fde_dim]
@@ -575,6 +581,11 @@ impl Shard {
         }
         let all: &[u16] = bytemuck::cast_slice(&self.bytes.as_slice()[self.codes.clone()]);
         &all[self.token_start[i]..self.token_start[i + 1]]
+    }
+    /// Values of each stored FDE: a Matryoshka prefix of the full FDE (the full FDE, the graph's prefix, or
+    /// nothing: see the module documentation).
+    pub fn fde_dim(&self) -> usize {
+        self.meta.fde_dim
     }
     /// All FDEs, one after another.
     pub fn fdes(&self) -> &[f16] {

@@ -9,7 +9,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::codebook::Codebook;
-use crate::fde::FdeEncoder;
+use crate::fde::{FdeConfig, FdeEncoder};
 use crate::hnsw::{CandidateIndex, GraphBuild, GraphFile};
 use crate::kernels;
 use crate::tokens::TokenMatrix;
@@ -188,6 +188,19 @@ fn inverted_file(codes: &[u16], token_start: &[usize], k: usize) -> (Vec<u64>, V
     (start, docs)
 }
 
+/// FDE repetitions a shard stores: all of them without a codebook (the FDE scan is then its plan), the graph's
+/// prefix when it has a codebook and a graph (the graph indexes the prefix; candidates are re-scored by
+/// centroid interaction), none with a codebook and no graph (no default plan reads an FDE then; a forced FDE
+/// scan falls back to the centroid scan).
+pub(super) fn stored_fde_repetitions(params: &IndexParams, codebook: bool, n_docs: usize) -> usize {
+    let graph = n_docs >= params.hnsw.min_docs.max(1);
+    match (codebook, graph) {
+        (false, _) => params.fde.num_repetitions,
+        (true, true) => params.hnsw.prefix_repetitions,
+        (true, false) => 0,
+    }
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
@@ -224,14 +237,21 @@ fn build(
             return Err(IndexError::param("id", "document ids must not be empty"));
         }
     }
-    let encoder = FdeEncoder::new(params.fde.clone())?;
-    let fde_dim = params.fde.output_dim();
+    // The FDE is stored only as far as a plan reads it (a Matryoshka prefix is itself an FDE).
+    let coded = (codebook.is_some() || params.codebook_size > 0) && !docs.is_empty();
+    let reps = stored_fde_repetitions(params, coded, docs.len());
+    let fde_dim = params.prefix_dim(reps);
+    let encoder = FdeEncoder::new(FdeConfig {
+        num_repetitions: reps.max(1),
+        ..params.fde.clone()
+    })?;
     let per_batch = encode_batch_docs(fde_dim);
     let mut fdes = vec![f16::ZERO; docs.len() * fde_dim];
     let mut scratch = vec![0f32; per_batch.min(docs.len().max(1)) * fde_dim];
     for (batch, out) in docs
         .chunks(per_batch)
-        .zip(fdes.chunks_mut(per_batch * fde_dim))
+        .zip(fdes.chunks_mut((per_batch * fde_dim).max(1)))
+        .take(if fde_dim == 0 { 0 } else { usize::MAX })
     {
         if cancel() {
             return Err(IndexError::Cancelled("shard write: while encoding FDEs"));
@@ -247,6 +267,9 @@ fn build(
                 }
             });
         progress(batch.len() as u64);
+    }
+    if fde_dim == 0 {
+        progress(docs.len() as u64);
     }
     if cancel() {
         return Err(IndexError::Cancelled("shard write: before the codebook"));

@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use rayon::prelude::*;
 
+mod ivf;
+
 use crate::codebook::{Codebook, QueryTable};
 use crate::fde::{FdeConfig, FdeEncoder};
 use crate::kernels::{self, PreparedQuery};
@@ -44,6 +46,7 @@ use crate::shard::{IndexParams, Shard};
 use crate::sys::axpy::axpy_f16;
 use crate::tokens::TokenMatrix;
 use crate::{IndexError, Result};
+use ivf::Probes;
 
 /// Upper bound of `k` and of the candidate knobs.
 pub const MAX_K: usize = 10_000;
@@ -260,6 +263,7 @@ impl SparseFde {
         self.offsets
             .iter()
             .zip(self.values.chunks_exact(self.block))
+            .filter(|(&o, _)| o + self.block <= doc.len())
             .map(|(&o, q)| kernels::dot_f32_f16(q, &doc[o..o + self.block]))
             .sum()
     }
@@ -279,6 +283,7 @@ impl SparseFde {
             .offsets
             .iter()
             .zip(self.values.chunks_exact(self.block))
+            .filter(|(&o, _)| o + self.block <= shard.fde_dim())
         {
             check()?;
             for (c, &qv) in q.iter().enumerate() {
@@ -298,73 +303,6 @@ fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Se
         Some(p) => p.install(f),
         None => f(),
     }
-}
-
-/// The inverted-file plan's candidates of one shard, scored by full centroid interaction (see the module
-/// documentation): probe, gather with imputed scores, keep the best `candidates`, re-score them by their codes.
-#[allow(clippy::too_many_arguments)]
-fn ivf_candidates(
-    shard: &Shard,
-    si: usize,
-    table: &QueryTable,
-    nprobe: usize,
-    candidates: usize,
-    pass: &(dyn Fn(usize, usize) -> bool + Sync),
-    check: &dyn Fn() -> Result<()>,
-    pool: Option<&rayon::ThreadPool>,
-) -> Result<Vec<Hit>> {
-    let (k, nq, n) = (table.centroids(), table.query_tokens(), shard.len());
-    let np = nprobe.min(k);
-    let mut acc = vec![0f32; n];
-    let mut stamp = vec![0u32; n];
-    let mut touched: Vec<u32> = Vec::new();
-    let mut order: Vec<u32> = (0..k as u32).collect();
-    let mut col = vec![0f32; k];
-    for j in 0..nq {
-        check()?;
-        col.iter_mut()
-            .enumerate()
-            .for_each(|(c, v)| *v = table.get(c, j));
-        let by_score = |a: &u32, b: &u32| col[*b as usize].total_cmp(&col[*a as usize]);
-        // The best np + 1: np probed, the next one is the imputed score of every unprobed centroid.
-        let take = (np + 1).min(k);
-        order.select_nth_unstable_by(take - 1, by_score);
-        order[..take].sort_unstable_by(by_score);
-        let impute = col[order[take - 1] as usize];
-        for &c in &order[..np] {
-            let gain = col[c as usize] - impute;
-            for &d in shard.postings(c as usize) {
-                let d = d as usize;
-                if stamp[d] != j as u32 + 1 {
-                    if stamp[d] == 0 {
-                        touched.push(d as u32);
-                    }
-                    stamp[d] = j as u32 + 1;
-                    acc[d] += gain;
-                }
-            }
-        }
-    }
-    check()?;
-    let mut hits: Vec<Hit> = touched
-        .into_iter()
-        .filter(|&d| pass(si, d as usize))
-        .map(|d| Hit {
-            shard: si,
-            doc: d as usize,
-            score: acc[d as usize],
-        })
-        .collect();
-    keep_best(&mut hits, candidates);
-    let rescore = |h: &mut Hit| h.score = table.score(shard.codes(h.doc));
-    if pool.is_some() {
-        in_pool(pool, || {
-            hits.par_iter_mut().with_min_len(64).for_each(rescore)
-        });
-    } else {
-        hits.iter_mut().for_each(rescore);
-    }
-    Ok(hits)
 }
 
 impl Searcher {
@@ -454,6 +392,9 @@ impl Searcher {
             Plan::Auto | Plan::Hnsw | Plan::CentroidScan | Plan::Ivf
                 if shard.codebook().is_some() =>
             {
+                Plan::CentroidScan
+            }
+            Plan::FdeScan if shard.fde_dim() == 0 && shard.codebook().is_some() => {
                 Plan::CentroidScan
             }
             Plan::Auto | Plan::Hnsw | Plan::CentroidScan | Plan::Ivf => Plan::FdeScan,
@@ -579,7 +520,10 @@ impl Searcher {
             rerank
         };
         // One centroid table per distinct codebook (shards of one collection share theirs).
-        let mut tables: Vec<(Arc<Codebook>, QueryTable)> = Vec::new();
+        let mut tables: Vec<(Arc<Codebook>, QueryTable, Option<Probes>)> = Vec::new();
+        let mut table_of: Vec<Option<usize>> = vec![None; self.shards.len()];
+        let mut ivf_hits: Vec<Hit> = Vec::new();
+        let nprobe = p.nprobe.unwrap_or(DEFAULT_NPROBE);
         let threads = pool.map_or(1, |p| p.current_num_threads());
         let mut scores = Vec::new();
         for (si, shard) in self.shards.iter().enumerate() {
@@ -591,22 +535,27 @@ impl Searcher {
             if Some(si) == largest {
                 stats.plan = Some(plan);
             }
-            let table = match (plan, shard.codebook_arc()) {
-                (Plan::CentroidScan | Plan::Ivf | Plan::Hnsw, Some(book)) => {
-                    let at = match tables.iter().position(|(b, _)| Arc::ptr_eq(b, book)) {
+            let at = match (plan, shard.codebook_arc()) {
+                (Plan::CentroidScan | Plan::Ivf | Plan::Hnsw, Some(book)) => Some(
+                    match tables.iter().position(|(b, ..)| Arc::ptr_eq(b, book)) {
                         Some(at) => at,
                         None => {
-                            tables.push((
-                                Arc::clone(book),
-                                in_pool(pool, || book.query_table_par(query.as_slice(), threads)),
-                            ));
+                            let table =
+                                in_pool(pool, || book.query_table_par(query.as_slice(), threads));
+                            tables.push((Arc::clone(book), table, None));
                             tables.len() - 1
                         }
-                    };
-                    Some(&tables[at].1)
-                }
+                    },
+                ),
                 _ => None,
             };
+            table_of[si] = at;
+            if let (Plan::Ivf, Some(at)) = (plan, at) {
+                if tables[at].2.is_none() {
+                    tables[at].2 = Some(Probes::new(&tables[at].1, nprobe));
+                }
+            }
+            let table = at.map(|a| &tables[a].1);
             match plan {
                 Plan::Exact | Plan::Auto => {
                     let score_range = |r: std::ops::Range<usize>| -> Vec<Hit> {
@@ -649,20 +598,12 @@ impl Searcher {
                     }
                 }
                 Plan::Ivf => {
-                    let table = table.ok_or_else(|| {
+                    let probes = at.and_then(|a| tables[a].2.as_ref()).ok_or_else(|| {
                         IndexError::param("plan", "this shard has no token codebook")
                     })?;
-                    let hits = ivf_candidates(
-                        shard,
-                        si,
-                        table,
-                        p.nprobe.unwrap_or(DEFAULT_NPROBE),
-                        p.ivf_candidates(),
-                        &pass,
-                        &check,
-                        pool,
-                    )?;
-                    approx.extend(hits);
+                    let mut hits = probes.gather(shard, si, &pass, &check)?;
+                    keep_best(&mut hits, p.ivf_candidates());
+                    ivf_hits.extend(hits);
                 }
                 Plan::FdeScan => {
                     let sp = &sparse;
@@ -761,6 +702,28 @@ impl Searcher {
                 }
             }
         }
+        // The inverted-file candidates of every shard compete on their imputed scores; the best are re-scored by
+        // full centroid interaction over their codes.
+        if !ivf_hits.is_empty() {
+            check()?;
+        }
+        keep_best(&mut ivf_hits, p.ivf_candidates());
+        let interaction = |h: &mut Hit| {
+            if let Some(a) = table_of[h.shard] {
+                h.score = tables[a].1.score(self.shards[h.shard].codes(h.doc));
+            }
+        };
+        if par {
+            in_pool(pool, || {
+                ivf_hits
+                    .par_iter_mut()
+                    .with_min_len(64)
+                    .for_each(interaction)
+            });
+        } else {
+            ivf_hits.iter_mut().for_each(interaction);
+        }
+        approx.extend(ivf_hits);
         // Stage 2: the best `rerank` approximate candidates over all shards are re-ranked exactly.
         check()?;
         keep_best(&mut approx, rerank);

@@ -278,6 +278,11 @@ impl BenchCmd {
             "index_bytes_per_token_byte": bytes as f64 / (ds.n_doc_tokens() * ds.dim() * 2) as f64,
             "codebook_size": searcher.shards().iter().find_map(|s| s.codebook().map(|b| b.len())),
             "ivf_bytes": searcher.shards().iter().map(|s| s.ivf_bytes()).sum::<usize>(),
+            // Two-level assignment against brute force, on the first 20k tokens of the corpus.
+            "assign_agreement": searcher.shards().iter().find_map(|s| s.codebook()).map(|b| {
+                let n = ds.n_doc_tokens().min(20_000) * ds.dim();
+                b.assign_agreement(&ds.all_doc_tokens()[..n])
+            }),
             "plan": main.plan.unwrap_or(Plan::Auto).name(),
             "kernel": format!("{:?}", kernel_level()),
             "runs": self.runs,

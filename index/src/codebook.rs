@@ -354,6 +354,23 @@ impl Codebook {
         }
     }
 
+    /// Share of `tokens` whose [`assign`](Self::assign)ed code is their nearest centroid by brute force (1 for a
+    /// flat codebook): what the two-level assignment costs in quantization.
+    pub fn assign_agreement(&self, tokens: &[f32]) -> f64 {
+        let n = tokens.len() / self.dim.max(1);
+        if n == 0 {
+            return 1.0;
+        }
+        let fast = self.assign(tokens);
+        let exact = assign_flat(&self.centroids, self.len(), self.dim, tokens);
+        let same = fast
+            .iter()
+            .zip(&exact)
+            .filter(|(a, b)| **a as usize == **b)
+            .count();
+        same as f64 / n as f64
+    }
+
     fn assign_two_level(&self, coarse: &Coarse, block: &[f32]) -> Vec<u16> {
         let dim = self.dim;
         let rows = block.len() / dim;
@@ -668,15 +685,12 @@ mod tests {
         assert!(book.len() <= k && book.len() > k / 2, "{}", book.len());
         let codes = book.assign(&toks);
         assert_eq!(codes, book.assign_sequential(&toks));
-        let flat = assign_flat(book.centroids(), book.len(), dim, &toks);
-        let agree = codes
-            .iter()
-            .zip(&flat)
-            .filter(|(a, b)| **a as usize == **b)
-            .count();
-        assert!(
-            agree as f64 >= 0.9 * toks.len() as f64 / dim as f64,
-            "{agree}"
+        let agree = book.assign_agreement(&toks);
+        assert!(agree >= 0.9 && agree <= 1.0, "{agree}");
+        assert_eq!(
+            Codebook::train(&toks, dim, 64, 3).assign_agreement(&toks),
+            1.0,
+            "flat: exact"
         );
         // Round trip, and damage refused with a reason.
         let bytes = book.to_bytes();

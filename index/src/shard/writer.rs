@@ -18,6 +18,8 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+/// Documents whose tokens are assigned codes in one call.
+const ASSIGN_RUN: usize = 64;
 /// Most documents encoded per parallel FDE batch while writing.
 pub(super) const ENCODE_BATCH: usize = 2048;
 /// Byte budget of the writer's f32 FDE scratch (one encode batch): a batch holds
@@ -299,9 +301,17 @@ fn build(
             if cancel() {
                 return Err(IndexError::Cancelled("shard write: before the token codes"));
             }
+            // Documents in runs of ASSIGN_RUN: one assignment call per run keeps the two-level assignment's
+            // per-cluster matrix products large.
             let codes: Vec<Vec<u16>> = docs
-                .par_iter()
-                .map(|d| book.assign_sequential(d.tokens.as_slice()))
+                .par_chunks(ASSIGN_RUN)
+                .map(|run| {
+                    let mut buf =
+                        Vec::with_capacity(run.iter().map(|d| d.tokens.as_slice().len()).sum());
+                    run.iter()
+                        .for_each(|d| buf.extend_from_slice(d.tokens.as_slice()));
+                    book.assign_sequential(&buf)
+                })
                 .collect();
             let codes = codes.concat();
             let mut token_start = Vec::with_capacity(docs.len() + 1);

@@ -1,20 +1,23 @@
 //! `chamfer bench`: build an index in a temp dir, run every query with one search thread, compare with
 //! exhaustive exact search measured in the same run, print a JSON report as the last stdout line.
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use chamfer_data::dataset::Dataset;
+use chamfer_data::dataset::{Dataset, DocStream};
 use chamfer_data::eval::{ndcg_at_k, percentiles, recall_at_k};
 use chamfer_index::fde::FdeEncoder;
-use chamfer_index::index_dir::{index_bytes, open_index, write_index};
+use chamfer_index::index_dir::{
+    index_bytes, open_index, write_index_from, DocBatch, DocSource, DEFAULT_SHARD_DOCS,
+};
+use chamfer_index::IndexError;
 use chamfer_index::kernels::kernel_level;
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::tokens::TokenMatrix;
 use clap::Args;
 use serde_json::json;
 
-use super::engine::dataset_docs;
 use super::params::{bar, IndexArgs, SearchArgs};
 
 #[derive(Args, Debug)]
@@ -52,6 +55,44 @@ struct Pass {
     plan: Option<Plan>,
 }
 
+/// A data set's documents read from its token file a shard at a time.
+struct StreamSource<'a>(&'a DocStream);
+
+impl DocSource for StreamSource<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn n_tokens(&self) -> usize {
+        self.0.n_tokens()
+    }
+    fn read(&self, range: Range<usize>, batch: &mut DocBatch) -> chamfer_index::Result<()> {
+        batch.ids.clear();
+        batch.tokens.clear();
+        batch.lens.clear();
+        self.0
+            .read_range(range.clone(), &mut batch.tokens)
+            .map_err(|e| IndexError::param("data", e.to_string()))?;
+        for i in range {
+            batch.ids.push(self.0.id(i).to_string());
+            batch.lens.push(self.0.doc_len(i));
+        }
+        Ok(())
+    }
+}
+
+/// Data set row of every (shard, document): the bench index holds the data set in order, shard after shard.
+fn shard_bases(s: &Searcher) -> Vec<usize> {
+    let mut at = 0;
+    s.shards()
+        .iter()
+        .map(|sh| {
+            let base = at;
+            at += sh.len();
+            base
+        })
+        .collect()
+}
+
 fn run_pass(
     s: &Searcher,
     ds: &Dataset,
@@ -61,6 +102,7 @@ fn run_pass(
     let mut lat = Vec::with_capacity(queries.len());
     let mut results = Vec::with_capacity(queries.len());
     let mut plan = None;
+    let bases = shard_bases(s);
     let start = Instant::now();
     for &j in queries {
         let q = TokenMatrix::new(ds.query_tokens(j), ds.dim(), "query")?;
@@ -68,8 +110,7 @@ fn run_pass(
         let (hits, stats) = s.search_with_stats(q, p, None)?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
         plan = plan.or(stats.plan);
-        // The bench index is one shard in data set order: doc index == data set row.
-        results.push(hits.iter().map(|h| h.doc).collect());
+        results.push(hits.iter().map(|h| bases[h.shard] + h.doc).collect());
     }
     let total = start.elapsed().as_secs_f64();
     let (p50_ms, p99_ms) = percentiles(&lat);
@@ -124,7 +165,10 @@ impl BenchCmd {
                 .build_global()
                 .context("thread pool")?;
         }
-        let ds = Dataset::open(&self.data)?;
+        // Queries and ground truth in memory; documents read from their token file a shard at a time, so a
+        // data set larger than memory can be indexed.
+        let ds = Dataset::open_without_doc_tokens(&self.data)?;
+        let stream = DocStream::open(&self.data)?;
         if ds.n_queries() == 0 || ds.gt_ids(0).is_none() {
             bail!(
                 "{}: bench needs queries and gt_chamfer_ids.npy",
@@ -133,17 +177,26 @@ impl BenchCmd {
         }
         let params = self.index.params(ds.dim());
         params.validate()?;
-        let docs = dataset_docs(&ds)?;
         let tmp = tempfile::tempdir()?;
         let dir = self
             .index_dir
             .clone()
             .unwrap_or_else(|| tmp.path().join("index"));
         let reuse = dir.join("index.json").exists();
+        let n_docs = stream.len();
 
         // FDE encoding throughput on one thread (a slice of the corpus, outside the build timing).
         let enc = FdeEncoder::new(params.fde.clone())?;
-        let sample: Vec<TokenMatrix<'_>> = docs.iter().take(2000).map(|d| d.tokens).collect();
+        let n_sample = n_docs.min(2000);
+        let mut sample_tokens = Vec::new();
+        stream.read_range(0..n_sample, &mut sample_tokens)?;
+        let mut sample: Vec<TokenMatrix<'_>> = Vec::with_capacity(n_sample);
+        let mut at = 0;
+        for i in 0..n_sample {
+            let len = stream.doc_len(i) * ds.dim();
+            sample.push(TokenMatrix::new(&sample_tokens[at..at + len], ds.dim(), "document")?);
+            at += len;
+        }
         let mut out = vec![0f32; sample.len() * params.fde.output_dim()];
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
         let t = Instant::now();
@@ -155,13 +208,15 @@ impl BenchCmd {
         if reuse {
             eprintln!("reusing the index in {}", dir.display());
         } else {
-            let pb = bar(docs.len() as u64, "building");
-            write_index(&dir, &params, &docs, &|n| {
-                pb.inc(n);
-                if pb.position() >= pb.length().unwrap_or(0) {
-                    pb.set_message("codes + graph");
-                }
-            })?;
+            let pb = bar(n_docs as u64, "building");
+            write_index_from(
+                &dir,
+                &params,
+                &StreamSource(&stream),
+                DEFAULT_SHARD_DOCS,
+                &|n| pb.inc(n),
+                &|| false,
+            )?;
             pb.finish_and_clear();
         }
         let build_s = if reuse {
@@ -172,7 +227,7 @@ impl BenchCmd {
         let build_docs_per_s = if reuse {
             0.0
         } else {
-            docs.len() as f64 / build_s
+            n_docs as f64 / build_s
         };
         let rss_after_build = rss_anon_bytes();
         let bytes = index_bytes(&dir);
@@ -280,8 +335,7 @@ impl BenchCmd {
             "ivf_bytes": searcher.shards().iter().map(|s| s.ivf_bytes()).sum::<usize>(),
             // Two-level assignment against brute force, on the first 20k tokens of the corpus.
             "assign_agreement": searcher.shards().iter().find_map(|s| s.codebook()).map(|b| {
-                let n = ds.n_doc_tokens().min(20_000) * ds.dim();
-                b.assign_agreement(&ds.all_doc_tokens()[..n])
+                b.assign_agreement(&sample_tokens)
             }),
             "plan": main.plan.unwrap_or(Plan::Auto).name(),
             "kernel": format!("{:?}", kernel_level()),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use chamfer_data::dataset::{Dataset, DatasetWriter};
-use chamfer_data::synth::{generate, SynthParams};
+use chamfer_data::synth::{generate_to_dir, SynthParams, STAGES};
 use chamfer_index::fde::{FdeConfig, FdeEncoder, ProjectionType};
 use chamfer_index::index_dir::{index_bytes, open_index, write_index};
 use chamfer_index::shard::ShardDoc;
@@ -149,51 +149,52 @@ pub(crate) struct GenCmd {
     /// Share of document tokens copied from the group template.
     #[arg(long, default_value_t = SynthParams::new(1, 1, 0).group_share)]
     group_share: f64,
+    /// Keep only the first N tokens of longer documents (ColBERT's doc_maxlen); queries are not truncated.
+    #[arg(long, value_name = "N")]
+    max_doc_tokens: Option<usize>,
 }
 
 impl GenCmd {
+    /// Streams the data set into `--out` (bounded memory whatever `--docs`), printing each stage's wall time.
     pub(crate) fn run(self) -> anyhow::Result<()> {
+        let t = std::time::Instant::now();
         let like = Dataset::open(&self.like)?;
         let p = SynthParams {
             docs_per_topic: self.docs_per_topic,
             topics_per_group: self.topics_per_group,
             topic_share: self.topic_share,
             group_share: self.group_share,
+            max_doc_tokens: self.max_doc_tokens,
             ..SynthParams::new(self.docs, self.queries, self.seed)
         };
-        let pb = bar(1, "preparing");
-        let corpus = generate(&like, &p, &|stage, done, total| {
-            if pb.message() != stage {
-                pb.set_message(stage.to_string());
-                pb.set_length(total as u64);
+        let pb = bar(1, STAGES[0]);
+        // The stage running and when it started (progress comes from worker threads too).
+        let stage = std::sync::Mutex::new((STAGES[0].to_string(), std::time::Instant::now()));
+        let report = |name: &str, since: std::time::Instant| {
+            pb.suspend(|| eprintln!("{name}: {:.1} s", since.elapsed().as_secs_f64()));
+        };
+        let summary = generate_to_dir(&like, &p, &self.out, &|name, done, total| {
+            if let Ok(mut cur) = stage.lock() {
+                if cur.0 != name {
+                    report(&cur.0, cur.1);
+                    *cur = (name.to_string(), std::time::Instant::now());
+                    pb.set_message(name.to_string());
+                    pb.set_length(total as u64);
+                }
             }
             pb.set_position(done as u64);
         })?;
-        pb.finish_and_clear();
-        DatasetWriter {
-            dim: corpus.dim,
-            doc_ids: &corpus.doc_ids,
-            doc_tokens: &corpus.doc_tokens,
-            doc_offsets: &corpus.doc_offsets,
-            query_ids: &corpus.query_ids,
-            query_tokens: &corpus.query_tokens,
-            query_offsets: &corpus.query_offsets,
-            gt: Some((&corpus.gt_ids, &corpus.gt_scores, corpus.gt_k)),
-            qrels: &corpus.qrels,
+        if let Ok(cur) = stage.lock() {
+            report(&cur.0, cur.1);
         }
-        .write(&self.out)?;
-        let readme = format!(
-            "# synthetic data set\n\nWritten by `chamfer gen --like {} --docs {} --queries {} --seed {}`: {} documents ({} tokens), {} queries, \
-             token statistics mimicking the template (see chamfer_data::synth), exact Chamfer top-{} ground truth, qrels = each query's source document.\n",
-            self.like.display(), self.docs, self.queries, self.seed, corpus.doc_ids.len(), corpus.doc_tokens.len() / corpus.dim,
-            corpus.query_ids.len(), corpus.gt_k
-        );
-        std::fs::write(self.out.join("README.md"), readme)?;
+        pb.finish_and_clear();
         eprintln!(
-            "wrote {} documents and {} queries to {}",
-            self.docs,
-            self.queries,
-            self.out.display()
+            "wrote {} documents ({} tokens) and {} queries to {} in {:.1} s",
+            summary.docs,
+            summary.doc_tokens,
+            summary.queries,
+            self.out.display(),
+            t.elapsed().as_secs_f64()
         );
         Ok(())
     }

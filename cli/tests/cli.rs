@@ -253,3 +253,40 @@ fn gen_writes_a_consistent_data_set() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn gen_max_doc_tokens_truncates_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("syn");
+    let gen = |max: &str| {
+        chamfer()
+            .args(["gen", "--docs", "60", "--queries", "3", "--seed", "5"])
+            .args(["--max-doc-tokens", max, "--like"])
+            .arg(demo())
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap()
+    };
+    let out = gen("40");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ds = chamfer_data::dataset::Dataset::open(&out_dir).unwrap();
+    assert_eq!((ds.n_docs(), ds.n_queries()), (60, 3));
+    let lens: Vec<usize> = (0..60).map(|i| ds.doc_len(i)).collect();
+    assert!(lens.iter().all(|&n| n <= 40), "{lens:?}");
+    assert!(lens.contains(&40), "{lens:?}");
+    assert_eq!(ds.gt_ids(0).unwrap().len(), 60);
+    let readme = std::fs::read_to_string(out_dir.join("README.md")).unwrap();
+    assert!(readme.contains("--max-doc-tokens 40"), "{readme}");
+    let out = gen("0");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_doc_tokens") && err.contains("must be > 0"),
+        "{err}"
+    );
+}

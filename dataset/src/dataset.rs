@@ -1,14 +1,21 @@
 //! The data set folder format (see `data/demo/README.md` and the manpages README): token matrices as `.npy`
 //! (float16 or float32, `[rows, dim]`), `int64` offsets, one id per line, optional exact-Chamfer ground truth,
 //! qrels and texts. [`Dataset::open`] validates everything it reads and names the file and the problem.
+//!
+//! A data set too large for memory is read in two parts: [`Dataset::open_without_doc_tokens`] (ids, offsets,
+//! queries, ground truth, qrels; no document token) and a [`DocStream`], which reads documents' tokens from
+//! `doc_tokens.npy` on demand with positioned reads.
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufReader, Seek};
+use std::io::{BufReader, BufWriter, Seek, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
-use chamfer_index::fsutil::write_atomic;
+use chamfer_index::fsutil::{sync_dir, temp_path, write_atomic};
 
 use crate::{DataError, Result};
 
@@ -31,6 +38,10 @@ fn ds_err(path: &Path, reason: impl Into<String>) -> DataError {
 struct NpyStream {
     descr: String,
     shape: Vec<usize>,
+    /// Byte offset of the first element (the header's length).
+    data_start: u64,
+    /// The same open file, for positioned reads ([`DocStream`]).
+    raw: fs::File,
     file: npyz::NpyFile<BufReader<fs::File>>,
 }
 
@@ -38,6 +49,7 @@ impl NpyStream {
     fn open(path: &Path) -> Result<NpyStream> {
         let f = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
         let file_len = f.metadata().map_err(|e| DataError::io(path, e))?.len();
+        let raw = f.try_clone().map_err(|e| DataError::io(path, e))?;
         let mut r = BufReader::new(f);
         let header = npyz::NpyHeader::from_reader(&mut r)
             .map_err(|e| ds_err(path, format!("not a readable .npy file: {e}")))?;
@@ -85,7 +97,13 @@ impl NpyStream {
                 ),
             ));
         }
-        Ok(NpyStream { descr, shape, file })
+        Ok(NpyStream {
+            descr,
+            shape,
+            data_start,
+            raw,
+            file,
+        })
     }
 
     /// Streams every element as `T` (the dtype is checked by `npyz`) converted by `conv` into `out`.
@@ -105,23 +123,35 @@ impl NpyStream {
         }
         Ok(out)
     }
+
+    /// Bytes per element of a float array (f2, f4 or f8); an error naming the dtype otherwise.
+    fn float_width(&self, path: &Path) -> Result<usize> {
+        match self.descr.as_str() {
+            "<f2" => Ok(2),
+            "<f4" => Ok(4),
+            "<f8" => Ok(8),
+            d => Err(ds_err(
+                path,
+                format!("expected a float array, found dtype {d:?}"),
+            )),
+        }
+    }
+
+    /// Streams every element of a float array (f2, f4 or f8) as f32.
+    fn into_f32(self, path: &Path) -> Result<Vec<f32>> {
+        match self.float_width(path)? {
+            2 => self.collect(path, |x: f16| x.to_f32()),
+            4 => self.collect(path, |x: f32| x),
+            _ => self.collect(path, |x: f64| x as f32),
+        }
+    }
 }
 
 /// Reads a float array (f2, f4 or f8) as f32.
 pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
     let s = NpyStream::open(path)?;
     let shape = s.shape.clone();
-    let data = match s.descr.as_str() {
-        "<f2" => s.collect(path, |x: f16| x.to_f32())?,
-        "<f4" => s.collect(path, |x: f32| x)?,
-        "<f8" => s.collect(path, |x: f64| x as f32)?,
-        d => {
-            return Err(ds_err(
-                path,
-                format!("expected a float array, found dtype {d:?}"),
-            ))
-        }
-    };
+    let data = s.into_f32(path)?;
     Ok(NpyArray { shape, data })
 }
 
@@ -142,8 +172,8 @@ pub fn read_npy_i64(path: &Path) -> Result<NpyArray<i64>> {
     Ok(NpyArray { shape, data })
 }
 
-/// Writes a `.npy` (version 1.0) file with dtype `descr` ("<f2", "<f4", "<i4", "<i8") from raw little-endian bytes.
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
+/// The `.npy` version 1.0 header (magic, length, dict padded to a multiple of 64 bytes) of a C-order array.
+fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_s = match shape {
         [n] => format!("({n},)"),
         s => format!(
@@ -159,31 +189,169 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Resu
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// Writes a `.npy` (version 1.0) file with dtype `descr` ("<f2", "<f4", "<i4", "<i8") from raw little-endian bytes.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
+    let mut out = npy_header(descr, shape);
     out.extend_from_slice(data);
     Ok(write_atomic(path, &out)?)
+}
+
+/// Streams a float16 `[rows, dim]` token matrix into a `.npy` file without holding it: the header (with the
+/// final shape, so `rows` must be known up front) goes first, then the rows as they come, into `<name>.tmp`;
+/// [`F16RowWriter::finish`] checks the row count and fsyncs, and [`WrittenFile::commit`] renames it into place.
+pub(crate) struct F16RowWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<fs::File>,
+    dim: usize,
+    rows_left: usize,
+    buf: Vec<f16>,
+}
+
+impl F16RowWriter {
+    /// Creates `<path>.tmp` (truncating a stale one) and writes the header of a `[rows, dim]` f2 array.
+    pub(crate) fn create(path: &Path, rows: usize, dim: usize) -> Result<F16RowWriter> {
+        let tmp = temp_path(path);
+        let f = fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 22, f);
+        out.write_all(&npy_header("<f2", &[rows, dim]))
+            .map_err(|e| DataError::io(&tmp, e))?;
+        Ok(F16RowWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out,
+            dim,
+            rows_left: rows,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Appends the row-major rows `tokens` (a multiple of `dim` values), rounded to float16.
+    pub(crate) fn write_rows(&mut self, tokens: &[f32]) -> Result<()> {
+        let rows = tokens.len() / self.dim.max(1);
+        if rows * self.dim != tokens.len() || rows > self.rows_left {
+            return Err(ds_err(
+                &self.tmp,
+                format!(
+                    "{} values do not make whole rows of {} within the {} rows left",
+                    tokens.len(),
+                    self.dim,
+                    self.rows_left
+                ),
+            ));
+        }
+        for part in tokens.chunks(1 << 16) {
+            self.buf.clear();
+            self.buf.resize(part.len(), f16::ZERO);
+            self.buf.convert_from_f32_slice(part);
+            if cfg!(target_endian = "big") {
+                self.buf
+                    .iter_mut()
+                    .for_each(|x| *x = f16::from_bits(x.to_bits().to_le()));
+            }
+            self.out
+                .write_all(bytemuck::cast_slice(&self.buf))
+                .map_err(|e| DataError::io(&self.tmp, e))?;
+        }
+        self.rows_left -= rows;
+        Ok(())
+    }
+
+    /// Checks that every row announced by the header was written, flushes and fsyncs the temporary file.
+    pub(crate) fn finish(self) -> Result<WrittenFile> {
+        if self.rows_left != 0 {
+            return Err(ds_err(
+                &self.tmp,
+                format!(
+                    "{} rows announced by the header were not written",
+                    self.rows_left
+                ),
+            ));
+        }
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| DataError::io(&self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| DataError::io(&self.tmp, e))?;
+        Ok(WrittenFile {
+            path: self.path,
+            tmp: self.tmp,
+        })
+    }
+}
+
+/// A complete, fsynced temporary file waiting to be renamed over its target.
+pub(crate) struct WrittenFile {
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl WrittenFile {
+    /// The temporary file (readable before [`WrittenFile::commit`]).
+    pub(crate) fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the temporary file over the target and fsyncs the directory.
+    pub(crate) fn commit(self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir);
+        }
+        Ok(())
+    }
 }
 
 /// One side (documents or queries) of a data set: concatenated tokens, offsets and ids.
 #[derive(Debug, Default)]
 struct Items {
+    /// Every token, row-major; empty when the tokens were not loaded (a valid side has at least one token).
     tokens: Vec<f32>,
+    dim: usize,
     offsets: Vec<usize>,
     ids: Vec<String>,
 }
 
-impl Items {
-    fn load(dir: &Path, prefix: &str, dim: Option<usize>) -> Result<Items> {
-        let tok_path = dir.join(format!("{prefix}_tokens.npy"));
-        let off_path = dir.join(format!("{prefix}_offsets.npy"));
-        let ids_path = dir.join(format!("{prefix}_ids.txt"));
-        let toks = read_npy_f32(&tok_path)?;
+/// One side's token file (header checked, data not read yet), offsets and ids, validated against each other.
+struct ItemsMeta {
+    tok_path: PathBuf,
+    tokens: NpyStream,
+    dim: usize,
+    offsets: Vec<usize>,
+    ids: Vec<String>,
+}
+
+impl ItemsMeta {
+    /// `<prefix>_tokens.npy`, `<prefix>_offsets.npy` and `<prefix>_ids.txt` in `dir`.
+    fn open(dir: &Path, prefix: &str, dim: Option<usize>) -> Result<ItemsMeta> {
+        ItemsMeta::open_files(
+            &dir.join(format!("{prefix}_tokens.npy")),
+            &dir.join(format!("{prefix}_offsets.npy")),
+            &dir.join(format!("{prefix}_ids.txt")),
+            dim,
+        )
+    }
+
+    /// Everything [`Dataset::open`] checks except the token values: a 2-d float token matrix of dimension `dim`
+    /// (when given), offsets from 0 to its row count, increasing strictly, one unique id per item.
+    fn open_files(
+        tok_path: &Path,
+        off_path: &Path,
+        ids_path: &Path,
+        dim: Option<usize>,
+    ) -> Result<ItemsMeta> {
+        let toks = NpyStream::open(tok_path)?;
+        toks.float_width(tok_path)?;
         let [rows, d] = toks.shape[..] else {
             return Err(ds_err(
-                &tok_path,
+                tok_path,
                 format!(
                     "expected a 2-d [rows, dim] array, got shape {:?}",
                     toks.shape
@@ -191,24 +359,18 @@ impl Items {
             ));
         };
         if d == 0 {
-            return Err(ds_err(&tok_path, "token dimension is 0"));
+            return Err(ds_err(tok_path, "token dimension is 0"));
         }
         if let Some(want) = dim.filter(|&w| w != d) {
             return Err(ds_err(
-                &tok_path,
+                tok_path,
                 format!("token dimension {d} differs from the documents' {want}"),
             ));
         }
-        if let Some(p) = toks.data.iter().position(|v| !v.is_finite()) {
-            return Err(ds_err(
-                &tok_path,
-                format!("non-finite value at row {}, column {}", p / d, p % d),
-            ));
-        }
-        let offs = read_npy_i64(&off_path)?;
+        let offs = read_npy_i64(off_path)?;
         if offs.shape.len() != 1 || offs.data.len() < 2 {
             return Err(ds_err(
-                &off_path,
+                off_path,
                 format!(
                     "expected a 1-d array of at least 2 offsets, got shape {:?}",
                     offs.shape
@@ -217,17 +379,17 @@ impl Items {
         }
         if offs.data[0] != 0 || *offs.data.last().unwrap_or(&0) != rows as i64 {
             return Err(ds_err(
-                &off_path,
+                off_path,
                 format!("offsets must start at 0 and end at {rows} (the token rows)"),
             ));
         }
         if let Some(i) = offs.data.windows(2).position(|w| w[1] <= w[0]) {
             return Err(ds_err(
-                &off_path,
+                off_path,
                 format!("item {i} has no tokens (offsets must increase strictly)"),
             ));
         }
-        let text = fs::read_to_string(&ids_path).map_err(|e| DataError::io(&ids_path, e))?;
+        let text = fs::read_to_string(ids_path).map_err(|e| DataError::io(ids_path, e))?;
         let ids: Vec<String> = text
             .lines()
             .map(|l| l.trim().to_string())
@@ -235,23 +397,67 @@ impl Items {
             .collect();
         if ids.len() != offs.data.len() - 1 {
             return Err(ds_err(
-                &ids_path,
+                ids_path,
                 format!("{} ids for {} items", ids.len(), offs.data.len() - 1),
             ));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
-            return Err(ds_err(&ids_path, format!("duplicate id {dup:?}")));
+            return Err(ds_err(ids_path, format!("duplicate id {dup:?}")));
         }
-        Ok(Items {
-            tokens: toks.data,
+        Ok(ItemsMeta {
+            tok_path: tok_path.to_path_buf(),
+            tokens: toks,
+            dim: d,
             offsets: offs.data.iter().map(|&o| o as usize).collect(),
             ids,
         })
     }
 
+    /// Reads every token (checked finite).
+    fn load(self) -> Result<Items> {
+        let tokens = self.tokens.into_f32(&self.tok_path)?;
+        check_finite(&self.tok_path, &tokens, 0, self.dim)?;
+        Ok(Items {
+            tokens,
+            dim: self.dim,
+            offsets: self.offsets,
+            ids: self.ids,
+        })
+    }
+
+    /// Offsets and ids only.
+    fn without_tokens(self) -> Items {
+        Items {
+            tokens: Vec::new(),
+            dim: self.dim,
+            offsets: self.offsets,
+            ids: self.ids,
+        }
+    }
+}
+
+/// An error naming the first non-finite value of `values` (token rows from `first_row`, `dim` columns).
+fn check_finite(path: &Path, values: &[f32], first_row: usize, dim: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(p) => Err(ds_err(
+            path,
+            format!(
+                "non-finite value at row {}, column {}",
+                first_row + p / dim,
+                p % dim
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Items {
+    /// Item `i`'s tokens; empty when the tokens were not loaded.
     fn tokens(&self, i: usize, dim: usize) -> &[f32] {
-        &self.tokens[self.offsets[i] * dim..self.offsets[i + 1] * dim]
+        self.tokens
+            .get(self.offsets[i] * dim..self.offsets[i + 1] * dim)
+            .unwrap_or(&[])
     }
 }
 
@@ -272,13 +478,32 @@ impl Dataset {
     /// Opens `dir`. Documents are required; queries, ground truth, qrels and `docs.jsonl` are optional (queries
     /// must come with their ids and offsets; ground truth needs queries).
     pub fn open(dir: &Path) -> Result<Dataset> {
+        Dataset::open_with(dir, true)
+    }
+
+    /// Opens `dir` like [`Dataset::open`] (same checks, same errors) but without reading the document tokens:
+    /// for data sets larger than memory, whose documents are then read through a [`DocStream`].
+    /// `doc_tokens.npy`'s header is still checked against the offsets; its values are not read (so not checked
+    /// finite). [`Dataset::doc_tokens`] and [`Dataset::all_doc_tokens`] then return empty slices,
+    /// [`Dataset::has_doc_tokens`] is false; everything else (ids, [`Dataset::n_doc_tokens`], queries, ground
+    /// truth, qrels, texts) is as with [`Dataset::open`].
+    pub fn open_without_doc_tokens(dir: &Path) -> Result<Dataset> {
+        Dataset::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, doc_tokens: bool) -> Result<Dataset> {
         if !dir.is_dir() {
             return Err(ds_err(dir, "not a directory"));
         }
-        let docs = Items::load(dir, "doc", None)?;
-        let dim = docs.tokens.len() / docs.offsets.last().copied().unwrap_or(1).max(1);
+        let docs = ItemsMeta::open(dir, "doc", None)?;
+        let docs = if doc_tokens {
+            docs.load()?
+        } else {
+            docs.without_tokens()
+        };
+        let dim = docs.dim;
         let queries = if dir.join("query_tokens.npy").exists() {
-            Items::load(dir, "query", Some(dim))?
+            ItemsMeta::open(dir, "query", Some(dim))?.load()?
         } else {
             Items::default()
         };
@@ -412,19 +637,29 @@ impl Dataset {
     pub fn n_queries(&self) -> usize {
         self.queries.ids.len()
     }
-    /// Total document token vectors.
+    /// Total document token vectors (from the offsets: also without the document tokens in memory).
     pub fn n_doc_tokens(&self) -> usize {
-        self.docs.tokens.len() / self.dim
+        self.docs.offsets.last().copied().unwrap_or(0)
+    }
+    /// Token count of document `i` (panics if `i >= n_docs()`).
+    pub fn doc_len(&self, i: usize) -> usize {
+        self.docs.offsets[i + 1] - self.docs.offsets[i]
+    }
+    /// False when opened by [`Dataset::open_without_doc_tokens`] (the document tokens are not in memory).
+    pub fn has_doc_tokens(&self) -> bool {
+        !self.docs.tokens.is_empty()
     }
     /// External id of document `i` (panics if `i >= n_docs()`).
     pub fn doc_id(&self, i: usize) -> &str {
         &self.docs.ids[i]
     }
-    /// Document `i`'s tokens, row-major.
+    /// Document `i`'s tokens, row-major (panics if `i >= n_docs()`); empty when the data set was opened by
+    /// [`Dataset::open_without_doc_tokens`] (read them with a [`DocStream`]).
     pub fn doc_tokens(&self, i: usize) -> &[f32] {
         self.docs.tokens(i, self.dim)
     }
-    /// Every document token, row-major, documents one after another.
+    /// Every document token, row-major, documents one after another; empty when the data set was opened by
+    /// [`Dataset::open_without_doc_tokens`].
     pub fn all_doc_tokens(&self) -> &[f32] {
         &self.docs.tokens
     }
@@ -493,42 +728,36 @@ pub struct DatasetWriter<'a> {
 }
 
 impl DatasetWriter<'_> {
-    /// Writes every file into `dir` (created if needed).
+    /// Writes every file into `dir` (created if needed). Query files (and ground truth) are written only when
+    /// there are queries: a data set without queries has none of them.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        let f16s = |v: &[f32]| -> Vec<u8> {
-            v.iter()
-                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                .collect()
-        };
-        let i64s =
-            |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect() };
-        for (p, ids, toks, offs) in [
-            ("doc", self.doc_ids, self.doc_tokens, self.doc_offsets),
-            (
-                "query",
-                self.query_ids,
-                self.query_tokens,
-                self.query_offsets,
-            ),
-        ] {
-            write_npy(
-                &dir.join(format!("{p}_tokens.npy")),
-                "<f2",
-                &[toks.len() / self.dim, self.dim],
-                &f16s(toks),
-            )?;
-            write_npy(
-                &dir.join(format!("{p}_offsets.npy")),
-                "<i8",
-                &[offs.len()],
-                &i64s(offs),
-            )?;
-            write_atomic(
-                &dir.join(format!("{p}_ids.txt")),
-                (ids.join("\n") + "\n").as_bytes(),
-            )?;
+        let path = dir.join("doc_tokens.npy");
+        let mut w = F16RowWriter::create(&path, self.doc_tokens.len() / self.dim, self.dim)?;
+        w.write_rows(self.doc_tokens)?;
+        w.finish()?.commit()?;
+        self.write_doc_index(dir)?;
+        self.write_queries_and_labels(dir)
+    }
+
+    /// `doc_offsets.npy` and `doc_ids.txt` (`doc_tokens` is not used: a caller streams it).
+    pub(crate) fn write_doc_index(&self, dir: &Path) -> Result<()> {
+        write_index(dir, "doc", self.doc_ids, self.doc_offsets)
+    }
+
+    /// The query files, ground truth and qrels (when there are queries).
+    pub(crate) fn write_queries_and_labels(&self, dir: &Path) -> Result<()> {
+        if self.query_ids.is_empty() {
+            return Ok(());
         }
+        let mut w = F16RowWriter::create(
+            &dir.join("query_tokens.npy"),
+            self.query_tokens.len() / self.dim,
+            self.dim,
+        )?;
+        w.write_rows(self.query_tokens)?;
+        w.finish()?.commit()?;
+        write_index(dir, "query", self.query_ids, self.query_offsets)?;
         if let Some((ids, scores, k)) = self.gt {
             let nq = ids.len() / k.max(1);
             let b: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -545,5 +774,168 @@ impl DatasetWriter<'_> {
             write_atomic(&dir.join("qrels.tsv"), s.as_bytes())?;
         }
         Ok(())
+    }
+}
+
+/// `<prefix>_offsets.npy` (int64) and `<prefix>_ids.txt` (one id a line).
+fn write_index(dir: &Path, prefix: &str, ids: &[String], offsets: &[usize]) -> Result<()> {
+    let b: Vec<u8> = offsets
+        .iter()
+        .flat_map(|x| (*x as i64).to_le_bytes())
+        .collect();
+    write_npy(
+        &dir.join(format!("{prefix}_offsets.npy")),
+        "<i8",
+        &[offsets.len()],
+        &b,
+    )?;
+    let mut text = String::with_capacity(ids.iter().map(|s| s.len() + 1).sum());
+    for id in ids {
+        text.push_str(id);
+        text.push('\n');
+    }
+    Ok(write_atomic(
+        &dir.join(format!("{prefix}_ids.txt")),
+        text.as_bytes(),
+    )?)
+}
+
+/// The documents of a data set folder, read from `doc_tokens.npy` on demand: ids and offsets in memory, token
+/// rows fetched with positioned reads (`pread`, no mmap), so a data set far larger than memory can be scanned
+/// in bounded batches. Opening checks the same as [`Dataset::open`] does for the documents (dtype f2, f4 or f8,
+/// a 2-d shape whose rows match the offsets, one unique id per document); token values are checked finite as
+/// they are read. Reads take `&self` and may run from several threads at once.
+#[derive(Debug)]
+pub struct DocStream {
+    path: PathBuf,
+    file: fs::File,
+    data_start: u64,
+    width: usize,
+    dim: usize,
+    offsets: Vec<usize>,
+    ids: Vec<String>,
+}
+
+impl DocStream {
+    /// Opens the documents of the data set folder `dir` (`doc_tokens.npy`, `doc_offsets.npy`, `doc_ids.txt`).
+    pub fn open(dir: &Path) -> Result<DocStream> {
+        if !dir.is_dir() {
+            return Err(ds_err(dir, "not a directory"));
+        }
+        DocStream::from_meta(ItemsMeta::open(dir, "doc", None)?)
+    }
+
+    /// Opens a token file with offsets and ids given by their paths (e.g. a token file not yet renamed into
+    /// its folder).
+    pub(crate) fn open_files(tokens: &Path, offsets: &Path, ids: &Path) -> Result<DocStream> {
+        DocStream::from_meta(ItemsMeta::open_files(tokens, offsets, ids, None)?)
+    }
+
+    fn from_meta(m: ItemsMeta) -> Result<DocStream> {
+        let width = m.tokens.float_width(&m.tok_path)?;
+        Ok(DocStream {
+            path: m.tok_path,
+            file: m.tokens.raw,
+            data_start: m.tokens.data_start,
+            width,
+            dim: m.dim,
+            offsets: m.offsets,
+            ids: m.ids,
+        })
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    /// True when there is no document (never, for a valid folder).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Token dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Total document token vectors.
+    pub fn n_tokens(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+    /// External id of document `i` (panics if `i >= len()`).
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+    /// Token count of document `i` (panics if `i >= len()`).
+    pub fn doc_len(&self, i: usize) -> usize {
+        self.offsets[i + 1] - self.offsets[i]
+    }
+
+    /// Appends document `i`'s tokens to `out` as row-major f32 (`doc_len(i) * dim()` values).
+    pub fn read_doc(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.read_range(i..i + 1, out)
+    }
+
+    /// Appends the tokens of documents `docs` (one after another, row-major f32) to `out` with one read. An
+    /// out-of-range or reversed range, an I/O error (e.g. a file truncated since it was opened) or a non-finite
+    /// value is an error, and `out` is then left as it was.
+    pub fn read_range(&self, docs: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+        if docs.start > docs.end || docs.end > self.len() {
+            return Err(DataError::param(
+                "docs",
+                format!(
+                    "range {}..{} is not within the {} documents of {}",
+                    docs.start,
+                    docs.end,
+                    self.len(),
+                    self.path.display()
+                ),
+            ));
+        }
+        let (a, b) = (self.offsets[docs.start], self.offsets[docs.end]);
+        let n = (b - a) * self.dim;
+        let at = self.data_start + (a * self.dim * self.width) as u64;
+        let start = out.len();
+        out.resize(start + n, 0.0);
+        let read = match self.width {
+            2 => {
+                let mut buf = vec![f16::ZERO; n];
+                self.read_at(bytemuck::cast_slice_mut(&mut buf), at)
+                    .map(|()| {
+                        if cfg!(target_endian = "big") {
+                            buf.iter_mut()
+                                .for_each(|x| *x = f16::from_bits(u16::from_le(x.to_bits())));
+                        }
+                        buf.convert_to_f32_slice(&mut out[start..]);
+                    })
+            }
+            4 => self
+                .read_at(bytemuck::cast_slice_mut(&mut out[start..]), at)
+                .map(|()| {
+                    if cfg!(target_endian = "big") {
+                        out[start..]
+                            .iter_mut()
+                            .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+                    }
+                }),
+            _ => {
+                let mut buf = vec![0f64; n];
+                self.read_at(bytemuck::cast_slice_mut(&mut buf), at)
+                    .map(|()| {
+                        for (o, x) in out[start..].iter_mut().zip(&buf) {
+                            *o = f64::from_bits(u64::from_le(x.to_bits())) as f32;
+                        }
+                    })
+            }
+        };
+        let checked = read.and_then(|()| check_finite(&self.path, &out[start..], a, self.dim));
+        if checked.is_err() {
+            out.truncate(start);
+        }
+        checked
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| DataError::io(&self.path, e))
     }
 }

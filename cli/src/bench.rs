@@ -11,10 +11,10 @@ use chamfer_index::fde::FdeEncoder;
 use chamfer_index::index_dir::{
     index_bytes, open_index, write_index_from, DocBatch, DocSource, DEFAULT_SHARD_DOCS,
 };
-use chamfer_index::IndexError;
 use chamfer_index::kernels::kernel_level;
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::IndexError;
 use clap::Args;
 use serde_json::json;
 
@@ -194,7 +194,11 @@ impl BenchCmd {
         let mut at = 0;
         for i in 0..n_sample {
             let len = stream.doc_len(i) * ds.dim();
-            sample.push(TokenMatrix::new(&sample_tokens[at..at + len], ds.dim(), "document")?);
+            sample.push(TokenMatrix::new(
+                &sample_tokens[at..at + len],
+                ds.dim(),
+                "document",
+            )?);
             at += len;
         }
         let mut out = vec![0f32; sample.len() * params.fde.output_dim()];
@@ -224,11 +228,7 @@ impl BenchCmd {
         } else {
             t.elapsed().as_secs_f64()
         };
-        let build_docs_per_s = if reuse {
-            0.0
-        } else {
-            n_docs as f64 / build_s
-        };
+        let build_docs_per_s = if reuse { 0.0 } else { n_docs as f64 / build_s };
         let rss_after_build = rss_anon_bytes();
         let bytes = index_bytes(&dir);
         let t = Instant::now();

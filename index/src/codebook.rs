@@ -686,7 +686,7 @@ mod tests {
         let codes = book.assign(&toks);
         assert_eq!(codes, book.assign_sequential(&toks));
         let agree = book.assign_agreement(&toks);
-        assert!(agree >= 0.9 && agree <= 1.0, "{agree}");
+        assert!((0.9..=1.0).contains(&agree), "{agree}");
         assert_eq!(
             Codebook::train(&toks, dim, 64, 3).assign_agreement(&toks),
             1.0,

@@ -541,6 +541,12 @@ fn ivf_plan_recall_floors_threads_and_shared_codebook() {
     };
     let r = recall(&whole, &ds, &ivf);
     assert!(r >= 0.99, "IVF recall@10 at default knobs: {r}");
+    // The default probe count follows the codebook size, within its bounds.
+    use chamfer_index::search::{default_nprobe, DEFAULT_NPROBE_MAX, DEFAULT_NPROBE_MIN};
+    assert_eq!(default_nprobe(1 << 16), 64);
+    assert_eq!(default_nprobe(1 << 15), 32);
+    assert_eq!(default_nprobe(4096), DEFAULT_NPROBE_MIN);
+    assert_eq!(default_nprobe(usize::MAX), DEFAULT_NPROBE_MAX);
     let pruned = SearchParams {
         plan: Plan::Ivf,
         nprobe: Some(2),

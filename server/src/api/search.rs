@@ -30,7 +30,7 @@ pub struct Search {
     /// Matryoshka prefix (in FDE repetitions) for graph queries; if set, must equal the collection's
     /// `hnsw.prefix_repetitions`.
     pub prefix_repetitions: Option<usize>,
-    /// Centroids probed per query token by the inverted-file plan, 1-1024 (default 8). Only shards with an
+    /// Centroids probed per query token by the inverted-file plan, 1-1024 (default: the codebook size / 1024, within 16-64). Only shards with an
     /// inverted file use it.
     pub nprobe: Option<usize>,
     /// Score every document exactly.

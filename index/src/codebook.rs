@@ -19,7 +19,8 @@
 //! (`assign_agreement`).
 //!
 //! **Bytes.** [`Codebook::to_bytes`] / [`Codebook::from_bytes`] are the codebook's on-disk form (a shard's
-//! `codebook` section): `u32 K, u32 Kc, u32 dim` (little-endian), `f32[K * dim]` fine centroids, then when
+//! `codebook` section): `u32 K, u32 Kc, u32 dim, f32 training error` (little-endian; the error NaN when unknown),
+//! `f32[K * dim]` fine centroids, then when
 //! `Kc > 0` `f32[Kc * dim]` coarse centroids and `u32[Kc + 1]` fine-range starts. Centroids are unit vectors.
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +40,9 @@ const BLOCK_TWO_LEVEL: usize = 4096;
 pub const FLAT_MAX: usize = 4096;
 /// Coarse clusters whose fine centroids a token is compared with in a two-level assignment.
 pub const ASSIGN_PROBE: usize = 4;
+/// Relative growth of the mean quantization error past which [`Codebook::drifted`] says a codebook no longer
+/// fits the documents it codes.
+pub const DRIFT_BOUND: f64 = 0.25;
 /// Largest number of centroids (codes are u16).
 pub const MAX_CENTROIDS: usize = 1 << 16;
 
@@ -50,6 +54,9 @@ pub struct Codebook {
     /// The centroids as f16 16-row k-major panels (the kernel layout), for per-query tables.
     panels: Vec<half::f16>,
     coarse: Option<Coarse>,
+    /// Mean quantization error of the training sample (see [`Codebook::quantization_error`]); None when unknown
+    /// (codebooks rebuilt from bare centroids).
+    train_error: Option<f32>,
 }
 
 /// The coarse level: `kc` centroids, coarse cluster `c` owning fine centroids `start[c]..start[c + 1]`.
@@ -223,7 +230,7 @@ impl Codebook {
         };
         if k <= FLAT_MAX {
             let centroids = kmeans(&sample, dim, k, &mut rng, cancel)?;
-            return Some(Codebook::from_centroids(dim, centroids));
+            return Some(Codebook::from_centroids(dim, centroids).with_train_error(&sample));
         }
         // Two levels: coarse k-means, then k-means inside each coarse cluster on the tokens it holds.
         let kc = (k as f64).sqrt().ceil() as usize;
@@ -261,14 +268,17 @@ impl Codebook {
             centroids.extend(f);
             start.push((centroids.len() / dim) as u32);
         }
-        Some(Codebook::with_coarse(
-            dim,
-            centroids,
-            Coarse {
-                centroids: coarse,
-                start,
-            },
-        ))
+        Some(
+            Codebook::with_coarse(
+                dim,
+                centroids,
+                Coarse {
+                    centroids: coarse,
+                    start,
+                },
+            )
+            .with_train_error(&sample),
+        )
     }
 
     /// Rebuilds a flat codebook from stored centroids.
@@ -282,7 +292,53 @@ impl Codebook {
             centroids,
             panels,
             coarse: None,
+            train_error: None,
         }
+    }
+
+    fn with_train_error(mut self, sample: &[f32]) -> Codebook {
+        self.train_error = Some(self.quantization_error(sample) as f32);
+        self
+    }
+
+    /// Mean quantization error of `tokens`: `1 - cos(token, its assigned centroid)`, over tokens with a non-zero
+    /// norm (0 for none). Centroids are unit vectors, so this is the share of a token's direction its code loses.
+    pub fn quantization_error(&self, tokens: &[f32]) -> f64 {
+        let dim = self.dim.max(1);
+        let codes = self.assign(tokens);
+        let (sum, n) = tokens
+            .chunks_exact(dim)
+            .zip(&codes)
+            .filter_map(|(t, &c)| {
+                let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+                (norm > 0.0).then(|| {
+                    let cent = &self.centroids[c as usize * dim..][..dim];
+                    let cos = t.iter().zip(cent).map(|(a, b)| a * b).sum::<f32>() / norm;
+                    f64::from((1.0 - cos).max(0.0))
+                })
+            })
+            .fold((0.0, 0usize), |(s, n), e| (s + e, n + 1));
+        if n == 0 {
+            0.0
+        } else {
+            sum / n as f64
+        }
+    }
+
+    /// The training sample's mean quantization error, when known.
+    pub fn train_error(&self) -> Option<f32> {
+        self.train_error
+    }
+
+    /// Whether `tokens` (a sample of new documents) are quantized measurably worse than the training sample was:
+    /// their mean error exceeds the training error by more than [`DRIFT_BOUND`] of it. False when the training
+    /// error is unknown. A collection re-trains its codebook when this turns true; shards keep the codebook they
+    /// were written with, and search scores every shard against its own (exact re-rank makes the final scores
+    /// independent of the codebook).
+    pub fn drifted(&self, tokens: &[f32]) -> bool {
+        self.train_error.is_some_and(|base| {
+            self.quantization_error(tokens) > f64::from(base) * (1.0 + DRIFT_BOUND) + 1e-6
+        })
     }
 
     fn with_coarse(dim: usize, centroids: Vec<f32>, coarse: Coarse) -> Codebook {
@@ -426,10 +482,11 @@ impl Codebook {
             Some(c) => (c.centroids.len() / self.dim, &c.centroids, &c.start),
             None => (0, &[], &[]),
         };
-        let mut out = Vec::with_capacity(12 + 4 * (self.centroids.len() + cc.len() + st.len()));
+        let mut out = Vec::with_capacity(16 + 4 * (self.centroids.len() + cc.len() + st.len()));
         for v in [self.len() as u32, kc as u32, self.dim as u32] {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        out.extend_from_slice(&self.train_error.unwrap_or(f32::NAN).to_le_bytes());
         for v in self.centroids.iter().chain(cc) {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -443,6 +500,8 @@ impl Codebook {
     /// the bytes present before anything is allocated, every value must be finite and the coarse ranges must
     /// cover the fine centroids in order. The error says what is wrong.
     pub fn from_bytes(bytes: &[u8], dim: usize) -> Result<Codebook, String> {
+        // Header words: K, Kc, dim, training error.
+        const H: usize = 4;
         let word = |i: usize| -> Option<u32> {
             let b = bytes.get(i * 4..i * 4 + 4)?;
             Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -458,7 +517,7 @@ impl Codebook {
             return Err(format!("codebook sizes out of range (K {k}, coarse {kc})"));
         }
         let starts = if kc > 0 { kc + 1 } else { 0 };
-        let want = 3 + (k + kc) * dim + starts;
+        let want = H + (k + kc) * dim + starts;
         if bytes.len() != want * 4 {
             return Err(format!(
                 "codebook holds {} bytes, its header needs {}",
@@ -472,28 +531,40 @@ impl Codebook {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         };
-        let centroids = floats(3, k * dim);
-        let coarse_c = floats(3 + k * dim, kc * dim);
+        let train_error = f32::from_bits(word(3).unwrap_or(u32::MAX));
+        let train_error = match train_error {
+            e if e.is_nan() => None,
+            e if e.is_finite() && e >= 0.0 => Some(e),
+            e => return Err(format!("codebook training error {e} is out of range")),
+        };
+        let centroids = floats(H, k * dim);
+        let coarse_c = floats(H + k * dim, kc * dim);
         if centroids.iter().chain(&coarse_c).any(|v| !v.is_finite()) {
             return Err("codebook holds a non-finite value".into());
         }
         if kc == 0 {
-            return Ok(Codebook::from_centroids(dim, centroids));
+            return Ok(Codebook {
+                train_error,
+                ..Codebook::from_centroids(dim, centroids)
+            });
         }
         let start: Vec<u32> = (0..starts)
-            .map(|i| word(3 + (k + kc) * dim + i).unwrap_or(u32::MAX))
+            .map(|i| word(H + (k + kc) * dim + i).unwrap_or(u32::MAX))
             .collect();
         if start[0] != 0 || start[kc] as usize != k || start.windows(2).any(|w| w[1] < w[0]) {
             return Err("codebook coarse ranges are inconsistent".into());
         }
-        Ok(Codebook::with_coarse(
-            dim,
-            centroids,
-            Coarse {
-                centroids: coarse_c,
-                start,
-            },
-        ))
+        Ok(Codebook {
+            train_error,
+            ..Codebook::with_coarse(
+                dim,
+                centroids,
+                Coarse {
+                    centroids: coarse_c,
+                    start,
+                },
+            )
+        })
     }
 
     /// The per-query table: `K x W` inner products (`W` = query tokens rounded up to 8; padding columns 0).
@@ -701,7 +772,7 @@ mod tests {
         assert!(Codebook::from_bytes(&bytes[..bytes.len() - 4], dim).is_err());
         assert!(Codebook::from_bytes(&bytes[..8], dim).is_err());
         let mut nan = bytes.clone();
-        nan[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+        nan[16..20].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(Codebook::from_bytes(&nan, dim)
             .unwrap_err()
             .contains("non-finite"));
@@ -711,6 +782,12 @@ mod tests {
         assert!(Codebook::from_bytes(&ranges, dim)
             .unwrap_err()
             .contains("ranges"));
+        assert_eq!(back.train_error(), book.train_error());
+        let mut bad_err = bytes.clone();
+        bad_err[12..16].copy_from_slice(&(-1.0f32).to_le_bytes());
+        assert!(Codebook::from_bytes(&bad_err, dim)
+            .unwrap_err()
+            .contains("training error"));
         // A flat codebook round trips too.
         let small = Codebook::train(&toks, dim, 64, 3);
         let back = Codebook::from_bytes(&small.to_bytes(), dim).unwrap();
@@ -727,5 +804,26 @@ mod tests {
         let (a, b) = (book.query_table(q), book.query_table_par(q, 3));
         assert_eq!(a.table, b.table);
         assert_eq!(a.query_tokens(), 5);
+    }
+
+    #[test]
+    fn drift_is_measured_against_the_training_error() {
+        let dim = 16;
+        let toks = clustered(200, 20, dim, 21);
+        let book = Codebook::train(&toks, dim, 256, 4);
+        let base = book.train_error().unwrap();
+        assert!(base > 0.0 && base < 0.2, "{base}");
+        // More tokens from the same clusters: no drift. Tokens from other directions: drift.
+        assert!(!book.drifted(&clustered(200, 5, dim, 21)));
+        assert!(book.drifted(&clustered(200, 5, dim, 99)));
+        // Unknown training error (bare centroids): never drifted.
+        let bare = Codebook::from_centroids(dim, book.centroids().to_vec());
+        assert_eq!(bare.train_error(), None);
+        assert!(!bare.drifted(&clustered(200, 5, dim, 99)));
+        assert_eq!(
+            book.quantization_error(&[0.0; 16]),
+            0.0,
+            "zero tokens are skipped"
+        );
     }
 }

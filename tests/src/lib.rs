@@ -99,9 +99,12 @@ pub mod http {
                 {
                     Ok(r) => break r,
                     Err(e)
-                        if attempt < 8
-                            && e.to_string()
-                                .contains("connection closed before message completed") => {}
+                        if attempt < 8 && {
+                            let e = e.to_string();
+                            e.contains("connection closed before message completed")
+                                || e.contains("Broken pipe")
+                                || e.contains("Connection reset")
+                        } => {}
                     Err(e) => panic!("{method} {path}: {e}"),
                 }
             };

@@ -309,6 +309,43 @@ impl SparseFde {
     }
 }
 
+/// Scores documents `0..n` in steps of `step` documents (`check` before each), a step split into one range per
+/// thread of `pool` (or scored here without one), keeping the best `keep` of `out` plus what `score_range` returns.
+#[allow(clippy::too_many_arguments)]
+fn scan_ranges(
+    n: usize,
+    step: usize,
+    pool: Option<&rayon::ThreadPool>,
+    check: &dyn Fn() -> Result<()>,
+    keep: usize,
+    out: &mut Vec<Hit>,
+    score_range: &(dyn Fn(std::ops::Range<usize>) -> Vec<Hit> + Sync),
+) -> Result<()> {
+    let threads = pool.map_or(1, |p| p.current_num_threads());
+    let mut hits: Vec<Hit> = Vec::new();
+    for from in (0..n).step_by(step.max(1)) {
+        check()?;
+        let to = (from + step).min(n);
+        if pool.is_some() {
+            let per = step.div_ceil(threads).max(1);
+            let parts: Vec<Vec<Hit>> = in_pool(pool, || {
+                (from..to)
+                    .step_by(per)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|a| score_range(a..(a + per).min(to)))
+                    .collect()
+            });
+            parts.into_iter().for_each(|h| hits.extend(h));
+        } else {
+            hits.extend(score_range(from..to));
+        }
+        keep_best(&mut hits, keep);
+    }
+    out.extend(hits);
+    Ok(())
+}
+
 /// Runs `f` in `pool` (its parallel iterators then use the pool's threads), or here without one.
 fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
     match pool {
@@ -587,28 +624,16 @@ impl Searcher {
                         keep_best(&mut hits, p.k);
                         hits
                     };
-                    let n = shard.len();
-                    let step = CANCEL_CHECK_EVERY * threads;
-                    for from in (0..n).step_by(step) {
-                        check()?;
-                        let to = (from + step).min(n);
-                        if par {
-                            let per = CANCEL_CHECK_EVERY;
-                            let parts: Vec<Vec<Hit>> = in_pool(pool, || {
-                                (from..to)
-                                    .step_by(per)
-                                    .collect::<Vec<_>>()
-                                    .into_par_iter()
-                                    .map(|a| score_range(a..(a + per).min(to)))
-                                    .collect()
-                            });
-                            parts.into_iter().for_each(|h| exact.extend(h));
-                        } else {
-                            exact.extend(score_range(from..to));
-                        }
-                        stats.reranked += to - from;
-                        keep_best(&mut exact, p.k);
-                    }
+                    scan_ranges(
+                        shard.len(),
+                        CANCEL_CHECK_EVERY * threads,
+                        pool,
+                        &check,
+                        p.k,
+                        &mut exact,
+                        &score_range,
+                    )?;
+                    stats.reranked += shard.len();
                 }
                 Plan::Ivf => {
                     let probes = at.and_then(|a| tables[a].2.as_ref()).ok_or_else(|| {
@@ -652,28 +677,15 @@ impl Searcher {
                         keep_best(&mut hits, rerank);
                         hits
                     };
-                    let mut hits: Vec<Hit> = Vec::new();
-                    let step = CANCEL_CHECK_EVERY * 16 * threads;
-                    for from in (0..n).step_by(step) {
-                        check()?;
-                        let to = (from + step).min(n);
-                        if par {
-                            let per = step.div_ceil(threads).max(1);
-                            let parts: Vec<Vec<Hit>> = in_pool(pool, || {
-                                (from..to)
-                                    .step_by(per)
-                                    .collect::<Vec<_>>()
-                                    .into_par_iter()
-                                    .map(|a| score_range(a..(a + per).min(to)))
-                                    .collect()
-                            });
-                            parts.into_iter().for_each(|h| hits.extend(h));
-                        } else {
-                            hits.extend(score_range(from..to));
-                        }
-                        keep_best(&mut hits, rerank);
-                    }
-                    approx.extend(hits);
+                    scan_ranges(
+                        n,
+                        CANCEL_CHECK_EVERY * 16 * threads,
+                        pool,
+                        &check,
+                        rerank,
+                        &mut approx,
+                        &score_range,
+                    )?;
                 }
                 Plan::Hnsw => {
                     let sp = &sparse;

@@ -335,6 +335,8 @@ mod golden_tests {
         params.fde.num_simhash_projections = 2;
         params.fde.projection_dimension = 4;
         params.hnsw.prefix_repetitions = 2;
+        // What the v1 release wrote (the default cap is now 2^16; stored parameters never change).
+        params.codebook_size = 4096;
         CollectionConfig {
             format_version: MANIFEST_VERSION,
             name: "legacy".into(),

@@ -1,6 +1,5 @@
 //! `chamfer bench`: build an index in a temp dir, run every query with one search thread, compare with
 //! exhaustive exact search measured in the same run, print a JSON report as the last stdout line.
-use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,16 +7,14 @@ use anyhow::{bail, Context};
 use chamfer_data::dataset::{Dataset, DocStream};
 use chamfer_data::eval::{ndcg_at_k, percentiles, recall_at_k};
 use chamfer_index::fde::FdeEncoder;
-use chamfer_index::index_dir::{
-    index_bytes, open_index, write_index_from, DocBatch, DocSource, DEFAULT_SHARD_DOCS,
-};
+use chamfer_index::index_dir::{index_bytes, open_index, write_index_from, DEFAULT_SHARD_DOCS};
 use chamfer_index::kernels::kernel_level;
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::tokens::TokenMatrix;
-use chamfer_index::IndexError;
 use clap::Args;
 use serde_json::json;
 
+use super::engine::StreamSource;
 use super::params::{bar, IndexArgs, SearchArgs};
 
 #[derive(Args, Debug)]
@@ -53,31 +50,6 @@ struct Pass {
     p99_ms: f64,
     results: Vec<Vec<usize>>,
     plan: Option<Plan>,
-}
-
-/// A data set's documents read from its token file a shard at a time.
-struct StreamSource<'a>(&'a DocStream);
-
-impl DocSource for StreamSource<'_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn n_tokens(&self) -> usize {
-        self.0.n_tokens()
-    }
-    fn read(&self, range: Range<usize>, batch: &mut DocBatch) -> chamfer_index::Result<()> {
-        batch.ids.clear();
-        batch.tokens.clear();
-        batch.lens.clear();
-        self.0
-            .read_range(range.clone(), &mut batch.tokens)
-            .map_err(|e| IndexError::param("data", e.to_string()))?;
-        for i in range {
-            batch.ids.push(self.0.id(i).to_string());
-            batch.lens.push(self.0.doc_len(i));
-        }
-        Ok(())
-    }
 }
 
 /// Data set row of every (shard, document): the bench index holds the data set in order, shard after shard.

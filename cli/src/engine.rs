@@ -1,31 +1,44 @@
 //! Offline engine verbs: `index`, `search`, `gen`, `fde`.
 use std::io::Read;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use chamfer_data::dataset::{Dataset, DatasetWriter};
+use chamfer_data::dataset::{Dataset, DatasetWriter, DocStream};
 use chamfer_data::synth::{generate_to_dir, SynthParams, STAGES};
 use chamfer_index::fde::{FdeConfig, FdeEncoder, ProjectionType};
-use chamfer_index::index_dir::{index_bytes, open_index, write_index};
-use chamfer_index::shard::ShardDoc;
+use chamfer_index::index_dir::{
+    index_bytes, open_index, write_index_from, DocBatch, DocSource, DEFAULT_SHARD_DOCS,
+};
 use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::IndexError;
 use clap::Args;
 
 use super::params::{bar, IndexArgs, SearchArgs};
 
-/// Every document of `ds` as shard input (payload: empty).
-pub(crate) fn dataset_docs(ds: &Dataset) -> anyhow::Result<Vec<ShardDoc<'_>>> {
-    (0..ds.n_docs())
-        .map(|i| {
-            let tokens = TokenMatrix::new(ds.doc_tokens(i), ds.dim(), "document")
-                .with_context(|| format!("document {:?}", ds.doc_id(i)))?;
-            Ok(ShardDoc {
-                id: ds.doc_id(i),
-                tokens,
-                payload: &[],
-            })
-        })
-        .collect()
+/// A data set's documents read from its token file a shard at a time.
+pub(crate) struct StreamSource<'a>(pub(crate) &'a DocStream);
+
+impl DocSource for StreamSource<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn n_tokens(&self) -> usize {
+        self.0.n_tokens()
+    }
+    fn read(&self, range: Range<usize>, batch: &mut DocBatch) -> chamfer_index::Result<()> {
+        batch.ids.clear();
+        batch.tokens.clear();
+        batch.lens.clear();
+        self.0
+            .read_range(range.clone(), &mut batch.tokens)
+            .map_err(|e| IndexError::param("data", e.to_string()))?;
+        for i in range {
+            batch.ids.push(self.0.id(i).to_string());
+            batch.lens.push(self.0.doc_len(i));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -42,23 +55,25 @@ pub(crate) struct IndexCmd {
 
 impl IndexCmd {
     pub(crate) fn run(self) -> anyhow::Result<()> {
-        let ds = Dataset::open(&self.data)?;
-        let params = self.index.params(ds.dim());
+        // Documents are read a shard at a time: a data set larger than memory can be indexed.
+        let stream = DocStream::open(&self.data)?;
+        let params = self.index.params(stream.dim());
         params.validate()?;
-        let docs = dataset_docs(&ds)?;
-        let pb = bar(docs.len() as u64, "encoding");
+        let pb = bar(stream.len() as u64, "indexing");
         let t = std::time::Instant::now();
-        write_index(&self.out, &params, &docs, &|n| {
-            pb.inc(n);
-            if pb.position() >= pb.length().unwrap_or(0) {
-                pb.set_message("codes + graph");
-            }
-        })?;
+        write_index_from(
+            &self.out,
+            &params,
+            &StreamSource(&stream),
+            DEFAULT_SHARD_DOCS,
+            &|n| pb.inc(n),
+            &|| false,
+        )?;
         pb.finish_and_clear();
         eprintln!(
             "indexed {} documents ({} tokens) into {} in {:.2} s, {} bytes",
-            ds.n_docs(),
-            ds.n_doc_tokens(),
+            stream.len(),
+            stream.n_tokens(),
             self.out.display(),
             t.elapsed().as_secs_f64(),
             index_bytes(&self.out)

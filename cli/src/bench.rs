@@ -7,15 +7,15 @@ use anyhow::{bail, Context};
 use chamfer_data::dataset::{Dataset, DocStream};
 use chamfer_data::eval::{ndcg_at_k, percentiles, recall_at_k};
 use chamfer_index::fde::FdeEncoder;
-use chamfer_index::index_dir::{index_bytes, open_index, write_index_from, DEFAULT_SHARD_DOCS};
+use chamfer_index::index_dir::{index_bytes, open_index};
 use chamfer_index::kernels::kernel_level;
 use chamfer_index::search::{Plan, SearchParams, Searcher};
 use chamfer_index::tokens::TokenMatrix;
 use clap::Args;
 use serde_json::json;
 
-use super::engine::StreamSource;
-use super::params::{bar, IndexArgs, SearchArgs};
+use super::engine::build_index;
+use super::params::{IndexArgs, SearchArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchCmd {
@@ -184,16 +184,7 @@ impl BenchCmd {
         if reuse {
             eprintln!("reusing the index in {}", dir.display());
         } else {
-            let pb = bar(n_docs as u64, "building");
-            write_index_from(
-                &dir,
-                &params,
-                &StreamSource(&stream),
-                DEFAULT_SHARD_DOCS,
-                &|n| pb.inc(n),
-                &|| false,
-            )?;
-            pb.finish_and_clear();
+            build_index(&dir, &params, &stream)?;
         }
         let build_s = if reuse {
             0.0

@@ -17,7 +17,7 @@ use clap::Args;
 use super::params::{bar, IndexArgs, SearchArgs};
 
 /// A data set's documents read from its token file a shard at a time.
-pub(crate) struct StreamSource<'a>(pub(crate) &'a DocStream);
+struct StreamSource<'a>(&'a DocStream);
 
 impl DocSource for StreamSource<'_> {
     fn len(&self) -> usize {
@@ -41,6 +41,26 @@ impl DocSource for StreamSource<'_> {
     }
 }
 
+/// Indexes the documents of `stream` into `dir` (a shard at a time, sharing one collection codebook), with a
+/// progress bar.
+pub(crate) fn build_index(
+    dir: &std::path::Path,
+    params: &chamfer_index::shard::IndexParams,
+    stream: &DocStream,
+) -> anyhow::Result<()> {
+    let pb = bar(stream.len() as u64, "indexing");
+    write_index_from(
+        dir,
+        params,
+        &StreamSource(stream),
+        DEFAULT_SHARD_DOCS,
+        &|n| pb.inc(n),
+        &|| false,
+    )?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct IndexCmd {
     /// Data set folder (doc_tokens.npy, doc_offsets.npy, doc_ids.txt, ...).
@@ -59,17 +79,8 @@ impl IndexCmd {
         let stream = DocStream::open(&self.data)?;
         let params = self.index.params(stream.dim());
         params.validate()?;
-        let pb = bar(stream.len() as u64, "indexing");
         let t = std::time::Instant::now();
-        write_index_from(
-            &self.out,
-            &params,
-            &StreamSource(&stream),
-            DEFAULT_SHARD_DOCS,
-            &|n| pb.inc(n),
-            &|| false,
-        )?;
-        pb.finish_and_clear();
+        build_index(&self.out, &params, &stream)?;
         eprintln!(
             "indexed {} documents ({} tokens) into {} in {:.2} s, {} bytes",
             stream.len(),

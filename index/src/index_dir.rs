@@ -88,9 +88,9 @@ const SAMPLE_READ_DOCS: usize = 8192;
 pub const DEFAULT_SHARD_DOCS: usize = 1 << 17;
 
 /// Writes the documents of `source` into `dir` as shards of at most `shard_docs` documents that share one
-/// collection codebook (trained once on a sample of whole documents holding
-/// [`crate::codebook::SAMPLE_PER_CENTROID`] tokens per centroid), holding one shard's documents in memory at a
-/// time; then the manifest. `progress` gets the number of documents written so far (per encode batch);
+/// collection codebook (trained once on a uniform sample of about [`crate::codebook::SAMPLE_PER_CENTROID`]
+/// tokens per centroid, drawn in one sequential pass over the source), holding one shard's documents in memory
+/// at a time; then the manifest. `progress` gets the number of documents written so far (per encode batch);
 /// `cancel` is asked between steps (see [`Shard::write_cancellable`]).
 pub fn write_index_from(
     dir: &Path,

@@ -401,6 +401,14 @@ fn bad_inputs_are_typed_errors() {
             ..SearchParams::new(5)
         },
         SearchParams::new(1_000_000),
+        SearchParams {
+            nprobe: Some(0),
+            ..SearchParams::new(5)
+        },
+        SearchParams {
+            nprobe: Some(chamfer_index::search::MAX_NPROBE + 1),
+            ..SearchParams::new(5)
+        },
     ] {
         assert!(matches!(
             searcher.search(query(&ds, 0), &bad, None),

@@ -290,6 +290,20 @@ async fn the_served_openapi_matches_every_route() {
         ),
         case(
             "POST",
+            "/v1/collections/{name}/search",
+            &format!("{c}/search"),
+            Some(json!({"query": rows(1, 0.0), "k": 1, "nprobe": 0})),
+            400,
+        ),
+        case(
+            "POST",
+            "/v1/collections/{name}/search",
+            &format!("{c}/search"),
+            Some(json!({"query": rows(1, 0.0), "k": 1, "nprobe": 4})),
+            200,
+        ),
+        case(
+            "POST",
             "/v1/collections/{name}/search/batch",
             &format!("{c}/search/batch"),
             Some(

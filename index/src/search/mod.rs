@@ -10,7 +10,8 @@
 //!   [`Plan::Auto`] runs on shards without a codebook.
 //! * [`Plan::CentroidScan`]: every document's token codes are scored by centroid interaction
 //!   ([`crate::codebook`]: one table load and max per token); the best `rerank` go to the exact re-rank. Cheaper
-//!   per document than the FDE scan and a closer approximation of Chamfer: the default for shards without a graph.
+//!   per document than the FDE scan and a closer approximation of Chamfer: the default for shards with a codebook
+//!   below [`IVF_MIN_DOCS`] documents (and for version 1 shards, which have no inverted file).
 //! * [`Plan::Ivf`]: the inverted file over the token codebook. The query's tokens are scored against every
 //!   centroid (one `K x W` table); each query token probes its `nprobe` best centroids; the documents in those
 //!   inverted lists are scored by the probed centroid scores, with an imputed score (the best unprobed
@@ -21,16 +22,19 @@
 //!   with an inverted file of at least [`IVF_MIN_DOCS`] documents.
 //! * [`Plan::Hnsw`]: the HNSW graph over a Matryoshka prefix of the FDE returns `candidates` documents, they are
 //!   re-scored by centroid interaction (or the full FDE when the shard has no codebook), and the best `rerank` are
-//!   re-ranked exactly. Sub-linear: the default for shards with a graph (large ones).
+//!   re-ranked exactly. Used for shards with a graph (built on request, `hnsw.min_docs`) and no inverted file.
 //!
 //! [`Plan::Auto`] picks per shard: the inverted file where the shard has one and at least [`IVF_MIN_DOCS`]
 //! documents, else HNSW where a graph exists, else the centroid scan (the FDE scan without a codebook); and exact
 //! when the collection is no larger than the re-rank depth anyway.
 //!
 //! [`Searcher::with_search_threads`] splits one query's work (centroid table, candidate scoring, exact
-//! re-rank, the exhaustive scan) over a private thread pool; the results are identical to one thread's. A filter is applied before
-//! any scoring (inside the HNSW walk), so `k` results come back whenever `k` documents pass it.
+//! re-rank, the exhaustive scan) over a private thread pool; the results are identical to one thread's.
+//!
+//! A filter is applied before any scoring (inside the HNSW walk), so `k` results come back whenever `k`
+//! documents pass it.
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -126,15 +130,16 @@ pub struct SearchParams {
     pub plan: Plan,
     /// HNSW beam width (default: the number of candidates).
     pub ef: Option<usize>,
-    /// Documents the graph returns per shard (default: 3 x rerank).
+    /// Documents the graph returns per shard (default: 3 x rerank), or the inverted-file candidates re-scored by
+    /// centroid interaction (default: 16 x rerank).
     pub candidates: Option<usize>,
-    /// Documents re-ranked exactly (default: 2% of the collection, within 128..=2048; at least k).
+    /// Documents re-ranked exactly (default: [`DEFAULT_IVF_RERANK`] when every shard is searched by its
+    /// inverted file, else 2% of the collection within 128..=2048; at least k).
     pub rerank: Option<usize>,
     /// Matryoshka prefix (repetitions) used by the graph query; must equal the graph's (default).
     pub prefix_repetitions: Option<usize>,
     /// Centroids probed per query token by the inverted-file plan, 1 to [`MAX_NPROBE`] (default
     /// [`default_nprobe`] of the codebook size).
-    #[serde(default)]
     pub nprobe: Option<usize>,
 }
 
@@ -492,17 +497,7 @@ impl Searcher {
         cancel: &dyn Fn() -> bool,
     ) -> Result<(Vec<Hit>, SearchStats)> {
         // `cancel` is not Sync: it is only asked on this thread, between the parallel steps.
-        self.search_inner(query, p, filter, cancel, self.pool.as_deref())
-    }
-
-    fn search_inner(
-        &self,
-        query: TokenMatrix<'_>,
-        p: &SearchParams,
-        filter: Option<DocFilter<'_>>,
-        cancel: &dyn Fn() -> bool,
-        pool: Option<&rayon::ThreadPool>,
-    ) -> Result<(Vec<Hit>, SearchStats)> {
+        let pool = self.pool.as_deref();
         let par = pool.is_some();
         let check = || {
             if cancel() {
@@ -608,9 +603,13 @@ impl Searcher {
             let table = at.map(|a| &tables[a].1);
             match plan {
                 Plan::Exact | Plan::Auto => {
+                    let scored = AtomicUsize::new(0);
                     let score_range = |r: std::ops::Range<usize>| -> Vec<Hit> {
                         let mut hits: Vec<Hit> = r
                             .filter(|&d| pass(si, d))
+                            .inspect(|_| {
+                                scored.fetch_add(1, AtomicOrdering::Relaxed);
+                            })
                             .map(|d| Hit {
                                 shard: si,
                                 doc: d,
@@ -633,7 +632,7 @@ impl Searcher {
                         &mut exact,
                         &score_range,
                     )?;
-                    stats.reranked += shard.len();
+                    stats.reranked += scored.into_inner();
                 }
                 Plan::Ivf => {
                     let probes = at.and_then(|a| tables[a].2.as_ref()).ok_or_else(|| {

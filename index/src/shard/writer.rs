@@ -212,6 +212,12 @@ fn build(
 ) -> Result<Built> {
     params.validate()?;
     let dim = params.fde.dimension;
+    if docs.len() > u32::MAX as usize {
+        return Err(IndexError::param(
+            "documents",
+            "a shard holds at most 2^32 - 1 documents",
+        ));
+    }
     let mut seen = std::collections::HashSet::with_capacity(docs.len());
     for d in docs {
         if d.tokens.dim() != dim {
@@ -225,12 +231,6 @@ fn build(
                 got: d.tokens.len(),
                 max: MAX_DOC_TOKENS,
             });
-        }
-        if docs.len() > u32::MAX as usize {
-            return Err(IndexError::param(
-                "documents",
-                "a shard holds at most 2^32 - 1 documents",
-            ));
         }
         if !seen.insert(d.id) {
             return Err(IndexError::DuplicateId(d.id.to_string()));
@@ -269,9 +269,6 @@ fn build(
                 }
             });
         progress(batch.len() as u64);
-    }
-    if fde_dim == 0 {
-        progress(docs.len() as u64);
     }
     if cancel() {
         return Err(IndexError::Cancelled("shard write: before the codebook"));
@@ -324,6 +321,10 @@ fn build(
         }
         Some(_) | None => (Vec::new(), Vec::new(), Vec::new()),
     };
+    if fde_dim == 0 {
+        // Without FDEs to encode, the documents are done once they have their codes.
+        progress(docs.len() as u64);
+    }
     let codebook = codebook.filter(|_| !docs.is_empty());
     Ok(Built {
         params: params.clone(),

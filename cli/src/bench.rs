@@ -111,14 +111,7 @@ fn median_pass(
     Ok(passes.swap_remove(mid))
 }
 
-/// RssAnon of this process (bytes, from /proc/self/status): its own memory, without mapped file pages, which
-/// belong to the page cache. None where /proc is not available.
-fn rss_anon_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+use chamfer_server::metrics::rss_anon_bytes;
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));

@@ -341,6 +341,7 @@ mod tests {
                 docs: 4,
                 deleted: vec![1],
             }],
+            ..Default::default()
         };
         let c = manifest::CollectionConfig {
             format_version: manifest::MANIFEST_VERSION,

@@ -206,6 +206,10 @@ fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
             tombstones: i.stats.tombstones,
             wal_bytes: i.stats.wal_bytes,
             last_sequence: i.stats.last_sequence,
+            codebook_centroids: i.stats.codebook_centroids,
+            codebook_generation: i.stats.codebook_generation,
+            flushed_bytes: i.stats.flushed_bytes,
+            compacted_bytes: i.stats.compacted_bytes,
         }),
         codebook_size: Some(i.params.codebook_size as u32),
     }

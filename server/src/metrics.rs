@@ -138,6 +138,7 @@ impl Metrics {
             stats: core.stats(),
             health: core.health(),
             pool: core.pool_stats(),
+            rss_anon: rss_anon_bytes(),
         }));
         let mut out = String::new();
         // Writing into a String cannot fail, and every value here encodes.
@@ -151,7 +152,7 @@ impl Metrics {
 /// A per-collection gauge: name, help, getter.
 type Gauge = (&'static str, &'static str, fn(&Stats) -> u64);
 
-const COLLECTION_GAUGES: [Gauge; 5] = [
+const COLLECTION_GAUGES: [Gauge; 8] = [
     ("chamfer_documents", "Live documents", |s| s.documents),
     ("chamfer_shards", "Immutable shards on disk", |s| s.shards),
     (
@@ -169,7 +170,31 @@ const COLLECTION_GAUGES: [Gauge; 5] = [
         "Bytes of write-ahead log on disk",
         |s| s.wal_bytes,
     ),
+    (
+        "chamfer_codebook_centroids",
+        "Centroids of the collection codebook (0 before the first flush)",
+        |s| s.codebook_centroids,
+    ),
+    (
+        "chamfer_flushed_bytes",
+        "Bytes of shard files written by flushes over the collection's life",
+        |s| s.flushed_bytes,
+    ),
+    (
+        "chamfer_compacted_bytes",
+        "Bytes of shard files written by compactions over the collection's life",
+        |s| s.compacted_bytes,
+    ),
 ];
+
+/// RssAnon of this process (bytes, from /proc/self/status): its own memory, without the mapped shard files'
+/// pages, which belong to the page cache. None where /proc is not available.
+pub fn rss_anon_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
 
 /// The core's state at one scrape, encoded as gauges and counters.
 #[derive(Debug)]
@@ -177,6 +202,7 @@ struct CoreGauges {
     stats: Vec<(String, Stats)>,
     health: Health,
     pool: PoolStats,
+    rss_anon: Option<u64>,
 }
 
 impl Collector for CoreGauges {
@@ -187,6 +213,15 @@ impl Collector for CoreGauges {
                 ConstGauge::new(get(s))
                     .encode(m.encode_family(&[("collection", coll.as_str())])?)?;
             }
+        }
+        if let Some(rss) = self.rss_anon {
+            let m = enc.encode_descriptor(
+                "chamfer_process_rss_anon_bytes",
+                "Anonymous resident memory of the server process (RssAnon: without mapped shard files)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss).encode(m)?;
         }
         let m = enc.encode_descriptor(
             "chamfer_collections",
@@ -289,6 +324,7 @@ mod tests {
                 executed: 5,
                 ..PoolStats::default()
             },
+            rss_anon: Some(4096),
         };
         let mut r = Registry::default();
         r.register_collector(Box::new(g));
@@ -304,6 +340,8 @@ mod tests {
             "chamfer_cpu_tasks_total{state=\"executed\"} 5",
             "chamfer_cpu_tasks_total{state=\"skipped\"} 0",
             "chamfer_cpu_tasks_queued 0",
+            "chamfer_process_rss_anon_bytes 4096",
+            "chamfer_flushed_bytes{collection=\"c\"} 0",
         ] {
             assert!(out.contains(needle), "{needle:?} missing from\n{out}");
         }

@@ -26,7 +26,8 @@
 //!
 //! [`Plan::Auto`] picks per shard: the inverted file where the shard has one and at least [`IVF_MIN_DOCS`]
 //! documents, else HNSW where a graph exists, else the centroid scan (the FDE scan without a codebook); and exact
-//! when the collection is no larger than the re-rank depth anyway.
+//! when the collection is no larger than the re-rank depth anyway. A tokens-only shard
+//! ([`crate::shard::Coding::TokensOnly`]: no codebook, no FDE) is always searched exactly, whatever the plan.
 //!
 //! [`Searcher::with_search_threads`] splits one query's work (centroid table, candidate scoring, exact
 //! re-rank, the exhaustive scan) over a private thread pool; the results are identical to one thread's.
@@ -440,6 +441,8 @@ impl Searcher {
     pub fn resolve_plan(&self, requested: Plan, shard: &Shard, rerank: usize) -> Plan {
         match requested {
             Plan::Auto if self.len() <= rerank => Plan::Exact,
+            // A tokens-only shard (no codebook, no FDE) has nothing to approximate with.
+            _ if shard.codebook().is_none() && shard.fde_dim() == 0 => Plan::Exact,
             Plan::Auto if shard.has_ivf() && shard.len() >= IVF_MIN_DOCS => Plan::Ivf,
             Plan::Ivf if shard.has_ivf() => Plan::Ivf,
             Plan::Auto | Plan::Hnsw if shard.graph().is_some() => Plan::Hnsw,
@@ -551,12 +554,17 @@ impl Searcher {
                 values: vec![],
             }
         };
-        // The inverted-file plan's re-rank depth is fixed in k; the scans' grows with the collection.
+        // The inverted-file plan's re-rank depth is fixed in k; the scans' grows with the collection. Small
+        // shards scanned by centroid interaction beside inverted files (a server's memtable next to its flushed
+        // shards) compete on the same scores as the inverted-file candidates, so they keep the fixed depth.
         let rerank = if plans
             .iter()
             .zip(&self.shards)
             .filter(|(_, s)| !s.is_empty())
-            .all(|(&pl, _)| matches!(pl, Plan::Ivf | Plan::Exact))
+            .all(|(&pl, s)| {
+                matches!(pl, Plan::Ivf | Plan::Exact)
+                    || (pl == Plan::CentroidScan && s.len() < IVF_MIN_DOCS)
+            })
             && plans.contains(&Plan::Ivf)
         {
             p.ivf_rerank()

@@ -66,7 +66,7 @@ use crate::{IndexError, Result};
 
 pub use params::*;
 use writer::read_u64s;
-pub use writer::{train_codebook, ENCODE_SCRATCH_BYTES};
+pub use writer::{train_codebook, Coding, ENCODE_SCRATCH_BYTES};
 
 const MAGIC: &[u8; 8] = b"CHMFSHRD";
 const END_MAGIC: &[u8; 8] = b"CHMFEND1";
@@ -346,10 +346,14 @@ impl Shard {
     fn check_structure(&self) -> std::result::Result<(), String> {
         let n = self.meta.n_docs;
         let dim = self.meta.params.fde.dimension;
-        // Version 1 stores the full FDE; version 2 what the plans read (writer::stored_fde_repetitions).
+        // Version 1 stores the full FDE; version 2 what the plans read (writer::stored_fde_repetitions), or
+        // none (a tokens-only shard, a merged shard).
         let p = &self.meta.params;
         let stored = writer::stored_fde_repetitions(p, self.codebook.is_some(), n);
-        if self.meta.fde_dim != p.fde.output_dim() && self.meta.fde_dim != p.prefix_dim(stored) {
+        if self.meta.fde_dim != p.fde.output_dim()
+            && self.meta.fde_dim != p.prefix_dim(stored)
+            && self.meta.fde_dim != 0
+        {
             return Err("FDE dimension disagrees with the FDE configuration".into());
         }
         let b = self.bytes.as_slice();

@@ -203,10 +203,93 @@ pub(super) fn stored_fde_repetitions(params: &IndexParams, codebook: bool, n_doc
     }
 }
 
+/// How a shard's token codes come to be.
+#[derive(Clone, Copy)]
+pub enum Coding<'a> {
+    /// A codebook trained on the documents as `params` asks ([`train_codebook`]); none when
+    /// `params.codebook_size` is 0, and then the full FDE is stored (the FDE scan is the shard's plan).
+    Train,
+    /// This codebook (a collection's): no training, and approximate scores that do not depend on how
+    /// documents were split into shards. `known`, when given, holds per document the codes it already has
+    /// under this very codebook (from another shard that used it): they are copied, not re-assigned.
+    Given {
+        /// The codebook.
+        codebook: &'a Arc<Codebook>,
+        /// Per document (same order and length as the documents): codes already assigned with `codebook`.
+        known: Option<&'a [Option<&'a [u16]>]>,
+    },
+    /// Tokens only: no codebook, no FDE. Searched exactly ([`crate::search::Plan::Exact`]); the cheapest
+    /// shard to build (a memtable before its collection has a codebook, a log replayed at start-up).
+    TokensOnly,
+}
+
+/// The codes of `docs` under `book`: copied from `known` where given (checked), assigned otherwise.
+fn codes_for(
+    book: &Codebook,
+    docs: &[ShardDoc<'_>],
+    known: Option<&[Option<&[u16]>]>,
+) -> Result<Vec<u16>> {
+    if let Some(known) = known {
+        if known.len() != docs.len() {
+            return Err(IndexError::param(
+                "codes",
+                format!("{} code lists for {} documents", known.len(), docs.len()),
+            ));
+        }
+        for (d, k) in docs.iter().zip(known) {
+            if let Some(k) = k {
+                if k.len() != d.tokens.len() || k.iter().any(|&c| c as usize >= book.len()) {
+                    return Err(IndexError::param(
+                        "codes",
+                        format!(
+                            "document {:?}: its codes do not fit its tokens or the codebook",
+                            d.id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let known_of = |i: usize| known.and_then(|k| k[i]);
+    // Documents in runs of ASSIGN_RUN: one assignment call per run keeps the two-level assignment's
+    // per-cluster matrix products large. Runs whose codes are all known are copied.
+    let codes: Vec<Vec<u16>> = docs
+        .par_chunks(ASSIGN_RUN)
+        .enumerate()
+        .map(|(r, run)| {
+            let first = r * ASSIGN_RUN;
+            let mut buf = Vec::new();
+            for (j, d) in run.iter().enumerate() {
+                if known_of(first + j).is_none() {
+                    buf.extend_from_slice(d.tokens.as_slice());
+                }
+            }
+            let assigned = if buf.is_empty() {
+                Vec::new()
+            } else {
+                book.assign_sequential(&buf)
+            };
+            let mut at = 0;
+            let mut out = Vec::with_capacity(run.iter().map(|d| d.tokens.len()).sum());
+            for (j, d) in run.iter().enumerate() {
+                match known_of(first + j) {
+                    Some(k) => out.extend_from_slice(k),
+                    None => {
+                        out.extend_from_slice(&assigned[at..at + d.tokens.len()]);
+                        at += d.tokens.len();
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    Ok(codes.concat())
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
-    codebook: Option<Arc<Codebook>>,
+    coding: Coding<'_>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Built> {
@@ -240,8 +323,15 @@ fn build(
         }
     }
     // The FDE is stored only as far as a plan reads it (a Matryoshka prefix is itself an FDE).
-    let coded = (codebook.is_some() || params.codebook_size > 0) && !docs.is_empty();
-    let reps = stored_fde_repetitions(params, coded, docs.len());
+    let coded = match coding {
+        Coding::Train => params.codebook_size > 0,
+        Coding::Given { .. } => true,
+        Coding::TokensOnly => false,
+    } && !docs.is_empty();
+    let reps = match coding {
+        Coding::TokensOnly => 0,
+        _ => stored_fde_repetitions(params, coded, docs.len()),
+    };
     let fde_dim = params.prefix_dim(reps);
     let encoder = FdeEncoder::new(FdeConfig {
         num_repetitions: reps.max(1),
@@ -283,34 +373,23 @@ fn build(
     let total_tokens = docs.iter().map(|d| d.tokens.len() as u64).sum();
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
     let prefix_scale = prefix_scale_of(&fdes, fde_dim, pdim);
-    let codebook = match codebook {
-        Some(book) if book.dim() != dim => {
+    let (codebook, known) = match coding {
+        Coding::Given { codebook, .. } if codebook.dim() != dim => {
             return Err(IndexError::DimensionMismatch {
                 expected: dim,
-                got: book.dim(),
+                got: codebook.dim(),
             })
         }
-        Some(book) => Some(book),
-        None => train_codebook(params, docs, cancel)?.map(Arc::new),
+        Coding::Given { codebook, known } => (Some(Arc::clone(codebook)), known),
+        Coding::Train => (train_codebook(params, docs, cancel)?.map(Arc::new), None),
+        Coding::TokensOnly => (None, None),
     };
     let (codes, ivf_start, ivf_docs) = match &codebook {
         Some(book) if !docs.is_empty() => {
             if cancel() {
                 return Err(IndexError::Cancelled("shard write: before the token codes"));
             }
-            // Documents in runs of ASSIGN_RUN: one assignment call per run keeps the two-level assignment's
-            // per-cluster matrix products large.
-            let codes: Vec<Vec<u16>> = docs
-                .par_chunks(ASSIGN_RUN)
-                .map(|run| {
-                    let mut buf =
-                        Vec::with_capacity(run.iter().map(|d| d.tokens.as_slice().len()).sum());
-                    run.iter()
-                        .for_each(|d| buf.extend_from_slice(d.tokens.as_slice()));
-                    book.assign_sequential(&buf)
-                })
-                .collect();
-            let codes = codes.concat();
+            let codes = codes_for(book, docs, known)?;
             let mut token_start = Vec::with_capacity(docs.len() + 1);
             token_start.push(0usize);
             for d in docs {
@@ -341,18 +420,73 @@ fn build(
     })
 }
 
-fn write_body<W: Write>(
+/// The documents a shard's sections are laid out from: new documents ([`ShardDoc`]s, packed here) or
+/// documents of existing shards (a merge: their packed panels are copied as they are).
+trait LayoutDocs: Sync {
+    fn count(&self) -> usize;
+    fn n_tokens(&self, i: usize) -> usize;
+    /// Appends document `i`'s packed panels ([`kernels::packed_len`] values).
+    fn push_packed(&self, i: usize, dim: usize, out: &mut Vec<f16>);
+    fn id(&self, i: usize) -> &[u8];
+    fn payload(&self, i: usize) -> &[u8];
+}
+
+impl LayoutDocs for [ShardDoc<'_>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn n_tokens(&self, i: usize) -> usize {
+        self[i].tokens.len()
+    }
+    fn push_packed(&self, i: usize, dim: usize, out: &mut Vec<f16>) {
+        kernels::pack_tokens(self[i].tokens.as_slice(), dim, out);
+    }
+    fn id(&self, i: usize) -> &[u8] {
+        self[i].id.as_bytes()
+    }
+    fn payload(&self, i: usize) -> &[u8] {
+        self[i].payload
+    }
+}
+
+/// Documents of existing shards, in the order a merged shard holds them.
+struct MergedDocs<'a>(&'a [(&'a Shard, u32)]);
+
+impl LayoutDocs for MergedDocs<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn n_tokens(&self, i: usize) -> usize {
+        let (s, d) = self.0[i];
+        s.n_tokens(d as usize)
+    }
+    fn push_packed(&self, i: usize, _dim: usize, out: &mut Vec<f16>) {
+        let (s, d) = self.0[i];
+        out.extend_from_slice(s.packed_tokens(d as usize));
+    }
+    fn id(&self, i: usize) -> &[u8] {
+        let (s, d) = self.0[i];
+        s.id(d as usize).as_bytes()
+    }
+    fn payload(&self, i: usize) -> &[u8] {
+        let (s, d) = self.0[i];
+        s.payload(d as usize)
+    }
+}
+
+fn write_body<W: Write, D: LayoutDocs + ?Sized>(
     sw: &mut SectionWriter<W>,
     b: &Built,
-    docs: &[ShardDoc<'_>],
+    docs: &D,
 ) -> std::io::Result<()> {
     let dim = b.params.fde.dimension;
+    let n = docs.count();
     sw.section(
         "tokens",
-        docs.chunks(256).map(|chunk| {
+        (0..n).step_by(256).map(|first| {
             let mut packed = Vec::new();
-            for d in chunk {
-                kernels::pack_tokens(d.tokens.as_slice(), dim, &mut packed);
+            for i in first..(first + 256).min(n) {
+                docs.push_packed(i, dim, &mut packed);
             }
             bytemuck::cast_slice::<f16, u8>(&packed).to_vec()
         }),
@@ -360,9 +494,8 @@ fn write_body<W: Write>(
     sw.section("panel_start", [le_bytes_u64(&b.panel_start)])?;
     sw.section(
         "n_tokens",
-        [docs
-            .iter()
-            .flat_map(|d| (d.tokens.len() as u32).to_le_bytes())
+        [(0..n)
+            .flat_map(|i| (docs.n_tokens(i) as u32).to_le_bytes())
             .collect()],
     )?;
     sw.section(
@@ -391,27 +524,28 @@ fn write_body<W: Write>(
             .chunks(1 << 20)
             .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()),
     )?;
-    fn id_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
-        d.id.as_bytes()
-    }
-    fn payload_of<'a>(d: &ShardDoc<'a>) -> &'a [u8] {
-        d.payload
-    }
-    for (name, field) in [
-        ("id", id_of as for<'a> fn(&ShardDoc<'a>) -> &'a [u8]),
-        ("payload", payload_of),
-    ] {
+    for name in ["id", "payload"] {
+        let field = |i: usize| {
+            if name == "id" {
+                docs.id(i)
+            } else {
+                docs.payload(i)
+            }
+        };
         let mut starts = vec![0u64];
         let mut acc = 0u64;
-        for d in docs {
-            acc += field(d).len() as u64;
+        for i in 0..n {
+            acc += field(i).len() as u64;
             starts.push(acc);
         }
         sw.section(&format!("{name}_start"), [le_bytes_u64(&starts)])?;
         sw.section(
             &format!("{name}_bytes"),
-            docs.chunks(4096)
-                .map(|c| c.iter().flat_map(|d| field(d).to_vec()).collect()),
+            (0..n).step_by(4096).map(|first| {
+                (first..(first + 4096).min(n))
+                    .flat_map(|i| field(i).to_vec())
+                    .collect()
+            }),
         )?;
     }
     Ok(())
@@ -457,11 +591,11 @@ pub(super) fn read_u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
 
 /// The file part of [`Shard::write_cancellable`]: graph files, temp file, fsync, rename. The caller removes
 /// what is left behind on error.
-fn write_files(
+fn write_files<D: LayoutDocs + ?Sized>(
     path: &Path,
     tmp: &Path,
     built: &Built,
-    docs: &[ShardDoc<'_>],
+    docs: &D,
     cancel: &dyn Fn() -> bool,
     graph_started: &mut bool,
 ) -> Result<()> {
@@ -470,7 +604,7 @@ fn write_files(
     if cancel() {
         return Err(IndexError::Cancelled("shard write: before the graph build"));
     }
-    let graph = if docs.len() >= params.hnsw.min_docs.max(1) {
+    let graph = if docs.count() >= params.hnsw.min_docs.max(1) {
         *graph_started = true;
         let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
         let scale = 1.0 / built.prefix_scale;
@@ -519,6 +653,137 @@ fn write_files(
     Ok(())
 }
 
+/// Writes `built` to `path` (see [`write_files`]), removing what it left behind on error.
+fn write_built<D: LayoutDocs + ?Sized>(
+    path: &Path,
+    built: &Built,
+    docs: &D,
+    cancel: &dyn Fn() -> bool,
+) -> Result<()> {
+    let (dir, base) = dir_and_base(path);
+    let tmp = path.with_extension("tmp");
+    let mut graph_started = false;
+    let result = write_files(path, &tmp, built, docs, cancel, &mut graph_started);
+    if result.is_err() {
+        // Best effort: the error being returned matters more than a failure to clean up.
+        let _ = fs::remove_file(&tmp);
+        if graph_started {
+            for g in crate::hnsw::graph_file_paths(dir, &base) {
+                let _ = fs::remove_file(g);
+            }
+        }
+    }
+    result
+}
+
+/// [`build`] for a merge of existing shards' documents (see [`Shard::write_merged`]).
+fn build_merged(
+    params: &IndexParams,
+    docs: &[(&Shard, u32)],
+    book: &Arc<Codebook>,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &dyn Fn() -> bool,
+) -> Result<Built> {
+    params.validate()?;
+    let dim = params.fde.dimension;
+    if docs.len() > u32::MAX as usize {
+        return Err(IndexError::param(
+            "documents",
+            "a shard holds at most 2^32 - 1 documents",
+        ));
+    }
+    if docs.is_empty() || docs.len() >= params.hnsw.min_docs.max(1) {
+        return Err(IndexError::param(
+            "documents",
+            format!(
+                "a merged shard holds 1 to {} documents (it carries no graph), got {}",
+                params.hnsw.min_docs.max(1) - 1,
+                docs.len()
+            ),
+        ));
+    }
+    if book.dim() != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: book.dim(),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(docs.len());
+    for &(s, d) in docs {
+        if s.params().fde.dimension != dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                got: s.params().fde.dimension,
+            });
+        }
+        if d as usize >= s.len() {
+            return Err(IndexError::param(
+                "documents",
+                format!("document {d} of a {}-document shard", s.len()),
+            ));
+        }
+        if !seen.insert(s.id(d as usize)) {
+            return Err(IndexError::DuplicateId(s.id(d as usize).to_string()));
+        }
+    }
+    drop(seen);
+    let mut panel_start = Vec::with_capacity(docs.len() + 1);
+    let mut token_start = Vec::with_capacity(docs.len() + 1);
+    panel_start.push(0u64);
+    token_start.push(0usize);
+    for &(s, d) in docs {
+        let n = s.n_tokens(d as usize);
+        panel_start.push(panel_start[panel_start.len() - 1] + kernels::packed_len(n, dim) as u64);
+        token_start.push(token_start[token_start.len() - 1] + n);
+    }
+    if cancel() {
+        return Err(IndexError::Cancelled("shard merge: before the token codes"));
+    }
+    let shared = |s: &Shard| s.codebook_arc().is_some_and(|b| Arc::ptr_eq(b, book));
+    let codes: Vec<Vec<u16>> = docs
+        .par_chunks(ASSIGN_RUN)
+        .map(|run| {
+            let mut buf = Vec::new();
+            for &(s, d) in run.iter().filter(|(s, _)| !shared(s)) {
+                buf.extend(s.tokens(d as usize));
+            }
+            let assigned = if buf.is_empty() {
+                Vec::new()
+            } else {
+                book.assign_sequential(&buf)
+            };
+            let mut at = 0;
+            let mut out = Vec::new();
+            for &(s, d) in run {
+                if shared(s) {
+                    out.extend_from_slice(s.codes(d as usize));
+                } else {
+                    let n = s.n_tokens(d as usize);
+                    out.extend_from_slice(&assigned[at..at + n]);
+                    at += n;
+                }
+            }
+            progress(run.len() as u64);
+            out
+        })
+        .collect();
+    let codes = codes.concat();
+    let (ivf_start, ivf_docs) = inverted_file(&codes, &token_start, book.len());
+    Ok(Built {
+        params: params.clone(),
+        n: docs.len(),
+        fde_dim: 0,
+        fdes: Vec::new(),
+        panel_start,
+        total_tokens: token_start[docs.len()] as u64,
+        prefix_scale: 1.0,
+        codebook: Some(Arc::clone(book)),
+        codes,
+        ivf_start,
+        ivf_docs,
+    })
+}
+
 impl Shard {
     /// Writes a shard for `docs` to `path` atomically (temp file, fsync, rename, directory fsync), with its HNSW
     /// graph files beside it when there are at least `params.hnsw.min_docs` documents. `progress` is called with
@@ -543,7 +808,7 @@ impl Shard {
         progress: &(dyn Fn(u64) + Sync),
         cancel: &dyn Fn() -> bool,
     ) -> Result<()> {
-        Shard::write_with_codebook(path, params, docs, None, progress, cancel)
+        Shard::write_coded(path, params, docs, Coding::Train, progress, cancel)
     }
 
     /// [`write_cancellable`](Self::write_cancellable) with a given token codebook (a collection's, see
@@ -557,29 +822,63 @@ impl Shard {
         progress: &(dyn Fn(u64) + Sync),
         cancel: &dyn Fn() -> bool,
     ) -> Result<()> {
+        match &codebook {
+            Some(codebook) => Shard::write_coded(
+                path,
+                params,
+                docs,
+                Coding::Given {
+                    codebook,
+                    known: None,
+                },
+                progress,
+                cancel,
+            ),
+            None => Shard::write_coded(path, params, docs, Coding::Train, progress, cancel),
+        }
+    }
+
+    /// [`write_cancellable`](Self::write_cancellable) with the token codes made as `coding` says.
+    pub fn write_coded(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        coding: Coding<'_>,
+        progress: &(dyn Fn(u64) + Sync),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<()> {
         if path.file_stem().is_none() {
             return Err(IndexError::param("path", "a shard path needs a file name"));
         }
-        let built = build(params, docs, codebook, progress, cancel)?;
-        let (dir, base) = dir_and_base(path);
-        let tmp = path.with_extension("tmp");
-        let mut graph_started = false;
-        let result = write_files(path, &tmp, &built, docs, cancel, &mut graph_started);
-        if result.is_err() {
-            // Best effort: the error being returned matters more than a failure to clean up.
-            let _ = fs::remove_file(&tmp);
-            if graph_started {
-                for g in crate::hnsw::graph_file_paths(dir, &base) {
-                    let _ = fs::remove_file(g);
-                }
-            }
+        let built = build(params, docs, coding, progress, cancel)?;
+        write_built(path, &built, docs, cancel)
+    }
+
+    /// Writes a shard holding documents of existing shards (a merge: `docs` lists `(shard, document)` in the
+    /// new order), coded with `codebook`: packed tokens, ids and payloads are copied as they are, codes are
+    /// copied from shards coded with this very codebook (`Arc::ptr_eq`, see [`Shard::share_codebook`]) and
+    /// assigned for the others. No FDE and no graph: the merge must stay below `params.hnsw.min_docs` (else
+    /// [`IndexError::InvalidParam`]; write such shards with [`write_coded`](Self::write_coded)). Memory: the
+    /// codes and the inverted file, never the tokens (they stream from the sources). Atomic and cancellable like
+    /// [`write_cancellable`](Self::write_cancellable).
+    pub fn write_merged(
+        path: &Path,
+        params: &IndexParams,
+        docs: &[(&Shard, u32)],
+        codebook: &Arc<Codebook>,
+        progress: &(dyn Fn(u64) + Sync),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        if path.file_stem().is_none() {
+            return Err(IndexError::param("path", "a shard path needs a file name"));
         }
-        result
+        let built = build_merged(params, docs, codebook, progress, cancel)?;
+        write_built(path, &built, &MergedDocs(docs), cancel)
     }
 
     /// Builds the same bytes in memory (no file, no graph): for small or unflushed batches.
     pub fn build_in_memory(params: &IndexParams, docs: &[ShardDoc<'_>]) -> Result<Shard> {
-        Shard::build_in_memory_with_codebook(params, docs, None)
+        Shard::build_in_memory_coded(params, docs, Coding::Train)
     }
 
     /// [`build_in_memory`](Self::build_in_memory) with a given codebook (see
@@ -589,7 +888,26 @@ impl Shard {
         docs: &[ShardDoc<'_>],
         codebook: Option<Arc<Codebook>>,
     ) -> Result<Shard> {
-        let built = build(params, docs, codebook, &|_| {}, &|| false)?;
+        match &codebook {
+            Some(codebook) => Shard::build_in_memory_coded(
+                params,
+                docs,
+                Coding::Given {
+                    codebook,
+                    known: None,
+                },
+            ),
+            None => Shard::build_in_memory_coded(params, docs, Coding::Train),
+        }
+    }
+
+    /// [`build_in_memory`](Self::build_in_memory) with the token codes made as `coding` says.
+    pub fn build_in_memory_coded(
+        params: &IndexParams,
+        docs: &[ShardDoc<'_>],
+        coding: Coding<'_>,
+    ) -> Result<Shard> {
+        let built = build(params, docs, coding, &|_| {}, &|| false)?;
         let mut sw = SectionWriter {
             out: Vec::new(),
             pos: 64,

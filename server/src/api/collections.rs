@@ -213,6 +213,15 @@ pub struct CollectionStats {
     pub wal_bytes: u64,
     /// Sequence number of the last acknowledged write.
     pub last_sequence: u64,
+    /// Centroids of the collection codebook (0 before the first flush trains it).
+    pub codebook_centroids: u64,
+    /// Generation of the collection codebook (0: none yet; one more per re-training).
+    pub codebook_generation: u64,
+    /// Bytes of shard files written by flushes, over the collection's life.
+    pub flushed_bytes: u64,
+    /// Bytes of shard files written by compactions, over the collection's life. Write amplification of the
+    /// shards: `(flushed_bytes + compacted_bytes) / flushed_bytes`.
+    pub compacted_bytes: u64,
 }
 
 impl From<CollectionInfo> for Collection {
@@ -245,6 +254,10 @@ impl From<CollectionInfo> for Collection {
                 tombstones: s.tombstones,
                 wal_bytes: s.wal_bytes,
                 last_sequence: s.last_sequence,
+                codebook_centroids: s.codebook_centroids,
+                codebook_generation: s.codebook_generation,
+                flushed_bytes: s.flushed_bytes,
+                compacted_bytes: s.compacted_bytes,
             },
             name: i.name,
         }

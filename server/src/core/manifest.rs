@@ -4,6 +4,7 @@
 //! <data_dir>/collections/<name>/
 //!   collection.json          name, dimension, IndexParams (FDE config with its seed, graph params): never changes
 //!   manifest.json            which shard files are live, their deleted documents, and flushed_seq
+//!   codebook-<gen>.bin       the collection's token codebook (see `collection::codebook`), named by the manifest
 //!   segments/seg-<id>.shard  immutable engine shards (+ graph files beside them)
 //!   wal/wal-<seq>.log        the write-ahead log (see `wal`)
 //!   quarantine/              evidence kept aside (torn log tails); never read, never deleted by the server
@@ -60,8 +61,28 @@ pub struct SegmentEntry {
     pub deleted: Vec<u32>,
 }
 
+/// The collection's token codebook, as `manifest.json` names it (the file is `codebook-<generation>.bin`, see
+/// `collection::codebook`). Absent until the first flush trains it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CodebookEntry {
+    /// Generation: 1 for the first codebook, one more for every re-training.
+    pub generation: u64,
+    /// Number of centroids (checked against the file).
+    pub centroids: usize,
+    /// CRC32 of the codebook bytes (checked against the file).
+    pub crc32: u32,
+    /// Mean squared quantization error of held-out tokens when it was trained: the drift baseline.
+    pub baseline_error: f64,
+    /// Live documents when it was trained (re-training waits for the collection to grow).
+    pub trained_at_docs: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 /// `manifest.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     /// Format version of the body (see [`MANIFEST_VERSION`]).
     pub format_version: u32,
@@ -71,6 +92,16 @@ pub struct Manifest {
     pub next_segment_id: u64,
     /// Live shard files, with their deletions.
     pub segments: Vec<SegmentEntry>,
+    /// The collection codebook every new shard is coded with (absent before the first flush, and in manifests
+    /// written before it existed: absent fields are not serialized, so their checksum is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codebook: Option<CodebookEntry>,
+    /// Bytes of shard files written by flushes, over the collection's life (write amplification's base).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flushed_bytes: u64,
+    /// Bytes of shard files written by compactions, over the collection's life.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compacted_bytes: u64,
 }
 
 /// Paths inside a collection directory.
@@ -104,6 +135,17 @@ impl Layout {
     /// The shard file of segment `id`.
     pub fn segment(&self, id: u64) -> PathBuf {
         self.segments().join(format!("seg-{id:010}.shard"))
+    }
+    /// The file of collection codebook generation `generation`.
+    pub fn codebook(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("codebook-{generation:08}.bin"))
+    }
+    /// The generation of a codebook file name (`codebook-<generation>.bin`), if it is one.
+    pub fn codebook_generation_of(name: &str) -> Option<u64> {
+        name.strip_prefix("codebook-")?
+            .strip_suffix(".bin")?
+            .parse()
+            .ok()
     }
     /// The segment id of a file in `segments/` (`seg-<id>.<anything>`), if it is one of ours.
     pub fn segment_id_of(name: &str) -> Option<u64> {
@@ -243,7 +285,39 @@ mod tests {
                 docs: 10,
                 deleted: vec![1, 7],
             }],
+            ..Manifest::default()
         }
+    }
+
+    /// A manifest written before the codebook and the byte counters existed: its checksum covers a body without
+    /// them, and it still reads (absent fields are not serialized, so the recomputed checksum is the same).
+    #[test]
+    fn reads_manifests_written_before_the_codebook() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let body = r#"{"format_version":2,"flushed_seq":41,"next_segment_id":3,"segments":[{"id":2,"docs":10,"deleted":[1,7]}]}"#;
+        let crc = crc32fast::hash(body.as_bytes());
+        fs::write(
+            &path,
+            format!(r#"{{"format_version":2,"crc32":{crc},"body":{body}}}"#),
+        )
+        .unwrap();
+        assert_eq!(read_checked::<Manifest>(&path).unwrap(), manifest());
+        // And one with them round-trips.
+        let with = Manifest {
+            codebook: Some(CodebookEntry {
+                generation: 3,
+                centroids: 1024,
+                crc32: 77,
+                baseline_error: 0.25,
+                trained_at_docs: 9,
+            }),
+            flushed_bytes: 5,
+            compacted_bytes: 6,
+            ..manifest()
+        };
+        write_checked(&path, &with).unwrap();
+        assert_eq!(read_checked::<Manifest>(&path).unwrap(), with);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chamfer_index::fsutil;
-use chamfer_index::shard::{IndexParams, Shard};
+use chamfer_index::shard::IndexParams;
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
@@ -531,11 +531,7 @@ impl Core {
             });
         }
         let ticket = self.ticket(deadline);
-        let (dim, params, limits) = (
-            c.config.dimension,
-            c.config.params.clone(),
-            self.inner.limits.clone(),
-        );
+        let (dim, limits, coll) = (c.config.dimension, self.inner.limits.clone(), c.clone());
         let (shard, body) = self
             .inner
             .pool
@@ -549,7 +545,7 @@ impl Core {
                     .iter()
                     .map(|d| d.shard_doc(dim))
                     .collect::<Result<Vec<_>, IndexError>>()?;
-                let shard = Shard::build_in_memory(&params, &shard_docs)?;
+                let shard = coll.build_memory_shard(&shard_docs)?;
                 let body = wal::encode_upsert(valid.iter().map(|d| {
                     (
                         d.id.as_str(),

@@ -4,15 +4,17 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use chamfer_index::codebook::Codebook;
 use chamfer_index::shard::{remove_shard_files, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
 use crate::error::ServiceError;
 
+use super::codebook::{self, Current};
 use super::sequencer::Cmd;
 use super::sequencer::{Install, NewSegment};
-use super::state::{Bitset, Loc, Segment};
+use super::state::{Bitset, Loc};
 use super::{closing, closing_error, lock, Collection};
 
 /// Memory segments that trigger a flush whatever their size (each costs a little per search).
@@ -31,11 +33,32 @@ impl Collection {
     }
 
     pub(super) fn needs_compaction(&self) -> bool {
+        self.pick_compaction().is_some()
+    }
+
+    /// The durable shards the tiered policy would merge next (see [`pick_compaction`]).
+    fn pick_compaction(&self) -> Option<Vec<u64>> {
         let st = lock(&self.state);
-        let durable: Vec<&Segment> = st.segments.iter().filter(|s| s.durable).collect();
-        let docs: usize = durable.iter().map(|s| s.shard.len()).sum();
-        let deleted: usize = durable.iter().map(|s| s.deleted.ones()).sum();
-        durable.len() > self.tuning.compaction_max_shards || (deleted > 0 && deleted * 5 >= docs)
+        let sizes: Vec<ShardSize> = st
+            .segments
+            .iter()
+            .filter(|s| s.durable)
+            .map(|s| ShardSize {
+                id: s.id,
+                docs: s.shard.len(),
+                deleted: s.deleted.ones(),
+            })
+            .collect();
+        pick_compaction(&sizes, &self.policy())
+    }
+
+    /// The compaction policy of this collection's tuning and parameters.
+    pub(super) fn policy(&self) -> TierPolicy {
+        TierPolicy::new(
+            self.tuning.flush_threshold_docs,
+            self.tuning.compaction_max_shards,
+            self.config.params.hnsw.min_docs,
+        )
     }
 
     /// Wakes the maintenance thread when a flush or compaction is due.
@@ -54,9 +77,16 @@ impl Collection {
                     self.background_failed("flush", &e);
                 }
             }
-            if self.needs_compaction() {
-                if let Err(e) = self.compact() {
-                    self.background_failed("compaction", &e);
+            // Tiered merges until the policy has nothing left to do (each merge lowers the shard count or
+            // clears a shard's deletions, so this ends).
+            while self.needs_compaction() && !self.is_closing() {
+                match self.compact_tiered() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.background_failed("compaction", &e);
+                        break;
+                    }
                 }
             }
         }
@@ -97,7 +127,18 @@ impl Collection {
         if picked.is_empty() && rotated.closed.is_empty() {
             return Ok(());
         }
-        let add = self.build_segment(&picked)?;
+        let (book, trained) = self.ensure_codebook()?;
+        // Held-out tokens of the new documents: the drift check after the install.
+        let recent = codebook::sample_tokens(
+            &picked
+                .iter()
+                .map(|p| (p.1.clone(), p.2.clone()))
+                .collect::<Vec<_>>(),
+            self.config.dimension,
+            DRIFT_SAMPLE_TOKENS,
+            rotated.last_seq,
+        );
+        let add = self.build_segment(&picked, book.as_ref())?;
         let started = std::time::Instant::now();
         if let Err(e) = self.check_open() {
             self.discard(&add);
@@ -105,32 +146,145 @@ impl Collection {
         }
         let install = Install {
             remove: picked.iter().map(|p| p.0).collect(),
+            bytes_written: written_bytes(&add),
             add,
             flushed_seq: Some(rotated.last_seq),
             obsolete_wal: rotated.closed,
             obsolete_segments: vec![],
+            codebook: trained,
         };
         self.call(|reply| Cmd::Install { install, reply })?;
         tracing::info!(collection = %self.config.name, segments = picked.len(), flushed_seq = rotated.last_seq,
             install_ms = started.elapsed().as_millis() as u64, "flushed the memtable");
+        self.retrain_if_needed(&recent)?;
         Ok(())
     }
 
-    /// Merges every durable shard into one, dropping deleted documents. Blocking. False when there was
-    /// nothing to do.
+    /// The codebook new shards are coded with: the collection's, or (first flush of a collection with
+    /// `codebook_size > 0`) one trained now on every live document, its file written and synced, to be recorded
+    /// by the install that follows. None for collections without a codebook.
+    fn ensure_codebook(&self) -> Result<(Option<Arc<Codebook>>, Option<Current>), ServiceError> {
+        if self.config.params.codebook_size == 0 {
+            return Ok((None, None));
+        }
+        let (segments, live_docs, generation) = {
+            let st = lock(&self.state);
+            if let Some(c) = &st.codebook {
+                return Ok((Some(c.book.clone()), None));
+            }
+            (st.live_segments(), st.ids.len() as u64, 1)
+        };
+        let trained = self.train_codebook(&segments, live_docs, generation)?;
+        Ok((trained.as_ref().map(|c| c.book.clone()), trained))
+    }
+
+    /// Trains generation `generation` on `segments` and writes its file (not yet named by the manifest).
+    fn train_codebook(
+        &self,
+        segments: &[(Arc<Shard>, Arc<Bitset>)],
+        live_docs: u64,
+        generation: u64,
+    ) -> Result<Option<Current>, ServiceError> {
+        let started = std::time::Instant::now();
+        let closing = || self.is_closing();
+        let Some((book, mut entry)) = codebook::train(
+            &self.config.params,
+            segments,
+            generation,
+            live_docs,
+            &closing,
+        ) else {
+            self.check_open()?;
+            return Ok(None);
+        };
+        self.check_open()?;
+        let path = self.layout.codebook(generation);
+        entry.crc32 = codebook::write(&path, self.config.dimension, generation, &book)?;
+        tracing::info!(collection = %self.config.name, generation, centroids = book.len(), live_docs,
+            train_ms = started.elapsed().as_millis() as u64, "trained the collection codebook");
+        Ok(Some(Current {
+            entry,
+            book: Arc::new(book),
+        }))
+    }
+
+    /// Re-trains the collection codebook when it is too small for the collection or the data drifted (see
+    /// `codebook`), and records it. Writes and searches go on meanwhile; only later flushes and merges use it.
+    fn retrain_if_needed(&self, recent: &[f32]) -> Result<(), ServiceError> {
+        let (segments, live_docs, current) = {
+            let st = lock(&self.state);
+            let Some(current) = st.codebook.clone() else {
+                return Ok(());
+            };
+            (st.live_segments(), st.ids.len() as u64, current)
+        };
+        let tokens: u64 = segments.iter().map(|(s, _)| s.total_tokens()).sum();
+        let Some(reason) =
+            codebook::retrain_reason(&self.config.params, &current, live_docs, tokens, recent)
+        else {
+            return Ok(());
+        };
+        tracing::info!(collection = %self.config.name, %reason, "re-training the collection codebook");
+        let Some(new) = self.train_codebook(&segments, live_docs, current.entry.generation + 1)?
+        else {
+            return Ok(());
+        };
+        if new.book.len() <= current.book.len() && reason.starts_with("the collection grew") {
+            // The sample could not support a larger codebook (deleted documents): keep the current one.
+            let _ = std::fs::remove_file(self.layout.codebook(new.entry.generation));
+            return Ok(());
+        }
+        let install = Install {
+            remove: vec![],
+            add: None,
+            flushed_seq: None,
+            obsolete_wal: vec![],
+            obsolete_segments: vec![],
+            codebook: Some(new),
+            bytes_written: 0,
+        };
+        self.call(|reply| Cmd::Install { install, reply })
+    }
+
+    /// Merges every durable shard into one (explicit request: `POST .../compact`), dropping deleted
+    /// documents. Blocking. False when there was nothing to do. Background work never does this: it merges by
+    /// size tier ([`Collection::compact_tiered`]).
     pub fn compact(&self) -> Result<bool, ServiceError> {
         let _guard = lock(&self.maint_lock);
         self.check_open()?;
-        let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
+        let ids: Vec<u64> = lock(&self.state)
             .segments
             .iter()
             .filter(|s| s.durable)
+            .map(|s| s.id)
+            .collect();
+        self.merge(&ids, true)
+    }
+
+    /// One step of the tiered policy ([`pick_compaction`]): merges the shards it picks. Blocking. False when
+    /// there was nothing to do.
+    pub fn compact_tiered(&self) -> Result<bool, ServiceError> {
+        let _guard = lock(&self.maint_lock);
+        self.check_open()?;
+        match self.pick_compaction() {
+            Some(ids) => self.merge(&ids, false),
+            None => Ok(false),
+        }
+    }
+
+    /// Rewrites the durable shards `ids` as one, without their deleted documents (maintenance lock held).
+    fn merge(&self, ids: &[u64], all: bool) -> Result<bool, ServiceError> {
+        let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
+            .segments
+            .iter()
+            .filter(|s| s.durable && ids.contains(&s.id))
             .map(|s| (s.id, s.shard.clone(), s.deleted.clone()))
             .collect();
-        if picked.len() < 2 && picked.iter().all(|p| p.2.ones() == 0) {
+        if picked.is_empty() || (picked.len() < 2 && picked.iter().all(|p| p.2.ones() == 0)) {
             return Ok(false);
         }
-        let add = self.build_segment(&picked)?;
+        let (book, trained) = self.ensure_codebook()?;
+        let add = self.build_segment(&picked, book.as_ref())?;
         if let Err(e) = self.check_open() {
             self.discard(&add);
             return Err(e);
@@ -138,13 +292,16 @@ impl Collection {
         let ids: Vec<u64> = picked.iter().map(|p| p.0).collect();
         let install = Install {
             remove: ids.clone(),
+            bytes_written: written_bytes(&add),
             add,
             flushed_seq: None,
             obsolete_wal: vec![],
             obsolete_segments: ids,
+            codebook: trained,
         };
         self.call(|reply| Cmd::Install { install, reply })?;
-        tracing::info!(collection = %self.config.name, merged = picked.len(), "compacted the shards");
+        let docs: usize = picked.iter().map(|p| p.1.len() - p.2.ones()).sum();
+        tracing::info!(collection = %self.config.name, merged = picked.len(), docs, all, "compacted shards");
         Ok(true)
     }
 
@@ -157,59 +314,186 @@ impl Collection {
         }
     }
 
-    /// Writes the live documents of `picked` into a new shard file (None when none is live).
+    /// Writes the live documents of `picked` into a new shard file (None when none is live), coded with `book`
+    /// (codes copied from documents already coded with it). Tokens are copied packed, never held in memory,
+    /// unless the shard is large enough for a graph (or the collection has no codebook): those are written from
+    /// decoded documents.
     pub(super) fn build_segment(
         &self,
         picked: &[(u64, Arc<Shard>, Arc<Bitset>)],
+        book: Option<&Arc<Codebook>>,
     ) -> Result<Option<NewSegment>, ServiceError> {
         let mut origin = Vec::new();
-        let mut tokens = Vec::new();
+        let mut sources: Vec<(&Shard, u32)> = Vec::new();
         for (sid, shard, deleted) in picked {
             for d in (0..shard.len()).filter(|&d| !deleted.get(d)) {
                 origin.push(Loc {
                     seg: *sid,
                     doc: d as u32,
                 });
-                tokens.push(shard.tokens(d));
+                sources.push((shard, d as u32));
             }
         }
         if origin.is_empty() {
             return Ok(None);
         }
-        let dim = self.config.dimension;
-        let shard_of = |o: &Loc| {
-            &picked
-                .iter()
-                .find(|p| p.0 == o.seg)
-                .expect("origin segment is picked")
-                .1
-        };
-        let docs = origin
-            .iter()
-            .zip(&tokens)
-            .map(|(o, t)| {
-                let s = shard_of(o);
-                Ok(ShardDoc {
-                    id: s.id(o.doc as usize),
-                    tokens: TokenMatrix::new(t, dim, "document")?,
-                    payload: s.payload(o.doc as usize),
-                })
-            })
-            .collect::<Result<Vec<_>, IndexError>>()?;
         let id = self.next_segment.fetch_add(1, Ordering::SeqCst);
         let path = self.layout.segment(id);
         // Stops early (and removes its files) when the collection starts closing: shutdown and drop never wait
         // for a long compaction.
         let closing = || self.is_closing();
-        match Shard::write_cancellable(&path, &self.config.params, &docs, &|_| {}, &closing) {
+        let params = &self.config.params;
+        let written = match book {
+            Some(book) if sources.len() < params.hnsw.min_docs.max(1) => {
+                Shard::write_merged(&path, params, &sources, book, &|_| {}, &closing)
+            }
+            _ => {
+                let dim = self.config.dimension;
+                let tokens: Vec<Vec<f32>> =
+                    sources.iter().map(|(s, d)| s.tokens(*d as usize)).collect();
+                let docs = sources
+                    .iter()
+                    .zip(&tokens)
+                    .map(|((s, d), t)| {
+                        Ok(ShardDoc {
+                            id: s.id(*d as usize),
+                            tokens: TokenMatrix::new(t, dim, "document")?,
+                            payload: s.payload(*d as usize),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, IndexError>>()?;
+                Shard::write_with_codebook(&path, params, &docs, book.cloned(), &|_| {}, &closing)
+            }
+        };
+        match written {
             Ok(()) => {}
             Err(IndexError::Cancelled(_)) => return Err(closing_error()),
             Err(e) => return Err(e.into()),
         }
-        let shard = Shard::open(&path)?;
-        if shard.graph().is_none() && !shard.is_empty() {
+        let mut shard = Shard::open(&path)?;
+        if let Some(book) = book {
+            shard.share_codebook(book);
+        }
+        if shard.graph().is_none() && shard.codebook().is_none() && !shard.is_empty() {
             shard.scan_layout();
         }
         Ok(Some((id, Arc::new(shard), origin)))
     }
+}
+
+/// Bytes a flush or compaction wrote: the new shard file and its graph files.
+fn written_bytes(add: &Option<NewSegment>) -> u64 {
+    add.as_ref()
+        .map_or(0, |(_, s, _)| s.byte_len() as u64 + s.graph_bytes())
+}
+
+/// Held-out tokens of a flush on which drift is measured.
+const DRIFT_SAMPLE_TOKENS: usize = 4096;
+/// Largest shard a merge produces, in documents (further capped below the graph threshold).
+pub(super) const MAX_MERGED_DOCS: usize = 1 << 19;
+
+/// A durable shard as the compaction policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ShardSize {
+    /// Segment id.
+    pub id: u64,
+    /// Documents in the file, deleted ones included.
+    pub docs: usize,
+    /// Deleted (or overwritten) documents.
+    pub deleted: usize,
+}
+
+impl ShardSize {
+    fn live(&self) -> usize {
+        self.docs - self.deleted.min(self.docs)
+    }
+}
+
+/// The size-tiered compaction policy (ARCHITECTURE.md, "Compaction").
+///
+/// Shards are grouped in tiers by live documents: tier `t` holds `[base x F^t, base x F^(t+1))` (tier 0 everything
+/// below `base x F`), with `base` the flush threshold and `F` the fan-in. When a tier holds `F` shards that are
+/// not full, its `F` smallest are merged (fewer when their sum would pass the size cap), so every document is
+/// rewritten about once per tier: `log_F(cap / base)` times in all, whatever the collection's size. A shard is
+/// full at half the cap; full shards are only rewritten for their deletions: a shard with at least a fifth of
+/// its documents deleted is rewritten alone (first, since it wastes space and search time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TierPolicy {
+    /// Live documents of tier 0's shards (the flush threshold).
+    pub base: usize,
+    /// Shards of one tier merged together.
+    pub fan_in: usize,
+    /// Largest merged shard, in documents.
+    pub max_docs: usize,
+}
+
+impl TierPolicy {
+    /// The policy for a flush threshold, a fan-in and the graph threshold `hnsw.min_docs` (merges stay below it
+    /// when it is well above the flush threshold: server shards are searched by their inverted file, and a graph
+    /// would cost minutes per merge for no default plan).
+    pub(super) fn new(flush_threshold: usize, fan_in: usize, graph_min_docs: usize) -> TierPolicy {
+        let base = flush_threshold.max(1);
+        let max_docs = if graph_min_docs > base.saturating_mul(2) {
+            MAX_MERGED_DOCS.min(graph_min_docs - 1)
+        } else {
+            MAX_MERGED_DOCS
+        };
+        TierPolicy {
+            base,
+            fan_in: fan_in.max(2),
+            max_docs,
+        }
+    }
+
+    fn tier(&self, live: usize) -> u32 {
+        let mut t = 0;
+        let mut upper = self.base.saturating_mul(self.fan_in);
+        while live >= upper && upper < usize::MAX {
+            t += 1;
+            upper = upper.saturating_mul(self.fan_in);
+        }
+        t
+    }
+}
+
+/// The durable shards to rewrite next (one merge), or None. See [`TierPolicy`].
+pub(super) fn pick_compaction(shards: &[ShardSize], policy: &TierPolicy) -> Option<Vec<u64>> {
+    // Deletions first: the shard with the largest deleted share, alone.
+    if let Some(s) = shards
+        .iter()
+        .filter(|s| s.deleted > 0 && s.deleted.saturating_mul(5) >= s.docs)
+        .max_by(|a, b| {
+            (a.deleted as f64 / a.docs.max(1) as f64)
+                .total_cmp(&(b.deleted as f64 / b.docs.max(1) as f64))
+                .then(b.id.cmp(&a.id))
+        })
+    {
+        return Some(vec![s.id]);
+    }
+    let mut open: Vec<&ShardSize> = shards
+        .iter()
+        .filter(|s| s.live().saturating_mul(2) < policy.max_docs)
+        .collect();
+    open.sort_by_key(|s| (policy.tier(s.live()), s.live(), s.id));
+    let mut at = 0;
+    while at < open.len() {
+        let tier = policy.tier(open[at].live());
+        let end = at
+            + open[at..]
+                .iter()
+                .take_while(|s| policy.tier(s.live()) == tier)
+                .count();
+        if end - at >= policy.fan_in {
+            let mut group: Vec<&ShardSize> = open[at..at + policy.fan_in].to_vec();
+            while group.len() > 2 && group.iter().map(|s| s.live()).sum::<usize>() > policy.max_docs
+            {
+                group.pop();
+            }
+            if group.iter().map(|s| s.live()).sum::<usize>() <= policy.max_docs {
+                return Some(group.iter().map(|s| s.id).collect());
+            }
+        }
+        at = end;
+    }
+    None
 }

@@ -34,6 +34,9 @@
 //! `mod.rs` the collection and its public API; `state.rs` segments, tombstones and the id map; `sequencer.rs`
 //! the one mutator thread (group commit, install); `maintenance.rs` flush and compaction; `recovery.rs` opening
 //! a directory (manifest, shards, log replay).
+mod codebook;
+#[cfg(test)]
+mod lifecycle_tests;
 mod maintenance;
 mod recovery;
 mod sequencer;
@@ -44,8 +47,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
+use chamfer_index::codebook::Codebook;
 use chamfer_index::search::Searcher;
-use chamfer_index::shard::Shard;
+use chamfer_index::shard::{Coding, Shard, ShardDoc};
+use chamfer_index::IndexError;
 use tokio::sync::oneshot;
 
 use super::manifest::{self, CollectionConfig, Layout, Manifest, MANIFEST_VERSION};
@@ -112,6 +117,8 @@ pub struct Snapshot {
     ids: imbl::HashMap<String, state::Loc>,
     /// Statistics as of this snapshot (`wal_bytes` aside: [`Collection::stats`] reads the current value).
     stats: Stats,
+    /// The collection codebook new memory segments are coded with (None before the first flush).
+    codebook: Option<Arc<Codebook>>,
 }
 
 /// Statistics of a collection.
@@ -129,6 +136,15 @@ pub struct Stats {
     pub wal_bytes: u64,
     /// Sequence number of the last applied write.
     pub last_sequence: u64,
+    /// Centroids of the collection codebook (0 before the first flush trains it).
+    pub codebook_centroids: u64,
+    /// Generation of the collection codebook (0: none yet; one more per re-training).
+    pub codebook_generation: u64,
+    /// Bytes of shard files written by flushes, over the collection's life.
+    pub flushed_bytes: u64,
+    /// Bytes of shard files written by compactions, over the collection's life (write amplification:
+    /// `(flushed_bytes + compacted_bytes) / flushed_bytes`).
+    pub compacted_bytes: u64,
 }
 
 /// Background-work thresholds.
@@ -231,6 +247,7 @@ impl Collection {
                 any_deleted: false,
                 ids: imbl::HashMap::new(),
                 stats: Stats::default(),
+                codebook: None,
             })),
             tx: Mutex::new(None),
             maint_lock: Mutex::new(()),
@@ -312,6 +329,31 @@ impl Collection {
             .collect()
     }
 
+    /// Builds the memory segment of an upsert batch (CPU work: run it off the async workers). Coded with the
+    /// collection codebook when there is one (a flush then copies the codes); before the first flush trains it,
+    /// tokens only, searched exactly. Collections without a codebook (`codebook_size` 0) store FDEs.
+    pub fn build_memory_shard(&self, docs: &[ShardDoc<'_>]) -> Result<Shard, IndexError> {
+        let params = &self.config.params;
+        if params.codebook_size == 0 {
+            return Shard::build_in_memory(params, docs);
+        }
+        match self.snapshot().codebook.clone() {
+            Some(book) => {
+                let mut shard = Shard::build_in_memory_coded(
+                    params,
+                    docs,
+                    Coding::Given {
+                        codebook: &book,
+                        known: None,
+                    },
+                )?;
+                shard.share_codebook(&book);
+                Ok(shard)
+            }
+            None => Shard::build_in_memory_coded(params, docs, Coding::TokensOnly),
+        }
+    }
+
     /// Current statistics (from the current snapshot). Never waits for the sequencer.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -373,7 +415,7 @@ impl Collection {
 
     /// Builds and publishes a snapshot of the current state (sequencer thread, or start-up).
     fn publish(&self) {
-        let (segs, ids, stats) = {
+        let (segs, ids, stats, codebook) = {
             let st = lock(&self.state);
             let segs: Vec<SegView> = st
                 .segments
@@ -397,8 +439,13 @@ impl Collection {
                 tombstones: st.segments.iter().map(|s| s.deleted.ones()).sum::<usize>() as u64,
                 wal_bytes: 0,
                 last_sequence: st.last_seq,
+                codebook_centroids: st.codebook.as_ref().map_or(0, |c| c.book.len() as u64),
+                codebook_generation: st.codebook.as_ref().map_or(0, |c| c.entry.generation),
+                flushed_bytes: st.flushed_bytes,
+                compacted_bytes: st.compacted_bytes,
             };
-            (segs, st.ids.clone(), stats)
+            let book = st.codebook.as_ref().map(|c| c.book.clone());
+            (segs, st.ids.clone(), stats, book)
         };
         let searcher = if segs.is_empty() {
             None
@@ -421,6 +468,7 @@ impl Collection {
             any_deleted,
             ids,
             stats,
+            codebook,
         });
     }
 }

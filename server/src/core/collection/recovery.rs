@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chamfer_index::shard::{Shard, ShardDoc};
+use chamfer_index::shard::{Coding, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
@@ -12,6 +12,7 @@ use crate::core::storage_error::StorageError;
 use crate::core::wal::{self, WalOp, WalWriter};
 use crate::error::ServiceError;
 
+use super::codebook::{self, Current};
 use super::state::{Bitset, Loc, Segment, State};
 
 /// Documents per memory segment rebuilt from the log at start-up.
@@ -26,16 +27,33 @@ pub(super) fn recover(
 ) -> Result<(State, WalWriter, u64), ServiceError> {
     let mpath = layout.manifest();
     let manifest: Manifest = manifest::read_checked(&mpath)?;
+    let current = match &manifest.codebook {
+        Some(entry) => {
+            let book = codebook::read(&layout.codebook(entry.generation), config.dimension, entry)?;
+            Some(Current {
+                entry: entry.clone(),
+                book: Arc::new(book),
+            })
+        }
+        None => None,
+    };
     let mut st = State {
         segments: vec![],
         ids: imbl::HashMap::new(),
         last_seq: manifest.flushed_seq,
         flushed_seq: manifest.flushed_seq,
+        codebook: current,
+        flushed_bytes: manifest.flushed_bytes,
+        compacted_bytes: manifest.compacted_bytes,
     };
     let mut next_segment = manifest.next_segment_id;
     for e in &manifest.segments {
         let path = layout.segment(e.id);
-        let shard = Shard::open(&path)?;
+        let mut shard = Shard::open(&path)?;
+        if let Some(c) = &st.codebook {
+            // Shards coded with the collection codebook share its one copy (and its query table).
+            shard.share_codebook(&c.book);
+        }
         if shard.len() != e.docs {
             return Err(StorageError::damaged(
                 &path,
@@ -143,7 +161,18 @@ pub(super) fn recover(
                 })
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
-        let shard = Arc::new(Shard::build_in_memory(&config.params, &shard_docs)?);
+        // Tokens only: the cheapest segment to build (no FDE, no codes), searched exactly until the flush that
+        // follows start-up codes it. A collection without a codebook (codebook_size 0) stores FDEs instead.
+        let coding = if config.params.codebook_size > 0 {
+            Coding::TokensOnly
+        } else {
+            Coding::Train
+        };
+        let shard = Arc::new(Shard::build_in_memory_coded(
+            &config.params,
+            &shard_docs,
+            coding,
+        )?);
         let id = next_segment;
         next_segment += 1;
         for d in 0..shard.len() {
@@ -189,6 +218,20 @@ pub(super) fn remove_orphans(layout: &Layout, manifest: &Manifest) {
         if manifest.segments.iter().all(|s| s.id != id) {
             tracing::warn!(file = %name, "removing a shard file the (valid) manifest does not name: an interrupted flush or compaction");
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    // A codebook file the manifest does not name: a training whose manifest was never written (derived data:
+    // the next flush trains again).
+    if let Ok(rd) = std::fs::read_dir(&layout.dir) {
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(generation) = Layout::codebook_generation_of(&name) else {
+                continue;
+            };
+            if manifest.codebook.as_ref().map(|c| c.generation) != Some(generation) {
+                tracing::info!(file = %name, "removing a codebook file the (valid) manifest does not name");
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
     for dir in [layout.wal(), layout.dir.clone()] {

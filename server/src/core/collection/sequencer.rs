@@ -12,6 +12,7 @@ use crate::core::manifest;
 use crate::core::wal::WalWriter;
 use crate::error::ServiceError;
 
+use super::codebook::Current;
 use super::state::{Bitset, Loc, Segment};
 use super::{lock, Collection, Reply, WriteAck, WriteOp};
 
@@ -35,6 +36,10 @@ pub(super) struct Install {
     pub(super) flushed_seq: Option<u64>,
     pub(super) obsolete_wal: Vec<PathBuf>,
     pub(super) obsolete_segments: Vec<u64>,
+    /// A newly trained collection codebook (its file already written and synced) to record in the manifest.
+    pub(super) codebook: Option<Current>,
+    /// Bytes of shard files this flush (`flushed_seq` set) or compaction wrote.
+    pub(super) bytes_written: u64,
 }
 
 pub(super) enum Cmd {
@@ -193,14 +198,32 @@ impl Collection {
             st.sort();
             if let Some(fs) = inst.flushed_seq {
                 st.flushed_seq = fs;
+                st.flushed_bytes += inst.bytes_written;
+            } else {
+                st.compacted_bytes += inst.bytes_written;
             }
-            st.manifest(self.next_segment.load(Ordering::SeqCst))
+            let replaced = match inst.codebook {
+                Some(new) => st.codebook.replace(new),
+                None => None,
+            };
+            let obsolete_codebook = replaced.map(|c| self.layout.codebook(c.entry.generation));
+            (
+                st.manifest(self.next_segment.load(Ordering::SeqCst)),
+                obsolete_codebook,
+            )
         };
+        let (manifest, obsolete_codebook) = manifest;
         self.publish();
         manifest::write_checked(&self.layout.manifest(), &manifest)?;
         // Only now is the old state unreachable from disk.
         if let Err(e) = wal.remove(&inst.obsolete_wal) {
             tracing::warn!(collection = %self.config.name, error = %e, "cannot delete an obsolete log file");
+        }
+        if let Some(path) = obsolete_codebook {
+            // Shards keep their own copy of the codebook they were coded with; the file is no longer named.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(collection = %self.config.name, error = %e, "cannot delete an obsolete codebook file");
+            }
         }
         for id in inst.obsolete_segments {
             if let Err(e) = remove_shard_files(&self.layout.segment(id)) {

@@ -97,6 +97,11 @@ pub(super) struct State {
     pub(super) ids: imbl::HashMap<String, Loc>,
     pub(super) last_seq: u64,
     pub(super) flushed_seq: u64,
+    /// The collection codebook (None before the first flush trains it).
+    pub(super) codebook: Option<super::codebook::Current>,
+    /// Bytes of shard files written by flushes and by compactions (persisted in the manifest).
+    pub(super) flushed_bytes: u64,
+    pub(super) compacted_bytes: u64,
 }
 
 impl State {
@@ -165,7 +170,18 @@ impl State {
                     deleted: s.deleted.iter_ones().map(|d| d as u32).collect(),
                 })
                 .collect(),
+            codebook: self.codebook.as_ref().map(|c| c.entry.clone()),
+            flushed_bytes: self.flushed_bytes,
+            compacted_bytes: self.compacted_bytes,
         }
+    }
+
+    /// The live documents of every segment, with their tombstones (for sampling).
+    pub(super) fn live_segments(&self) -> Vec<(Arc<Shard>, Arc<Bitset>)> {
+        self.segments
+            .iter()
+            .map(|s| (s.shard.clone(), s.deleted.clone()))
+            .collect()
     }
 
     pub(super) fn sort(&mut self) {

@@ -1,4 +1,4 @@
-//! Flags shared by several commands: index parameters, search knobs, progress bars.
+//! Flags and helpers shared by several commands: index parameters, search knobs, progress bars, process memory.
 use chamfer_index::fde::{FdeConfig, ProjectionType};
 use chamfer_index::search::{Plan, SearchParams};
 use chamfer_index::shard::{HnswParams, IndexParams, VectorStorage, DEFAULT_CODEBOOK_SIZE};
@@ -152,4 +152,17 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// RssAnon of process `pid`, or of this process for `None` (bytes, from /proc/PID/status): its own memory,
+/// without mapped file pages, which belong to the page cache. None where /proc is not available.
+pub(crate) fn rss_anon_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

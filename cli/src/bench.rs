@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::engine::build_index;
 use super::params::{IndexArgs, SearchArgs};
+use chamfer_server::metrics::rss_anon_bytes;
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchCmd {
@@ -111,8 +112,6 @@ fn median_pass(
     Ok(passes.swap_remove(mid))
 }
 
-use chamfer_server::metrics::rss_anon_bytes;
-
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     if n == 0 {
@@ -185,7 +184,7 @@ impl BenchCmd {
             t.elapsed().as_secs_f64()
         };
         let build_docs_per_s = if reuse { 0.0 } else { n_docs as f64 / build_s };
-        let rss_after_build = rss_anon_bytes();
+        let rss_after_build = rss_anon_bytes(None);
         let bytes = index_bytes(&dir);
         let t = Instant::now();
         let searcher = open_index(&dir)?;
@@ -285,7 +284,7 @@ impl BenchCmd {
             "all_threads_same_results": same,
             "build_docs_per_s": build_docs_per_s,
             "rss_anon_bytes_after_build": rss_after_build,
-            "rss_anon_bytes_after_search": rss_anon_bytes(),
+            "rss_anon_bytes_after_search": rss_anon_bytes(None),
             "index_bytes_per_token_byte": bytes as f64 / (ds.n_doc_tokens() * ds.dim() * 2) as f64,
             "codebook_size": searcher.shards().iter().find_map(|s| s.codebook().map(|b| b.len())),
             "ivf_bytes": searcher.shards().iter().map(|s| s.ivf_bytes()).sum::<usize>(),

@@ -10,6 +10,7 @@ mod engine;
 mod load;
 mod params;
 mod serve;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ enum Command {
     Demo(demo::DemoCmd),
     /// Load generator: concurrent searches over gRPC or REST, latency, QPS and recall (JSON last line).
     Load(load::LoadCmd),
+    /// Scale run: start a server, stream a data set in over gRPC while searching, settle, measure recall and
+    /// latency, kill -9 and restart it, check nothing acknowledged was lost (JSON last line).
+    Soak(soak::SoakCmd),
 }
 
 /// Parses the command line and runs the command.
@@ -68,6 +72,7 @@ fn run() -> anyhow::Result<()> {
         Command::Healthcheck(c) => c.run(),
         Command::Demo(c) => c.run(),
         Command::Load(c) => c.run(),
+        Command::Soak(c) => c.run(),
     }
 }
 

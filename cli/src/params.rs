@@ -1,4 +1,4 @@
-//! Flags shared by several commands: index parameters, search knobs, progress bars.
+//! Flags and helpers shared by several commands: index parameters, search knobs, progress bars, process memory.
 use chamfer_index::fde::{FdeConfig, ProjectionType};
 use chamfer_index::search::{Plan, SearchParams};
 use chamfer_index::shard::{HnswParams, IndexParams, VectorStorage, DEFAULT_CODEBOOK_SIZE};

@@ -172,8 +172,11 @@ fn step(step: &'static str) -> impl FnOnce(Error) -> IngestError {
     move |source| IngestError::Call { step, source }
 }
 
-/// Sends `call` until it succeeds, fails with something other than backpressure, or `max_attempts` is used up.
-async fn retrying<T, F, Fut>(opts: &IngestOptions, retries: &mut u64, mut call: F) -> Result<T>
+/// Sends `call` until it succeeds, fails with something other than backpressure, or `opts.max_attempts` is used
+/// up (the retry rule of the module documentation), adding the calls sent again to `retries` and telling
+/// `opts.progress` about each wait. Public for callers that send their own requests with the same rule (e.g.
+/// `chamfer soak`, which keeps several upserts in flight).
+pub async fn retrying<T, F, Fut>(opts: &IngestOptions, retries: &mut u64, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,

@@ -138,7 +138,7 @@ impl Metrics {
             stats: core.stats(),
             health: core.health(),
             pool: core.pool_stats(),
-            rss_anon: rss_anon_bytes(),
+            rss_anon: rss_anon_bytes(None),
         }));
         let mut out = String::new();
         // Writing into a String cannot fail, and every value here encodes.
@@ -187,10 +187,14 @@ const COLLECTION_GAUGES: [Gauge; 8] = [
     ),
 ];
 
-/// RssAnon of this process (bytes, from /proc/self/status): its own memory, without the mapped shard files'
-/// pages, which belong to the page cache. None where /proc is not available.
-pub fn rss_anon_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// RssAnon of process `pid`, or of this process for `None` (bytes, from /proc/PID/status): its own memory,
+/// without mapped file pages (shard files), which belong to the page cache. None where /proc is not available.
+pub fn rss_anon_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

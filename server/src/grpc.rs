@@ -210,6 +210,7 @@ fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
             codebook_generation: i.stats.codebook_generation,
             flushed_bytes: i.stats.flushed_bytes,
             compacted_bytes: i.stats.compacted_bytes,
+            unverified_shards: i.stats.unverified_shards,
         }),
         codebook_size: Some(i.params.codebook_size as u32),
     }

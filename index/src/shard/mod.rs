@@ -148,6 +148,11 @@ pub struct Shard {
     graph: Option<CandidateIndex>,
     /// The FDEs transposed to coordinate-major (`[fde_dim][n_docs]`), built on first use by the FDE scan.
     scan: std::sync::OnceLock<Vec<f16>>,
+    /// The token section's CRC when [`Shard::open_deferred`] did not check it yet (see
+    /// [`Shard::verify_deferred`]).
+    deferred_crc: Option<u32>,
+    /// The outcome of that check, once run.
+    deferred_outcome: std::sync::OnceLock<std::result::Result<(), String>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -165,7 +170,7 @@ impl Shard {
         let len = bytes.len();
         let mut words = vec![0u64; len.div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(bytes);
-        Shard::from_bytes(None, Bytes::Owned(words, len))
+        Shard::from_bytes(None, Bytes::Owned(words, len), false)
     }
 
     /// The shard's bytes (the file, or its in-memory twin).
@@ -175,10 +180,54 @@ impl Shard {
 
     /// Opens and verifies a shard file (and loads its graph, if it has one).
     pub fn open(path: &Path) -> Result<Shard> {
+        Shard::open_with(path, false)
+    }
+
+    /// [`open`](Self::open) without reading the token section: every other section, the metadata and the
+    /// structure are verified as usual, but the token section's checksum (most of a shard's bytes) is left to
+    /// [`verify_deferred`](Self::verify_deferred), so that opening a large index costs milliseconds, not a read
+    /// of every byte. The caller must run that check (a server does it in the background) and treat a failure as
+    /// damage. The tokens are only read by the exact re-rank and `get`; until verified, a flipped bit there could
+    /// change a score, never an access (all offsets come from verified sections).
+    pub fn open_deferred(path: &Path) -> Result<Shard> {
+        Shard::open_with(path, true)
+    }
+
+    /// Checks what [`open_deferred`](Self::open_deferred) left unchecked (nothing for shards opened otherwise):
+    /// a mismatch is [`IndexError::Corrupt`] naming the file and section.
+    pub fn verify_deferred(&self) -> Result<()> {
+        let Some(crc) = self.deferred_crc else {
+            return Ok(());
+        };
+        let outcome = self.deferred_outcome.get_or_init(|| {
+            if crc32fast::hash(&self.bytes.as_slice()[self.tokens.clone()]) == crc {
+                Ok(())
+            } else {
+                Err("section tokens checksum mismatch".to_string())
+            }
+        });
+        outcome.clone().map_err(|reason| {
+            let name = self
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<memory>"));
+            IndexError::corrupt(&name, reason)
+        })
+    }
+
+    /// True while [`verify_deferred`](Self::verify_deferred) has a check to run that has not run yet (only
+    /// after [`open_deferred`](Self::open_deferred)). The outcome is kept: later calls answer at once.
+    pub fn verification_pending(&self) -> bool {
+        self.deferred_crc.is_some() && self.deferred_outcome.get().is_none()
+    }
+
+    fn open_with(path: &Path, defer: bool) -> Result<Shard> {
         let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
         let map = ReadOnlyMap::new(&file).map_err(|e| IndexError::io(path, e))?;
-        map.will_need();
-        let mut shard = Shard::from_bytes(Some(path.to_path_buf()), Bytes::Mapped(map))?;
+        if !defer {
+            map.will_need();
+        }
+        let mut shard = Shard::from_bytes(Some(path.to_path_buf()), Bytes::Mapped(map), defer)?;
         if let Some(files) = &shard.meta.graph {
             let (dir, base) = dir_and_base(path);
             let p = &shard.meta.params;
@@ -194,7 +243,7 @@ impl Shard {
         Ok(shard)
     }
 
-    fn from_bytes(path: Option<PathBuf>, bytes: Bytes) -> Result<Shard> {
+    fn from_bytes(path: Option<PathBuf>, bytes: Bytes, defer_tokens: bool) -> Result<Shard> {
         let name = path.clone().unwrap_or_else(|| PathBuf::from("<memory>"));
         let bad = |r: String| IndexError::corrupt(&name, r);
         let b = bytes.as_slice();
@@ -261,6 +310,7 @@ impl Shard {
             ]
         };
         let mut ranges = Vec::new();
+        let mut deferred_crc = None;
         for &want in names {
             let s = meta
                 .sections
@@ -276,7 +326,9 @@ impl Shard {
                 return Err(bad(format!("section {want} misaligned")));
             }
             let r = s.offset as usize..end as usize;
-            if crc32fast::hash(&b[r.clone()]) != s.crc32 {
+            if defer_tokens && want == "tokens" {
+                deferred_crc = Some(s.crc32);
+            } else if crc32fast::hash(&b[r.clone()]) != s.crc32 {
                 return Err(bad(format!("section {want} checksum mismatch")));
             }
             ranges.push(r);
@@ -337,6 +389,8 @@ impl Shard {
             graph: None,
             scan: std::sync::OnceLock::new(),
             bytes,
+            deferred_crc,
+            deferred_outcome: std::sync::OnceLock::new(),
         };
         shard.check_structure().map_err(bad)?;
         Ok(shard)

@@ -222,6 +222,9 @@ pub struct CollectionStats {
     /// Bytes of shard files written by compactions, over the collection's life. Write amplification of the
     /// shards: `(flushed_bytes + compacted_bytes) / flushed_bytes`.
     pub compacted_bytes: u64,
+    /// Shards whose token section is still being verified in the background after a restart (reading their
+    /// documents answers 503 `unavailable` until then; searches go on).
+    pub unverified_shards: u64,
 }
 
 impl From<CollectionInfo> for Collection {
@@ -258,6 +261,7 @@ impl From<CollectionInfo> for Collection {
                 codebook_generation: s.codebook_generation,
                 flushed_bytes: s.flushed_bytes,
                 compacted_bytes: s.compacted_bytes,
+                unverified_shards: s.unverified_shards,
             },
             name: i.name,
         }

@@ -99,6 +99,13 @@ async fn refused_then_restored(damage: impl FnOnce(&Path), expect: &str) {
     damage(&c);
     let damaged = files(&c);
     let core = open(dir.path()).await;
+    // Damage in a shard's token section is found by the background check that follows opening.
+    for _ in 0..200 {
+        if core.describe("c").is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let reason = unavailable_reason(&core, "c");
     assert!(
         reason.contains(expect),
@@ -220,6 +227,23 @@ async fn a_damaged_shard_or_config_is_refused() {
             fs::write(&seg, b).unwrap();
         },
         "seg-",
+    )
+    .await;
+    // A flipped bit in the token section (the first section, right after the 64-byte header), which opening
+    // leaves to the background check (Shard::open_deferred).
+    refused_then_restored(
+        |c| {
+            let seg = fs::read_dir(c.join("segments"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "shard"))
+                .unwrap();
+            let mut b = fs::read(&seg).unwrap();
+            b[64 + 3] ^= 0x04;
+            fs::write(&seg, b).unwrap();
+        },
+        "tokens checksum mismatch",
     )
     .await;
     refused_then_restored(

@@ -63,7 +63,7 @@ pub struct SegmentEntry {
 
 /// The collection's token codebook, as `manifest.json` names it (the file is `codebook-<generation>.bin`, see
 /// `collection::codebook`). Absent until the first flush trains it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CodebookEntry {
     /// Generation: 1 for the first codebook, one more for every re-training.
     pub generation: u64,
@@ -71,8 +71,10 @@ pub struct CodebookEntry {
     pub centroids: usize,
     /// CRC32 of the codebook bytes (checked against the file).
     pub crc32: u32,
-    /// Mean squared quantization error of held-out tokens when it was trained: the drift baseline.
-    pub baseline_error: f64,
+    /// Mean squared quantization error of held-out tokens when it was trained (the drift baseline), in
+    /// millionths: an integer, because the checksum covers the re-serialized body and JSON floats do not
+    /// round-trip exactly through serde_json's default parser.
+    pub baseline_error_e6: u64,
     /// Live documents when it was trained (re-training waits for the collection to grow).
     pub trained_at_docs: u64,
 }
@@ -82,7 +84,7 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// `manifest.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     /// Format version of the body (see [`MANIFEST_VERSION`]).
     pub format_version: u32,
@@ -309,7 +311,7 @@ mod tests {
                 generation: 3,
                 centroids: 1024,
                 crc32: 77,
-                baseline_error: 0.25,
+                baseline_error_e6: 250_000,
                 trained_at_docs: 9,
             }),
             flushed_bytes: 5,

@@ -252,9 +252,7 @@ impl Core {
                     Err(e) => {
                         tracing::error!(collection = %name, error = %e,
                             "collection is damaged and stays unavailable; nothing in its directory was changed");
-                        // Clients see paths relative to the data directory.
-                        let root = format!("{}", self.inner.root.display());
-                        Slot::Unavailable(e.to_string().replace(&root, "collections"))
+                        Slot::Unavailable(self.public_reason(&e.to_string()))
                     }
                 }
             };
@@ -271,6 +269,10 @@ impl Core {
             match slot {
                 Slot::Opening => {}
                 Slot::Ready(c) => {
+                    if let Some(reason) = c.damaged() {
+                        h.unavailable
+                            .push((name.clone(), self.public_reason(&reason)));
+                    }
                     if let Some(e) = c.storage_full() {
                         h.storage_full.push((name.clone(), e));
                     }
@@ -346,7 +348,13 @@ impl Core {
             ));
         }
         match self.registry().get(name) {
-            Some(Slot::Ready(c)) => Ok(c.clone()),
+            Some(Slot::Ready(c)) => match c.damaged() {
+                None => Ok(c.clone()),
+                Some(reason) => Err(ServiceError::CollectionUnavailable {
+                    name: name.to_string(),
+                    reason: self.public_reason(&reason),
+                }),
+            },
             Some(Slot::Opening) => Err(ServiceError::CollectionUnavailable {
                 name: name.to_string(),
                 reason: "still opening (replaying its log); retry shortly".into(),
@@ -416,6 +424,12 @@ impl Core {
             .iter()
             .map(|(_, c)| Core::info(c))
             .collect()
+    }
+
+    /// A damage report as clients see it: paths relative to the data directory.
+    fn public_reason(&self, reason: &str) -> String {
+        let root = format!("{}", self.inner.root.display());
+        reason.replace(&root, "collections")
     }
 
     fn ready_collections(&self) -> Vec<(String, Arc<Collection>)> {
@@ -612,7 +626,7 @@ impl Core {
         let c = self.collection(name)?;
         input::validate_ids(&ids, &self.inner.limits)?;
         let ticket = self.ticket(deadline);
-        let found = c.get(&ids);
+        let found = c.get(&ids)?;
         self.inner
             .pool
             .run(&ticket, move |_| {

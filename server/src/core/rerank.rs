@@ -85,7 +85,7 @@ impl Core {
             let stored = match (&r.docs, &collection) {
                 (RerankDocs::Stored(ids), Some(c)) => {
                     input::validate_ids(ids, &limits)?;
-                    Some(c.get(ids))
+                    Some(c.get(ids)?)
                 }
                 (RerankDocs::Stored(_), None) => {
                     return Err(ServiceError::InvalidArgument(

@@ -266,7 +266,7 @@ pub(super) fn train(
         generation,
         centroids: book.len(),
         crc32: 0,
-        baseline_error,
+        baseline_error_e6: (baseline_error * 1e6).round().clamp(0.0, u64::MAX as f64) as u64,
         trained_at_docs: live_docs,
     };
     Some((book, entry))
@@ -289,12 +289,13 @@ pub(super) fn retrain_reason(
         ));
     }
     let grown = live_docs >= current.entry.trained_at_docs.saturating_mul(2);
-    if grown && !recent.is_empty() && current.entry.baseline_error > 0.0 {
+    let baseline = current.entry.baseline_error_e6 as f64 / 1e6;
+    if grown && !recent.is_empty() && baseline > 0.0 {
         let err = current.book.quantization_error(recent);
-        if err > current.entry.baseline_error * (1.0 + DRIFT_BOUND) {
+        if err > baseline * (1.0 + DRIFT_BOUND) {
             return Some(format!(
                 "the data drifted: new tokens' quantization error {err:.4} exceeds the baseline {:.4} by more than {:.0}%",
-                current.entry.baseline_error,
+                baseline,
                 DRIFT_BOUND * 100.0
             ));
         }
@@ -326,7 +327,7 @@ mod tests {
             generation: 1,
             centroids: b.len(),
             crc32: crc,
-            baseline_error: 0.0,
+            baseline_error_e6: 0,
             trained_at_docs: 1,
         };
         let back = read(&path, 8, &entry).unwrap();

@@ -77,7 +77,7 @@ async fn delete(c: &Collection, ids: Vec<String>) {
 fn contents(c: &Collection, ids: impl Iterator<Item = String>) -> BTreeMap<String, Vec<f32>> {
     let ids: Vec<String> = ids.collect();
     ids.iter()
-        .zip(c.get(&ids))
+        .zip(c.get(&ids).unwrap())
         .filter_map(|(id, r)| r.map(|r| (id.clone(), r.shard.tokens(r.doc))))
         .collect()
 }
@@ -398,4 +398,70 @@ async fn codebook_is_trained_once_persisted_and_reused() {
     std::fs::remove_file(&book_path).unwrap();
     let err = Collection::open(layout, tuning).err().unwrap();
     assert!(err.to_string().contains("missing"), "{err}");
+}
+
+/// A restart maps large shards without reading their token sections; the background check finds a flipped
+/// bit there: reads of the documents answer `unavailable` while it is pending, the collection is marked damaged
+/// once it fails, and no file changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_damage_is_found_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tuning = Tuning::new(1_000_000, 8);
+    let c = Collection::create(dir.path(), config(), tuning).unwrap();
+    let docs: Vec<(String, u64)> = (0..200).map(|i| (format!("d{i}"), i)).collect();
+    upsert(&c, &docs).await;
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || c2.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    c.close();
+    drop(c);
+    let layout = Layout {
+        dir: dir.path().join("c"),
+    };
+    let seg = std::fs::read_dir(layout.segments())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "shard"))
+        .unwrap();
+    // Every shard deferred: the background path.
+    tuning.verify_now_bytes = 0;
+    // Undamaged: verified in the background, then reads serve.
+    let c = Collection::open(layout.clone(), tuning).unwrap();
+    for _ in 0..200 {
+        if c.unverified_shards() == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(c.unverified_shards(), 0);
+    assert!(c.damaged().is_none());
+    assert!(c.get(&["d1".to_string()]).unwrap()[0].is_some());
+    c.close();
+    drop(c);
+
+    let mut b = std::fs::read(&seg).unwrap();
+    b[64 + 5] ^= 0x02;
+    std::fs::write(&seg, &b).unwrap();
+    let c = Collection::open(layout, tuning).unwrap();
+    for _ in 0..200 {
+        if c.damaged().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let reason = c.damaged().expect("the damage is found");
+    assert!(reason.contains("tokens checksum mismatch"), "{reason}");
+    assert!(matches!(
+        c.get(&["d1".to_string()]),
+        Err(ServiceError::CollectionUnavailable { .. })
+    ));
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        b,
+        "the damaged file is left as it was"
+    );
+    c.close();
 }

@@ -140,6 +140,9 @@ pub struct Stats {
     pub codebook_centroids: u64,
     /// Generation of the collection codebook (0: none yet; one more per re-training).
     pub codebook_generation: u64,
+    /// Durable shards whose token section is still being verified in the background after a restart (reads of
+    /// their documents answer `unavailable` until it is done; searches go on).
+    pub unverified_shards: u64,
     /// Bytes of shard files written by flushes, over the collection's life.
     pub flushed_bytes: u64,
     /// Bytes of shard files written by compactions, over the collection's life (write amplification:
@@ -157,6 +160,9 @@ pub struct Tuning {
     /// Live memtable documents above which writes are refused with `overloaded` (429) until a flush catches
     /// up: bounds memory, log size and restart time when writers outrun flushing.
     pub max_memtable_docs: usize,
+    /// Shards smaller than this (bytes) are fully verified while opening; the token sections of larger ones are
+    /// verified in the background once the collection serves ([`Collection::verify_shards`]).
+    pub verify_now_bytes: usize,
 }
 
 impl Tuning {
@@ -167,6 +173,7 @@ impl Tuning {
             flush_threshold_docs,
             compaction_max_shards,
             max_memtable_docs: flush_threshold_docs.saturating_mul(4).max(10_000),
+            verify_now_bytes: 64 << 20,
         }
     }
 }
@@ -198,6 +205,9 @@ pub struct Collection {
     storage_full: Mutex<Option<String>>,
     /// Bytes of log records on disk (set by the sequencer after every append, rotation and install).
     wal_bytes: AtomicU64,
+    /// Damage found after the collection opened (the background check of its shards' token sections): the
+    /// collection then refuses requests, like one found damaged at open. Nothing is deleted.
+    damaged: Mutex<Option<String>>,
 }
 
 impl Collection {
@@ -235,7 +245,7 @@ impl Collection {
     /// Opens a collection directory: shards from the manifest, then the log replayed on top.
     pub fn open(layout: Layout, tuning: Tuning) -> Result<Arc<Collection>, ServiceError> {
         let config: CollectionConfig = manifest::read_checked(&layout.config())?;
-        let (state, writer, next_segment) = recover(&layout, &config)?;
+        let (state, writer, next_segment) = recover(&layout, &config, tuning.verify_now_bytes)?;
         let c = Arc::new(Collection {
             config,
             layout,
@@ -257,6 +267,7 @@ impl Collection {
             closing: AtomicBool::new(false),
             storage_full: Mutex::new(None),
             wal_bytes: AtomicU64::new(writer.bytes()),
+            damaged: Mutex::new(None),
         });
         c.publish();
         let (tx, rx) = mpsc::channel();
@@ -278,7 +289,11 @@ impl Collection {
             let c = c.clone();
             spawn("maint", Box::new(move || c.maintenance(mrx)))?
         };
-        lock(&c.threads).extend([maint, seq]);
+        let verify = {
+            let c = c.clone();
+            spawn("verify", Box::new(move || c.verify_shards()))?
+        };
+        lock(&c.threads).extend([maint, seq, verify]);
         c.nudge_if_needed();
         Ok(c)
     }
@@ -314,10 +329,13 @@ impl Collection {
     }
 
     /// Where each id lives (None: no such live document), as of the current snapshot. Never waits for the
-    /// sequencer.
-    pub fn get(&self, ids: &[String]) -> Vec<Option<DocRef>> {
+    /// sequencer. Callers read the documents' tokens, so shards whose token section is still being verified
+    /// after a restart ([`Collection::verify_shards`]) answer `unavailable` (retry shortly), and a damaged one
+    /// `collection_unavailable`: unverified bytes are never returned as data.
+    pub fn get(&self, ids: &[String]) -> Result<Vec<Option<DocRef>>, ServiceError> {
         let snap = self.snapshot();
-        ids.iter()
+        let found: Vec<Option<DocRef>> = ids
+            .iter()
             .map(|id| {
                 let loc = snap.ids.get(id)?;
                 let seg = snap.segs.iter().find(|s| s.id == loc.seg)?;
@@ -326,7 +344,32 @@ impl Collection {
                     doc: loc.doc as usize,
                 })
             })
-            .collect()
+            .collect();
+        for r in found.iter().flatten() {
+            if r.shard.verification_pending() {
+                return Err(ServiceError::Unavailable(format!(
+                    "collection {:?} is verifying its shards after a restart ({} left); retry shortly",
+                    self.config.name,
+                    self.unverified_shards()
+                )));
+            }
+            if r.shard.verify_deferred().is_err() {
+                return Err(ServiceError::CollectionUnavailable {
+                    name: self.config.name.clone(),
+                    reason: "a shard is damaged (see /readyz)".into(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Durable shards whose token section is still to be verified after a restart.
+    pub fn unverified_shards(&self) -> u64 {
+        self.snapshot()
+            .segs
+            .iter()
+            .filter(|s| s.shard.verification_pending())
+            .count() as u64
     }
 
     /// Builds the memory segment of an upsert batch (CPU work: run it off the async workers). Coded with the
@@ -358,8 +401,46 @@ impl Collection {
     pub fn stats(&self) -> Stats {
         Stats {
             wal_bytes: self.wal_bytes.load(Ordering::SeqCst),
+            unverified_shards: self.unverified_shards(),
             ..self.snapshot().stats
         }
+    }
+
+    /// Damage found in a shard after the collection opened (see [`Collection::verify_shards`]), if any.
+    pub fn damaged(&self) -> Option<String> {
+        lock(&self.damaged).clone()
+    }
+
+    /// The background half of opening: checks the token sections that start-up left unverified
+    /// ([`Shard::open_deferred`]), so that a restart is ready in the time it takes to map the files, not to read
+    /// them. A mismatch marks the collection damaged (requests refused, nothing deleted). Stops when the
+    /// collection closes.
+    fn verify_shards(&self) {
+        let started = std::time::Instant::now();
+        let shards: Vec<Arc<Shard>> = lock(&self.state)
+            .segments
+            .iter()
+            .filter(|s| s.durable && s.shard.verification_pending())
+            .map(|s| s.shard.clone())
+            .collect();
+        if shards.is_empty() {
+            return;
+        }
+        let mut bytes = 0u64;
+        for shard in &shards {
+            if self.is_closing() {
+                return;
+            }
+            if let Err(e) = shard.verify_deferred() {
+                tracing::error!(collection = %self.config.name, error = %e,
+                    "a shard is damaged: the collection stops serving; nothing in its directory was changed");
+                *lock(&self.damaged) = Some(ServiceError::from(e).to_string());
+                return;
+            }
+            bytes += shard.byte_len() as u64;
+        }
+        tracing::info!(collection = %self.config.name, shards = shards.len(), bytes,
+            verify_ms = started.elapsed().as_millis() as u64, "verified the shards' token sections");
     }
 
     /// Why writes are failing for lack of disk space, if they are.
@@ -441,6 +522,7 @@ impl Collection {
                 last_sequence: st.last_seq,
                 codebook_centroids: st.codebook.as_ref().map_or(0, |c| c.book.len() as u64),
                 codebook_generation: st.codebook.as_ref().map_or(0, |c| c.entry.generation),
+                unverified_shards: 0,
                 flushed_bytes: st.flushed_bytes,
                 compacted_bytes: st.compacted_bytes,
             };
@@ -519,7 +601,7 @@ mod tests {
         let stats = c.stats();
         assert_eq!((stats.documents, stats.last_sequence), (1, 1));
         assert!(stats.wal_bytes > 0);
-        let found = c.get(&["a".to_string(), "b".to_string()]);
+        let found = c.get(&["a".to_string(), "b".to_string()]).unwrap();
         assert_eq!(found[0].as_ref().map(|r| r.shard.id(r.doc)), Some("a"));
         assert!(found[1].is_none());
         drop(held);

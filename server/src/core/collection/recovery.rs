@@ -24,6 +24,7 @@ const REPLAY_SEGMENT_DOCS: usize = 4096;
 pub(super) fn recover(
     layout: &Layout,
     config: &CollectionConfig,
+    verify_now_bytes: usize,
 ) -> Result<(State, WalWriter, u64), ServiceError> {
     let mpath = layout.manifest();
     let manifest: Manifest = manifest::read_checked(&mpath)?;
@@ -49,7 +50,13 @@ pub(super) fn recover(
     let mut next_segment = manifest.next_segment_id;
     for e in &manifest.segments {
         let path = layout.segment(e.id);
-        let mut shard = Shard::open(&path)?;
+        // The token sections (most of the bytes) are verified in the background once the collection serves
+        // (Collection::verify_shards); everything else is checked here.
+        let mut shard = Shard::open_deferred(&path)?;
+        if shard.byte_len() < verify_now_bytes {
+            // Small shards are verified at once: deferring them saves nothing.
+            shard.verify_deferred()?;
+        }
         if let Some(c) = &st.codebook {
             // Shards coded with the collection codebook share its one copy (and its query table).
             shard.share_codebook(&c.book);

@@ -7,7 +7,7 @@ use chamfer_data::dataset::Dataset;
 use chamfer_data::eval::recall_at_k;
 use chamfer_index::index_dir::{open_index, write_index, write_index_from, DocBatch, DocSource};
 use chamfer_index::search::{Plan, SearchParams, Searcher};
-use chamfer_index::shard::{train_codebook, IndexParams, Shard, ShardDoc};
+use chamfer_index::shard::{train_codebook, Coding, IndexParams, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
@@ -808,4 +808,146 @@ fn a_retrained_codebook_leaves_final_scores_exact() {
         .sum::<f64>()
         / ds.n_queries() as f64;
     assert!(r >= 0.98, "two codebooks, default knobs: {r}");
+}
+
+/// The writer's `Coding`: codes given for some documents are copied (the shard equals one where they were
+/// assigned), a merge of existing shards (`write_merged`) holds the same documents, codes and answers as a shard
+/// written from them, tokens-only shards are searched exactly whatever the plan, and merges refuse sizes that
+/// would need a graph.
+#[test]
+fn known_codes_merges_and_tokens_only_shards() {
+    let ds = demo();
+    let params = IndexParams::new(ds.dim());
+    let d = docs(&ds);
+    let book = Arc::new(train_codebook(&params, &d, &|| false).unwrap().unwrap());
+    let given = |known| Coding::Given {
+        codebook: &book,
+        known,
+    };
+    let assigned = Shard::build_in_memory_coded(&params, &d, given(None)).unwrap();
+    // Half the documents bring their codes: copied, and the shard is the same.
+    let codes: Vec<Vec<u16>> = (0..d.len()).map(|i| assigned.codes(i).to_vec()).collect();
+    let known: Vec<Option<&[u16]>> = (0..d.len())
+        .map(|i| (i % 2 == 0).then(|| codes[i].as_slice()))
+        .collect();
+    let copied = Shard::build_in_memory_coded(&params, &d, given(Some(&known))).unwrap();
+    for i in 0..d.len() {
+        assert_eq!(copied.codes(i), assigned.codes(i), "doc {i}");
+    }
+    // Codes that do not fit their document are refused.
+    let mut bad = known.clone();
+    let short = [0u16];
+    bad[1] = Some(&short);
+    assert!(Shard::build_in_memory_coded(&params, &d, given(Some(&bad))).is_err());
+
+    // A merge of two shards (one coded with the book, one tokens-only) equals a shard written from the documents.
+    let (a, b) = d.split_at(150);
+    let mut sa = Shard::build_in_memory_coded(&params, a, given(None)).unwrap();
+    sa.share_codebook(&book);
+    let sb = Shard::build_in_memory_coded(&params, b, Coding::TokensOnly).unwrap();
+    assert!(sb.codebook().is_none() && sb.fde_dim() == 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("merged.shard");
+    let order: Vec<(&Shard, u32)> = (0..sa.len() as u32)
+        .map(|i| (&sa, i))
+        .chain((0..sb.len() as u32).map(|i| (&sb, i)))
+        .collect();
+    Shard::write_merged(&path, &params, &order, &book, &|_| {}, &|| false).unwrap();
+    let merged = Shard::open(&path).unwrap();
+    assert_eq!(merged.len(), d.len());
+    for i in 0..d.len() {
+        assert_eq!(merged.id(i), assigned.id(i));
+        assert_eq!(merged.packed_tokens(i), assigned.packed_tokens(i));
+        assert_eq!(merged.codes(i), assigned.codes(i), "doc {i}");
+        assert_eq!(merged.payload(i), assigned.payload(i));
+    }
+    assert!(merged.has_ivf());
+    let m = Searcher::new(params.clone(), vec![Arc::new(merged)]).unwrap();
+    let w = Searcher::new(params.clone(), vec![Arc::new(assigned)]).unwrap();
+    for plan in [Plan::Ivf, Plan::CentroidScan, Plan::Exact] {
+        let p = SearchParams {
+            plan,
+            ..SearchParams::new(10)
+        };
+        for j in 0..ds.n_queries() {
+            assert_eq!(
+                m.search(query(&ds, j), &p, None).unwrap(),
+                w.search(query(&ds, j), &p, None).unwrap(),
+                "{plan:?} query {j}"
+            );
+        }
+    }
+    // Tokens-only: every plan is the exact one.
+    let t = Searcher::new(params.clone(), vec![Arc::new(sb)]).unwrap();
+    let exact = SearchParams {
+        plan: Plan::Exact,
+        ..SearchParams::new(10)
+    };
+    for plan in [Plan::Auto, Plan::FdeScan, Plan::CentroidScan, Plan::Ivf] {
+        let p = SearchParams {
+            plan,
+            ..SearchParams::new(10)
+        };
+        for j in 0..ds.n_queries() {
+            assert_eq!(
+                t.search(query(&ds, j), &p, None).unwrap(),
+                t.search(query(&ds, j), &exact, None).unwrap(),
+                "{plan:?} query {j}"
+            );
+        }
+    }
+    // A merge as large as the graph threshold is refused (it would need an FDE and a graph).
+    let small = IndexParams {
+        hnsw: chamfer_index::shard::HnswParams {
+            min_docs: 100,
+            ..params.hnsw.clone()
+        },
+        ..params.clone()
+    };
+    let order: Vec<(&Shard, u32)> = (0..100u32).map(|i| (&sa, i)).collect();
+    assert!(matches!(
+        Shard::write_merged(&path, &small, &order, &book, &|_| {}, &|| false),
+        Err(IndexError::InvalidParam { .. })
+    ));
+    // Duplicate ids are refused.
+    let twice = [(&sa, 0u32), (&sa, 0u32)];
+    assert!(matches!(
+        Shard::write_merged(&path, &params, &twice, &book, &|_| {}, &|| false),
+        Err(IndexError::DuplicateId(_))
+    ));
+}
+
+/// `open_deferred` skips only the token section's checksum: a flipped bit there opens, and
+/// `verify_deferred` (kept outcome) reports it; `open` refuses it at once; a flip elsewhere is refused by both.
+#[test]
+fn deferred_verification_finds_token_damage() {
+    let ds = demo();
+    let params = IndexParams::new(ds.dim());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.shard");
+    Shard::write(&path, &params, &docs(&ds), &|_| {}).unwrap();
+    let ok = Shard::open_deferred(&path).unwrap();
+    assert!(ok.verification_pending());
+    ok.verify_deferred().unwrap();
+    assert!(!ok.verification_pending());
+    assert!(!Shard::open(&path).unwrap().verification_pending());
+    let clean = std::fs::read(&path).unwrap();
+    let mut b = clean.clone();
+    b[64 + 17] ^= 0x08;
+    std::fs::write(&path, &b).unwrap();
+    assert!(matches!(
+        Shard::open(&path),
+        Err(IndexError::Corrupt { .. })
+    ));
+    let s = Shard::open_deferred(&path).unwrap();
+    for _ in 0..2 {
+        let e = s.verify_deferred().unwrap_err();
+        assert!(e.to_string().contains("tokens"), "{e}");
+    }
+    // The metadata (end of file) is checked either way.
+    let mut b = clean;
+    let at = b.len() - 40;
+    b[at] ^= 0x01;
+    std::fs::write(&path, &b).unwrap();
+    assert!(Shard::open_deferred(&path).is_err());
 }

@@ -25,7 +25,7 @@
 //! | max query tokens in one search or search batch (work budget) | `limits.max_batch_query_tokens` | `CHAMFER_MAX_BATCH_QUERY_TOKENS` | 65536 |
 //! | request deadline, ms (gRPC: the earlier of this and `grpc-timeout`) | `request_timeout_ms` | `CHAMFER_REQUEST_TIMEOUT_MS` | 30000 |
 //! | memtable documents before a flush | `flush_threshold_docs` | `CHAMFER_FLUSH_THRESHOLD_DOCS` | 20000 |
-//! | shards before a compaction | `compaction_max_shards` | `CHAMFER_COMPACTION_MAX_SHARDS` | 8 |
+//! | compaction fan-in: shards of one size tier merged together | `compaction_max_shards` | `CHAMFER_COMPACTION_MAX_SHARDS` | 4 |
 //! | CPU (search/encode) threads, 0 = cores | `search_threads` | `CHAMFER_SEARCH_THREADS` | 0 |
 //!
 //! Unknown keys in a file are errors (a typo must not silently fall back to a default); unknown `CHAMFER_*`
@@ -92,7 +92,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Live memtable documents that trigger a background flush into an immutable shard.
     pub flush_threshold_docs: usize,
-    /// Shards on disk that trigger a background compaction (merge into one, dropping deleted documents).
+    /// Compaction fan-in: when this many shards share a size tier, the background merges them (size-tiered
+    /// compaction, ARCHITECTURE.md); a shard with a fifth of its documents deleted is rewritten alone.
     pub compaction_max_shards: usize,
     /// Threads of the CPU pool that runs encoding and search; 0 means one per core.
     pub search_threads: usize,
@@ -111,7 +112,7 @@ impl Default for Settings {
             api_key: None,
             limits: Limits::default(),
             flush_threshold_docs: 20_000,
-            compaction_max_shards: 8,
+            compaction_max_shards: 4,
             search_threads: 0,
             request_timeout_ms: 30_000,
         }

@@ -465,3 +465,104 @@ async fn token_damage_is_found_in_the_background() {
     );
     c.close();
 }
+
+/// Growth re-trains the codebook: a new generation with more centroids, recorded in the manifest (the old file
+/// deleted), used by later flushes; a merge moves older shards' documents to it; answers stay exact after the
+/// re-rank; a restart keeps the new generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growth_retrains_the_codebook() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning::new(1_000_000, 8);
+    let c = Collection::create(dir.path(), config(), tuning).unwrap();
+    let docs = |r: std::ops::Range<u64>| -> Vec<(String, u64)> {
+        r.map(|i| (format!("d{i}"), i)).collect()
+    };
+    let flush = |c: &Arc<Collection>| {
+        let c = c.clone();
+        async move {
+            tokio::task::spawn_blocking(move || c.flush())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    upsert(&c, &docs(0..100)).await;
+    flush(&c).await;
+    let first = c.stats().codebook_centroids;
+    assert_eq!(c.stats().codebook_generation, 1);
+    let retrain = |c: &Arc<Collection>| {
+        let c = c.clone();
+        async move {
+            tokio::task::spawn_blocking(move || c.retrain_if_needed(&[]))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    // No reason yet: nothing changes.
+    retrain(&c).await;
+    assert_eq!(c.stats().codebook_generation, 1);
+    for b in 0..8 {
+        upsert(&c, &docs(100 + b * 500..600 + b * 500)).await;
+    }
+    flush(&c).await;
+    retrain(&c).await;
+    let st = c.stats();
+    assert_eq!(st.codebook_generation, 2);
+    assert!(
+        st.codebook_centroids >= first * 4,
+        "{first} -> {}",
+        st.codebook_centroids
+    );
+    let cdir = dir.path().join("c");
+    assert!(!cdir.join("codebook-00000001.bin").exists());
+    assert!(cdir.join("codebook-00000002.bin").exists());
+    // Later batches use it; a full merge moves every document to it.
+    upsert(&c, &docs(5000..5100)).await;
+    flush(&c).await;
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || c2.compact())
+        .await
+        .unwrap()
+        .unwrap();
+    let snap = c.snapshot();
+    let book = snap.codebook.clone().unwrap();
+    assert_eq!(snap.segs.len(), 1);
+    assert!(Arc::ptr_eq(
+        snap.segs[0].shard.codebook_arc().unwrap(),
+        &book
+    ));
+    // Exact after the re-rank: a deep re-rank of the centroid scan under the new codebook returns the exact top 10.
+    let searcher = snap.searcher.as_ref().unwrap();
+    for s in 0..5 {
+        let q = toks(77_000 + s);
+        let qm = TokenMatrix::new(&q, DIM, "query").unwrap();
+        let exact = SearchParams {
+            plan: Plan::Exact,
+            ..SearchParams::new(10)
+        };
+        let deep = SearchParams {
+            plan: Plan::CentroidScan,
+            rerank: Some(2500),
+            ..SearchParams::new(10)
+        };
+        let e: Vec<usize> = searcher
+            .search(qm, &exact, None)
+            .unwrap()
+            .iter()
+            .map(|h| h.doc)
+            .collect();
+        let a: Vec<usize> = searcher
+            .search(qm, &deep, None)
+            .unwrap()
+            .iter()
+            .map(|h| h.doc)
+            .collect();
+        assert_eq!(a, e, "query {s}");
+    }
+    c.close();
+    drop(c);
+    let c = Collection::open(Layout { dir: cdir }, tuning).unwrap();
+    assert_eq!(c.stats().codebook_generation, 2);
+    c.close();
+}

@@ -70,12 +70,13 @@ impl Collection {
         }
     }
 
-    pub(super) fn maintenance(&self, rx: mpsc::Receiver<()>) {
+    pub(super) fn maintenance(self: &Arc<Self>, rx: mpsc::Receiver<()>) {
         while rx.recv().is_ok() {
             if self.needs_flush() {
                 if let Err(e) = self.flush() {
                     self.background_failed("flush", &e);
                 }
+                self.retrain_in_background();
             }
             // Tiered merges until the policy has nothing left to do (each merge lowers the shard count or
             // clears a shard's deletions, so this ends).
@@ -156,7 +157,7 @@ impl Collection {
         self.call(|reply| Cmd::Install { install, reply })?;
         tracing::info!(collection = %self.config.name, segments = picked.len(), flushed_seq = rotated.last_seq,
             install_ms = started.elapsed().as_millis() as u64, "flushed the memtable");
-        self.retrain_if_needed(&recent)?;
+        *lock(&self.recent_tokens) = recent;
         Ok(())
     }
 
@@ -208,9 +209,34 @@ impl Collection {
         }))
     }
 
-    /// Re-trains the collection codebook when it is too small for the collection or the data drifted (see
-    /// `codebook`), and records it. Writes and searches go on meanwhile; only later flushes and merges use it.
-    fn retrain_if_needed(&self, recent: &[f32]) -> Result<(), ServiceError> {
+    /// Starts re-training the collection codebook on a thread of its own when it is too small for the
+    /// collection or the data drifted (see `codebook`), using the held-out tokens of the last flush. Writes,
+    /// searches, flushes and merges go on meanwhile (with the current codebook); the new one is recorded by an
+    /// install and used from then on. One re-training at a time.
+    pub(super) fn retrain_in_background(self: &Arc<Self>) {
+        let recent = std::mem::take(&mut *lock(&self.recent_tokens));
+        if recent.is_empty() || self.is_closing() || self.retraining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let c = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("chamfer-train-{}", self.config.name))
+            .spawn(move || {
+                if let Err(e) = c.retrain_if_needed(&recent) {
+                    c.background_failed("codebook re-training", &e);
+                }
+                c.retraining.store(false, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(handle) => lock(&self.threads).push(handle),
+            Err(e) => {
+                self.retraining.store(false, Ordering::SeqCst);
+                tracing::warn!(collection = %self.config.name, error = %e, "cannot start a re-training thread");
+            }
+        }
+    }
+
+    pub(super) fn retrain_if_needed(&self, recent: &[f32]) -> Result<(), ServiceError> {
         let (segments, live_docs, current) = {
             let st = lock(&self.state);
             let Some(current) = st.codebook.clone() else {

@@ -208,6 +208,10 @@ pub struct Collection {
     /// Damage found after the collection opened (the background check of its shards' token sections): the
     /// collection then refuses requests, like one found damaged at open. Nothing is deleted.
     damaged: Mutex<Option<String>>,
+    /// A codebook re-training thread is running.
+    retraining: AtomicBool,
+    /// Held-out tokens of the last flush, for the drift check of the next re-training decision.
+    recent_tokens: Mutex<Vec<f32>>,
 }
 
 impl Collection {
@@ -268,6 +272,8 @@ impl Collection {
             storage_full: Mutex::new(None),
             wal_bytes: AtomicU64::new(writer.bytes()),
             damaged: Mutex::new(None),
+            retraining: AtomicBool::new(false),
+            recent_tokens: Mutex::new(Vec::new()),
         });
         c.publish();
         let (tx, rx) = mpsc::channel();
@@ -477,6 +483,11 @@ impl Collection {
             let _ = tx.send(Cmd::Stop);
         }
         for t in threads {
+            let _ = t.join();
+        }
+        // A re-training thread the maintenance thread started meanwhile (it sees `closing` and stops).
+        let late: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
+        for t in late {
             let _ = t.join();
         }
     }

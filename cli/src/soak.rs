@@ -113,6 +113,11 @@ pub(crate) struct SoakCmd {
     /// system's temp directory.
     #[arg(long)]
     server_log: Option<PathBuf>,
+    /// Also kill the server (SIGKILL) the moment the ingest ends, while its memtable, flushes and merges are in
+    /// flight, and restart it: reports `kill_after_ingest` (documents in the memtable at the kill, restart to
+    /// ready with the log replayed, documents found, lost) before the settle and the rest.
+    #[arg(long)]
+    kill_after_ingest: bool,
 }
 
 /// The server as a child process, killed (SIGKILL) and reaped when dropped.
@@ -548,7 +553,7 @@ impl SoakCmd {
             "server ready in {start_s:.2} s: gRPC {}, REST {}",
             server.grpc, server.http
         );
-        let c = connect(&server, key.clone(), admin_timeout).await?;
+        let mut c = connect(&server, key.clone(), admin_timeout).await?;
         match c.grpc.create_collection(collection.as_str(), dim).await {
             Ok(_) => {}
             Err(chamfer_client::Error::AlreadyExists(_)) => bail!(
@@ -594,6 +599,41 @@ impl SoakCmd {
         }
         if let Some(e) = &during.first_error {
             eprintln!("first search error during ingest: {e}");
+        }
+
+        // Optionally, kill -9 with the memtable and background work in flight, then restart.
+        let mut kill_after_ingest = Value::Null;
+        if self.kill_after_ingest {
+            let memtable = c
+                .grpc
+                .describe_collection(collection.as_str())
+                .await
+                .context("describing the collection before the kill")?
+                .stats
+                .unwrap_or_default()
+                .memtable_documents;
+            drop(c);
+            drop(server); // SIGKILL, reaped
+            eprintln!("killed the server (SIGKILL) right after the ingest, {memtable} documents in its memtable; restarting");
+            let (s2, replay_s) = start_server(&self.dir, &log, ready_timeout).await?;
+            server = s2;
+            c = connect(&server, key.clone(), admin_timeout).await?;
+            let found = c
+                .grpc
+                .describe_collection(collection.as_str())
+                .await
+                .context("describing the collection after the kill")?
+                .stats
+                .unwrap_or_default()
+                .documents;
+            eprintln!("ready again in {replay_s:.2} s with {found} documents");
+            kill_after_ingest = json!({
+                "memtable_documents_at_kill": memtable,
+                "restart_to_ready_s": replay_s,
+                "replayed_docs_per_s": memtable as f64 / replay_s.max(1e-9),
+                "documents": found,
+                "lost_documents": ingest.acked.saturating_sub(found),
+            });
         }
 
         // Settle, then the idle passes.
@@ -713,6 +753,7 @@ impl SoakCmd {
             "compacted_bytes": compacted,
             "write_amplification": write_amplification(flushed, compacted),
             "server_rss_anon_bytes": rss,
+            "kill_after_ingest": kill_after_ingest,
             "server": {
                 "flush_threshold_docs": settings.flush_threshold_docs,
                 "compaction_max_shards": settings.compaction_max_shards,
@@ -737,6 +778,9 @@ impl SoakCmd {
             report["p99_ms_idle"]
         );
         println!("{report}");
+        if let Some(l) = report["kill_after_ingest"]["lost_documents"].as_u64().filter(|&l| l > 0) {
+            bail!("{l} acknowledged documents were missing after the kill that followed the ingest");
+        }
         if lost > 0 {
             bail!("{lost} acknowledged documents were missing after the restart");
         }

@@ -311,6 +311,8 @@ fn soak_on_the_demo_set_loses_nothing() {
             "60",
             "--ready-timeout",
             "60",
+            // kill -9 the moment the ingest ends: flushes and tiered merges are in flight then.
+            "--kill-after-ingest",
         ])
         .env("CHAMFER_FLUSH_THRESHOLD_DOCS", "50")
         .env("CHAMFER_COMPACTION_MAX_SHARDS", "2")
@@ -349,6 +351,8 @@ fn soak_on_the_demo_set_loses_nothing() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["lost_documents"], 0, "{r}");
     assert_eq!(r["documents_after_restart"], r["docs"], "{r}");
+    assert_eq!(r["kill_after_ingest"]["lost_documents"], 0, "{r}");
+    assert_eq!(r["kill_after_ingest"]["documents"], r["docs"], "{r}");
     assert_eq!(r["settled"], true, "{r}");
     // The demo set reaches 1.0 (measured); the floor leaves room for an engine change, not for a broken run.
     assert!(r["recall_at_10"].as_f64().unwrap() >= 0.9, "{r}");

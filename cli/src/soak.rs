@@ -778,8 +778,13 @@ impl SoakCmd {
             report["p99_ms_idle"]
         );
         println!("{report}");
-        if let Some(l) = report["kill_after_ingest"]["lost_documents"].as_u64().filter(|&l| l > 0) {
-            bail!("{l} acknowledged documents were missing after the kill that followed the ingest");
+        if let Some(l) = report["kill_after_ingest"]["lost_documents"]
+            .as_u64()
+            .filter(|&l| l > 0)
+        {
+            bail!(
+                "{l} acknowledged documents were missing after the kill that followed the ingest"
+            );
         }
         if lost > 0 {
             bail!("{lost} acknowledged documents were missing after the restart");

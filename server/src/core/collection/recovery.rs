@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chamfer_index::shard::{Coding, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
+use rayon::prelude::*;
 
 use crate::core::manifest::{self, CollectionConfig, Layout, Manifest};
 use crate::core::storage_error::StorageError;
@@ -16,7 +17,7 @@ use super::codebook::{self, Current};
 use super::state::{Bitset, Loc, Segment, State};
 
 /// Documents per memory segment rebuilt from the log at start-up.
-const REPLAY_SEGMENT_DOCS: usize = 4096;
+const REPLAY_SEGMENT_DOCS: usize = 2048;
 
 /// Rebuilds the state from the manifest and the log; returns it with an open log writer and the next segment
 /// id. Any damage (missing or corrupt manifest, shard or log) is an error that names the file, and nothing in
@@ -157,29 +158,33 @@ pub(super) fn recover(
     st.last_seq = st.last_seq.max(replayed.last_seq);
     let live: Vec<wal::WalDoc> = docs.into_iter().flatten().collect();
     let n_replayed = live.len();
-    for chunk in live.chunks(REPLAY_SEGMENT_DOCS) {
-        let shard_docs = chunk
-            .iter()
-            .map(|d| {
-                Ok(ShardDoc {
-                    id: &d.id,
-                    tokens: TokenMatrix::new(&d.tokens, config.dimension, "document")?,
-                    payload: &d.metadata,
+    // Tokens only: the cheapest segment to build (no FDE, no codes), searched exactly until the flush that
+    // follows start-up codes it. A collection without a codebook (codebook_size 0) stores FDEs instead. The
+    // segments are built in parallel (they are independent), then registered in log order.
+    let coding = if config.params.codebook_size > 0 {
+        Coding::TokensOnly
+    } else {
+        Coding::Train
+    };
+    let built: Vec<Shard> = live
+        .par_chunks(REPLAY_SEGMENT_DOCS)
+        .map(|chunk| {
+            let shard_docs = chunk
+                .iter()
+                .map(|d| {
+                    Ok(ShardDoc {
+                        id: &d.id,
+                        tokens: TokenMatrix::new(&d.tokens, config.dimension, "document")?,
+                        payload: &d.metadata,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, IndexError>>()?;
-        // Tokens only: the cheapest segment to build (no FDE, no codes), searched exactly until the flush that
-        // follows start-up codes it. A collection without a codebook (codebook_size 0) stores FDEs instead.
-        let coding = if config.params.codebook_size > 0 {
-            Coding::TokensOnly
-        } else {
-            Coding::Train
-        };
-        let shard = Arc::new(Shard::build_in_memory_coded(
-            &config.params,
-            &shard_docs,
-            coding,
-        )?);
+                .collect::<Result<Vec<_>, IndexError>>()?;
+            Shard::build_in_memory_coded(&config.params, &shard_docs, coding)
+        })
+        .collect::<Result<Vec<_>, IndexError>>()?;
+    drop(live);
+    for shard in built {
+        let shard = Arc::new(shard);
         let id = next_segment;
         next_segment += 1;
         for d in 0..shard.len() {

@@ -10,7 +10,8 @@
 //! - **Use**: upserts build their memory segments coded with it (documents that arrived before it exist are
 //!   tokens-only segments, searched exactly); flushes and compactions copy the codes of documents coded with it
 //!   and assign the others.
-//! - **Re-training** (background, on the maintenance thread; writes and searches go on): when the size rule
+//! - **Re-training** (background, on a thread of its own; writes, searches, flushes and merges go on with the
+//!   current codebook): when the size rule
 //!   asks for at least [`GROWTH_FACTOR`] times more centroids than it has (the collection grew), or when held-out
 //!   tokens of a flush are quantized more than [`chamfer_index::codebook::DRIFT_BOUND`] worse than the baseline
 //!   measured on held-out tokens when it was trained (the data drifted) and the collection has doubled since.

@@ -223,6 +223,19 @@ pub enum Coding<'a> {
     TokensOnly,
 }
 
+/// The checks every build starts with: valid parameters and a document count that fits u32 ids; returns the
+/// token dimension.
+fn check_build(params: &IndexParams, n_docs: usize) -> Result<usize> {
+    params.validate()?;
+    if n_docs > u32::MAX as usize {
+        return Err(IndexError::param(
+            "documents",
+            "a shard holds at most 2^32 - 1 documents",
+        ));
+    }
+    Ok(params.fde.dimension)
+}
+
 /// The codes of `docs` under `book`: copied from `known` where given (checked), assigned otherwise.
 fn codes_for(
     book: &Codebook,
@@ -293,14 +306,7 @@ fn build(
     progress: &(dyn Fn(u64) + Sync),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Built> {
-    params.validate()?;
-    let dim = params.fde.dimension;
-    if docs.len() > u32::MAX as usize {
-        return Err(IndexError::param(
-            "documents",
-            "a shard holds at most 2^32 - 1 documents",
-        ));
-    }
+    let dim = check_build(params, docs.len())?;
     let mut seen = std::collections::HashSet::with_capacity(docs.len());
     for d in docs {
         if d.tokens.dim() != dim {
@@ -684,14 +690,7 @@ fn build_merged(
     progress: &(dyn Fn(u64) + Sync),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Built> {
-    params.validate()?;
-    let dim = params.fde.dimension;
-    if docs.len() > u32::MAX as usize {
-        return Err(IndexError::param(
-            "documents",
-            "a shard holds at most 2^32 - 1 documents",
-        ));
-    }
+    let dim = check_build(params, docs.len())?;
     if docs.is_empty() || docs.len() >= params.hnsw.min_docs.max(1) {
         return Err(IndexError::param(
             "documents",

@@ -211,38 +211,27 @@ async fn a_truncated_or_deleted_log_is_refused() {
     .await;
 }
 
+/// Flips bits `mask` of the byte at `at(file length)` of collection `c`'s first shard file.
+fn flip_shard_byte(c: &Path, at: impl Fn(usize) -> usize, mask: u8) {
+    let seg = fs::read_dir(c.join("segments"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "shard"))
+        .unwrap();
+    let mut b = fs::read(&seg).unwrap();
+    let i = at(b.len());
+    b[i] ^= mask;
+    fs::write(&seg, b).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_shard_or_config_is_refused() {
-    refused_then_restored(
-        |c| {
-            let seg = fs::read_dir(c.join("segments"))
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "shard"))
-                .unwrap();
-            let mut b = fs::read(&seg).unwrap();
-            let mid = b.len() / 2;
-            b[mid] ^= 0x10;
-            fs::write(&seg, b).unwrap();
-        },
-        "seg-",
-    )
-    .await;
+    refused_then_restored(|c| flip_shard_byte(c, |len| len / 2, 0x10), "seg-").await;
     // A flipped bit in the token section (the first section, right after the 64-byte header), which opening
     // leaves to the background check (Shard::open_deferred).
     refused_then_restored(
-        |c| {
-            let seg = fs::read_dir(c.join("segments"))
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "shard"))
-                .unwrap();
-            let mut b = fs::read(&seg).unwrap();
-            b[64 + 3] ^= 0x04;
-            fs::write(&seg, b).unwrap();
-        },
+        |c| flip_shard_byte(c, |_| 64 + 3, 0x04),
         "tokens checksum mismatch",
     )
     .await;

@@ -566,3 +566,40 @@ async fn growth_retrains_the_codebook() {
     assert_eq!(c.stats().codebook_generation, 2);
     c.close();
 }
+
+/// An explicit compaction merges into as few shards as the size cap allows, never past it (here the cap is
+/// just below a 100-document graph threshold), and keeps every document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_compaction_respects_the_size_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.params.hnsw.min_docs = 100;
+    let tuning = Tuning::new(10, 8);
+    let c = Collection::create(dir.path(), cfg, tuning).unwrap();
+    let mut model = BTreeMap::new();
+    for b in 0..6u64 {
+        let docs: Vec<(String, u64)> = (b * 50..b * 50 + 50)
+            .map(|i| (format!("d{i}"), i))
+            .collect();
+        upsert(&c, &docs).await;
+        model.extend(docs);
+        let c2 = c.clone();
+        tokio::task::spawn_blocking(move || c2.flush())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || c2.compact())
+        .await
+        .unwrap()
+        .unwrap();
+    let snap = c.snapshot();
+    assert!(snap
+        .segs
+        .iter()
+        .all(|s| s.shard.len() < 100 && s.shard.graph().is_none()));
+    assert!(snap.segs.len() >= 4, "{} shards", snap.segs.len());
+    check_model(&c, &model, 300);
+    c.close();
+}

@@ -272,19 +272,41 @@ impl Collection {
         self.call(|reply| Cmd::Install { install, reply })
     }
 
-    /// Merges every durable shard into one (explicit request: `POST .../compact`), dropping deleted
-    /// documents. Blocking. False when there was nothing to do. Background work never does this: it merges by
-    /// size tier ([`Collection::compact_tiered`]).
+    /// Merges the durable shards into as few as the size cap allows (explicit request: `POST .../compact`),
+    /// dropping deleted documents: one shard when the collection fits [`TierPolicy::max_docs`], else groups of
+    /// at most that many documents (smallest first), so that a merge never needs a graph nor decoded tokens in
+    /// memory. Blocking. False when there was nothing to do. Background work never does this: it merges by size
+    /// tier ([`Collection::compact_tiered`]).
     pub fn compact(&self) -> Result<bool, ServiceError> {
         let _guard = lock(&self.maint_lock);
         self.check_open()?;
-        let ids: Vec<u64> = lock(&self.state)
+        let mut shards: Vec<ShardSize> = lock(&self.state)
             .segments
             .iter()
             .filter(|s| s.durable)
-            .map(|s| s.id)
+            .map(|s| ShardSize {
+                id: s.id,
+                docs: s.shard.len(),
+                deleted: s.deleted.ones(),
+            })
             .collect();
-        self.merge(&ids, true)
+        shards.sort_by_key(|s| (s.live(), s.id));
+        let cap = self.policy().max_docs;
+        let mut groups: Vec<Vec<ShardSize>> = Vec::new();
+        for s in shards {
+            match groups.last_mut() {
+                Some(g) if g.iter().map(|x| x.live()).sum::<usize>() + s.live() <= cap => g.push(s),
+                _ => groups.push(vec![s]),
+            }
+        }
+        let mut any = false;
+        for g in groups {
+            if g.len() > 1 || g.iter().any(|s| s.deleted > 0) {
+                let ids: Vec<u64> = g.iter().map(|s| s.id).collect();
+                any |= self.merge(&ids, true)?;
+            }
+        }
+        Ok(any)
     }
 
     /// One step of the tiered policy ([`pick_compaction`]): merges the shards it picks. Blocking. False when

@@ -49,6 +49,8 @@ pub(super) fn recover(
         compacted_bytes: manifest.compacted_bytes,
     };
     let mut next_segment = manifest.next_segment_id;
+    let mut books: Vec<Arc<chamfer_index::codebook::Codebook>> =
+        st.codebook.iter().map(|c| c.book.clone()).collect();
     for e in &manifest.segments {
         let path = layout.segment(e.id);
         // The token sections (most of the bytes) are verified in the background once the collection serves
@@ -58,9 +60,12 @@ pub(super) fn recover(
             // Small shards are verified at once: deferring them saves nothing.
             shard.verify_deferred()?;
         }
-        if let Some(c) = &st.codebook {
-            // Shards coded with the collection codebook share its one copy (and its query table).
-            shard.share_codebook(&c.book);
+        // Shards coded with the same codebook (the collection's, or an older generation's) share one copy of it,
+        // and so one centroid table per query.
+        if !books.iter().any(|b| shard.share_codebook(b)) {
+            if let Some(b) = shard.codebook_arc() {
+                books.push(b.clone());
+            }
         }
         if shard.len() != e.docs {
             return Err(StorageError::damaged(

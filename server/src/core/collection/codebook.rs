@@ -12,7 +12,8 @@
 //!   and assign the others.
 //! - **Re-training** (background, on a thread of its own; writes, searches, flushes and merges go on with the
 //!   current codebook): when the size rule
-//!   asks for at least [`GROWTH_FACTOR`] times more centroids than it has (the collection grew), or when held-out
+//!   asks for at least [`GROWTH_FACTOR`] times more centroids than it has, or for more once it reaches its ceiling (the
+//!   collection grew), or when held-out
 //!   tokens of a flush are quantized more than [`chamfer_index::codebook::DRIFT_BOUND`] worse than the baseline
 //!   measured on held-out tokens when it was trained (the data drifted) and the collection has doubled since.
 //!   Shards keep the codebook they were written with (each shard file holds its own copy); compaction moves
@@ -283,7 +284,11 @@ pub(super) fn retrain_reason(
     recent: &[f32],
 ) -> Option<String> {
     let wanted = wanted_size(params, tokens);
-    if wanted >= current.book.len().saturating_mul(GROWTH_FACTOR) {
+    // Grown by GROWTH_FACTOR, or grown at all once the size rule reaches its ceiling (the cap): otherwise a
+    // codebook trained just below a quarter of the cap would never reach it.
+    let ceiling = wanted_size(params, u64::MAX);
+    let len = current.book.len();
+    if wanted >= len.saturating_mul(GROWTH_FACTOR) || (wanted == ceiling && wanted > len) {
         return Some(format!(
             "the collection grew: its size rule asks for {wanted} centroids, the codebook has {}",
             current.book.len()
@@ -316,6 +321,33 @@ mod tests {
             v.extend(row);
         }
         Codebook::train(&v, 8, 4, 1)
+    }
+
+    /// Growth re-trains at 4x the centroids, and once the rule's ceiling is reached at any growth (a codebook of
+    /// half the cap must not stay there).
+    #[test]
+    fn growth_reaches_the_cap() {
+        let params = IndexParams::new(8);
+        let ceiling = wanted_size(&params, u64::MAX);
+        let current = |k: usize| Current {
+            entry: CodebookEntry {
+                generation: 1,
+                centroids: k,
+                crc32: 0,
+                baseline_error_e6: 0,
+                trained_at_docs: 1,
+            },
+            book: Arc::new(Codebook::from_centroids(8, vec![0.5; 8 * k])),
+        };
+        // Tokens for which the rule asks for the ceiling.
+        let huge = 1u64 << 40;
+        assert!(retrain_reason(&params, &current(ceiling / 2), 10, huge, &[]).is_some());
+        assert!(retrain_reason(&params, &current(ceiling), 10, huge, &[]).is_none());
+        // Below the ceiling, 2x growth is not enough, 4x is.
+        let t = |k: u64| (k * k) / 256 * 2; // 16 sqrt(t) ~ k x 1.4
+        let small = wanted_size(&params, t(1024));
+        assert!(retrain_reason(&params, &current(small / 2), 10, t(1024), &[]).is_none());
+        assert!(retrain_reason(&params, &current(small / 4), 10, t(1024), &[]).is_some());
     }
 
     #[test]

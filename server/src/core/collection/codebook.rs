@@ -11,11 +11,10 @@
 //!   tokens-only segments, searched exactly); flushes and compactions copy the codes of documents coded with it
 //!   and assign the others.
 //! - **Re-training** (background, on a thread of its own; writes, searches, flushes and merges go on with the
-//!   current codebook): when the size rule
-//!   asks for at least [`GROWTH_FACTOR`] times more centroids than it has, or for more once it reaches its ceiling (the
-//!   collection grew), or when held-out
-//!   tokens of a flush are quantized more than [`chamfer_index::codebook::DRIFT_BOUND`] worse than the baseline
-//!   measured on held-out tokens when it was trained (the data drifted) and the collection has doubled since.
+//!   current codebook): when the size rule asks for at least [`GROWTH_FACTOR`] times more centroids than it has,
+//!   or for more once it reaches its ceiling (the collection grew), or when held-out tokens of a flush are
+//!   quantized more than [`chamfer_index::codebook::DRIFT_BOUND`] worse than the baseline measured on held-out
+//!   tokens when it was trained (the data drifted) and the collection has doubled since.
 //!   Shards keep the codebook they were written with (each shard file holds its own copy); compaction moves
 //!   their documents to the current one.
 //!

@@ -191,7 +191,7 @@ proptest! {
     /// applying its merges always ends (each one lowers the shard count or clears deletions).
     #[test]
     fn picker_merges_by_tier_and_ends(
-        sizes in proptest::collection::vec((1usize..2_000_000, 0usize..100, 0u64..3), 0..40),
+        sizes in proptest::collection::vec((1usize..2_000_000, 0usize..100), 0..40),
         fan_in in 2usize..6,
         base in 1usize..50_000,
     ) {
@@ -199,11 +199,10 @@ proptest! {
         let mut shards: Vec<ShardSize> = sizes
             .iter()
             .enumerate()
-            .map(|(i, &(docs, del_pct, codebook))| ShardSize {
+            .map(|(i, &(docs, del_pct))| ShardSize {
                 id: i as u64,
                 docs,
                 deleted: if del_pct < 70 { 0 } else { docs * (del_pct - 70) / 30 },
-                codebook,
             })
             .collect();
         let mut next = shards.len() as u64;
@@ -222,12 +221,10 @@ proptest! {
                 prop_assert!(live <= policy.max_docs);
                 let tiers: Vec<u32> = picked.iter().map(|s| tier_of(&policy, s.docs - s.deleted)).collect();
                 prop_assert!(tiers.iter().all(|&t| t == tiers[0]), "one tier: {:?}", tiers);
-                prop_assert!(picked.iter().all(|s| s.codebook == picked[0].codebook), "one codebook");
             }
             shards.retain(|s| !pick.contains(&s.id));
             if live > 0 {
-                // A merge (or a rewrite) codes with the current codebook, key 2.
-                shards.push(ShardSize { id: next, docs: live, deleted: 0, codebook: 2 });
+                shards.push(ShardSize { id: next, docs: live, deleted: 0 });
                 next += 1;
             }
         }
@@ -256,7 +253,6 @@ fn tiered_write_amplification_is_bounded() {
             id: next,
             docs: 20_000,
             deleted: 0,
-            codebook: 1,
         });
         next += 1;
         flushed += 20_000;
@@ -272,7 +268,6 @@ fn tiered_write_amplification_is_bounded() {
                 id: next,
                 docs: live,
                 deleted: 0,
-                codebook: 1,
             });
             next += 1;
         }

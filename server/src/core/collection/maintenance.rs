@@ -47,7 +47,6 @@ impl Collection {
                 id: s.id,
                 docs: s.shard.len(),
                 deleted: s.deleted.ones(),
-                codebook: codebook_key(&s.shard),
             })
             .collect();
         pick_compaction(&sizes, &self.policy())
@@ -289,7 +288,6 @@ impl Collection {
                 id: s.id,
                 docs: s.shard.len(),
                 deleted: s.deleted.ones(),
-                codebook: codebook_key(&s.shard),
             })
             .collect();
         shards.sort_by_key(|s| (s.live(), s.id));
@@ -431,13 +429,6 @@ impl Collection {
     }
 }
 
-/// The compaction policy's codebook key of a shard: the address of its (shared) codebook, 0 without one.
-fn codebook_key(shard: &Shard) -> u64 {
-    shard
-        .codebook_arc()
-        .map_or(0, |b| Arc::as_ptr(b) as usize as u64)
-}
-
 /// Bytes a flush or compaction wrote: the new shard file and its graph files.
 fn written_bytes(add: &Option<NewSegment>) -> u64 {
     add.as_ref()
@@ -458,9 +449,6 @@ pub(super) struct ShardSize {
     pub docs: usize,
     /// Deleted (or overwritten) documents.
     pub deleted: usize,
-    /// Which codebook the shard is coded with (shards sharing one have the same key; 0: none). Merges stay
-    /// within one codebook, so they copy codes instead of re-assigning every token of an older generation.
-    pub codebook: u64,
 }
 
 impl ShardSize {
@@ -474,8 +462,7 @@ impl ShardSize {
 /// Shards are grouped in tiers by live documents: tier `t` holds `[base x F^t, base x F^(t+1))` (tier 0 everything
 /// below `base x F`), with `base` the flush threshold and `F` the fan-in. When a tier holds `F` shards that are
 /// not full, its `F` smallest are merged (fewer when their sum would pass the size cap), so every document is
-/// rewritten about once per tier: `log_F(cap / base)` times in all, whatever the collection's size. Merges stay
-/// within one codebook generation (after a re-training, older shards merge among themselves and keep their codes). A shard is
+/// rewritten about once per tier: `log_F(cap / base)` times in all, whatever the collection's size. A shard is
 /// full at half the cap; full shards are only rewritten for their deletions: a shard with at least a fifth of
 /// its documents deleted is rewritten alone (first, since it wastes space and search time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -535,14 +522,14 @@ pub(super) fn pick_compaction(shards: &[ShardSize], policy: &TierPolicy) -> Opti
         .iter()
         .filter(|s| s.live().saturating_mul(2) < policy.max_docs)
         .collect();
-    open.sort_by_key(|s| (policy.tier(s.live()), s.codebook, s.live(), s.id));
+    open.sort_by_key(|s| (policy.tier(s.live()), s.live(), s.id));
     let mut at = 0;
     while at < open.len() {
-        let key = (policy.tier(open[at].live()), open[at].codebook);
+        let tier = policy.tier(open[at].live());
         let end = at
             + open[at..]
                 .iter()
-                .take_while(|s| (policy.tier(s.live()), s.codebook) == key)
+                .take_while(|s| policy.tier(s.live()) == tier)
                 .count();
         if end - at >= policy.fan_in {
             let mut group: Vec<&ShardSize> = open[at..at + policy.fan_in].to_vec();

@@ -38,8 +38,12 @@ impl Collection {
 
     /// The durable shards the tiered policy would merge next (see [`pick_compaction`]).
     fn pick_compaction(&self) -> Option<Vec<u64>> {
-        let st = lock(&self.state);
-        let sizes: Vec<ShardSize> = st
+        pick_compaction(&self.durable_sizes(), &self.policy())
+    }
+
+    /// The durable shards' sizes, as the compaction policy sees them.
+    fn durable_sizes(&self) -> Vec<ShardSize> {
+        lock(&self.state)
             .segments
             .iter()
             .filter(|s| s.durable)
@@ -48,8 +52,7 @@ impl Collection {
                 docs: s.shard.len(),
                 deleted: s.deleted.ones(),
             })
-            .collect();
-        pick_compaction(&sizes, &self.policy())
+            .collect()
     }
 
     /// The compaction policy of this collection's tuning and parameters.
@@ -280,16 +283,7 @@ impl Collection {
     pub fn compact(&self) -> Result<bool, ServiceError> {
         let _guard = lock(&self.maint_lock);
         self.check_open()?;
-        let mut shards: Vec<ShardSize> = lock(&self.state)
-            .segments
-            .iter()
-            .filter(|s| s.durable)
-            .map(|s| ShardSize {
-                id: s.id,
-                docs: s.shard.len(),
-                deleted: s.deleted.ones(),
-            })
-            .collect();
+        let mut shards = self.durable_sizes();
         shards.sort_by_key(|s| (s.live(), s.id));
         let cap = self.policy().max_docs;
         let mut groups: Vec<Vec<ShardSize>> = Vec::new();

@@ -361,16 +361,18 @@ async fn close_abandons_background_work_without_loss() {
         Err(e) => panic!("compaction failed with {e}"),
     }
     let c = coll_dir(dir.path(), "c");
-    let manifest: manifest::Manifest = manifest::read_checked(&c.join("manifest.json")).unwrap();
     let core = open(dir.path()).await;
     let ids: Vec<String> = (0..200).map(|i| format!("d{i}")).collect();
     assert_all_there(&core, &ids).await;
+    // The reopened collection may start a tiered merge of its own: close it (which waits for or abandons that
+    // merge) before looking at the files.
+    shutdown(core).await;
+    let manifest: manifest::Manifest = manifest::read_checked(&c.join("manifest.json")).unwrap();
     let named: Vec<u64> = manifest.segments.iter().map(|s| s.id).collect();
     for e in fs::read_dir(c.join("segments")).unwrap().flatten() {
         let id = Layout::segment_id_of(&e.file_name().to_string_lossy()).unwrap();
         assert!(named.contains(&id), "{:?} is not in the manifest", e.path());
     }
-    shutdown(core).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

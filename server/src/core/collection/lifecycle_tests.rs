@@ -73,6 +73,23 @@ async fn delete(c: &Collection, ids: Vec<String>) {
         .unwrap();
 }
 
+/// Documents `d{i}` with version `i` for `i` in `r`.
+fn docs(r: std::ops::Range<u64>) -> Vec<(String, u64)> {
+    r.map(|i| (format!("d{i}"), i)).collect()
+}
+
+/// Runs a blocking collection call (flush, compaction, re-training) off the async workers; panics on error.
+async fn blocking<T: Send + 'static>(
+    c: &Arc<Collection>,
+    f: impl FnOnce(&Collection) -> Result<T, ServiceError> + Send + 'static,
+) -> T {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Every live document with its tokens, as the collection serves them.
 fn contents(c: &Collection, ids: impl Iterator<Item = String>) -> BTreeMap<String, Vec<f32>> {
     let ids: Vec<String> = ids.collect();
@@ -154,12 +171,10 @@ proptest! {
                         delete(&c, ids).await;
                     }
                     Op::Flush => {
-                        let c2 = c.clone();
-                        tokio::task::spawn_blocking(move || c2.flush()).await.unwrap().unwrap();
+                        blocking(&c, |c| c.flush()).await;
                     }
                     Op::Compact => {
-                        let c2 = c.clone();
-                        tokio::task::spawn_blocking(move || c2.compact_tiered()).await.unwrap().unwrap();
+                        blocking(&c, |c| c.compact_tiered()).await;
                     }
                     Op::Reopen => {
                         c.close();
@@ -173,11 +188,9 @@ proptest! {
                 check_model(&c, &model, 60);
             }
             // Drain the policy: it ends, and leaves no tier with a full fan-in of open shards.
-            let c2 = c.clone();
-            tokio::task::spawn_blocking(move || c2.flush()).await.unwrap().unwrap();
+            blocking(&c, |c| c.flush()).await;
             for _ in 0..100 {
-                let c2 = c.clone();
-                if !tokio::task::spawn_blocking(move || c2.compact_tiered()).await.unwrap().unwrap() {
+                if !blocking(&c, |c| c.compact_tiered()).await {
                     break;
                 }
             }
@@ -289,9 +302,6 @@ async fn codebook_is_trained_once_persisted_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let tuning = Tuning::new(1_000_000, 8);
     let c = Collection::create(dir.path(), config(), tuning).unwrap();
-    let docs = |r: std::ops::Range<u64>| -> Vec<(String, u64)> {
-        r.map(|i| (format!("d{i}"), i)).collect()
-    };
     upsert(&c, &docs(0..400)).await;
     assert_eq!(c.stats().codebook_centroids, 0);
     let snap = c.snapshot();
@@ -319,11 +329,7 @@ async fn codebook_is_trained_once_persisted_and_reused() {
         "tokens-only segments are searched exactly"
     );
 
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.flush())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.flush()).await;
     let st = c.stats();
     assert_eq!(st.codebook_generation, 1);
     assert!(st.codebook_centroids > 0);
@@ -336,11 +342,7 @@ async fn codebook_is_trained_once_persisted_and_reused() {
     let snap = c.snapshot();
     let mem = snap.segs.last().unwrap();
     assert!(Arc::ptr_eq(mem.shard.codebook_arc().unwrap(), &book));
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.flush())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.flush()).await;
     let snap = c.snapshot();
     assert_eq!(snap.segs.len(), 2);
     assert!(snap
@@ -374,11 +376,7 @@ async fn codebook_is_trained_once_persisted_and_reused() {
         .all(|s| Arc::ptr_eq(s.shard.codebook_arc().unwrap(), &again)));
     assert_eq!(results(&c), served);
     upsert(&c, &docs(500..520)).await;
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.flush())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.flush()).await;
     assert_eq!(c.stats().codebook_generation, 1, "not re-trained");
     c.close();
     drop(c);
@@ -408,13 +406,9 @@ async fn token_damage_is_found_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let mut tuning = Tuning::new(1_000_000, 8);
     let c = Collection::create(dir.path(), config(), tuning).unwrap();
-    let docs: Vec<(String, u64)> = (0..200).map(|i| (format!("d{i}"), i)).collect();
+    let docs = docs(0..200);
     upsert(&c, &docs).await;
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.flush())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.flush()).await;
     c.close();
     drop(c);
     let layout = Layout {
@@ -474,39 +468,18 @@ async fn growth_retrains_the_codebook() {
     let dir = tempfile::tempdir().unwrap();
     let tuning = Tuning::new(1_000_000, 8);
     let c = Collection::create(dir.path(), config(), tuning).unwrap();
-    let docs = |r: std::ops::Range<u64>| -> Vec<(String, u64)> {
-        r.map(|i| (format!("d{i}"), i)).collect()
-    };
-    let flush = |c: &Arc<Collection>| {
-        let c = c.clone();
-        async move {
-            tokio::task::spawn_blocking(move || c.flush())
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
     upsert(&c, &docs(0..100)).await;
-    flush(&c).await;
+    blocking(&c, |c| c.flush()).await;
     let first = c.stats().codebook_centroids;
     assert_eq!(c.stats().codebook_generation, 1);
-    let retrain = |c: &Arc<Collection>| {
-        let c = c.clone();
-        async move {
-            tokio::task::spawn_blocking(move || c.retrain_if_needed(&[]))
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
     // No reason yet: nothing changes.
-    retrain(&c).await;
+    blocking(&c, |c| c.retrain_if_needed(&[])).await;
     assert_eq!(c.stats().codebook_generation, 1);
     for b in 0..8 {
         upsert(&c, &docs(100 + b * 500..600 + b * 500)).await;
     }
-    flush(&c).await;
-    retrain(&c).await;
+    blocking(&c, |c| c.flush()).await;
+    blocking(&c, |c| c.retrain_if_needed(&[])).await;
     let st = c.stats();
     assert_eq!(st.codebook_generation, 2);
     assert!(
@@ -519,12 +492,8 @@ async fn growth_retrains_the_codebook() {
     assert!(cdir.join("codebook-00000002.bin").exists());
     // Later batches use it; a full merge moves every document to it.
     upsert(&c, &docs(5000..5100)).await;
-    flush(&c).await;
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.compact())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.flush()).await;
+    blocking(&c, |c| c.compact()).await;
     let snap = c.snapshot();
     let book = snap.codebook.clone().unwrap();
     assert_eq!(snap.segs.len(), 1);
@@ -578,22 +547,12 @@ async fn explicit_compaction_respects_the_size_cap() {
     let c = Collection::create(dir.path(), cfg, tuning).unwrap();
     let mut model = BTreeMap::new();
     for b in 0..6u64 {
-        let docs: Vec<(String, u64)> = (b * 50..b * 50 + 50)
-            .map(|i| (format!("d{i}"), i))
-            .collect();
+        let docs = docs(b * 50..b * 50 + 50);
         upsert(&c, &docs).await;
         model.extend(docs);
-        let c2 = c.clone();
-        tokio::task::spawn_blocking(move || c2.flush())
-            .await
-            .unwrap()
-            .unwrap();
+        blocking(&c, |c| c.flush()).await;
     }
-    let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.compact())
-        .await
-        .unwrap()
-        .unwrap();
+    blocking(&c, |c| c.compact()).await;
     let snap = c.snapshot();
     assert!(snap
         .segs

@@ -6,6 +6,10 @@
 //! * `maxsim_8x128_by_113_docs`: this project's re-rank case, an 8-token query scored against many 113-token
 //!   documents one after another (per-document overhead included), same baseline per document.
 //!
+//! * `assign_4096_tokens_16k_centroids`: nearest-centroid codes of 4096 tokens against a two-level codebook of
+//!   16384 centroids (128 coarse), on one thread: the fused AVX-512 kernel over f16 panels (`kernel`, where the
+//!   CPU has it) against f32 matrix products (`products`). Elements/s = tokens/s.
+//!
 //! Run: `cargo bench -p chamfer-index --bench kernels`.
 use chamfer_index::kernels::{chamfer_with, kernel_level, pack_tokens, KernelLevel, PreparedQuery};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -140,6 +144,24 @@ fn maxsim_many_small_documents(c: &mut Criterion) {
     }
 }
 
+fn assign_codes(c: &mut Criterion) {
+    use chamfer_index::codebook::Codebook;
+    const K: usize = 16384;
+    let train = random(K * 16 * D, 7);
+    let book = Codebook::train(&train, D, K, 7);
+    let tokens = random(4096 * D, 8);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let mut g = c.benchmark_group("assign_4096_tokens_16k_centroids");
+    g.throughput(Throughput::Elements(4096));
+    if kernel_level() == KernelLevel::Avx512 {
+        g.bench_function("kernel", |b| b.iter(|| pool.install(|| black_box(book.assign(&tokens)))));
+    }
+    g.bench_function("products", |b| {
+        b.iter(|| pool.install(|| black_box(book.assign_by_products(&tokens))))
+    });
+    g.finish();
+}
+
 /// Short runs (the machine is shared); medians are in target/criterion/<group>/<kernel>/new/estimates.json.
 fn config() -> Criterion {
     Criterion::default()
@@ -151,6 +173,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = maxsim_one_big_document, maxsim_many_small_documents
+    targets = maxsim_one_big_document, maxsim_many_small_documents, assign_codes
 }
 criterion_main!(benches);

@@ -26,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::kernels;
 use crate::sys::codes;
 use crate::sys::gemm::matmul_abt;
 
@@ -84,6 +85,19 @@ fn argmax_rows(scores: &[f32], k: usize) -> impl Iterator<Item = (usize, f32)> +
         }
         best
     })
+}
+
+/// Writes the tokens `rows` of the row-major `block` into `out` k-major (`out[k * n + j]`, n = number of rows),
+/// the layout of the nearest-centroid kernel.
+fn transpose_into(block: &[f32], dim: usize, rows: impl ExactSizeIterator<Item = u32>, out: &mut Vec<f32>) {
+    let n = rows.len();
+    out.clear();
+    out.resize(n * dim, 0.0);
+    for (j, r) in rows.enumerate() {
+        for (k, &v) in block[r as usize * dim..][..dim].iter().enumerate() {
+            out[k * n + j] = v;
+        }
+    }
 }
 
 /// Nearest of `k` centroids (row-major) for every token, in parallel blocks of matrix products.
@@ -374,21 +388,56 @@ impl Codebook {
     /// The nearest centroid (largest inner product) of every token: exact for a flat codebook, among the fine
     /// centroids of the [`ASSIGN_PROBE`] nearest coarse clusters for a two-level one.
     pub fn assign(&self, tokens: &[f32]) -> Vec<u16> {
+        self.assign_on(tokens, self.kernel_assigns())
+    }
+
+    /// [`assign`](Self::assign) on f32 matrix products even where the fused kernel runs (the reference the
+    /// kernel path is tested and benchmarked against).
+    pub fn assign_by_products(&self, tokens: &[f32]) -> Vec<u16> {
+        self.assign_on(tokens, false)
+    }
+
+    fn assign_on(&self, tokens: &[f32], kernel: bool) -> Vec<u16> {
         match &self.coarse {
+            None if kernel => tokens
+                .par_chunks(BLOCK * self.dim)
+                .flat_map_iter(|block| self.assign_flat_kernel(block))
+                .collect(),
             None => assign_flat(&self.centroids, self.len(), self.dim, tokens)
                 .into_iter()
                 .map(|c| c as u16)
                 .collect(),
             Some(coarse) => tokens
                 .par_chunks(BLOCK_TWO_LEVEL * self.dim)
-                .flat_map_iter(|block| self.assign_two_level(coarse, block))
+                .flat_map_iter(|block| self.assign_two_level(coarse, block, kernel))
                 .collect(),
         }
+    }
+
+    /// Whether assignment runs on the fused nearest-centroid kernel ([`kernels::nearest_centroids`], AVX-512)
+    /// over the f16 panels, rather than on f32 matrix products. Both pick the largest inner product; they can
+    /// differ only on near-ties, by the f16 rounding of the centroids (the same panels the query tables use).
+    fn kernel_assigns(&self) -> bool {
+        self.dim > 0 && kernels::kernel_level() == kernels::KernelLevel::Avx512
+    }
+
+    /// Flat assignment of one block on the kernel.
+    fn assign_flat_kernel(&self, block: &[f32]) -> Vec<u16> {
+        let rows = block.len() / self.dim;
+        let mut qt = Vec::new();
+        transpose_into(block, self.dim, (0..rows).map(|r| r as u32), &mut qt);
+        let mut best = vec![(0u32, f32::NEG_INFINITY); rows];
+        kernels::nearest_centroids(&qt, self.dim, &self.panels, 0, self.len(), &mut best);
+        best.into_iter().map(|(c, _)| c as u16).collect()
     }
 
     /// [`assign`](Self::assign) on the calling thread only (for callers that parallelise over documents).
     pub fn assign_sequential(&self, tokens: &[f32]) -> Vec<u16> {
         match &self.coarse {
+            None if self.kernel_assigns() => tokens
+                .chunks(BLOCK * self.dim)
+                .flat_map(|block| self.assign_flat_kernel(block))
+                .collect(),
             None => {
                 let (k, dim) = (self.len(), self.dim);
                 tokens
@@ -405,7 +454,7 @@ impl Codebook {
             }
             Some(coarse) => tokens
                 .chunks(BLOCK_TWO_LEVEL * self.dim)
-                .flat_map(|block| self.assign_two_level(coarse, block))
+                .flat_map(|block| self.assign_two_level(coarse, block, self.kernel_assigns()))
                 .collect(),
         }
     }
@@ -427,7 +476,7 @@ impl Codebook {
         same as f64 / n as f64
     }
 
-    fn assign_two_level(&self, coarse: &Coarse, block: &[f32]) -> Vec<u16> {
+    fn assign_two_level(&self, coarse: &Coarse, block: &[f32], kernel: bool) -> Vec<u16> {
         let dim = self.dim;
         let rows = block.len() / dim;
         let kc = coarse.centroids.len() / dim;
@@ -445,12 +494,23 @@ impl Codebook {
                 by_cluster[c as usize].push(r as u32);
             }
         }
-        let mut best = vec![(0u16, f32::NEG_INFINITY); rows];
+        let mut best = vec![(0u32, f32::NEG_INFINITY); rows];
         let mut gathered = Vec::new();
         let mut fine_scores = Vec::new();
+        let mut probed = Vec::new();
         for (c, toks) in by_cluster.iter().enumerate() {
             let (s, e) = (coarse.start[c] as usize, coarse.start[c + 1] as usize);
             if toks.is_empty() || s == e {
+                continue;
+            }
+            if kernel {
+                transpose_into(block, dim, toks.iter().copied(), &mut gathered);
+                probed.clear();
+                probed.extend(toks.iter().map(|&r| best[r as usize]));
+                kernels::nearest_centroids(&gathered, dim, &self.panels, s, e, &mut probed);
+                for (&r, &b) in toks.iter().zip(&probed) {
+                    best[r as usize] = b;
+                }
                 continue;
             }
             gathered.clear();
@@ -469,11 +529,11 @@ impl Codebook {
             for (&r, (f, score)) in toks.iter().zip(argmax_rows(&fine_scores, e - s)) {
                 let b = &mut best[r as usize];
                 if score > b.1 {
-                    *b = ((s + f) as u16, score);
+                    *b = ((s + f) as u32, score);
                 }
             }
         }
-        best.into_iter().map(|(c, _)| c).collect()
+        best.into_iter().map(|(c, _)| c as u16).collect()
     }
 
     /// The codebook's on-disk form (see the module documentation).
@@ -758,11 +818,39 @@ mod tests {
         assert_eq!(codes, book.assign_sequential(&toks));
         let agree = book.assign_agreement(&toks);
         assert!((0.9..=1.0).contains(&agree), "{agree}");
+        // Flat: exact on f32 products; on the f16 kernel a token may take a near-tie's other centroid, never
+        // one measurably worse.
+        let flat = Codebook::train(&toks, dim, 64, 3);
         assert_eq!(
-            Codebook::train(&toks, dim, 64, 3).assign_agreement(&toks),
-            1.0,
-            "flat: exact"
+            assign_flat(flat.centroids(), flat.len(), dim, &toks),
+            flat.assign_by_products(&toks)
+                .iter()
+                .map(|&c| c as usize)
+                .collect::<Vec<_>>(),
+            "flat products: exact"
         );
+        assert!(flat.assign_agreement(&toks) >= 0.995, "flat: near exact");
+        for (book, flat_book, min_same) in [(&flat, true, 0.99f64), (&book, false, 0.95)] {
+            let fast = book.assign(&toks);
+            let reference = book.assign_by_products(&toks);
+            let mut same = 0;
+            for (t, (&a, &b)) in toks.chunks_exact(dim).zip(fast.iter().zip(&reference)) {
+                let score = |c: u16| -> f32 {
+                    let cent = &book.centroids()[c as usize * dim..][..dim];
+                    t.iter().zip(cent).map(|(x, y)| x * y).sum()
+                };
+                let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+                same += usize::from(a == b);
+                if flat_book {
+                    assert!(score(a) >= score(b) - 2e-3 * norm, "kernel code {a} vs {b}");
+                }
+            }
+            assert!(
+                same as f64 >= min_same * fast.len() as f64,
+                "kernel and products agree on {same} of {} tokens",
+                fast.len()
+            );
+        }
         // Round trip, and damage refused with a reason.
         let bytes = book.to_bytes();
         let back = Codebook::from_bytes(&bytes, dim).unwrap();

@@ -106,3 +106,91 @@ pub(super) unsafe fn dot<A: Lanes, B: Lanes>(a: *const A, b: *const B, n: usize)
         _mm512_add_ps(acc[2], acc[3]),
     ))
 }
+
+/// For each of the `n_q` k-major tokens `q` (`q[k * n_q + j]`), the largest inner product with the centroids
+/// `lo..hi` of `panels` (16-centroid k-major panels) and the smallest centroid index reaching it, folded into
+/// `best[j]` when strictly larger than what it holds.
+/// # Safety
+/// AVX-512F is available; `q` is valid for reading `n_q * dim` f32, `panels` for reading
+/// `hi.div_ceil(16) * 16 * dim` f16 and `best` for reading and writing `n_q` pairs; `lo <= hi`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn nearest(
+    q: *const f32,
+    n_q: usize,
+    panels: *const f16,
+    dim: usize,
+    lo: usize,
+    hi: usize,
+    best: *mut (u32, f32),
+) {
+    for (j0, qb) in super::blocks(n_q, QMAX) {
+        // SAFETY: j0 + qb <= n_q, so the block reads q[k * n_q + j0 + j] and best[j0 + j] for j < qb stay in
+        // the caller's ranges; the panel reads are the caller's.
+        unsafe {
+            by_block_size!(qb, nearest_block(q.add(j0), n_q, panels, dim, lo, hi, best.add(j0));
+                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
+        };
+    }
+}
+
+/// [`nearest`] for one block of QB tokens: QB FMA chains per panel row (as in [`block`]), then per token a
+/// masked compare keeps, in each lane, the best score and the panel it came from.
+/// # Safety
+/// As [`nearest`], with `q[k * stride + j]` readable for k < dim, j < QB, and `best` for QB pairs.
+#[target_feature(enable = "avx512f")]
+unsafe fn nearest_block<const QB: usize>(
+    q: *const f32,
+    stride: usize,
+    panels: *const f16,
+    dim: usize,
+    lo: usize,
+    hi: usize,
+    best: *mut (u32, f32),
+) {
+    let mut top = [_mm512_set1_ps(f32::NEG_INFINITY); QB];
+    let mut from = [_mm512_setzero_si512(); QB];
+    for p in lo / PANEL..hi.div_ceil(PANEL) {
+        // SAFETY: p < hi.div_ceil(16), so the panel's 16 * dim values are within the caller's range.
+        let panel = unsafe { panels.add(p * PANEL * dim) };
+        let mut acc = [_mm512_setzero_ps(); QB];
+        for k in 0..dim {
+            // SAFETY: k < dim: row k is within the panel.
+            let row = unsafe { load_ph(panel.add(k * PANEL)) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: k < dim, j < QB: within the token block.
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *q.add(k * stride + j) }), row, *a);
+            }
+        }
+        // Lanes of this panel inside lo..hi.
+        let first = lo.max(p * PANEL) - p * PANEL;
+        let end = hi.min(p * PANEL + PANEL) - p * PANEL;
+        let valid = (((1u32 << end) - 1) & !((1u32 << first) - 1)) as __mmask16;
+        let panel_id = _mm512_set1_epi32(p as i32);
+        for ((t, f), a) in top.iter_mut().zip(from.iter_mut()).zip(acc) {
+            let gt = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, a, *t);
+            *t = _mm512_mask_mov_ps(*t, gt, a);
+            *f = _mm512_mask_mov_epi32(*f, gt, panel_id);
+        }
+    }
+    let (mut vals, mut ids) = ([0f32; PANEL], [0i32; PANEL]);
+    for (j, (t, f)) in top.iter().zip(&from).enumerate() {
+        // SAFETY: vals and ids hold 16 lanes each.
+        unsafe {
+            _mm512_storeu_ps(vals.as_mut_ptr(), *t);
+            _mm512_storeu_si512(ids.as_mut_ptr().cast(), *f);
+        }
+        let mut win: Option<(u32, f32)> = None;
+        for lane in 0..PANEL {
+            let c = ids[lane] as u32 * PANEL as u32 + lane as u32;
+            let v = vals[lane];
+            if v > f32::NEG_INFINITY && win.is_none_or(|(wc, wv)| v > wv || (v == wv && c < wc)) {
+                win = Some((c, v));
+            }
+        }
+        // SAFETY: j < QB: within the caller's best pairs.
+        let b = unsafe { &mut *best.add(j) };
+        if let Some((c, v)) = win.filter(|&(_, v)| v > b.1) {
+            *b = (c, v);
+        }
+    }
+}

@@ -72,6 +72,29 @@ impl Avx512 {
         let head = unsafe { avx512::dot(a.as_ptr(), b.as_ptr(), body) };
         head + dot_tail(&a[body..n], &b[body..n])
     }
+
+    /// For each of the `best.len()` k-major tokens of `qt`, the nearest of the centroids `lo..hi` stored as
+    /// 16-centroid panels, folded into `best` (see `crate::kernels::nearest_centroids`). Does nothing when the
+    /// sizes are inconsistent.
+    pub(crate) fn nearest(
+        self,
+        qt: &[f32],
+        dim: usize,
+        panels: &[f16],
+        lo: usize,
+        hi: usize,
+        best: &mut [(u32, f32)],
+    ) {
+        let n_q = best.len();
+        let fits = n_q.checked_mul(dim).is_some_and(|n| qt.len() >= n)
+            && hi.div_ceil(PANEL).checked_mul(PANEL * dim).is_some_and(|n| panels.len() >= n);
+        if !fits || lo >= hi || n_q == 0 || dim == 0 {
+            return;
+        }
+        // SAFETY: `self` proves AVX-512F; qt holds n_q * dim values, panels holds the hi.div_ceil(16) panels
+        // the kernel reads, best holds n_q pairs and lo < hi (all checked above).
+        unsafe { avx512::nearest(qt.as_ptr(), n_q, panels.as_ptr(), dim, lo, hi, best.as_mut_ptr()) }
+    }
 }
 
 impl Avx2Fma {

@@ -299,7 +299,7 @@ impl Codebook {
     pub fn from_centroids(dim: usize, centroids: Vec<f32>) -> Codebook {
         let mut panels = Vec::new();
         if !centroids.is_empty() {
-            crate::kernels::pack_tokens(&centroids, dim, &mut panels);
+            kernels::pack_tokens(&centroids, dim, &mut panels);
         }
         Codebook {
             dim,

@@ -825,6 +825,8 @@ fn known_codes_merges_and_tokens_only_shards() {
         known,
     };
     let assigned = Shard::build_in_memory_coded(&params, &d, given(None)).unwrap();
+    // The given codebook is the shard's own (the same Arc, not a parsed copy).
+    assert!(Arc::ptr_eq(assigned.codebook_arc().unwrap(), &book));
     // Half the documents bring their codes: copied, and the shard is the same.
     let codes: Vec<Vec<u16>> = (0..d.len()).map(|i| assigned.codes(i).to_vec()).collect();
     let known: Vec<Option<&[u16]>> = (0..d.len())

@@ -167,10 +167,17 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Verifies shard bytes held in memory (no graph is loaded: graph files live beside a shard file).
     pub(crate) fn from_memory(bytes: &[u8]) -> Result<Shard> {
+        Shard::from_memory_given(bytes, None)
+    }
+
+    /// [`from_memory`](Self::from_memory) for bytes written with an empty codebook section because their
+    /// codebook is `given` (an in-memory build under a collection's codebook: serialising and re-parsing tens
+    /// of megabytes of centroids per small batch would cost more than coding the batch).
+    pub(crate) fn from_memory_given(bytes: &[u8], given: Option<&Arc<Codebook>>) -> Result<Shard> {
         let len = bytes.len();
         let mut words = vec![0u64; len.div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(bytes);
-        Shard::from_bytes(None, Bytes::Owned(words, len), false)
+        Shard::from_bytes_given(None, Bytes::Owned(words, len), false, given)
     }
 
     /// The shard's bytes (the file, or its in-memory twin).
@@ -244,6 +251,16 @@ impl Shard {
     }
 
     fn from_bytes(path: Option<PathBuf>, bytes: Bytes, defer_tokens: bool) -> Result<Shard> {
+        Shard::from_bytes_given(path, bytes, defer_tokens, None)
+    }
+
+    /// Parses and verifies shard bytes; an empty codebook section stands for `given` when there is one.
+    fn from_bytes_given(
+        path: Option<PathBuf>,
+        bytes: Bytes,
+        defer_tokens: bool,
+        given: Option<&Arc<Codebook>>,
+    ) -> Result<Shard> {
         let name = path.clone().unwrap_or_else(|| PathBuf::from("<memory>"));
         let bad = |r: String| IndexError::corrupt(&name, r);
         let b = bytes.as_slice();
@@ -346,7 +363,15 @@ impl Shard {
             return Err(bad("codes section has an odd size".into()));
         }
         let codebook = if book_bytes.is_empty() {
-            None
+            match given {
+                Some(g) if g.dim() != dim => {
+                    return Err(bad(format!(
+                        "the given codebook is {}-dimensional, the shard {dim}",
+                        g.dim()
+                    )))
+                }
+                g => g.cloned(),
+            }
         } else if version == 1 {
             let cvals: Vec<f32> = b[book_bytes.clone()]
                 .chunks_exact(4)

@@ -480,10 +480,13 @@ impl LayoutDocs for MergedDocs<'_> {
     }
 }
 
+/// Writes every section after the header; `omit_codebook` leaves the codebook section empty (only for
+/// in-memory shards whose codebook is handed over directly, see [`Shard::from_memory_given`]).
 fn write_body<W: Write, D: LayoutDocs + ?Sized>(
     sw: &mut SectionWriter<W>,
     b: &Built,
     docs: &D,
+    omit_codebook: bool,
 ) -> std::io::Result<()> {
     let dim = b.params.fde.dimension;
     let n = docs.count();
@@ -514,6 +517,7 @@ fn write_body<W: Write, D: LayoutDocs + ?Sized>(
         "codebook",
         [b.codebook
             .as_ref()
+            .filter(|_| !omit_codebook)
             .map(|c| c.to_bytes())
             .unwrap_or_default()],
     )?;
@@ -644,7 +648,7 @@ fn write_files<D: LayoutDocs + ?Sized>(
         sections: vec![],
     };
     sw.out.write_all(&header()).map_err(io)?;
-    write_body(&mut sw, built, docs).map_err(io)?;
+    write_body(&mut sw, built, docs, false).map_err(io)?;
     let out = finish(sw, built, graph).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
@@ -906,6 +910,11 @@ impl Shard {
         docs: &[ShardDoc<'_>],
         coding: Coding<'_>,
     ) -> Result<Shard> {
+        // A given codebook is handed to the shard as it is (the same Arc), not serialised and parsed back.
+        let given = match coding {
+            Coding::Given { codebook, .. } => Some(Arc::clone(codebook)),
+            Coding::Train | Coding::TokensOnly => None,
+        };
         let built = build(params, docs, coding, &|_| {}, &|| false)?;
         let mut sw = SectionWriter {
             out: Vec::new(),
@@ -914,8 +923,8 @@ impl Shard {
         };
         let io = |e| IndexError::io("<memory>", e);
         sw.out.extend_from_slice(&header());
-        write_body(&mut sw, &built, docs).map_err(io)?;
+        write_body(&mut sw, &built, docs, given.is_some()).map_err(io)?;
         let bytes = finish(sw, &built, None).map_err(io)?;
-        Shard::from_memory(&bytes)
+        Shard::from_memory_given(&bytes, given.as_ref())
     }
 }

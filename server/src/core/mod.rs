@@ -28,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chamfer_index::fsutil;
+use chamfer_index::codebook::Codebook;
 use chamfer_index::shard::IndexParams;
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
@@ -41,6 +42,29 @@ use pool::{CancelToken, CpuPool, PoolStats, Ticket};
 
 /// Largest token dimension a collection may have.
 pub const MAX_DIMENSION: usize = 65_536;
+
+/// Documents per coding task of an upsert: about 4096 tokens at 64 per document, one block of the two-level
+/// assignment, a few tens of milliseconds of one core.
+const CODE_CHUNK_DOCS: usize = 64;
+
+/// Token codes of `docs` under `book`, one vector per document (the chunk's tokens assigned in one call). Empty
+/// vectors when the dimensions disagree (the shard build then refuses them as not fitting).
+fn code_documents(book: &Codebook, docs: &[input::ValidDoc], dim: usize) -> Vec<Vec<u16>> {
+    if book.dim() != dim || dim == 0 {
+        return vec![Vec::new(); docs.len()];
+    }
+    let all: Vec<f32> = docs.iter().flat_map(|d| d.tokens.iter().copied()).collect();
+    let codes = book.assign_sequential(&all);
+    let mut at = 0;
+    docs.iter()
+        .map(|d| {
+            let n = d.tokens.len() / dim;
+            let mine = codes.get(at..at + n).unwrap_or_default().to_vec();
+            at += n;
+            mine
+        })
+        .collect()
+}
 
 /// A collection's description.
 #[derive(Clone, Debug)]
@@ -545,13 +569,38 @@ impl Core {
             });
         }
         let ticket = self.ticket(deadline);
-        let (dim, limits, coll) = (c.config.dimension, self.inner.limits.clone(), c.clone());
-        let (shard, body) = self
+        let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
+        let valid = self
+            .inner
+            .pool
+            .run(&ticket, move |_| {
+                input::validate_docs(&docs, dim, &limits).map(Arc::new)
+            })
+            .await?;
+        // Coding is most of an upsert's CPU: it runs as small tasks of this request, so that searches and other
+        // requests take turns with it in the pool instead of waiting for the whole batch.
+        let book = c.codebook();
+        let codes = match &book {
+            Some(book) => {
+                let tasks = (0..valid.len())
+                    .step_by(CODE_CHUNK_DOCS)
+                    .map(|first| {
+                        let (valid, book) = (valid.clone(), book.clone());
+                        move |_: &CancelToken| {
+                            let chunk = &valid[first..(first + CODE_CHUNK_DOCS).min(valid.len())];
+                            Ok(code_documents(&book, chunk, dim))
+                        }
+                    })
+                    .collect();
+                Some(self.inner.pool.run_all(&ticket, tasks).await?.concat())
+            }
+            None => None,
+        };
+        let coll = c.clone();
+        let (shard, (kind, body)) = self
             .inner
             .pool
             .run(&ticket, move |tok| {
-                let valid = input::validate_docs(&docs, dim, &limits)?;
-                drop(docs);
                 if tok.is_cancelled() {
                     return Err(tok.exceeded());
                 }
@@ -559,8 +608,12 @@ impl Core {
                     .iter()
                     .map(|d| d.shard_doc(dim))
                     .collect::<Result<Vec<_>, IndexError>>()?;
-                let shard = coll.build_memory_shard(&shard_docs)?;
-                let body = wal::encode_upsert(valid.iter().map(|d| {
+                let known: Option<Vec<Option<&[u16]>>> = codes
+                    .as_ref()
+                    .map(|codes| codes.iter().map(|c| Some(c.as_slice())).collect());
+                let shard =
+                    coll.build_memory_shard_coded(&shard_docs, book.as_ref(), known.as_deref())?;
+                let record = wal::encode_upsert_compact(valid.iter().map(|d| {
                     (
                         d.id.as_str(),
                         dim,
@@ -568,7 +621,7 @@ impl Core {
                         d.metadata.as_slice(),
                     )
                 }));
-                Ok((shard, body))
+                Ok((shard, record))
             })
             .await?;
         drop(ticket);
@@ -577,7 +630,7 @@ impl Core {
                 WriteOp::Upsert {
                     shard: Arc::new(shard),
                 },
-                wal::KIND_UPSERT,
+                kind,
                 body,
             )
             .await?;

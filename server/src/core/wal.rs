@@ -5,16 +5,21 @@
 //! while the previous fsync ran, fsyncs once, then acknowledges them all (one fsync per batch, not per request).
 //!
 //! ```text
-//! file      = header record* zero-fill                        (version 2; version 1 files have no fill)
-//! header v2 = "CHMFWAL1" | version u32 (=2) | reserved u32 | first_seq u64 | capacity u64 | crc32 u32 | 0 u32
-//!             40 bytes, crc32 over the 32 bytes before it; version 1 = the first 16 bytes only
+//! file      = header record* zero-fill                        (versions 2, 3; version 1 files have no fill)
+//! header v3 = "CHMFWAL1" | version u32 (=3) | reserved u32 | first_seq u64 | capacity u64 | crc32 u32 | 0 u32
+//!             40 bytes, crc32 over the 32 bytes before it; version 2 the same; version 1 = the first 16 bytes
 //! record    = len u32 LE | crc32 u32 LE | seq u64 LE | kind u8 | body          len = 9 + |body|
 //!             crc32 (IEEE) covers seq, kind and body
 //! upsert body (kind 1) = n u32 | n x (id_len u32 | id | dim u32 | n_tokens u32 | f32 LE x n_tokens*dim
 //!                                    | meta_len u32 | meta JSON)
 //! delete body (kind 2) = n u32 | n x (id_len u32 | id)
 //! seal (kind 3)        = no body; seq = first_seq of the next file. Written when a file is closed.
+//! upsert body (kind 4) = kind 1 with f16 LE tokens (version 3): written when every token value of the batch is
+//!                        exactly an f16 (as when the client sent f16), so it is lossless at half the bytes
 //! ```
+//!
+//! Version 3 adds kind 4 and nothing else; a build that reads version 2 refuses a version-3 file by its version
+//! instead of calling kind 4 damage.
 //!
 //! # What is detected
 //!
@@ -43,7 +48,8 @@ use super::storage_error::StorageError;
 
 const MAGIC: &[u8; 8] = b"CHMFWAL1";
 /// The version this build writes.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+const VERSION_2: u32 = 2;
 const VERSION_1: u32 = 1;
 const HEADER_V1: u64 = 16;
 const HEADER_V2: u64 = 40;
@@ -59,6 +65,8 @@ pub const KIND_UPSERT: u8 = 1;
 /// Record kind of a delete.
 pub const KIND_DELETE: u8 = 2;
 const KIND_SEAL: u8 = 3;
+/// An upsert whose tokens are stored as f16 (version 3).
+pub const KIND_UPSERT_F16: u8 = 4;
 
 /// One document of an upsert record.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +109,44 @@ pub fn encode_upsert<'a>(
     out
 }
 
+/// Encodes an upsert body as compactly as is lossless: f16 tokens ([`KIND_UPSERT_F16`]) when every value of
+/// the batch is exactly an f16, else f32 ([`KIND_UPSERT`]). Returns the record kind and the body.
+pub fn encode_upsert_compact<'a>(
+    docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])> + Clone,
+) -> (u8, Vec<u8>) {
+    use half::slice::HalfFloatSliceExt;
+    let mut halves = Vec::new();
+    let mut back = Vec::new();
+    let exact = docs.clone().all(|(_, _, tokens, _)| {
+        halves.clear();
+        halves.resize(tokens.len(), half::f16::ZERO);
+        halves.convert_from_f32_slice(tokens);
+        back.clear();
+        back.resize(tokens.len(), 0f32);
+        halves.convert_to_f32_slice(&mut back);
+        back.iter().zip(tokens).all(|(a, b)| a.to_bits() == b.to_bits())
+    });
+    if !exact {
+        return (KIND_UPSERT, encode_upsert(docs));
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&(docs.len() as u32).to_le_bytes());
+    for (id, dim, tokens, meta) in docs {
+        put_bytes(&mut out, id.as_bytes());
+        out.extend_from_slice(&(dim as u32).to_le_bytes());
+        out.extend_from_slice(&((tokens.len() / dim.max(1)) as u32).to_le_bytes());
+        halves.clear();
+        halves.resize(tokens.len(), half::f16::ZERO);
+        halves.convert_from_f32_slice(tokens);
+        out.reserve(tokens.len() * 2 + meta.len() + 4);
+        for v in &halves {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        put_bytes(&mut out, meta);
+    }
+    (KIND_UPSERT_F16, out)
+}
+
 /// Encodes a delete body.
 pub fn encode_delete(ids: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -141,7 +187,8 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, RecordError> {
     let mut r = Cursor { b: body, pos: 0 };
     let n = r.u32()? as usize;
     let op = match kind {
-        KIND_UPSERT => {
+        KIND_UPSERT | KIND_UPSERT_F16 => {
+            let width = if kind == KIND_UPSERT { 4 } else { 2 };
             let mut docs = Vec::with_capacity(n.min(body.len() / 16 + 1));
             for _ in 0..n {
                 let id = r.string()?;
@@ -150,13 +197,18 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, RecordError> {
                 let raw = r.take(
                     n_tokens
                         .checked_mul(dim)
-                        .and_then(|v| v.checked_mul(4))
+                        .and_then(|v| v.checked_mul(width))
                         .ok_or(RecordError::Overflow)?,
                 )?;
-                let tokens = raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let tokens = if width == 4 {
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                } else {
+                    raw.chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect()
+                };
                 let len = r.u32()? as usize;
                 let metadata = r.take(len)?.to_vec();
                 docs.push(WalDoc {
@@ -349,7 +401,7 @@ pub fn read_file(
     end.version = version;
     let mut pos = match version {
         VERSION_1 => HEADER_V1,
-        VERSION => {
+        VERSION_2 | VERSION => {
             if size < HEADER_V2 {
                 return Ok(end);
             }
@@ -531,7 +583,7 @@ fn scan_tail(file: &File, from: u64, size: u64, after: u64) -> io::Result<TailSc
             if len < 9 || len > size - at - 8 || len as usize > MAX_RECORD {
                 continue;
             }
-            if !(KIND_UPSERT..=KIND_SEAL).contains(&kind) || seq <= after || seq - after > 1 << 40 {
+            if !(KIND_UPSERT..=KIND_UPSERT_F16).contains(&kind) || seq <= after || seq - after > 1 << 40 {
                 continue;
             }
             let mut body = vec![0u8; len as usize];
@@ -628,10 +680,10 @@ pub fn replay(
                     ),
                 ));
             }
-            // A closed version-2 file is sealed, except right before a still-empty newest file (a crash between
+            // A closed file of version 2 or later is sealed, except right before a still-empty newest file (a crash between
             // creating the new file and sealing the old one).
             let crash_window = last && end.first_record.is_none();
-            if pend.version == VERSION
+            if pend.version >= VERSION_2
                 && pend.sealed.is_none()
                 && !crash_window
                 && w.first_seq > flushed_seq + 1
@@ -742,7 +794,7 @@ impl WalWriter {
         }
         let next_seq = replayed.last_seq + 1;
         if let [.., (prev, pend), _] = replayed.files.as_slice() {
-            if pend.version == VERSION && pend.sealed.is_none() && end.first_record.is_none() {
+            if pend.version >= VERSION_2 && pend.sealed.is_none() && end.first_record.is_none() {
                 // Finish a rotation that crashed between creating the newest file and sealing the one before.
                 let f = OpenOptions::new()
                     .write(true)
@@ -990,7 +1042,7 @@ pub fn reseal(bytes: &[u8]) -> Vec<u8> {
         return b;
     }
     let mut pos = match u32_at(&b, 8) {
-        VERSION if b.len() >= HEADER_V2 as usize => {
+        VERSION_2 | VERSION if b.len() >= HEADER_V2 as usize => {
             let len = b.len() as u64;
             b[24..32].copy_from_slice(&len.to_le_bytes());
             let c = crc32fast::hash(&b[..32]);
@@ -1230,6 +1282,67 @@ mod tests {
         w.append(&[(3, KIND_UPSERT, &upsert("c"))]).unwrap();
         assert_eq!(seqs(&replay_all(dir.path(), 0).unwrap().0), vec![1, 2, 3]);
         assert!(path.exists());
+    }
+
+    /// f16-exact batches are logged as f16 (half the token bytes) and replay to the same f32 values; a batch with
+    /// one value that is not an f16 stays f32; both kinds replay in one log, and a version-2 file (written before
+    /// kind 4 existed) still replays and is continued.
+    #[test]
+    fn f16_exact_batches_are_logged_as_f16_and_replay_losslessly() {
+        let tiny = half::f16::from_f32(3.0e-5).to_f32(); // an f16 subnormal
+        let halves = [0.5f32, -1.25, tiny, -0.0, 65504.0, 1.0 / 1024.0];
+        let docs = [("h", 3usize, &halves[..], &b""[..]), ("m", 3, &halves[..3], &b"{}"[..])];
+        let (kind, body) = encode_upsert_compact(docs.into_iter());
+        let (_, wide) = (KIND_UPSERT, encode_upsert(docs.into_iter()));
+        assert_eq!(kind, KIND_UPSERT_F16);
+        assert_eq!(wide.len() - body.len(), 9 * 2, "two bytes saved per value");
+        let WalOp::Upsert(back) = decode(kind, &body).unwrap() else {
+            panic!("not an upsert")
+        };
+        assert_eq!(back[0].tokens, halves.to_vec());
+        assert_eq!(back[1].tokens, halves[..3].to_vec());
+        assert_eq!(back[1].metadata, b"{}".to_vec());
+        assert_eq!(decode(KIND_UPSERT, &wide).unwrap(), decode(kind, &body).unwrap());
+        // One value off the f16 grid keeps the whole batch f32.
+        let off = [0.5f32, 0.1, 2.0];
+        let mixed = [("h", 3usize, &halves[..3], &b""[..]), ("o", 3, &off[..], &b""[..])];
+        let (kind2, body2) = encode_upsert_compact(mixed.into_iter());
+        assert_eq!(kind2, KIND_UPSERT);
+        let WalOp::Upsert(back2) = decode(kind2, &body2).unwrap() else {
+            panic!("not an upsert")
+        };
+        assert_eq!(back2[1].tokens, off.to_vec());
+        // Truncated f16 bodies are refused like f32 ones.
+        assert!(decode(KIND_UPSERT_F16, &body[..body.len() - 3]).is_err());
+
+        // A version-2 file (the same header but version 2), then this build's records.
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        w.append(&[(1, KIND_UPSERT, &upsert("v2"))]).unwrap();
+        drop(w);
+        let path = dir.path().join(file_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&VERSION_2.to_le_bytes());
+        fs::write(&path, reseal(&bytes)).unwrap();
+        let (recs, r) = replay_all(dir.path(), 0).unwrap();
+        assert_eq!(seqs(&recs), vec![1]);
+        let mut w = WalWriter::open(dir.path(), &r, &dir.path().join("q")).unwrap();
+        w.append(&[(2, kind, &body), (3, kind2, &body2)]).unwrap();
+        drop(w);
+        let (recs, _) = replay_all(dir.path(), 0).unwrap();
+        assert_eq!(seqs(&recs), vec![1, 2, 3]);
+        assert_eq!(recs[1].1, WalOp::Upsert(back));
+        assert_eq!(recs[2].1, WalOp::Upsert(back2));
+        // A version this build does not know is refused by its version.
+        let mut future = fs::read(&path).unwrap();
+        future[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        let c = crc32fast::hash(&future[..32]);
+        future[32..36].copy_from_slice(&c.to_le_bytes());
+        fs::write(&path, &future).unwrap();
+        assert!(matches!(
+            replay_all(dir.path(), 0),
+            Err(StorageError::Version { .. })
+        ));
     }
 
     #[test]

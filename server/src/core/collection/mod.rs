@@ -382,22 +382,33 @@ impl Collection {
     /// collection codebook when there is one (a flush then copies the codes); before the first flush trains it,
     /// tokens only, searched exactly. Collections without a codebook (`codebook_size` 0) store FDEs.
     pub fn build_memory_shard(&self, docs: &[ShardDoc<'_>]) -> Result<Shard, IndexError> {
+        self.build_memory_shard_coded(docs, self.codebook().as_ref(), None)
+    }
+
+    /// The codebook new documents are coded with now: None before the first flush trained one, and for a
+    /// collection without codes (`codebook_size` 0).
+    pub fn codebook(&self) -> Option<Arc<Codebook>> {
+        if self.config.params.codebook_size == 0 {
+            return None;
+        }
+        self.snapshot().codebook.clone()
+    }
+
+    /// [`build_memory_shard`](Self::build_memory_shard) under `book` (from [`Collection::codebook`]), copying
+    /// the codes `known` already assigned with it (see [`Coding::Given`]); tokens-only when `book` is None.
+    pub fn build_memory_shard_coded(
+        &self,
+        docs: &[ShardDoc<'_>],
+        book: Option<&Arc<Codebook>>,
+        known: Option<&[Option<&[u16]>]>,
+    ) -> Result<Shard, IndexError> {
         let params = &self.config.params;
         if params.codebook_size == 0 {
             return Shard::build_in_memory(params, docs);
         }
-        match self.snapshot().codebook.clone() {
+        match book {
             Some(book) => {
-                let mut shard = Shard::build_in_memory_coded(
-                    params,
-                    docs,
-                    Coding::Given {
-                        codebook: &book,
-                        known: None,
-                    },
-                )?;
-                shard.share_codebook(&book);
-                Ok(shard)
+                Shard::build_in_memory_coded(params, docs, Coding::Given { codebook: book, known })
             }
             None => Shard::build_in_memory_coded(params, docs, Coding::TokensOnly),
         }

@@ -7,7 +7,7 @@
 //!   documents one after another (per-document overhead included), same baseline per document.
 //!
 //! * `assign_4096_tokens_16k_centroids`: nearest-centroid codes of 4096 tokens against a two-level codebook of
-//!   16384 centroids (128 coarse), on one thread: the fused AVX-512 kernel over f16 panels (`kernel`, where the
+//!   16384 centroids (128 coarse), on one thread: the fused AVX-512 nearest-centroid kernel (`kernel`, where the
 //!   CPU has it) against f32 matrix products (`products`). Elements/s = tokens/s.
 //!
 //! Run: `cargo bench -p chamfer-index --bench kernels`.

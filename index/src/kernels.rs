@@ -249,26 +249,26 @@ pub fn chamfer_scalar(q: &PreparedQuery, packed: &[f16], n_tokens: usize) -> f32
 }
 
 /// Nearest-centroid search for a block of tokens: for each of the `best.len()` tokens of the k-major `qt`
-/// (`qt[k * n + j]`), the largest inner product with the centroids `lo..hi` of `panels` (all centroids packed
-/// by [`pack_tokens`]) and the smallest index reaching it, written to `best[j]` when strictly larger than the
-/// score it holds. Callers start from `(0, -inf)` and may fold several ranges (a two-level codebook's probed
-/// clusters). Returns false, leaving `best` alone, when the sizes are inconsistent or this CPU has no
-/// AVX-512 kernel (callers then use a matrix product).
+/// (`qt[k * n + j]`), the largest inner product with the row-major f32 centroids `lo..hi` of `cents` and the
+/// smallest index reaching it, written to `best[j]` when strictly larger than the score it holds. Callers start
+/// from `(0, -inf)` and may fold several ranges (a two-level codebook's probed clusters). Returns false, leaving
+/// `best` alone, when the sizes are inconsistent or this CPU has no AVX-512 kernel (callers then use a matrix
+/// product).
 pub fn nearest_centroids(
     qt: &[f32],
     dim: usize,
-    panels: &[f16],
+    cents: &[f32],
     lo: usize,
     hi: usize,
     best: &mut [(u32, f32)],
 ) -> bool {
-    if !nearest_fits(qt, dim, panels, lo, hi, best.len()) {
+    if !nearest_fits(qt, dim, cents, lo, hi, best.len()) {
         return false;
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512(t) => {
-            t.nearest(qt, dim, panels, lo, hi, best);
+            t.nearest(qt, dim, cents, lo, hi, best);
             true
         }
         #[cfg(target_arch = "x86_64")]
@@ -277,32 +277,30 @@ pub fn nearest_centroids(
     }
 }
 
-fn nearest_fits(qt: &[f32], dim: usize, panels: &[f16], lo: usize, hi: usize, n: usize) -> bool {
+fn nearest_fits(qt: &[f32], dim: usize, cents: &[f32], lo: usize, hi: usize, n: usize) -> bool {
     dim > 0
         && lo < hi
+        && hi <= i32::MAX as usize
         && n.checked_mul(dim).is_some_and(|v| qt.len() >= v)
-        && hi.div_ceil(PANEL).checked_mul(PANEL * dim).is_some_and(|v| panels.len() >= v)
+        && hi.checked_mul(dim).is_some_and(|v| cents.len() >= v)
 }
 
 /// Scalar twin of [`nearest_centroids`]: the same fused multiply-adds in the same order, so the same bits.
 pub fn nearest_centroids_scalar(
     qt: &[f32],
     dim: usize,
-    panels: &[f16],
+    cents: &[f32],
     lo: usize,
     hi: usize,
     best: &mut [(u32, f32)],
 ) -> bool {
     let n = best.len();
-    if !nearest_fits(qt, dim, panels, lo, hi, n) {
+    if !nearest_fits(qt, dim, cents, lo, hi, n) {
         return false;
     }
     for (j, b) in best.iter_mut().enumerate() {
         for c in lo..hi {
-            let (p, t) = (c / PANEL, c % PANEL);
-            let s = (0..dim).fold(0f32, |acc, k| {
-                qt[k * n + j].mul_add(panels[(p * dim + k) * PANEL + t].to_f32(), acc)
-            });
+            let s = (0..dim).fold(0f32, |acc, k| qt[k * n + j].mul_add(cents[c * dim + k], acc));
             if s > b.1 {
                 *b = (c as u32, s);
             }
@@ -597,7 +595,7 @@ mod tests {
         /// partial panels and ties (duplicated centroids) included, folding into a prior best.
         #[test]
         fn nearest_centroids_matches_scalar(
-            n in 1usize..40,
+            n in 1usize..80,
             dim in 1usize..40,
             k in 1usize..70,
             lo_frac in 0.0f64..1.0,
@@ -612,7 +610,6 @@ mod tests {
                 let c1 = cents[dim..2 * dim].to_vec();
                 cents[3 * dim..4 * dim].copy_from_slice(&c1);
             }
-            let panels = pack(&cents, dim);
             let tokens: Vec<f32> = (0..n * dim).map(|i| val(i * 7 + 3)).collect();
             let mut qt = vec![0f32; n * dim];
             for j in 0..n {
@@ -624,9 +621,9 @@ mod tests {
             let hi = (lo + 1 + ((k - lo - 1) as f64 * len_frac) as usize).min(k);
             let start = vec![(u32::MAX, prior.unwrap_or(f32::NEG_INFINITY)); n];
             let mut want = start.clone();
-            prop_assert!(nearest_centroids_scalar(&qt, dim, &panels, lo, hi, &mut want));
+            prop_assert!(nearest_centroids_scalar(&qt, dim, &cents, lo, hi, &mut want));
             let mut got = start;
-            let fast = nearest_centroids(&qt, dim, &panels, lo, hi, &mut got);
+            let fast = nearest_centroids(&qt, dim, &cents, lo, hi, &mut got);
             prop_assert_eq!(fast, kernel_level() == KernelLevel::Avx512);
             if fast {
                 prop_assert_eq!(&got, &want);
@@ -635,7 +632,7 @@ mod tests {
                 if c != u32::MAX {
                     let c = c as usize;
                     prop_assert!((lo..hi).contains(&c));
-                    let exact: f32 = (0..dim).map(|kk| tokens[j * dim + kk] * panels[(c / PANEL * dim + kk) * PANEL + c % PANEL].to_f32()).sum();
+                    let exact: f32 = (0..dim).map(|kk| tokens[j * dim + kk] * cents[c * dim + kk]).sum();
                     prop_assert!(close(s, exact));
                 }
             }
@@ -644,12 +641,12 @@ mod tests {
 
     #[test]
     fn nearest_centroids_refuses_bad_sizes() {
-        let panels = pack(&[1.0; 4 * 8], 8);
+        let cents = [1.0f32; 4 * 8];
         let mut best = vec![(0u32, f32::NEG_INFINITY); 2];
-        for (qt_len, lo, hi) in [(15usize, 0usize, 4usize), (16, 2, 2), (16, 0, 17), (16, 3, 1)] {
+        for (qt_len, lo, hi) in [(15usize, 0usize, 4usize), (16, 2, 2), (16, 0, 5), (16, 3, 1)] {
             let qt = vec![1.0; qt_len];
-            assert!(!nearest_centroids_scalar(&qt, 8, &panels, lo, hi, &mut best));
-            assert!(!nearest_centroids(&qt, 8, &panels, lo, hi, &mut best));
+            assert!(!nearest_centroids_scalar(&qt, 8, &cents, lo, hi, &mut best));
+            assert!(!nearest_centroids(&qt, 8, &cents, lo, hi, &mut best));
         }
         assert!(best.iter().all(|b| *b == (0, f32::NEG_INFINITY)));
     }

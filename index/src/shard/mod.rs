@@ -177,6 +177,21 @@ impl Shard {
         let len = bytes.len();
         let mut words = vec![0u64; len.div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(bytes);
+        Shard::from_owned_words(words, len, given)
+    }
+
+    /// [`from_memory_given`](Self::from_memory_given) for bytes already held in words (no copy).
+    fn from_owned_words(
+        words: Vec<u64>,
+        len: usize,
+        given: Option<&Arc<Codebook>>,
+    ) -> Result<Shard> {
+        if len > words.len() * 8 {
+            return Err(IndexError::corrupt(
+                "<memory>",
+                "shard image shorter than its length".to_string(),
+            ));
+        }
         Shard::from_bytes_given(None, Bytes::Owned(words, len), false, given)
     }
 

@@ -66,6 +66,38 @@ impl<W: Write> SectionWriter<W> {
     }
 }
 
+/// An in-memory shard image, appended straight into u64 words (the alignment [`Bytes::Owned`] needs), so the
+/// bytes are neither re-allocated while they grow (the capacity is estimated up front) nor copied once more.
+struct AlignedBuf {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn with_capacity(bytes: usize) -> AlignedBuf {
+        AlignedBuf {
+            words: Vec::with_capacity(bytes.div_ceil(8)),
+            len: 0,
+        }
+    }
+}
+
+impl Write for AlignedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.len + buf.len();
+        if end > self.words.len() * 8 {
+            // Within the estimated capacity: no reallocation (beyond it, Vec's amortised growth).
+            self.words.resize(end.div_ceil(8), 0);
+        }
+        bytemuck::cast_slice_mut::<u64, u8>(&mut self.words)[self.len..end].copy_from_slice(buf);
+        self.len = end;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -916,15 +948,22 @@ impl Shard {
             Coding::Train | Coding::TokensOnly => None,
         };
         let built = build(params, docs, coding, &|_| {}, &|| false)?;
+        // Tokens, codes and postings, ids and payloads, the FDEs, per-document offsets, then room for the rest.
+        let estimate = built.panel_start.last().copied().unwrap_or(0) as usize * 2
+            + built.total_tokens as usize * 6
+            + docs.iter().map(|d| d.id.len() + d.payload.len()).sum::<usize>()
+            + built.fdes.len() * 2
+            + docs.len() * 48
+            + (64 << 10);
         let mut sw = SectionWriter {
-            out: Vec::new(),
+            out: AlignedBuf::with_capacity(estimate),
             pos: 64,
             sections: vec![],
         };
         let io = |e| IndexError::io("<memory>", e);
-        sw.out.extend_from_slice(&header());
+        sw.out.write_all(&header()).map_err(io)?;
         write_body(&mut sw, &built, docs, given.is_some()).map_err(io)?;
-        let bytes = finish(sw, &built, None).map_err(io)?;
-        Shard::from_memory_given(&bytes, given.as_ref())
+        let out = finish(sw, &built, None).map_err(io)?;
+        Shard::from_owned_words(out.words, out.len, given.as_ref())
     }
 }

@@ -520,7 +520,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A collection written by the version before WAL v2 and checked JSON files (tests/fixtures/README.md says how)
-/// opens with every acknowledged write, keeps taking writes (continuing in a version-2 log file), flushes into a
+/// opens with every acknowledged write, keeps taking writes (continuing in a version-3 log file), flushes into a
 /// version-2 manifest, and reopens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_collection_opens_and_continues() {
@@ -572,7 +572,7 @@ async fn a_version_1_collection_opens_and_continues() {
     assert_eq!(
         wal_files(&c).len(),
         2,
-        "the version-1 log is kept, writes continue in a version-2 file"
+        "the version-1 log is kept, writes continue in a version-3 file"
     );
     core.flush("legacy").await.unwrap();
     shutdown(core).await;

@@ -205,9 +205,15 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, RecordError> {
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect()
                 } else {
-                    raw.chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect()
+                    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                    let bits: Vec<u16> = raw
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    let mut wide = vec![0f32; bits.len()];
+                    bits.reinterpret_cast::<half::f16>()
+                        .convert_to_f32_slice(&mut wide);
+                    wide
                 };
                 let len = r.u32()? as usize;
                 let metadata = r.take(len)?.to_vec();

@@ -107,90 +107,149 @@ pub(super) unsafe fn dot<A: Lanes, B: Lanes>(a: *const A, b: *const B, n: usize)
     ))
 }
 
-/// For each of the `n_q` k-major tokens `q` (`q[k * n_q + j]`), the largest inner product with the centroids
-/// `lo..hi` of `panels` (16-centroid k-major panels) and the smallest centroid index reaching it, folded into
-/// `best[j]` when strictly larger than what it holds.
+/// Centroids scored together by [`nearest`]: 2 x 12 accumulators, 2 token vectors and a broadcast fill 27 of the
+/// 32 zmm registers.
+const CMAX: usize = 12;
+
+/// For each of the `n` k-major tokens `q` (`q[k * n + j]`), the largest inner product with the row-major f32
+/// centroids `lo..hi` of `cents` and the smallest centroid index reaching it, folded into `best[j]` when strictly
+/// larger than what it holds.
+///
+/// An outer-product micro-kernel: lanes are tokens (32 at a time, two vectors), each step broadcasts one
+/// coordinate of 12 centroids, so 24 FMAs take 2 vector loads and 12 broadcasts (the token-broadcast layout of
+/// [`chamfer`] needs a load per FMA, and measured at half the FMA rate here).
 /// # Safety
-/// AVX-512F is available; `q` is valid for reading `n_q * dim` f32, `panels` for reading
-/// `hi.div_ceil(16) * 16 * dim` f16 and `best` for reading and writing `n_q` pairs; `lo <= hi`.
+/// AVX-512F is available; `q` is valid for reading `n * dim` f32, `cents` for reading `hi * dim` f32 and `best`
+/// for reading and writing `n` pairs; `lo <= hi`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn nearest(
     q: *const f32,
-    n_q: usize,
-    panels: *const f16,
+    n: usize,
+    cents: *const f32,
     dim: usize,
     lo: usize,
     hi: usize,
     best: *mut (u32, f32),
 ) {
-    for (j0, qb) in super::blocks(n_q, QMAX) {
-        // SAFETY: j0 + qb <= n_q, so the block reads q[k * n_q + j0 + j] and best[j0 + j] for j < qb stay in
-        // the caller's ranges; the panel reads are the caller's.
-        unsafe {
-            by_block_size!(qb, nearest_block(q.add(j0), n_q, panels, dim, lo, hi, best.add(j0));
-                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
-        };
+    for j0 in (0..n).step_by(2 * PANEL) {
+        let left = n - j0;
+        let masks = [lane_mask(left), lane_mask(left.saturating_sub(PANEL))];
+        let mut top = [_mm512_set1_ps(f32::NEG_INFINITY); 2];
+        let mut from = [_mm512_setzero_si512(); 2];
+        let mut c = lo;
+        while c < hi {
+            let cb = (hi - c).min(CMAX);
+            // SAFETY: tokens j0.. (masked to j < n) and centroids c..c + cb <= hi are within the caller's ranges.
+            unsafe {
+                let q = q.add(j0);
+                let cents = cents.add(c * dim);
+                if left > PANEL {
+                    by_block_size!(cb, nearest_block2(q, n, masks, cents, dim, c, &mut top, &mut from);
+                        1 2 3 4 5 6 7 8 9 10 11 12)
+                } else {
+                    by_block_size!(cb, nearest_block1(q, n, masks[0], cents, dim, c, &mut top[0], &mut from[0]);
+                        1 2 3 4 5 6 7 8 9 10 11 12)
+                }
+            }
+            c += cb;
+        }
+        let (mut vals, mut ids) = ([0f32; PANEL], [0i32; PANEL]);
+        for (v, (t, f)) in top.iter().zip(&from).enumerate() {
+            // SAFETY: vals and ids hold 16 lanes each.
+            unsafe {
+                _mm512_storeu_ps(vals.as_mut_ptr(), *t);
+                _mm512_storeu_si512(ids.as_mut_ptr().cast(), *f);
+            }
+            for lane in 0..PANEL.min(left.saturating_sub(v * PANEL)) {
+                // SAFETY: j0 + v * 16 + lane < n: within the caller's best pairs.
+                let b = unsafe { &mut *best.add(j0 + v * PANEL + lane) };
+                if vals[lane] > b.1 {
+                    *b = (ids[lane] as u32, vals[lane]);
+                }
+            }
+        }
     }
 }
 
-/// [`nearest`] for one block of QB tokens: QB FMA chains per panel row (as in [`block`]), then per token a
-/// masked compare keeps, in each lane, the best score and the panel it came from.
+/// The first `n` lanes (all 16 from 16 on).
+fn lane_mask(n: usize) -> __mmask16 {
+    if n >= PANEL {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// 32 tokens (two vectors, masked) against CB centroids starting at index `c`: per lane, keeps the best score
+/// and its centroid in `top` / `from` (strictly larger only, so the smallest index wins a tie).
 /// # Safety
-/// As [`nearest`], with `q[k * stride + j]` readable for k < dim, j < QB, and `best` for QB pairs.
+/// As [`nearest`]: `q[k * stride + j]` readable for k < dim and the unmasked lanes j, `cents` for CB rows of dim.
 #[target_feature(enable = "avx512f")]
-unsafe fn nearest_block<const QB: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn nearest_block2<const CB: usize>(
     q: *const f32,
     stride: usize,
-    panels: *const f16,
+    masks: [__mmask16; 2],
+    cents: *const f32,
     dim: usize,
-    lo: usize,
-    hi: usize,
-    best: *mut (u32, f32),
+    c: usize,
+    top: &mut [__m512; 2],
+    from: &mut [__m512i; 2],
 ) {
-    let mut top = [_mm512_set1_ps(f32::NEG_INFINITY); QB];
-    let mut from = [_mm512_setzero_si512(); QB];
-    for p in lo / PANEL..hi.div_ceil(PANEL) {
-        // SAFETY: p < hi.div_ceil(16), so the panel's 16 * dim values are within the caller's range.
-        let panel = unsafe { panels.add(p * PANEL * dim) };
-        let mut acc = [_mm512_setzero_ps(); QB];
-        for k in 0..dim {
-            // SAFETY: k < dim: row k is within the panel.
-            let row = unsafe { load_ph(panel.add(k * PANEL)) };
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: k < dim, j < QB: within the token block.
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *q.add(k * stride + j) }), row, *a);
-            }
-        }
-        // Lanes of this panel inside lo..hi.
-        let first = lo.max(p * PANEL) - p * PANEL;
-        let end = hi.min(p * PANEL + PANEL) - p * PANEL;
-        let valid = (((1u32 << end) - 1) & !((1u32 << first) - 1)) as __mmask16;
-        let panel_id = _mm512_set1_epi32(p as i32);
-        for ((t, f), a) in top.iter_mut().zip(from.iter_mut()).zip(acc) {
-            let gt = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, a, *t);
-            *t = _mm512_mask_mov_ps(*t, gt, a);
-            *f = _mm512_mask_mov_epi32(*f, gt, panel_id);
+    let mut acc = [[_mm512_setzero_ps(); CB]; 2];
+    for k in 0..dim {
+        // SAFETY: k < dim; masked lanes are not read.
+        let t = unsafe {
+            [
+                _mm512_maskz_loadu_ps(masks[0], q.add(k * stride)),
+                _mm512_maskz_loadu_ps(masks[1], q.add(k * stride + PANEL)),
+            ]
+        };
+        for cb in 0..CB {
+            // SAFETY: cb < CB rows, k < dim.
+            let b = _mm512_set1_ps(unsafe { *cents.add(cb * dim + k) });
+            acc[0][cb] = _mm512_fmadd_ps(t[0], b, acc[0][cb]);
+            acc[1][cb] = _mm512_fmadd_ps(t[1], b, acc[1][cb]);
         }
     }
-    let (mut vals, mut ids) = ([0f32; PANEL], [0i32; PANEL]);
-    for (j, (t, f)) in top.iter().zip(&from).enumerate() {
-        // SAFETY: vals and ids hold 16 lanes each.
-        unsafe {
-            _mm512_storeu_ps(vals.as_mut_ptr(), *t);
-            _mm512_storeu_si512(ids.as_mut_ptr().cast(), *f);
+    for cb in 0..CB {
+        let id = _mm512_set1_epi32((c + cb) as i32);
+        for v in 0..2 {
+            let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc[v][cb], top[v]);
+            top[v] = _mm512_mask_mov_ps(top[v], gt, acc[v][cb]);
+            from[v] = _mm512_mask_mov_epi32(from[v], gt, id);
         }
-        let mut win: Option<(u32, f32)> = None;
-        for lane in 0..PANEL {
-            let c = ids[lane] as u32 * PANEL as u32 + lane as u32;
-            let v = vals[lane];
-            if v > f32::NEG_INFINITY && win.is_none_or(|(wc, wv)| v > wv || (v == wv && c < wc)) {
-                win = Some((c, v));
-            }
+    }
+}
+
+/// [`nearest_block2`] for at most 16 tokens (one vector).
+/// # Safety
+/// As [`nearest_block2`] for one vector.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nearest_block1<const CB: usize>(
+    q: *const f32,
+    stride: usize,
+    mask: __mmask16,
+    cents: *const f32,
+    dim: usize,
+    c: usize,
+    top: &mut __m512,
+    from: &mut __m512i,
+) {
+    let mut acc = [_mm512_setzero_ps(); CB];
+    for k in 0..dim {
+        // SAFETY: k < dim; masked lanes are not read.
+        let t = unsafe { _mm512_maskz_loadu_ps(mask, q.add(k * stride)) };
+        for (cb, a) in acc.iter_mut().enumerate() {
+            // SAFETY: cb < CB rows, k < dim.
+            let b = _mm512_set1_ps(unsafe { *cents.add(cb * dim + k) });
+            *a = _mm512_fmadd_ps(t, b, *a);
         }
-        // SAFETY: j < QB: within the caller's best pairs.
-        let b = unsafe { &mut *best.add(j) };
-        if let Some((c, v)) = win.filter(|&(_, v)| v > b.1) {
-            *b = (c, v);
-        }
+    }
+    for (cb, a) in acc.iter().enumerate() {
+        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(*a, *top);
+        *top = _mm512_mask_mov_ps(*top, gt, *a);
+        *from = _mm512_mask_mov_epi32(*from, gt, _mm512_set1_epi32((c + cb) as i32));
     }
 }

@@ -73,27 +73,27 @@ impl Avx512 {
         head + dot_tail(&a[body..n], &b[body..n])
     }
 
-    /// For each of the `best.len()` k-major tokens of `qt`, the nearest of the centroids `lo..hi` stored as
-    /// 16-centroid panels, folded into `best` (see `crate::kernels::nearest_centroids`). Does nothing when the
-    /// sizes are inconsistent.
+    /// For each of the `best.len()` k-major tokens of `qt`, the nearest of the row-major centroids `lo..hi` of
+    /// `cents`, folded into `best` (see `crate::kernels::nearest_centroids`). Does nothing when the sizes are
+    /// inconsistent.
     pub(crate) fn nearest(
         self,
         qt: &[f32],
         dim: usize,
-        panels: &[f16],
+        cents: &[f32],
         lo: usize,
         hi: usize,
         best: &mut [(u32, f32)],
     ) {
-        let n_q = best.len();
-        let fits = n_q.checked_mul(dim).is_some_and(|n| qt.len() >= n)
-            && hi.div_ceil(PANEL).checked_mul(PANEL * dim).is_some_and(|n| panels.len() >= n);
-        if !fits || lo >= hi || n_q == 0 || dim == 0 {
+        let n = best.len();
+        let fits = n.checked_mul(dim).is_some_and(|v| qt.len() >= v)
+            && hi.checked_mul(dim).is_some_and(|v| cents.len() >= v);
+        if !fits || lo >= hi || n == 0 || dim == 0 || hi > i32::MAX as usize {
             return;
         }
-        // SAFETY: `self` proves AVX-512F; qt holds n_q * dim values, panels holds the hi.div_ceil(16) panels
-        // the kernel reads, best holds n_q pairs and lo < hi (all checked above).
-        unsafe { avx512::nearest(qt.as_ptr(), n_q, panels.as_ptr(), dim, lo, hi, best.as_mut_ptr()) }
+        // SAFETY: `self` proves AVX-512F; qt holds n * dim values, cents the hi rows the kernel reads, best n
+        // pairs, and lo < hi (all checked above).
+        unsafe { avx512::nearest(qt.as_ptr(), n, cents.as_ptr(), dim, lo, hi, best.as_mut_ptr()) }
     }
 }
 

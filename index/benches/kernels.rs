@@ -150,11 +150,16 @@ fn assign_codes(c: &mut Criterion) {
     let train = random(K * 16 * D, 7);
     let book = Codebook::train(&train, D, K, 7);
     let tokens = random(4096 * D, 8);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     let mut g = c.benchmark_group("assign_4096_tokens_16k_centroids");
     g.throughput(Throughput::Elements(4096));
     if kernel_level() == KernelLevel::Avx512 {
-        g.bench_function("kernel", |b| b.iter(|| pool.install(|| black_box(book.assign(&tokens)))));
+        g.bench_function("kernel", |b| {
+            b.iter(|| pool.install(|| black_box(book.assign(&tokens))))
+        });
     }
     g.bench_function("products", |b| {
         b.iter(|| pool.install(|| black_box(book.assign_by_products(&tokens))))

@@ -89,7 +89,12 @@ fn argmax_rows(scores: &[f32], k: usize) -> impl Iterator<Item = (usize, f32)> +
 
 /// Writes the tokens `rows` of the row-major `block` into `out` k-major (`out[k * n + j]`, n = number of rows),
 /// the layout of the nearest-centroid kernel.
-fn transpose_into(block: &[f32], dim: usize, rows: impl ExactSizeIterator<Item = u32>, out: &mut Vec<f32>) {
+fn transpose_into(
+    block: &[f32],
+    dim: usize,
+    rows: impl ExactSizeIterator<Item = u32>,
+    out: &mut Vec<f32>,
+) {
     const T: usize = 8;
     let starts: Vec<&[f32]> = rows.map(|r| &block[r as usize * dim..][..dim]).collect();
     let n = starts.len();
@@ -857,15 +862,28 @@ mod tests {
 
     #[test]
     fn transpose_into_is_coordinate_major() {
-        for (n_rows, dim) in [(1usize, 1usize), (8, 8), (9, 17), (23, 128), (16, 7), (3, 24)] {
+        for (n_rows, dim) in [
+            (1usize, 1usize),
+            (8, 8),
+            (9, 17),
+            (23, 128),
+            (16, 7),
+            (3, 24),
+        ] {
             let block: Vec<f32> = (0..(n_rows + 2) * dim).map(|i| i as f32).collect();
-            let rows: Vec<u32> = (0..n_rows as u32).map(|r| (r * 7 + 1) % (n_rows as u32 + 2)).collect();
+            let rows: Vec<u32> = (0..n_rows as u32)
+                .map(|r| (r * 7 + 1) % (n_rows as u32 + 2))
+                .collect();
             let mut out = Vec::new();
             transpose_into(&block, dim, rows.iter().copied(), &mut out);
             assert_eq!(out.len(), n_rows * dim);
             for (j, &r) in rows.iter().enumerate() {
                 for k in 0..dim {
-                    assert_eq!(out[k * n_rows + j], block[r as usize * dim + k], "{n_rows}x{dim} j={j} k={k}");
+                    assert_eq!(
+                        out[k * n_rows + j],
+                        block[r as usize * dim + k],
+                        "{n_rows}x{dim} j={j} k={k}"
+                    );
                 }
             }
         }

@@ -300,7 +300,9 @@ pub fn nearest_centroids_scalar(
     }
     for (j, b) in best.iter_mut().enumerate() {
         for c in lo..hi {
-            let s = (0..dim).fold(0f32, |acc, k| qt[k * n + j].mul_add(cents[c * dim + k], acc));
+            let s = (0..dim).fold(0f32, |acc, k| {
+                qt[k * n + j].mul_add(cents[c * dim + k], acc)
+            });
             if s > b.1 {
                 *b = (c as u32, s);
             }
@@ -643,7 +645,12 @@ mod tests {
     fn nearest_centroids_refuses_bad_sizes() {
         let cents = [1.0f32; 4 * 8];
         let mut best = vec![(0u32, f32::NEG_INFINITY); 2];
-        for (qt_len, lo, hi) in [(15usize, 0usize, 4usize), (16, 2, 2), (16, 0, 5), (16, 3, 1)] {
+        for (qt_len, lo, hi) in [
+            (15usize, 0usize, 4usize),
+            (16, 2, 2),
+            (16, 0, 5),
+            (16, 3, 1),
+        ] {
             let qt = vec![1.0; qt_len];
             assert!(!nearest_centroids_scalar(&qt, 8, &cents, lo, hi, &mut best));
             assert!(!nearest_centroids(&qt, 8, &cents, lo, hi, &mut best));

@@ -33,6 +33,15 @@ impl<'a> TokenMatrix<'a> {
                 got: data.len() % dim,
             });
         }
+        // A branch-free check of whole chunks (vectorised; `abs() <= limit` is false for NaN and infinities), and
+        // the search for the offending value only when one fails.
+        let all_fine = data.chunks(256).all(|c| {
+            c.iter()
+                .fold(true, |ok, v| ok & (v.abs() <= MAX_TOKEN_VALUE))
+        });
+        if all_fine {
+            return Ok(TokenMatrix { data, dim });
+        }
         if let Some(pos) = data
             .iter()
             .position(|v| !v.is_finite() || v.abs() > MAX_TOKEN_VALUE)

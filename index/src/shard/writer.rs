@@ -951,7 +951,10 @@ impl Shard {
         // Tokens, codes and postings, ids and payloads, the FDEs, per-document offsets, then room for the rest.
         let estimate = built.panel_start.last().copied().unwrap_or(0) as usize * 2
             + built.total_tokens as usize * 6
-            + docs.iter().map(|d| d.id.len() + d.payload.len()).sum::<usize>()
+            + docs
+                .iter()
+                .map(|d| d.id.len() + d.payload.len())
+                .sum::<usize>()
             + built.fdes.len() * 2
             + docs.len() * 48
             + (64 << 10);

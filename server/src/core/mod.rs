@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use chamfer_index::fsutil;
 use chamfer_index::codebook::Codebook;
+use chamfer_index::fsutil;
 use chamfer_index::shard::IndexParams;
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;

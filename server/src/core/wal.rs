@@ -124,7 +124,9 @@ pub fn encode_upsert_compact<'a>(
         back.clear();
         back.resize(tokens.len(), 0f32);
         halves.convert_to_f32_slice(&mut back);
-        back.iter().zip(tokens).all(|(a, b)| a.to_bits() == b.to_bits())
+        back.iter()
+            .zip(tokens)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
     });
     if !exact {
         return (KIND_UPSERT, encode_upsert(docs));
@@ -589,7 +591,10 @@ fn scan_tail(file: &File, from: u64, size: u64, after: u64) -> io::Result<TailSc
             if len < 9 || len > size - at - 8 || len as usize > MAX_RECORD {
                 continue;
             }
-            if !(KIND_UPSERT..=KIND_UPSERT_F16).contains(&kind) || seq <= after || seq - after > 1 << 40 {
+            if !(KIND_UPSERT..=KIND_UPSERT_F16).contains(&kind)
+                || seq <= after
+                || seq - after > 1 << 40
+            {
                 continue;
             }
             let mut body = vec![0u8; len as usize];
@@ -1297,7 +1302,10 @@ mod tests {
     fn f16_exact_batches_are_logged_as_f16_and_replay_losslessly() {
         let tiny = half::f16::from_f32(3.0e-5).to_f32(); // an f16 subnormal
         let halves = [0.5f32, -1.25, tiny, -0.0, 65504.0, 1.0 / 1024.0];
-        let docs = [("h", 3usize, &halves[..], &b""[..]), ("m", 3, &halves[..3], &b"{}"[..])];
+        let docs = [
+            ("h", 3usize, &halves[..], &b""[..]),
+            ("m", 3, &halves[..3], &b"{}"[..]),
+        ];
         let (kind, body) = encode_upsert_compact(docs.into_iter());
         let (_, wide) = (KIND_UPSERT, encode_upsert(docs.into_iter()));
         assert_eq!(kind, KIND_UPSERT_F16);
@@ -1308,10 +1316,16 @@ mod tests {
         assert_eq!(back[0].tokens, halves.to_vec());
         assert_eq!(back[1].tokens, halves[..3].to_vec());
         assert_eq!(back[1].metadata, b"{}".to_vec());
-        assert_eq!(decode(KIND_UPSERT, &wide).unwrap(), decode(kind, &body).unwrap());
+        assert_eq!(
+            decode(KIND_UPSERT, &wide).unwrap(),
+            decode(kind, &body).unwrap()
+        );
         // One value off the f16 grid keeps the whole batch f32.
         let off = [0.5f32, 0.1, 2.0];
-        let mixed = [("h", 3usize, &halves[..3], &b""[..]), ("o", 3, &off[..], &b""[..])];
+        let mixed = [
+            ("h", 3usize, &halves[..3], &b""[..]),
+            ("o", 3, &off[..], &b""[..]),
+        ];
         let (kind2, body2) = encode_upsert_compact(mixed.into_iter());
         assert_eq!(kind2, KIND_UPSERT);
         let WalOp::Upsert(back2) = decode(kind2, &body2).unwrap() else {

@@ -93,7 +93,17 @@ impl Avx512 {
         }
         // SAFETY: `self` proves AVX-512F; qt holds n * dim values, cents the hi rows the kernel reads, best n
         // pairs, and lo < hi (all checked above).
-        unsafe { avx512::nearest(qt.as_ptr(), n, cents.as_ptr(), dim, lo, hi, best.as_mut_ptr()) }
+        unsafe {
+            avx512::nearest(
+                qt.as_ptr(),
+                n,
+                cents.as_ptr(),
+                dim,
+                lo,
+                hi,
+                best.as_mut_ptr(),
+            )
+        }
     }
 }
 

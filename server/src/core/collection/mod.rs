@@ -407,9 +407,14 @@ impl Collection {
             return Shard::build_in_memory(params, docs);
         }
         match book {
-            Some(book) => {
-                Shard::build_in_memory_coded(params, docs, Coding::Given { codebook: book, known })
-            }
+            Some(book) => Shard::build_in_memory_coded(
+                params,
+                docs,
+                Coding::Given {
+                    codebook: book,
+                    known,
+                },
+            ),
             None => Shard::build_in_memory_coded(params, docs, Coding::TokensOnly),
         }
     }

@@ -1,12 +1,11 @@
 //! Opening a collection directory: the manifest's shards, then the log replayed on top. Damage is refused
 //! before anything in the directory changes.
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chamfer_index::shard::{Coding, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
-use rayon::prelude::*;
 
 use crate::core::manifest::{self, CollectionConfig, Layout, Manifest};
 use crate::core::storage_error::StorageError;
@@ -16,8 +15,37 @@ use crate::error::ServiceError;
 use super::codebook::{self, Current};
 use super::state::{Bitset, Loc, Segment, State};
 
-/// Documents per memory segment rebuilt from the log at start-up.
-const REPLAY_SEGMENT_DOCS: usize = 2048;
+/// Documents per memory segment rebuilt from the log at start-up (8 in tests, so that their small logs replay
+/// into many segments built in parallel).
+const REPLAY_SEGMENT_DOCS: usize = if cfg!(test) { 8 } else { 2048 };
+
+/// What replay did to an id, in log order (see [`recover`]).
+enum Replayed {
+    /// Document `doc` of replay segment `chunk`.
+    Upsert { chunk: usize, doc: u32 },
+    /// An id deleted.
+    Delete(String),
+}
+
+/// A tokens-only (or FDE, without a codebook) memory segment of replayed documents.
+fn build_replay_segment(
+    params: &chamfer_index::shard::IndexParams,
+    dim: usize,
+    chunk: &[wal::WalDoc],
+    coding: Coding<'_>,
+) -> Result<Shard, IndexError> {
+    let shard_docs = chunk
+        .iter()
+        .map(|d| {
+            Ok(ShardDoc {
+                id: &d.id,
+                tokens: TokenMatrix::new(&d.tokens, dim, "document")?,
+                payload: &d.metadata,
+            })
+        })
+        .collect::<Result<Vec<_>, IndexError>>()?;
+    Shard::build_in_memory_coded(params, &shard_docs, coding)
+}
 
 /// Rebuilds the state from the manifest and the log; returns it with an open log writer and the next segment
 /// id. Any damage (missing or corrupt manifest, shard or log) is an error that names the file, and nothing in
@@ -126,90 +154,132 @@ pub(super) fn recover(
     }
 
     // Replay the log on top (the whole chain is checked; damage is refused before anything is changed).
-    let mut docs: Vec<Option<wal::WalDoc>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let wal_dir = layout.wal();
-    let replayed = wal::replay(&wal_dir, manifest.flushed_seq, |seq, op| {
-        st.last_seq = seq;
-        let (upserts, deletes) = match op {
-            WalOp::Upsert(d) => (d, vec![]),
-            WalOp::Delete(ids) => (vec![], ids),
-        };
-        for id in deletes
-            .iter()
-            .map(String::as_str)
-            .chain(upserts.iter().map(|d| d.id.as_str()))
-        {
-            if let Some(old) = st.ids.remove(id) {
-                st.tombstone(old);
-            }
-            if let Some(i) = index.remove(id) {
-                docs[i] = None;
-            }
-        }
-        for d in upserts {
-            if d.dim != config.dimension {
-                return Err(StorageError::damaged(
-                    &wal_dir,
-                    None,
-                    format!("record {seq}: document {:?} has dimension {}", d.id, d.dim),
-                ));
-            }
-            index.insert(d.id.clone(), docs.len());
-            docs.push(Some(d));
-        }
-        Ok(())
-    })?;
-    st.last_seq = st.last_seq.max(replayed.last_seq);
-    let live: Vec<wal::WalDoc> = docs.into_iter().flatten().collect();
-    let n_replayed = live.len();
-    // Tokens only: the cheapest segment to build (no FDE, no codes), searched exactly until the flush that
-    // follows start-up codes it. A collection without a codebook (codebook_size 0) stores FDEs instead. The
-    // segments are built in parallel (they are independent), then registered in log order.
+    //
+    // Segments are built while the log is read: every REPLAY_SEGMENT_DOCS documents become a task of their own on
+    // the CPU threads (at most one per thread waiting or running, so the decoded documents held stay bounded),
+    // and the reading thread goes on. Tokens only: the cheapest segment to build (no FDE, no codes), searched
+    // exactly until the flush that follows start-up codes it; a collection without a codebook (codebook_size 0)
+    // stores FDEs instead. Ids are registered afterwards in log order, so a later upsert or delete of an id
+    // tombstones its earlier copy exactly as live writes do.
     let coding = if config.params.codebook_size > 0 {
         Coding::TokensOnly
     } else {
         Coding::Train
     };
-    let built: Vec<Shard> = live
-        .par_chunks(REPLAY_SEGMENT_DOCS)
-        .map(|chunk| {
-            let shard_docs = chunk
-                .iter()
-                .map(|d| {
-                    Ok(ShardDoc {
-                        id: &d.id,
-                        tokens: TokenMatrix::new(&d.tokens, config.dimension, "document")?,
-                        payload: &d.metadata,
-                    })
-                })
-                .collect::<Result<Vec<_>, IndexError>>()?;
-            Shard::build_in_memory_coded(&config.params, &shard_docs, coding)
+    let params = &config.params;
+    let dim = config.dimension;
+    let built: std::sync::Mutex<Vec<Option<Result<Shard, IndexError>>>> = Default::default();
+    let in_flight = std::sync::Mutex::new(0usize);
+    let max_in_flight = rayon::current_num_threads();
+    let mut events: Vec<Replayed> = Vec::new();
+    let mut pending: Vec<wal::WalDoc> = Vec::new();
+    let mut pending_ids: HashSet<String> = HashSet::new();
+    let mut n_chunks = 0usize;
+    let wal_dir = layout.wal();
+    let replayed = rayon::in_place_scope(|scope| {
+        let hand_off = |chunk: Vec<wal::WalDoc>, n_chunks: &mut usize| {
+            let index = *n_chunks;
+            *n_chunks += 1;
+            built.lock().unwrap_or_else(|e| e.into_inner()).push(None);
+            let (built, in_flight) = (&built, &in_flight);
+            let store =
+                move |shard| built.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(shard);
+            // When every CPU thread is busy, the reading thread builds this segment itself: the backpressure
+            // that bounds memory, without blocking a thread the tasks may need.
+            let mut n = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if *n >= max_in_flight {
+                drop(n);
+                store(build_replay_segment(params, dim, &chunk, coding));
+                return;
+            }
+            *n += 1;
+            drop(n);
+            scope.spawn(move |_| {
+                let shard = build_replay_segment(params, dim, &chunk, coding);
+                drop(chunk);
+                store(shard);
+                *in_flight.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            });
+        };
+        let r = wal::replay(&wal_dir, manifest.flushed_seq, |seq, op| {
+            st.last_seq = seq;
+            match op {
+                WalOp::Upsert(docs) => {
+                    for d in docs {
+                        if d.dim != dim {
+                            return Err(StorageError::damaged(
+                                &wal_dir,
+                                None,
+                                format!(
+                                    "record {seq}: document {:?} has dimension {}",
+                                    d.id, d.dim
+                                ),
+                            ));
+                        }
+                        // A segment holds an id once: a second copy starts the next segment.
+                        if pending.len() == REPLAY_SEGMENT_DOCS || pending_ids.contains(&d.id) {
+                            hand_off(std::mem::take(&mut pending), &mut n_chunks);
+                            pending_ids.clear();
+                        }
+                        events.push(Replayed::Upsert {
+                            chunk: n_chunks,
+                            doc: pending.len() as u32,
+                        });
+                        pending_ids.insert(d.id.clone());
+                        pending.push(d);
+                    }
+                }
+                WalOp::Delete(ids) => events.extend(ids.into_iter().map(Replayed::Delete)),
+            }
+            Ok(())
+        });
+        if r.is_ok() && !pending.is_empty() {
+            hand_off(std::mem::take(&mut pending), &mut n_chunks);
+        }
+        r
+    })?;
+    st.last_seq = st.last_seq.max(replayed.last_seq);
+    let segments = built
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| Err(IndexError::Cancelled("log replay: a segment was not built")))
+                .map(Arc::new)
         })
         .collect::<Result<Vec<_>, IndexError>>()?;
-    drop(live);
-    for shard in built {
-        let shard = Arc::new(shard);
-        let id = next_segment;
-        next_segment += 1;
-        for d in 0..shard.len() {
-            st.ids.insert(
-                shard.id(d).to_string(),
-                Loc {
-                    seg: id,
-                    doc: d as u32,
-                },
-            );
-        }
-        let n = shard.len();
+    let first = next_segment;
+    next_segment += segments.len() as u64;
+    for (i, shard) in segments.iter().enumerate() {
         st.segments.push(Segment {
-            id,
-            shard,
+            id: first + i as u64,
+            shard: shard.clone(),
             durable: false,
             max_seq: st.last_seq,
-            deleted: Arc::new(Bitset::new(n)),
+            deleted: Arc::new(Bitset::new(shard.len())),
             meta: Arc::default(),
         });
+    }
+    let mut n_replayed = 0usize;
+    for ev in events {
+        match ev {
+            Replayed::Upsert { chunk, doc } => {
+                n_replayed += 1;
+                let id = segments[chunk].id(doc as usize).to_string();
+                let at = Loc {
+                    seg: first + chunk as u64,
+                    doc,
+                };
+                if let Some(old) = st.ids.insert(id, at) {
+                    st.tombstone(old);
+                }
+            }
+            Replayed::Delete(id) => {
+                if let Some(old) = st.ids.remove(&id) {
+                    st.tombstone(old);
+                }
+            }
+        }
     }
     // Everything checked out: only now may files change (a torn tail cleared, leftovers of interrupted work
     // removed).

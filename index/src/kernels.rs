@@ -96,12 +96,20 @@ pub fn pack_tokens(tokens: &[f32], dim: usize, out: &mut Vec<f16>) {
     );
     let n = tokens.len().checked_div(dim).unwrap_or(0);
     out.reserve(packed_len(n, dim));
+    // One panel at a time: its tokens converted in one vectorised call, then transposed in L1.
+    let mut halves = vec![f16::ZERO; PANEL * dim];
     for p in 0..n.div_ceil(PANEL) {
-        for k in 0..dim {
+        let rows = PANEL.min(n - p * PANEL);
+        halves[..rows * dim].convert_from_f32_slice(&tokens[p * PANEL * dim..(p * PANEL + rows) * dim]);
+        let base = out.len();
+        out.resize(base + PANEL * dim, f16::ZERO);
+        let panel = &mut out[base..];
+        for t in 0..PANEL {
             // Tokens past the end are copies of the last one.
-            out.extend(
-                (0..PANEL).map(|t| f16::from_f32(tokens[(p * PANEL + t).min(n - 1) * dim + k])),
-            );
+            let row = &halves[t.min(rows - 1) * dim..][..dim];
+            for (k, &v) in row.iter().enumerate() {
+                panel[k * PANEL + t] = v;
+            }
         }
     }
 }
@@ -638,6 +646,27 @@ mod tests {
                     prop_assert!(close(s, exact));
                 }
             }
+        }
+    }
+
+    /// The panel layout, against its definition: `panel[k * 16 + t]` = coordinate k of token 16p + t, tokens past
+    /// the end copies of the last one, values rounded to f16.
+    #[test]
+    fn pack_tokens_follows_the_panel_layout() {
+        for (n, dim) in [(1usize, 1usize), (15, 3), (16, 128), (17, 5), (40, 33)] {
+            let tokens: Vec<f32> = (0..n * dim).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let mut got = Vec::new();
+            pack_tokens(&tokens, dim, &mut got);
+            assert_eq!(got.len(), packed_len(n, dim));
+            for p in 0..n.div_ceil(PANEL) {
+                for k in 0..dim {
+                    for t in 0..PANEL {
+                        let src = tokens[(p * PANEL + t).min(n - 1) * dim + k];
+                        assert_eq!(got[(p * dim + k) * PANEL + t], f16::from_f32(src), "{n}x{dim}");
+                    }
+                }
+            }
+            assert_eq!(unpack_tokens(&got, n, dim).len(), n * dim);
         }
     }
 

@@ -100,7 +100,8 @@ pub fn pack_tokens(tokens: &[f32], dim: usize, out: &mut Vec<f16>) {
     let mut halves = vec![f16::ZERO; PANEL * dim];
     for p in 0..n.div_ceil(PANEL) {
         let rows = PANEL.min(n - p * PANEL);
-        halves[..rows * dim].convert_from_f32_slice(&tokens[p * PANEL * dim..(p * PANEL + rows) * dim]);
+        halves[..rows * dim]
+            .convert_from_f32_slice(&tokens[p * PANEL * dim..(p * PANEL + rows) * dim]);
         let base = out.len();
         out.resize(base + PANEL * dim, f16::ZERO);
         let panel = &mut out[base..];
@@ -654,7 +655,9 @@ mod tests {
     #[test]
     fn pack_tokens_follows_the_panel_layout() {
         for (n, dim) in [(1usize, 1usize), (15, 3), (16, 128), (17, 5), (40, 33)] {
-            let tokens: Vec<f32> = (0..n * dim).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let tokens: Vec<f32> = (0..n * dim)
+                .map(|i| (i as f32 * 0.37).sin() * 3.0)
+                .collect();
             let mut got = Vec::new();
             pack_tokens(&tokens, dim, &mut got);
             assert_eq!(got.len(), packed_len(n, dim));
@@ -662,7 +665,11 @@ mod tests {
                 for k in 0..dim {
                     for t in 0..PANEL {
                         let src = tokens[(p * PANEL + t).min(n - 1) * dim + k];
-                        assert_eq!(got[(p * dim + k) * PANEL + t], f16::from_f32(src), "{n}x{dim}");
+                        assert_eq!(
+                            got[(p * dim + k) * PANEL + t],
+                            f16::from_f32(src),
+                            "{n}x{dim}"
+                        );
                     }
                 }
             }

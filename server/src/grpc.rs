@@ -733,7 +733,10 @@ pub async fn serve(
     let layers = tower::ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
-            tower_http::trace::TraceLayer::new_for_grpc().make_span_with(crate::rest::request_span),
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(crate::rest::request_span)
+                // As on REST: server-side errors are logged once by the error mapping.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .map_response(fix_status)

@@ -627,7 +627,16 @@ pub fn router(core: Core, metrics: Arc<Metrics>, key: ApiKey, max_request_bytes:
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    // Responses the classifier calls failures (5xx) at DEBUG: server-side errors are logged at
+                    // ERROR once, with their cause, by the error mapping, and a 503 from /readyz while collections
+                    // open is expected (it was an ERROR line per readiness poll).
+                    tower_http::trace::TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                        ),
+                )
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
 }

@@ -196,7 +196,7 @@ unsafe fn nearest_block2<const CB: usize>(
     top: &mut [__m512; 2],
     from: &mut [__m512i; 2],
 ) {
-    let mut acc = [[_mm512_setzero_ps(); CB]; 2];
+    let mut acc = [[_mm512_setzero_ps(); 2]; CB];
     for k in 0..dim {
         // SAFETY: k < dim; masked lanes are not read.
         let t = unsafe {
@@ -205,18 +205,18 @@ unsafe fn nearest_block2<const CB: usize>(
                 _mm512_maskz_loadu_ps(masks[1], q.add(k * stride + PANEL)),
             ]
         };
-        for cb in 0..CB {
+        for (cb, a) in acc.iter_mut().enumerate() {
             // SAFETY: cb < CB rows, k < dim.
             let b = _mm512_set1_ps(unsafe { *cents.add(cb * dim + k) });
-            acc[0][cb] = _mm512_fmadd_ps(t[0], b, acc[0][cb]);
-            acc[1][cb] = _mm512_fmadd_ps(t[1], b, acc[1][cb]);
+            a[0] = _mm512_fmadd_ps(t[0], b, a[0]);
+            a[1] = _mm512_fmadd_ps(t[1], b, a[1]);
         }
     }
-    for cb in 0..CB {
+    for (cb, a) in acc.iter().enumerate() {
         let id = _mm512_set1_epi32((c + cb) as i32);
-        for v in 0..2 {
-            let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(acc[v][cb], top[v]);
-            top[v] = _mm512_mask_mov_ps(top[v], gt, acc[v][cb]);
+        for (v, &s) in a.iter().enumerate() {
+            let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(s, top[v]);
+            top[v] = _mm512_mask_mov_ps(top[v], gt, s);
             from[v] = _mm512_mask_mov_epi32(from[v], gt, id);
         }
     }

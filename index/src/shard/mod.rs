@@ -167,21 +167,16 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Verifies shard bytes held in memory (no graph is loaded: graph files live beside a shard file).
     pub(crate) fn from_memory(bytes: &[u8]) -> Result<Shard> {
-        Shard::from_memory_given(bytes, None)
-    }
-
-    /// [`from_memory`](Self::from_memory) for bytes written with an empty codebook section because their
-    /// codebook is `given` (an in-memory build under a collection's codebook: serialising and re-parsing tens
-    /// of megabytes of centroids per small batch would cost more than coding the batch).
-    pub(crate) fn from_memory_given(bytes: &[u8], given: Option<&Arc<Codebook>>) -> Result<Shard> {
         let len = bytes.len();
         let mut words = vec![0u64; len.div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(bytes);
-        Shard::from_owned_words(words, len, given)
+        Shard::from_owned_words(words, len, None)
     }
 
-    /// [`from_memory_given`](Self::from_memory_given) for bytes already held in words (no copy).
-    fn from_owned_words(
+    /// Verifies an in-memory shard image held in words (no copy). An empty codebook section stands for `given`:
+    /// an in-memory build under a collection's codebook hands over its `Arc`, since serialising and re-parsing
+    /// tens of megabytes of centroids per small batch would cost more than coding the batch.
+    pub(super) fn from_owned_words(
         words: Vec<u64>,
         len: usize,
         given: Option<&Arc<Codebook>>,

@@ -513,7 +513,7 @@ impl LayoutDocs for MergedDocs<'_> {
 }
 
 /// Writes every section after the header; `omit_codebook` leaves the codebook section empty (only for
-/// in-memory shards whose codebook is handed over directly, see [`Shard::from_memory_given`]).
+/// in-memory shards whose codebook is handed over directly, see `Shard::from_owned_words`).
 fn write_body<W: Write, D: LayoutDocs + ?Sized>(
     sw: &mut SectionWriter<W>,
     b: &Built,

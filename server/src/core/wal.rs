@@ -90,23 +90,17 @@ pub enum WalOp {
     Delete(Vec<String>),
 }
 
-/// Encodes an upsert body from borrowed documents `(id, dim, tokens, metadata)`.
+/// Encodes an upsert body from borrowed documents `(id, dim, tokens, metadata)`, tokens as f32 ([`KIND_UPSERT`]).
 pub fn encode_upsert<'a>(
     docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])>,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(docs.len() as u32).to_le_bytes());
-    for (id, dim, tokens, meta) in docs {
-        put_bytes(&mut out, id.as_bytes());
-        out.extend_from_slice(&(dim as u32).to_le_bytes());
-        out.extend_from_slice(&((tokens.len() / dim.max(1)) as u32).to_le_bytes());
-        out.reserve(tokens.len() * 4 + meta.len() + 4);
+    encode_upsert_as(docs, 4, |tokens, out| {
         for v in tokens {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        put_bytes(&mut out, meta);
-    }
-    out
+        true
+    })
+    .unwrap_or_default()
 }
 
 /// Encodes an upsert body as compactly as is lossless: f16 tokens ([`KIND_UPSERT_F16`]) when every value of
@@ -115,38 +109,53 @@ pub fn encode_upsert_compact<'a>(
     docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])> + Clone,
 ) -> (u8, Vec<u8>) {
     use half::slice::HalfFloatSliceExt;
-    let mut halves = Vec::new();
-    let mut back = Vec::new();
-    let exact = docs.clone().all(|(_, _, tokens, _)| {
+    let (mut halves, mut back) = (Vec::new(), Vec::new());
+    // One pass converts and checks: the first value that is not exactly an f16 abandons it for f32.
+    let f16_body = encode_upsert_as(docs.clone(), 2, |tokens, out| {
         halves.clear();
         halves.resize(tokens.len(), half::f16::ZERO);
         halves.convert_from_f32_slice(tokens);
         back.clear();
         back.resize(tokens.len(), 0f32);
         halves.convert_to_f32_slice(&mut back);
-        back.iter()
+        if back
+            .iter()
             .zip(tokens)
-            .all(|(a, b)| a.to_bits() == b.to_bits())
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return false;
+        }
+        for v in &halves {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        true
     });
-    if !exact {
-        return (KIND_UPSERT, encode_upsert(docs));
+    match f16_body {
+        Some(body) => (KIND_UPSERT_F16, body),
+        None => (KIND_UPSERT, encode_upsert(docs)),
     }
+}
+
+/// The upsert layout with `put` writing each document's tokens (`width` bytes per value); None as soon as
+/// `put` refuses a document.
+fn encode_upsert_as<'a>(
+    docs: impl ExactSizeIterator<Item = (&'a str, usize, &'a [f32], &'a [u8])>,
+    width: usize,
+    mut put: impl FnMut(&[f32], &mut Vec<u8>) -> bool,
+) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     out.extend_from_slice(&(docs.len() as u32).to_le_bytes());
     for (id, dim, tokens, meta) in docs {
         put_bytes(&mut out, id.as_bytes());
         out.extend_from_slice(&(dim as u32).to_le_bytes());
         out.extend_from_slice(&((tokens.len() / dim.max(1)) as u32).to_le_bytes());
-        halves.clear();
-        halves.resize(tokens.len(), half::f16::ZERO);
-        halves.convert_from_f32_slice(tokens);
-        out.reserve(tokens.len() * 2 + meta.len() + 4);
-        for v in &halves {
-            out.extend_from_slice(&v.to_le_bytes());
+        out.reserve(tokens.len() * width + meta.len() + 4);
+        if !put(tokens, &mut out) {
+            return None;
         }
         put_bytes(&mut out, meta);
     }
-    (KIND_UPSERT_F16, out)
+    Some(out)
 }
 
 /// Encodes a delete body.

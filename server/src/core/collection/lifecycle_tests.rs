@@ -55,7 +55,10 @@ async fn upsert(c: &Collection, docs: &[(String, u64)]) {
             payload: b"",
         })
         .collect();
-    let shard = Arc::new(c.build_memory_shard(&shard_docs).unwrap());
+    let shard = Arc::new(
+        c.build_memory_shard_coded(&shard_docs, c.codebook().as_ref(), None)
+            .unwrap(),
+    );
     let body = encode_upsert(
         docs.iter()
             .zip(&tokens)

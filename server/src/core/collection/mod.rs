@@ -378,13 +378,6 @@ impl Collection {
             .count() as u64
     }
 
-    /// Builds the memory segment of an upsert batch (CPU work: run it off the async workers). Coded with the
-    /// collection codebook when there is one (a flush then copies the codes); before the first flush trains it,
-    /// tokens only, searched exactly. Collections without a codebook (`codebook_size` 0) store FDEs.
-    pub fn build_memory_shard(&self, docs: &[ShardDoc<'_>]) -> Result<Shard, IndexError> {
-        self.build_memory_shard_coded(docs, self.codebook().as_ref(), None)
-    }
-
     /// The codebook new documents are coded with now: None before the first flush trained one, and for a
     /// collection without codes (`codebook_size` 0).
     pub fn codebook(&self) -> Option<Arc<Codebook>> {
@@ -394,8 +387,10 @@ impl Collection {
         self.snapshot().codebook.clone()
     }
 
-    /// [`build_memory_shard`](Self::build_memory_shard) under `book` (from [`Collection::codebook`]), copying
-    /// the codes `known` already assigned with it (see [`Coding::Given`]); tokens-only when `book` is None.
+    /// Builds the memory segment of an upsert batch (CPU work: run it off the async workers), coded with `book`
+    /// (the collection codebook from [`Collection::codebook`]; a flush then copies the codes), copying the codes
+    /// `known` already assigned with it (see [`Coding::Given`]). Before the first flush trains a codebook (`book`
+    /// None): tokens only, searched exactly. Collections without a codebook (`codebook_size` 0) store FDEs.
     pub fn build_memory_shard_coded(
         &self,
         docs: &[ShardDoc<'_>],

@@ -102,15 +102,36 @@ pub fn pack_tokens(tokens: &[f32], dim: usize, out: &mut Vec<f16>) {
         let rows = PANEL.min(n - p * PANEL);
         halves[..rows * dim]
             .convert_from_f32_slice(&tokens[p * PANEL * dim..(p * PANEL + rows) * dim]);
-        let base = out.len();
-        out.resize(base + PANEL * dim, f16::ZERO);
-        let panel = &mut out[base..];
-        for t in 0..PANEL {
-            // Tokens past the end are copies of the last one.
-            let row = &halves[t.min(rows - 1) * dim..][..dim];
-            for (k, &v) in row.iter().enumerate() {
-                panel[k * PANEL + t] = v;
-            }
+        push_panel(&halves[..rows * dim], dim, out);
+    }
+}
+
+/// [`pack_tokens`] for tokens that are f16 already (a replayed log record): the same panels, with no
+/// conversion.
+pub fn pack_tokens_f16(tokens: &[f16], dim: usize, out: &mut Vec<f16>) {
+    debug_assert!(
+        dim > 0 && tokens.len().is_multiple_of(dim) && !tokens.is_empty(),
+        "bad token matrix"
+    );
+    let n = tokens.len().checked_div(dim).unwrap_or(0);
+    out.reserve(packed_len(n, dim));
+    for p in 0..n.div_ceil(PANEL) {
+        let rows = PANEL.min(n - p * PANEL);
+        push_panel(&tokens[p * PANEL * dim..(p * PANEL + rows) * dim], dim, out);
+    }
+}
+
+/// Appends one panel made of `rows` (1..=16 row-major tokens): transposed, tokens past the end copies of the
+/// last one.
+fn push_panel(rows: &[f16], dim: usize, out: &mut Vec<f16>) {
+    let n = rows.len() / dim;
+    let base = out.len();
+    out.resize(base + PANEL * dim, f16::ZERO);
+    let panel = &mut out[base..];
+    for t in 0..PANEL {
+        let row = &rows[t.min(n - 1) * dim..][..dim];
+        for (k, &v) in row.iter().enumerate() {
+            panel[k * PANEL + t] = v;
         }
     }
 }
@@ -674,6 +695,11 @@ mod tests {
                 }
             }
             assert_eq!(unpack_tokens(&got, n, dim).len(), n * dim);
+            // f16 input gives the same panels.
+            let halves: Vec<f16> = tokens.iter().map(|&v| f16::from_f32(v)).collect();
+            let mut from_halves = vec![f16::ONE; 3]; // appended after what is there
+            pack_tokens_f16(&halves, dim, &mut from_halves);
+            assert_eq!(&from_halves[3..], &got[..], "{n}x{dim}");
         }
     }
 

@@ -76,6 +76,20 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const READ_VERSIONS: [u32; 2] = [1, 2];
 const ALIGN: usize = 64;
 const FOOTER: usize = 24;
+/// One document whose tokens are f16 already (a replayed log record), for a tokens-only in-memory shard
+/// ([`Shard::build_in_memory_tokens_f16`]); checked as a [`ShardDoc`]'s tokens are.
+#[derive(Clone, Copy, Debug)]
+pub struct HalfDoc<'a> {
+    /// External document id (unique within the shard).
+    pub id: &'a str,
+    /// Token dimension.
+    pub dim: usize,
+    /// Row-major `n x dim` token values.
+    pub tokens: &'a [f16],
+    /// Opaque bytes stored with the document; may be empty.
+    pub payload: &'a [u8],
+}
+
 /// One document to write.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardDoc<'a> {

@@ -257,3 +257,89 @@ fn cancelled_at_every_checkpoint_leaves_nothing() {
     let shard = Shard::open(&path).unwrap();
     assert!(shard.graph().is_some());
 }
+
+/// A tokens-only shard of f16 documents is byte for byte the one the f32 path makes of the same values, and its
+/// documents are checked as f32 ones are (non-finite values, ragged or empty tokens, duplicate or empty ids).
+#[test]
+fn tokens_only_f16_shards_match_the_f32_path_and_check_their_input() {
+    let dim = 5;
+    let params = small_params(dim);
+    let values: Vec<Vec<f32>> = (0..7usize)
+        .map(|d| {
+            (0..(d * 7 % 20 + 1) * dim)
+                .map(|i| f16::from_f32(((d * 31 + i) as f32 * 0.7).sin() * 4.0).to_f32())
+                .collect()
+        })
+        .collect();
+    let halves: Vec<Vec<f16>> = values
+        .iter()
+        .map(|v| v.iter().map(|&x| f16::from_f32(x)).collect())
+        .collect();
+    let ids: Vec<String> = (0..values.len()).map(|d| format!("doc-{d}")).collect();
+    let f32_docs: Vec<ShardDoc<'_>> = values
+        .iter()
+        .zip(&ids)
+        .map(|(v, id)| ShardDoc {
+            id,
+            tokens: TokenMatrix::new(v, dim, "document").unwrap(),
+            payload: id.as_bytes(),
+        })
+        .collect();
+    let half_docs: Vec<HalfDoc<'_>> = halves
+        .iter()
+        .zip(&ids)
+        .map(|(v, id)| HalfDoc {
+            id,
+            dim,
+            tokens: v,
+            payload: id.as_bytes(),
+        })
+        .collect();
+    let want = Shard::build_in_memory_coded(&params, &f32_docs, Coding::TokensOnly).unwrap();
+    let got = Shard::build_in_memory_tokens_f16(&params, &half_docs).unwrap();
+    assert_eq!(got.bytes.as_slice(), want.bytes.as_slice());
+    assert_eq!(got.tokens(6), values[6]);
+
+    let bad = |tokens: &[f16], d: usize, id: &str| {
+        let mut docs = half_docs[..2].to_vec();
+        docs.push(HalfDoc {
+            id,
+            dim: d,
+            tokens,
+            payload: &[],
+        });
+        Shard::build_in_memory_tokens_f16(&params, &docs).unwrap_err()
+    };
+    let mut nan = halves[2].clone();
+    nan[dim + 2] = f16::NAN;
+    assert!(matches!(
+        bad(&nan, dim, "x"),
+        IndexError::NonFinite { token: 1, coord: 2 }
+    ));
+    let mut inf = halves[2].clone();
+    inf[3] = f16::NEG_INFINITY;
+    assert!(matches!(
+        bad(&inf, dim, "x"),
+        IndexError::NonFinite { token: 0, coord: 3 }
+    ));
+    // The largest finite f16 is a valid token value.
+    let mut max = halves[2].clone();
+    max[0] = f16::MAX;
+    let mut docs = half_docs.clone();
+    docs[0].tokens = &max;
+    Shard::build_in_memory_tokens_f16(&params, &docs).unwrap();
+    assert!(matches!(
+        bad(&halves[2][..dim + 1], dim, "x"),
+        IndexError::DimensionMismatch { expected: 5, got: 1 }
+    ));
+    assert!(matches!(
+        bad(&[], dim, "x"),
+        IndexError::Empty { what: "document" }
+    ));
+    assert!(matches!(
+        bad(&halves[2][..4], 4, "x"),
+        IndexError::DimensionMismatch { expected: 5, got: 4 }
+    ));
+    assert!(matches!(bad(&halves[2], dim, "doc-1"), IndexError::DuplicateId(_)));
+    assert!(matches!(bad(&halves[2], dim, ""), IndexError::InvalidParam { name: "id", .. }));
+}

@@ -331,6 +331,99 @@ fn codes_for(
     Ok(codes.concat())
 }
 
+/// The checks of one document to build: its dimension, token count and id (non-empty, unique in `seen`).
+fn check_doc<'a>(
+    seen: &mut std::collections::HashSet<&'a str>,
+    dim: usize,
+    id: &'a str,
+    got_dim: usize,
+    n_tokens: usize,
+) -> Result<()> {
+    if got_dim != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: got_dim,
+        });
+    }
+    if n_tokens > MAX_DOC_TOKENS {
+        return Err(IndexError::TooManyTokens {
+            got: n_tokens,
+            max: MAX_DOC_TOKENS,
+        });
+    }
+    if !seen.insert(id) {
+        return Err(IndexError::DuplicateId(id.to_string()));
+    }
+    if id.is_empty() {
+        return Err(IndexError::param("id", "document ids must not be empty"));
+    }
+    Ok(())
+}
+
+/// The token count of an f16 document, checked as [`TokenMatrix::new`] checks f32 ones: `dim > 0`, a non-zero
+/// multiple of `dim` values, every value finite (an f16's finite range is the stored range).
+fn check_half_tokens(tokens: &[f16], dim: usize) -> Result<usize> {
+    if dim == 0 {
+        return Err(IndexError::InvalidConfig(
+            "token dimension must be > 0".into(),
+        ));
+    }
+    if tokens.is_empty() {
+        return Err(IndexError::Empty { what: "document" });
+    }
+    if !tokens.len().is_multiple_of(dim) {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: tokens.len() % dim,
+        });
+    }
+    // Infinities and NaNs are the values whose exponent bits are all set (a branch-free, vectorised check).
+    const EXP: u16 = 0x7c00;
+    let all_finite = tokens
+        .chunks(256)
+        .all(|c| c.iter().fold(true, |ok, v| ok & (v.to_bits() & EXP != EXP)));
+    if !all_finite {
+        if let Some(pos) = tokens.iter().position(|v| v.to_bits() & EXP == EXP) {
+            return Err(IndexError::NonFinite {
+                token: pos / dim,
+                coord: pos % dim,
+            });
+        }
+    }
+    Ok(tokens.len() / dim)
+}
+
+/// The layout of a tokens-only shard of f16 documents (see [`Shard::build_in_memory_tokens_f16`]): the same
+/// as [`build`] with [`Coding::TokensOnly`] gives for the same values.
+fn build_tokens_only_f16(params: &IndexParams, docs: &[HalfDoc<'_>]) -> Result<Built> {
+    let dim = check_build(params, docs.len())?;
+    let mut seen = std::collections::HashSet::with_capacity(docs.len());
+    let mut panel_start = Vec::with_capacity(docs.len() + 1);
+    panel_start.push(0u64);
+    let mut total_tokens = 0u64;
+    for d in docs {
+        let n = check_half_tokens(d.tokens, d.dim)?;
+        check_doc(&mut seen, dim, d.id, d.dim, n)?;
+        total_tokens += n as u64;
+        panel_start.push(panel_start[panel_start.len() - 1] + kernels::packed_len(n, dim) as u64);
+    }
+    let fde_dim = params.prefix_dim(0);
+    let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
+    Ok(Built {
+        params: params.clone(),
+        n: docs.len(),
+        fde_dim,
+        fdes: vec![f16::ZERO; docs.len() * fde_dim],
+        prefix_scale: prefix_scale_of(&[], fde_dim, pdim),
+        panel_start,
+        total_tokens,
+        codebook: None,
+        codes: Vec::new(),
+        ivf_start: Vec::new(),
+        ivf_docs: Vec::new(),
+    })
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
@@ -341,24 +434,7 @@ fn build(
     let dim = check_build(params, docs.len())?;
     let mut seen = std::collections::HashSet::with_capacity(docs.len());
     for d in docs {
-        if d.tokens.dim() != dim {
-            return Err(IndexError::DimensionMismatch {
-                expected: dim,
-                got: d.tokens.dim(),
-            });
-        }
-        if d.tokens.len() > MAX_DOC_TOKENS {
-            return Err(IndexError::TooManyTokens {
-                got: d.tokens.len(),
-                max: MAX_DOC_TOKENS,
-            });
-        }
-        if !seen.insert(d.id) {
-            return Err(IndexError::DuplicateId(d.id.to_string()));
-        }
-        if d.id.is_empty() {
-            return Err(IndexError::param("id", "document ids must not be empty"));
-        }
+        check_doc(&mut seen, dim, d.id, d.tokens.dim(), d.tokens.len())?;
     }
     // The FDE is stored only as far as a plan reads it (a Matryoshka prefix is itself an FDE).
     let coded = match coding {
@@ -478,6 +554,24 @@ impl LayoutDocs for [ShardDoc<'_>] {
     }
     fn push_packed(&self, i: usize, dim: usize, out: &mut Vec<f16>) {
         kernels::pack_tokens(self[i].tokens.as_slice(), dim, out);
+    }
+    fn id(&self, i: usize) -> &[u8] {
+        self[i].id.as_bytes()
+    }
+    fn payload(&self, i: usize) -> &[u8] {
+        self[i].payload
+    }
+}
+
+impl LayoutDocs for [HalfDoc<'_>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn n_tokens(&self, i: usize) -> usize {
+        self[i].tokens.len() / self[i].dim.max(1)
+    }
+    fn push_packed(&self, i: usize, dim: usize, out: &mut Vec<f16>) {
+        kernels::pack_tokens_f16(self[i].tokens, dim, out);
     }
     fn id(&self, i: usize) -> &[u8] {
         self[i].id.as_bytes()
@@ -948,25 +1042,42 @@ impl Shard {
             Coding::Train | Coding::TokensOnly => None,
         };
         let built = build(params, docs, coding, &|_| {}, &|| false)?;
-        // Tokens, codes and postings, ids and payloads, the FDEs, per-document offsets, then room for the rest.
-        let estimate = built.panel_start.last().copied().unwrap_or(0) as usize * 2
-            + built.total_tokens as usize * 6
-            + docs
-                .iter()
-                .map(|d| d.id.len() + d.payload.len())
-                .sum::<usize>()
-            + built.fdes.len() * 2
-            + docs.len() * 48
-            + (64 << 10);
-        let mut sw = SectionWriter {
-            out: AlignedBuf::with_capacity(estimate),
-            pos: 64,
-            sections: vec![],
-        };
-        let io = |e| IndexError::io("<memory>", e);
-        sw.out.write_all(&header()).map_err(io)?;
-        write_body(&mut sw, &built, docs, given.is_some()).map_err(io)?;
-        let out = finish(sw, &built, None).map_err(io)?;
-        Shard::from_owned_words(out.words, out.len, given.as_ref())
+        in_memory(&built, docs, given.as_ref())
     }
+
+    /// A tokens-only in-memory shard ([`Coding::TokensOnly`]) of documents whose tokens are f16 already (a log
+    /// replayed at start-up): the bytes [`build_in_memory_coded`](Self::build_in_memory_coded) makes of the same
+    /// values, without a round trip through f32.
+    pub fn build_in_memory_tokens_f16(params: &IndexParams, docs: &[HalfDoc<'_>]) -> Result<Shard> {
+        let built = build_tokens_only_f16(params, docs)?;
+        in_memory(&built, docs, None)
+    }
+}
+
+/// Lays `built` out in memory (aligned words sized by an estimate, so nothing is reallocated or copied) and
+/// opens it; `given` is the codebook handed over as it is (its section left empty).
+fn in_memory<D: LayoutDocs + ?Sized>(
+    built: &Built,
+    docs: &D,
+    given: Option<&Arc<Codebook>>,
+) -> Result<Shard> {
+    // Tokens, codes and postings, ids and payloads, the FDEs, per-document offsets, then room for the rest.
+    let estimate = built.panel_start.last().copied().unwrap_or(0) as usize * 2
+        + built.total_tokens as usize * 6
+        + (0..docs.count())
+            .map(|i| docs.id(i).len() + docs.payload(i).len())
+            .sum::<usize>()
+        + built.fdes.len() * 2
+        + docs.count() * 48
+        + (64 << 10);
+    let mut sw = SectionWriter {
+        out: AlignedBuf::with_capacity(estimate),
+        pos: 64,
+        sections: vec![],
+    };
+    let io = |e| IndexError::io("<memory>", e);
+    sw.out.write_all(&header()).map_err(io)?;
+    write_body(&mut sw, built, docs, given.is_some()).map_err(io)?;
+    let out = finish(sw, built, None).map_err(io)?;
+    Shard::from_owned_words(out.words, out.len, given)
 }

@@ -75,10 +75,31 @@ pub struct WalDoc {
     pub id: String,
     /// Token dimension.
     pub dim: usize,
-    /// Token values, row-major (`n_tokens * dim`).
-    pub tokens: Vec<f32>,
+    /// Token values, row-major (`n_tokens * dim`), in the width the record stored.
+    pub tokens: WalTokens,
     /// Compact JSON metadata, or empty for none.
     pub metadata: Vec<u8>,
+}
+
+/// A document's token values as its record stored them: f16 records stay f16, so that replay lays them out
+/// without a round trip through f32 (every f16 is exactly an f32, so nothing depends on the width).
+#[derive(Clone, Debug, PartialEq)]
+pub enum WalTokens {
+    /// From an f32 record ([`KIND_UPSERT`]).
+    F32(Vec<f32>),
+    /// From an f16 record ([`KIND_UPSERT_F16`]).
+    F16(Vec<half::f16>),
+}
+
+impl WalTokens {
+    /// The values as f32 (exact for both widths).
+    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            WalTokens::F32(v) => std::borrow::Cow::Borrowed(v),
+            WalTokens::F16(v) => std::borrow::Cow::Owned(v.to_f32_vec()),
+        }
+    }
 }
 
 /// A decoded record body.
@@ -212,19 +233,17 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<WalOp, RecordError> {
                         .ok_or(RecordError::Overflow)?,
                 )?;
                 let tokens = if width == 4 {
-                    raw.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
+                    WalTokens::F32(
+                        raw.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    )
                 } else {
-                    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                    let bits: Vec<u16> = raw
-                        .chunks_exact(2)
-                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                        .collect();
-                    let mut wide = vec![0f32; bits.len()];
-                    bits.reinterpret_cast::<half::f16>()
-                        .convert_to_f32_slice(&mut wide);
-                    wide
+                    WalTokens::F16(
+                        raw.chunks_exact(2)
+                            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                            .collect(),
+                    )
                 };
                 let len = r.u32()? as usize;
                 let metadata = r.take(len)?.to_vec();
@@ -1139,7 +1158,7 @@ mod tests {
         assert_eq!((seqs(&recs), r.last_seq), (vec![1, 2], 2));
         match &recs[0].1 {
             WalOp::Upsert(docs) => assert_eq!(
-                (docs[0].id.as_str(), docs[0].tokens.as_slice()),
+                (docs[0].id.as_str(), &*docs[0].tokens.to_f32()),
                 ("a", &[1.0, 2.0][..])
             ),
             other => panic!("{other:?}"),
@@ -1322,13 +1341,18 @@ mod tests {
         let WalOp::Upsert(back) = decode(kind, &body).unwrap() else {
             panic!("not an upsert")
         };
-        assert_eq!(back[0].tokens, halves.to_vec());
-        assert_eq!(back[1].tokens, halves[..3].to_vec());
+        assert!(matches!(back[0].tokens, WalTokens::F16(_)));
+        assert_eq!(back[0].tokens.to_f32(), halves.to_vec());
+        assert_eq!(back[1].tokens.to_f32(), halves[..3].to_vec());
         assert_eq!(back[1].metadata, b"{}".to_vec());
-        assert_eq!(
-            decode(KIND_UPSERT, &wide).unwrap(),
-            decode(kind, &body).unwrap()
-        );
+        // The f32 record of the same batch decodes to the same values.
+        let WalOp::Upsert(wide_back) = decode(KIND_UPSERT, &wide).unwrap() else {
+            panic!("not an upsert")
+        };
+        for (a, b) in wide_back.iter().zip(&back) {
+            assert!(matches!(a.tokens, WalTokens::F32(_)));
+            assert_eq!((&a.id, a.tokens.to_f32()), (&b.id, b.tokens.to_f32()));
+        }
         // One value off the f16 grid keeps the whole batch f32.
         let off = [0.5f32, 0.1, 2.0];
         let mixed = [
@@ -1340,7 +1364,7 @@ mod tests {
         let WalOp::Upsert(back2) = decode(kind2, &body2).unwrap() else {
             panic!("not an upsert")
         };
-        assert_eq!(back2[1].tokens, off.to_vec());
+        assert_eq!(back2[1].tokens, WalTokens::F32(off.to_vec()));
         // Truncated f16 bodies are refused like f32 ones.
         assert!(decode(KIND_UPSERT_F16, &body[..body.len() - 3]).is_err());
 

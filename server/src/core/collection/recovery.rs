@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chamfer_index::shard::{Coding, Shard, ShardDoc};
+use chamfer_index::shard::{Coding, HalfDoc, Shard, ShardDoc};
 use chamfer_index::tokens::TokenMatrix;
 use chamfer_index::IndexError;
 
 use crate::core::manifest::{self, CollectionConfig, Layout, Manifest};
 use crate::core::storage_error::StorageError;
-use crate::core::wal::{self, WalOp, WalWriter};
+use crate::core::wal::{self, WalOp, WalTokens, WalWriter};
 use crate::error::ServiceError;
 
 use super::codebook::{self, Current};
@@ -27,19 +27,40 @@ enum Replayed {
     Delete(String),
 }
 
-/// A tokens-only (or FDE, without a codebook) memory segment of replayed documents.
+/// A tokens-only (or FDE, without a codebook) memory segment of replayed documents. A tokens-only segment of f16
+/// records is laid out from the f16 values as they are (no f32 copy: replay's largest cost was the memory).
 fn build_replay_segment(
     params: &chamfer_index::shard::IndexParams,
     dim: usize,
     chunk: &[wal::WalDoc],
     coding: Coding<'_>,
 ) -> Result<Shard, IndexError> {
+    let halves: Option<Vec<HalfDoc<'_>>> = match coding {
+        Coding::TokensOnly => chunk
+            .iter()
+            .map(|d| match &d.tokens {
+                WalTokens::F16(t) => Some(HalfDoc {
+                    id: &d.id,
+                    dim,
+                    tokens: t,
+                    payload: &d.metadata,
+                }),
+                WalTokens::F32(_) => None,
+            })
+            .collect(),
+        Coding::Train | Coding::Given { .. } => None,
+    };
+    if let Some(halves) = halves {
+        return Shard::build_in_memory_tokens_f16(params, &halves);
+    }
+    let values: Vec<_> = chunk.iter().map(|d| d.tokens.to_f32()).collect();
     let shard_docs = chunk
         .iter()
-        .map(|d| {
+        .zip(&values)
+        .map(|(d, v)| {
             Ok(ShardDoc {
                 id: &d.id,
-                tokens: TokenMatrix::new(&d.tokens, dim, "document")?,
+                tokens: TokenMatrix::new(v, dim, "document")?,
                 payload: &d.metadata,
             })
         })

@@ -22,9 +22,10 @@
 //! 3. **Search during ingest.** One worker sends the data set's queries (cycling, k = 10) over gRPC, each when
 //!    the previous one is answered, for as long as the ingest runs.
 //! 4. **Settle.** Flush (a flush also waits for a flush or compaction that is running: they take turns), then
-//!    poll the collection until the memtable is empty and the shard count has not changed for
-//!    [`SETTLE_STABLE`], flushing again each round; at most `--settle-timeout` seconds (then `settled` is false
-//!    and the run goes on).
+//!    poll the collection until the memtable is empty, no shard is stale (shards coded with an older codebook
+//!    are re-coded once writes stop) and the shard count has not changed for [`SETTLE_STABLE`], flushing again
+//!    while the memtable is not empty; at most `--settle-timeout` seconds (then `settled` is false and the run
+//!    goes on).
 //! 5. **Idle.** Every query (or the first `--queries`) once: recall@10 against the exact ground truth (only when
 //!    the whole corpus was acknowledged: the ground truth is for the whole corpus), then `--idle-passes` timed
 //!    passes for the idle p50 / p99.
@@ -889,9 +890,9 @@ impl SoakCmd {
     }
 }
 
-/// Flushes, then waits until the memtable is empty and the shard count has stayed the same for
-/// [`SETTLE_STABLE`] (flushing each round: a flush waits for a flush or compaction in progress). Returns the
-/// seconds waited and whether it settled within `timeout`.
+/// Flushes, then waits until the memtable is empty, no shard is stale (coded with an older codebook: they are
+/// re-coded once writes stop) and the shard count has stayed the same for [`SETTLE_STABLE`] (flushing again
+/// while the memtable is not empty). Returns the seconds waited and whether it settled within `timeout`.
 async fn settle(
     admin: &Client,
     collection: &str,
@@ -905,20 +906,29 @@ async fn settle(
     let mut retries = 0;
     let mut last_shards = None;
     let mut stable_since = Instant::now();
+    let mut memtable = None;
     loop {
-        retrying(&opts, &mut retries, || admin.flush(collection))
-            .await
-            .context("flushing after the ingest")?;
+        // Flushing only while documents wait in the memtable: a flush waits for background work in progress, and
+        // the re-coding of stale shards gives way to it.
+        if memtable != Some(0) {
+            retrying(&opts, &mut retries, || admin.flush(collection))
+                .await
+                .context("flushing after the ingest")?;
+        }
         let s = admin
             .describe_collection(collection)
             .await?
             .stats
             .unwrap_or_default();
+        memtable = Some(s.memtable_documents);
         if last_shards != Some(s.shards) {
             last_shards = Some(s.shards);
             stable_since = Instant::now();
         }
-        if s.memtable_documents == 0 && stable_since.elapsed() >= SETTLE_STABLE {
+        if s.memtable_documents == 0
+            && s.stale_shards == 0
+            && stable_since.elapsed() >= SETTLE_STABLE
+        {
             return Ok((t0.elapsed().as_secs_f64(), true));
         }
         if t0.elapsed() >= timeout {

@@ -211,6 +211,7 @@ fn info_out(i: CollectionInfo) -> pb::CollectionInfo {
             flushed_bytes: i.stats.flushed_bytes,
             compacted_bytes: i.stats.compacted_bytes,
             unverified_shards: i.stats.unverified_shards,
+            stale_shards: i.stats.stale_shards,
         }),
         codebook_size: Some(i.params.codebook_size as u32),
     }

@@ -225,6 +225,9 @@ pub struct CollectionStats {
     /// Shards whose token section is still being verified in the background after a restart (reading their
     /// documents answers 503 `unavailable` until then; searches go on).
     pub unverified_shards: u64,
+    /// Shards coded with an older codebook generation (written before a re-training): re-coded with the current
+    /// codebook in the background once no write has come for a moment (their candidates are coarser until then).
+    pub stale_shards: u64,
 }
 
 impl From<CollectionInfo> for Collection {
@@ -262,6 +265,7 @@ impl From<CollectionInfo> for Collection {
                 flushed_bytes: s.flushed_bytes,
                 compacted_bytes: s.compacted_bytes,
                 unverified_shards: s.unverified_shards,
+                stale_shards: s.stale_shards,
             },
             name: i.name,
         }

@@ -539,6 +539,70 @@ async fn growth_retrains_the_codebook() {
     c.close();
 }
 
+/// Shards written before a re-training are stale; once no write comes they are re-coded with the current
+/// codebook, one at a time, keeping every document and the shard count; a write (or a flush asked for) arriving
+/// meanwhile abandons the shard in progress without leaving a file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_shards_are_recoded_when_writes_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tuning = Tuning::new(1_000_000, 8);
+    tuning.recode_after_idle = None;
+    let c = Collection::create(dir.path(), config(), tuning).unwrap();
+    upsert(&c, &docs(0..100)).await;
+    blocking(&c, |c| c.flush()).await;
+    for b in 0..8 {
+        upsert(&c, &docs(100 + b * 500..600 + b * 500)).await;
+    }
+    blocking(&c, |c| c.flush()).await;
+    blocking(&c, |c| c.retrain_if_needed(&[])).await;
+    assert_eq!(c.stats().codebook_generation, 2);
+    assert_eq!(c.stats().stale_shards, 2);
+    let all = || (0..4100u64).map(|i| format!("d{i}"));
+    let before = contents(&c, all());
+    assert_eq!(before.len(), 4100);
+    let layout = Layout {
+        dir: dir.path().join("c"),
+    };
+    let files = |l: &Layout| std::fs::read_dir(l.segments()).unwrap().count();
+    let n_files = files(&layout);
+
+    // A write that arrived since the quiet point abandons the re-coding: nothing changes, no file is left.
+    let seq = c.stats().last_sequence;
+    assert!(!blocking(&c, move |c| c.recode_stale(seq + 1)).await);
+    assert_eq!(c.stats().stale_shards, 2);
+    assert_eq!(files(&layout), n_files);
+    // Quiet: the smallest stale shard is re-coded.
+    assert!(blocking(&c, move |c| c.recode_stale(seq)).await);
+    assert_eq!(c.stats().stale_shards, 1);
+    assert_eq!(c.stats().shards, 2);
+    c.close();
+    drop(c);
+
+    // Reopened with the idle re-coding on: the last stale shard is re-coded in the background.
+    tuning.recode_after_idle = Some(std::time::Duration::from_millis(50));
+    let c = Collection::open(layout.clone(), tuning).unwrap();
+    assert_eq!(c.stats().stale_shards, 1);
+    let t0 = std::time::Instant::now();
+    while c.stats().stale_shards > 0 {
+        assert!(t0.elapsed().as_secs() < 120, "never re-coded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let snap = c.snapshot();
+    let book = snap.codebook.clone().unwrap();
+    assert_eq!(snap.segs.len(), 2);
+    assert!(snap
+        .segs
+        .iter()
+        .all(|s| Arc::ptr_eq(s.shard.codebook_arc().unwrap(), &book)));
+    assert_eq!(contents(&c, all()), before);
+    c.close();
+    drop(c);
+    let c = Collection::open(layout, tuning).unwrap();
+    assert_eq!(c.stats().stale_shards, 0);
+    assert_eq!(contents(&c, all()), before);
+    c.close();
+}
+
 /// An explicit compaction merges into as few shards as the size cap allows, never past it (here the cap is
 /// just below a 100-document graph threshold), and keeps every document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chamfer_index::codebook::Codebook;
 use chamfer_index::shard::{remove_shard_files, Shard, ShardDoc};
@@ -74,25 +75,127 @@ impl Collection {
     }
 
     pub(super) fn maintenance(self: &Arc<Self>, rx: mpsc::Receiver<()>) {
-        while rx.recv().is_ok() {
-            if self.needs_flush() {
-                if let Err(e) = self.flush() {
-                    self.background_failed("flush", &e);
-                }
-                self.retrain_in_background();
+        // The last write seen, and since when: idle time gates the re-coding of stale shards.
+        let mut seen = (self.last_seq(), Instant::now());
+        loop {
+            let tick = self
+                .tuning
+                .recode_after_idle
+                .map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(10)));
+            match rx.recv_timeout(tick) {
+                Ok(()) => self.flush_and_merge(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            // Tiered merges until the policy has nothing left to do (each merge lowers the shard count or
-            // clears a shard's deletions, so this ends).
-            while self.needs_compaction() && !self.is_closing() {
-                match self.compact_tiered() {
+            let Some(after) = self.tuning.recode_after_idle else {
+                continue;
+            };
+            // Shards coded with an older codebook generation are re-coded with the current one, one at a time,
+            // while no write arrives (a write abandons the shard in progress; it is picked again later).
+            loop {
+                let seq = self.last_seq();
+                if seq != seen.0 {
+                    seen = (seq, Instant::now());
+                }
+                if self.is_closing()
+                    || seen.1.elapsed() < after
+                    || self.needs_flush()
+                    || self.needs_compaction()
+                {
+                    break;
+                }
+                match self.recode_stale(seq) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
-                        self.background_failed("compaction", &e);
+                        self.background_failed("re-coding", &e);
+                        // Tried again after another idle period, not at every tick.
+                        seen.1 = Instant::now();
                         break;
                     }
                 }
             }
+        }
+    }
+
+    /// A flush when one is due, then tiered merges until the policy has nothing left to do.
+    fn flush_and_merge(self: &Arc<Self>) {
+        if self.needs_flush() {
+            if let Err(e) = self.flush() {
+                self.background_failed("flush", &e);
+            }
+            self.retrain_in_background();
+        }
+        // Tiered merges until the policy has nothing left to do (each merge lowers the shard count or
+        // clears a shard's deletions, so this ends).
+        while self.needs_compaction() && !self.is_closing() {
+            match self.compact_tiered() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.background_failed("compaction", &e);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The maintenance lock for a flush or compaction: counted while waiting, so that a re-coding in progress
+    /// gives way ([`Collection::recode_stale`]).
+    fn maint_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.maint_waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = lock(&self.maint_lock);
+        self.maint_waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// The sequence number of the last applied write.
+    fn last_seq(&self) -> u64 {
+        lock(&self.state).last_seq
+    }
+
+    /// The stale durable shards (see [`State::stale_shards`]), smallest first.
+    fn stale(&self) -> Vec<ShardSize> {
+        let st = lock(&self.state);
+        let mut out: Vec<ShardSize> = st
+            .stale_shards()
+            .map(|s| ShardSize {
+                id: s.id,
+                docs: s.shard.len(),
+                deleted: s.deleted.ones(),
+            })
+            .collect();
+        out.sort_by_key(|s| (s.live(), s.id));
+        out
+    }
+
+    /// Rewrites the smallest stale shard with the current codebook (its documents' codes re-assigned, its
+    /// deleted documents dropped), unless a write arrives after sequence `quiet_since` meanwhile: then the work
+    /// is abandoned (false), so that re-coding never competes with ingest. False also when no shard is stale.
+    pub(super) fn recode_stale(&self, quiet_since: u64) -> Result<bool, ServiceError> {
+        let _guard = lock(&self.maint_lock);
+        self.check_open()?;
+        let Some(target) = self.stale().first().copied() else {
+            return Ok(false);
+        };
+        // A write, or a flush or compaction asked for meanwhile (it would wait for this lock), abandons it.
+        let interrupted = || {
+            self.last_seq() != quiet_since || self.maint_waiting.load(Ordering::SeqCst) > 0
+        };
+        match self.rewrite(&[target.id], Rewrite::Recode, &interrupted) {
+            Ok(done) => {
+                if done {
+                    tracing::info!(collection = %self.config.name, shard = target.id, docs = target.live(),
+                        "re-coded a shard with the current codebook");
+                }
+                Ok(done)
+            }
+            Err(_) if interrupted() && !self.is_closing() => {
+                tracing::debug!(collection = %self.config.name, shard = target.id,
+                    "re-coding abandoned: a write arrived");
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -119,7 +222,7 @@ impl Collection {
 
     /// Writes every memory segment into one new shard file, then drops the log up to that point. Blocking.
     pub fn flush(&self) -> Result<(), ServiceError> {
-        let _guard = lock(&self.maint_lock);
+        let _guard = self.maint_turn();
         self.check_open()?;
         let rotated = self.call(|reply| Cmd::Rotate { reply })?;
         let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
@@ -142,8 +245,8 @@ impl Collection {
             DRIFT_SAMPLE_TOKENS,
             rotated.last_seq,
         );
-        let add = self.build_segment(&picked, book.as_ref())?;
-        let started = std::time::Instant::now();
+        let add = self.build_segment(&picked, book.as_ref(), &|| false)?;
+        let started = Instant::now();
         if let Err(e) = self.check_open() {
             self.discard(&add);
             return Err(e);
@@ -189,7 +292,7 @@ impl Collection {
         live_docs: u64,
         generation: u64,
     ) -> Result<Option<Current>, ServiceError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let closing = || self.is_closing();
         let Some((book, mut entry)) = codebook::train(
             &self.config.params,
@@ -281,7 +384,7 @@ impl Collection {
     /// memory. Blocking. False when there was nothing to do. Background work never does this: it merges by size
     /// tier ([`Collection::compact_tiered`]).
     pub fn compact(&self) -> Result<bool, ServiceError> {
-        let _guard = lock(&self.maint_lock);
+        let _guard = self.maint_turn();
         self.check_open()?;
         let mut shards = self.durable_sizes();
         shards.sort_by_key(|s| (s.live(), s.id));
@@ -297,7 +400,7 @@ impl Collection {
         for g in groups {
             if g.len() > 1 || g.iter().any(|s| s.deleted > 0) {
                 let ids: Vec<u64> = g.iter().map(|s| s.id).collect();
-                any |= self.merge(&ids, true)?;
+                any |= self.rewrite(&ids, Rewrite::All, &|| false)?;
             }
         }
         Ok(any)
@@ -306,27 +409,41 @@ impl Collection {
     /// One step of the tiered policy ([`pick_compaction`]): merges the shards it picks. Blocking. False when
     /// there was nothing to do.
     pub fn compact_tiered(&self) -> Result<bool, ServiceError> {
-        let _guard = lock(&self.maint_lock);
+        let _guard = self.maint_turn();
         self.check_open()?;
         match self.pick_compaction() {
-            Some(ids) => self.merge(&ids, false),
+            Some(ids) => self.rewrite(&ids, Rewrite::Tiered, &|| false),
             None => Ok(false),
         }
     }
 
-    /// Rewrites the durable shards `ids` as one, without their deleted documents (maintenance lock held).
-    fn merge(&self, ids: &[u64], all: bool) -> Result<bool, ServiceError> {
+    /// Rewrites the durable shards `ids` as one, without their deleted documents, coded with the current
+    /// codebook (maintenance lock held). `interrupted` abandons it (an error, its files removed) as closing does.
+    fn rewrite(
+        &self,
+        ids: &[u64],
+        why: Rewrite,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<bool, ServiceError> {
         let picked: Vec<(u64, Arc<Shard>, Arc<Bitset>)> = lock(&self.state)
             .segments
             .iter()
             .filter(|s| s.durable && ids.contains(&s.id))
             .map(|s| (s.id, s.shard.clone(), s.deleted.clone()))
             .collect();
-        if picked.is_empty() || (picked.len() < 2 && picked.iter().all(|p| p.2.ones() == 0)) {
+        let nothing_to_drop = picked.len() < 2 && picked.iter().all(|p| p.2.ones() == 0);
+        if picked.is_empty() || (nothing_to_drop && why != Rewrite::Recode) {
             return Ok(false);
         }
-        let (book, trained) = self.ensure_codebook()?;
-        let add = self.build_segment(&picked, book.as_ref())?;
+        let (current, trained) = self.ensure_codebook()?;
+        // A tiered merge of shards that all share one older codebook keeps it (codes copied, nothing
+        // re-assigned): moving documents to the current codebook is left to the idle re-coding, so merges
+        // during an ingest never compete with it for the CPU. Merges of mixed generations use the current one.
+        let book = match why {
+            Rewrite::Tiered => shared_codebook(&picked).or(current),
+            Rewrite::All | Rewrite::Recode => current,
+        };
+        let add = self.build_segment(&picked, book.as_ref(), interrupted)?;
         if let Err(e) = self.check_open() {
             self.discard(&add);
             return Err(e);
@@ -343,7 +460,10 @@ impl Collection {
         };
         self.call(|reply| Cmd::Install { install, reply })?;
         let docs: usize = picked.iter().map(|p| p.1.len() - p.2.ones()).sum();
-        tracing::info!(collection = %self.config.name, merged = picked.len(), docs, all, "compacted shards");
+        if why != Rewrite::Recode {
+            tracing::info!(collection = %self.config.name, merged = picked.len(), docs, all = why == Rewrite::All,
+                "compacted shards");
+        }
         Ok(true)
     }
 
@@ -364,6 +484,7 @@ impl Collection {
         &self,
         picked: &[(u64, Arc<Shard>, Arc<Bitset>)],
         book: Option<&Arc<Codebook>>,
+        interrupted: &dyn Fn() -> bool,
     ) -> Result<Option<NewSegment>, ServiceError> {
         let mut origin = Vec::new();
         let mut sources: Vec<(&Shard, u32)> = Vec::new();
@@ -383,7 +504,7 @@ impl Collection {
         let path = self.layout.segment(id);
         // Stops early (and removes its files) when the collection starts closing: shutdown and drop never wait
         // for a long compaction.
-        let closing = || self.is_closing();
+        let closing = || self.is_closing() || interrupted();
         let params = &self.config.params;
         let written = match book {
             Some(book) if sources.len() < params.hnsw.min_docs.max(1) => {
@@ -421,6 +542,26 @@ impl Collection {
         }
         Ok(Some((id, Arc::new(shard), origin)))
     }
+}
+
+/// The codebook every shard of `picked` was coded with, if they share one.
+fn shared_codebook(picked: &[(u64, Arc<Shard>, Arc<Bitset>)]) -> Option<Arc<Codebook>> {
+    let first = picked.first()?.1.codebook_arc()?;
+    picked
+        .iter()
+        .all(|p| p.1.codebook_arc().is_some_and(|b| Arc::ptr_eq(b, first)))
+        .then(|| first.clone())
+}
+
+/// Why shards are rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rewrite {
+    /// A step of the tiered policy.
+    Tiered,
+    /// An explicit compaction of everything.
+    All,
+    /// A stale shard moved to the current codebook (see [`Collection::recode_stale`]).
+    Recode,
 }
 
 /// Bytes a flush or compaction wrote: the new shard file and its graph files.

@@ -143,12 +143,17 @@ pub struct Stats {
     /// Durable shards whose token section is still being verified in the background after a restart (reads of
     /// their documents answer `unavailable` until it is done; searches go on).
     pub unverified_shards: u64,
+    /// Durable shards coded with an older codebook generation, re-coded in the background while no write comes.
+    pub stale_shards: u64,
     /// Bytes of shard files written by flushes, over the collection's life.
     pub flushed_bytes: u64,
     /// Bytes of shard files written by compactions, over the collection's life (write amplification:
     /// `(flushed_bytes + compacted_bytes) / flushed_bytes`).
     pub compacted_bytes: u64,
 }
+
+/// Write-idle time after which stale shards are re-coded (see [`Tuning::recode_after_idle`]).
+pub const RECODE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Background-work thresholds.
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +168,9 @@ pub struct Tuning {
     /// Shards smaller than this (bytes) are fully verified while opening; the token sections of larger ones are
     /// verified in the background once the collection serves ([`Collection::verify_shards`]).
     pub verify_now_bytes: usize,
+    /// Write-idle time after which shards coded with an older codebook generation are re-coded with the current
+    /// one (None: never; see [`Collection::stale_shards`]).
+    pub recode_after_idle: Option<std::time::Duration>,
 }
 
 impl Tuning {
@@ -174,6 +182,7 @@ impl Tuning {
             compaction_max_shards,
             max_memtable_docs: flush_threshold_docs.saturating_mul(4).max(10_000),
             verify_now_bytes: 64 << 20,
+            recode_after_idle: Some(RECODE_AFTER_IDLE),
         }
     }
 }
@@ -210,6 +219,8 @@ pub struct Collection {
     damaged: Mutex<Option<String>>,
     /// A codebook re-training thread is running.
     retraining: AtomicBool,
+    /// Flushes and compactions waiting for the maintenance lock (a re-coding gives way to them).
+    maint_waiting: std::sync::atomic::AtomicUsize,
     /// Held-out tokens of the last flush, for the drift check of the next re-training decision.
     recent_tokens: Mutex<Vec<f32>>,
 }
@@ -273,6 +284,7 @@ impl Collection {
             wal_bytes: AtomicU64::new(writer.bytes()),
             damaged: Mutex::new(None),
             retraining: AtomicBool::new(false),
+            maint_waiting: std::sync::atomic::AtomicUsize::new(0),
             recent_tokens: Mutex::new(Vec::new()),
         });
         c.publish();
@@ -545,6 +557,7 @@ impl Collection {
                 codebook_centroids: st.codebook.as_ref().map_or(0, |c| c.book.len() as u64),
                 codebook_generation: st.codebook.as_ref().map_or(0, |c| c.entry.generation),
                 unverified_shards: 0,
+                stale_shards: st.stale_shards().count() as u64,
                 flushed_bytes: st.flushed_bytes,
                 compacted_bytes: st.compacted_bytes,
             };

@@ -105,6 +105,20 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Durable shards coded with another codebook than the collection's current one (written before a
+    /// re-training): their approximate scores are coarser until they are re-coded.
+    pub(super) fn stale_shards(&self) -> impl Iterator<Item = &Segment> + '_ {
+        let current = self.codebook.as_ref().map(|c| &c.book);
+        self.segments.iter().filter(move |s| {
+            s.durable
+                && current.is_some_and(|cur| {
+                    s.shard
+                        .codebook_arc()
+                        .is_some_and(|b| !Arc::ptr_eq(b, cur))
+                })
+        })
+    }
+
     pub(super) fn segment(&self, id: u64) -> Option<&Segment> {
         self.segments.iter().find(|s| s.id == id)
     }

@@ -8,6 +8,7 @@
 //! document touched by one list costs one addition.
 use super::{Hit, Shard};
 use crate::codebook::QueryTable;
+use crate::sys::prefetch::prefetch;
 use crate::Result;
 
 /// Per query token: the probed centroids (best first, with their scores) and the imputed score.
@@ -25,9 +26,17 @@ impl Probes {
         // Per token, the best `keep` (score, centroid) so far, ascending by score (best last).
         let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(keep + 1); nq];
         let mut floor = vec![f32::NEG_INFINITY; nq];
+        let mut filling = true;
         for c in 0..k {
-            let row = table.row(c);
-            for (j, &v) in row[..nq].iter().enumerate() {
+            let row = &table.row(c)[..nq];
+            // Once every list is full, a row rarely beats any token's floor: one vectorised test per row.
+            if !filling && !row.iter().zip(&floor).fold(false, |a, (&v, &f)| a | (v > f)) {
+                continue;
+            }
+            if filling {
+                filling = best.iter().any(|b| b.len() < keep);
+            }
+            for (j, &v) in row.iter().enumerate() {
                 if v > floor[j] || best[j].len() < keep {
                     let b = &mut best[j];
                     let at = b.partition_point(|&(s, _)| s < v);
@@ -52,46 +61,149 @@ impl Probes {
         Probes { lists, impute }
     }
 
-    /// The documents of `shard` (index `si`) in a probed list that pass `pass`, with their imputed scores
-    /// (minus the constant `sum_j impute_j`); `check` runs once per query token.
+    /// The best `limit` documents of `shard` (index `si`) in a probed list that pass `pass`, by their imputed
+    /// scores (minus the constant `sum_j impute_j`), in no particular order; ties go to the lower document, as
+    /// the search's score order has them. `check` runs once per query token.
     pub(super) fn gather(
         &self,
         shard: &Shard,
         si: usize,
+        limit: usize,
         pass: &(dyn Fn(usize, usize) -> bool + Sync),
         check: &dyn Fn() -> Result<()>,
     ) -> Result<Vec<Hit>> {
         let n = shard.len();
-        let mut acc = vec![0f32; n];
-        // stamp[d] = 1 + the last query token that reached d (0: never reached).
-        let mut stamp = vec![0u32; n];
-        let mut touched: Vec<u32> = Vec::new();
+        SCRATCH.with(|cell| {
+            let mut slots = cell.borrow_mut();
+            if slots.len() < n {
+                slots.resize(n, Slot::default());
+            }
+            let mut touched: Vec<u32> = Vec::new();
+            let walked = self.walk(shard, &mut slots[..n], &mut touched, check);
+            // Keys that sort by descending score, then ascending document: one integer comparison each.
+            let mut keys: Vec<u64> = touched
+                .iter()
+                .filter(|&&d| pass(si, d as usize))
+                .map(|&d| (u64::from(!sortable(slots[d as usize].acc)) << 32) | u64::from(d))
+                .collect();
+            // The scratch goes back clean, whatever happened.
+            for &d in &touched {
+                slots[d as usize] = Slot::default();
+            }
+            walked?;
+            if keys.len() > limit {
+                if limit == 0 {
+                    keys.clear();
+                } else {
+                    keys.select_nth_unstable(limit - 1);
+                    keys.truncate(limit);
+                }
+            }
+            Ok(keys
+                .into_iter()
+                .map(|k| Hit {
+                    shard: si,
+                    doc: (k & 0xFFFF_FFFF) as usize,
+                    score: unsortable(!((k >> 32) as u32)),
+                })
+                .collect())
+        })
+    }
+
+    /// Accumulates the imputed scores of the documents the probed lists reach into `slots` (all zero on entry),
+    /// listing each reached document once in `touched`.
+    fn walk(
+        &self,
+        shard: &Shard,
+        slots: &mut [Slot],
+        touched: &mut Vec<u32>,
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
         for (j, (list, &impute)) in self.lists.iter().zip(&self.impute).enumerate() {
             check()?;
             let mark = j as u32 + 1;
             // Best list first: the first list that holds a document gives its score for this token.
             for &(c, s) in list {
                 let gain = s - impute;
-                for &d in shard.postings(c as usize) {
-                    let d = d as usize;
-                    if stamp[d] != mark {
-                        if stamp[d] == 0 {
-                            touched.push(d as u32);
+                let postings = shard.postings(c as usize);
+                for (i, &d) in postings.iter().enumerate() {
+                    // The slots a few postings ahead are scattered over the shard: ask for them early.
+                    if let Some(ahead) = postings.get(i + PREFETCH_AHEAD).and_then(|&a| slots.get(a as usize)) {
+                        prefetch(ahead);
+                    }
+                    // Postings hold ids below the shard's length (checked when the shard was opened).
+                    let Some(slot) = slots.get_mut(d as usize) else {
+                        continue;
+                    };
+                    if slot.stamp != mark {
+                        if slot.stamp == 0 {
+                            touched.push(d);
                         }
-                        stamp[d] = mark;
-                        acc[d] += gain;
+                        slot.stamp = mark;
+                        slot.acc += gain;
                     }
                 }
             }
         }
-        Ok(touched
-            .into_iter()
-            .filter(|&d| pass(si, d as usize))
-            .map(|d| Hit {
-                shard: si,
-                doc: d as usize,
-                score: acc[d as usize],
-            })
-            .collect())
+        Ok(())
+    }
+}
+
+/// How many postings ahead of the one being added [`Probes::gather`] prefetches a slot.
+const PREFETCH_AHEAD: usize = 16;
+
+/// A document's state during [`Probes::gather`]: 1 + the last query token that reached it (0: never reached), and
+/// its accumulated score. Together, so that a posting costs one cache line.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    stamp: u32,
+    acc: f32,
+}
+
+thread_local! {
+    /// Per-thread scratch of [`Probes::gather`], kept zeroed between calls (only the reached slots are reset), so
+    /// that a query does not allocate and clear an array per shard.
+    static SCRATCH: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An f32 mapped to a u32 whose unsigned order is `f32::total_cmp`'s order.
+fn sortable(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The inverse of [`sortable`].
+fn unsortable(u: u32) -> f32 {
+    f32::from_bits(if u >> 31 == 1 { u & 0x7FFF_FFFF } else { !u })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key order is `total_cmp`'s, and the mapping round-trips every value bit for bit.
+    #[test]
+    fn sortable_keys_follow_total_order() {
+        let vals = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-40,
+            2.25,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        for a in vals {
+            assert_eq!(unsortable(sortable(a)).to_bits(), a.to_bits());
+            for b in vals {
+                assert_eq!(sortable(a).cmp(&sortable(b)), a.total_cmp(&b), "{a} {b}");
+            }
+        }
     }
 }

@@ -30,7 +30,12 @@ impl Probes {
         for c in 0..k {
             let row = &table.row(c)[..nq];
             // Once every list is full, a row rarely beats any token's floor: one vectorised test per row.
-            if !filling && !row.iter().zip(&floor).fold(false, |a, (&v, &f)| a | (v > f)) {
+            if !filling
+                && !row
+                    .iter()
+                    .zip(&floor)
+                    .fold(false, |a, (&v, &f)| a | (v > f))
+            {
                 continue;
             }
             if filling {
@@ -128,7 +133,10 @@ impl Probes {
                 let postings = shard.postings(c as usize);
                 for (i, &d) in postings.iter().enumerate() {
                     // The slots a few postings ahead are scattered over the shard: ask for them early.
-                    if let Some(ahead) = postings.get(i + PREFETCH_AHEAD).and_then(|&a| slots.get(a as usize)) {
+                    if let Some(ahead) = postings
+                        .get(i + PREFETCH_AHEAD)
+                        .and_then(|&a| slots.get(a as usize))
+                    {
                         prefetch(ahead);
                     }
                     // Postings hold ids below the shard's length (checked when the shard was opened).

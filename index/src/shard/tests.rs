@@ -258,6 +258,53 @@ fn cancelled_at_every_checkpoint_leaves_nothing() {
     assert!(shard.graph().is_some());
 }
 
+/// A merge that re-assigns codes (its sources use another codebook) can be cancelled between groups of
+/// assignment runs, not only before and after them, and every cancellation point leaves the folder as it was.
+#[test]
+fn cancelled_merge_stops_while_assigning_and_leaves_nothing() {
+    let dim = 4;
+    let n = 2500; // three groups of assignment runs
+    let data: Vec<f32> = (0..n * dim)
+        .map(|i| ((i * 7919) % 23) as f32 - 11.0)
+        .collect();
+    let ids: Vec<String> = (0..n).map(|d| format!("d{d}")).collect();
+    let docs: Vec<ShardDoc<'_>> = (0..n)
+        .map(|d| ShardDoc {
+            id: &ids[d],
+            tokens: TokenMatrix::new(&data[d * dim..(d + 1) * dim], dim, "document").unwrap(),
+            payload: b"",
+        })
+        .collect();
+    let mut params = small_params(dim);
+    params.codebook_size = 8;
+    params.hnsw.min_docs = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let source = Shard::build_in_memory(&params, &docs).unwrap();
+    let other = Arc::new(crate::codebook::Codebook::train(&data, dim, 16, 5));
+    let picked: Vec<(&Shard, u32)> = (0..n as u32).map(|d| (&source, d)).collect();
+    let path = dir.path().join("m.shard");
+    let mut checkpoints = 0;
+    for stop_at in 0.. {
+        let calls = AtomicUsize::new(0);
+        let r = Shard::write_merged(&path, &params, &picked, &other, &|_| {}, &|| {
+            calls.fetch_add(1, Ordering::SeqCst) >= stop_at
+        });
+        match r {
+            Err(IndexError::Cancelled(_)) => {
+                assert_eq!(files_in(dir.path()), Vec::<String>::new(), "{stop_at}");
+                checkpoints += 1;
+            }
+            Ok(()) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Before the codes, between the three groups of runs (two), then the three of writing the file.
+    assert_eq!(checkpoints, 6);
+    let merged = Shard::open(&path).unwrap();
+    assert_eq!(merged.len(), n);
+    assert_eq!(merged.codebook().unwrap().centroids(), other.centroids());
+}
+
 /// A tokens-only shard of f16 documents is byte for byte the one the f32 path makes of the same values, and its
 /// documents are checked as f32 ones are (non-finite values, ragged or empty tokens, duplicate or empty ids).
 #[test]
@@ -330,7 +377,10 @@ fn tokens_only_f16_shards_match_the_f32_path_and_check_their_input() {
     Shard::build_in_memory_tokens_f16(&params, &docs).unwrap();
     assert!(matches!(
         bad(&halves[2][..dim + 1], dim, "x"),
-        IndexError::DimensionMismatch { expected: 5, got: 1 }
+        IndexError::DimensionMismatch {
+            expected: 5,
+            got: 1
+        }
     ));
     assert!(matches!(
         bad(&[], dim, "x"),
@@ -338,8 +388,17 @@ fn tokens_only_f16_shards_match_the_f32_path_and_check_their_input() {
     ));
     assert!(matches!(
         bad(&halves[2][..4], 4, "x"),
-        IndexError::DimensionMismatch { expected: 5, got: 4 }
+        IndexError::DimensionMismatch {
+            expected: 5,
+            got: 4
+        }
     ));
-    assert!(matches!(bad(&halves[2], dim, "doc-1"), IndexError::DuplicateId(_)));
-    assert!(matches!(bad(&halves[2], dim, ""), IndexError::InvalidParam { name: "id", .. }));
+    assert!(matches!(
+        bad(&halves[2], dim, "doc-1"),
+        IndexError::DuplicateId(_)
+    ));
+    assert!(matches!(
+        bad(&halves[2], dim, ""),
+        IndexError::InvalidParam { name: "id", .. }
+    ));
 }

@@ -813,6 +813,9 @@ fn write_built<D: LayoutDocs + ?Sized>(
 }
 
 /// [`build`] for a merge of existing shards' documents (see [`Shard::write_merged`]).
+/// Assignment runs between two cancellation checks of a merge (see [`build_merged`]).
+const CANCEL_RUNS: usize = 16;
+
 fn build_merged(
     params: &IndexParams,
     docs: &[(&Shard, u32)],
@@ -869,33 +872,45 @@ fn build_merged(
         return Err(IndexError::Cancelled("shard merge: before the token codes"));
     }
     let shared = |s: &Shard| s.codebook_arc().is_some_and(|b| Arc::ptr_eq(b, book));
-    let codes: Vec<Vec<u16>> = docs
-        .par_chunks(ASSIGN_RUN)
-        .map(|run| {
-            let mut buf = Vec::new();
-            for &(s, d) in run.iter().filter(|(s, _)| !shared(s)) {
-                buf.extend(s.tokens(d as usize));
-            }
-            let assigned = if buf.is_empty() {
-                Vec::new()
-            } else {
-                book.assign_sequential(&buf)
-            };
-            let mut at = 0;
-            let mut out = Vec::new();
-            for &(s, d) in run {
-                if shared(s) {
-                    out.extend_from_slice(s.codes(d as usize));
-                } else {
-                    let n = s.n_tokens(d as usize);
-                    out.extend_from_slice(&assigned[at..at + n]);
-                    at += n;
-                }
-            }
-            progress(run.len() as u64);
-            out
-        })
-        .collect();
+    // Assigned in groups of runs, with a cancellation check between groups: re-coding a large shard takes
+    // seconds, and its caller may give way to other work.
+    let mut codes: Vec<Vec<u16>> = Vec::with_capacity(docs.len().div_ceil(ASSIGN_RUN));
+    for (g, group) in docs.chunks(ASSIGN_RUN * CANCEL_RUNS).enumerate() {
+        if g > 0 && cancel() {
+            return Err(IndexError::Cancelled(
+                "shard merge: while assigning token codes",
+            ));
+        }
+        codes.extend(
+            group
+                .par_chunks(ASSIGN_RUN)
+                .map(|run| {
+                    let mut buf = Vec::new();
+                    for &(s, d) in run.iter().filter(|(s, _)| !shared(s)) {
+                        buf.extend(s.tokens(d as usize));
+                    }
+                    let assigned = if buf.is_empty() {
+                        Vec::new()
+                    } else {
+                        book.assign_sequential(&buf)
+                    };
+                    let mut at = 0;
+                    let mut out = Vec::new();
+                    for &(s, d) in run {
+                        if shared(s) {
+                            out.extend_from_slice(s.codes(d as usize));
+                        } else {
+                            let n = s.n_tokens(d as usize);
+                            out.extend_from_slice(&assigned[at..at + n]);
+                            at += n;
+                        }
+                    }
+                    progress(run.len() as u64);
+                    out
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
     let codes = codes.concat();
     let (ivf_start, ivf_docs) = inverted_file(&codes, &token_start, book.len());
     Ok(Built {

@@ -81,7 +81,9 @@ impl Collection {
             let tick = self
                 .tuning
                 .recode_after_idle
-                .map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(10)));
+                .map_or(Duration::from_secs(3600), |d| {
+                    (d / 2).max(Duration::from_millis(10))
+                });
             match rx.recv_timeout(tick) {
                 Ok(()) => self.flush_and_merge(),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -179,9 +181,8 @@ impl Collection {
             return Ok(false);
         };
         // A write, or a flush or compaction asked for meanwhile (it would wait for this lock), abandons it.
-        let interrupted = || {
-            self.last_seq() != quiet_since || self.maint_waiting.load(Ordering::SeqCst) > 0
-        };
+        let interrupted =
+            || self.last_seq() != quiet_since || self.maint_waiting.load(Ordering::SeqCst) > 0;
         match self.rewrite(&[target.id], Rewrite::Recode, &interrupted) {
             Ok(done) => {
                 if done {

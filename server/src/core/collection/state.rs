@@ -111,11 +111,8 @@ impl State {
         let current = self.codebook.as_ref().map(|c| &c.book);
         self.segments.iter().filter(move |s| {
             s.durable
-                && current.is_some_and(|cur| {
-                    s.shard
-                        .codebook_arc()
-                        .is_some_and(|b| !Arc::ptr_eq(b, cur))
-                })
+                && current
+                    .is_some_and(|cur| s.shard.codebook_arc().is_some_and(|b| !Arc::ptr_eq(b, cur)))
         })
     }
 

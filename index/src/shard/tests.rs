@@ -280,7 +280,7 @@ fn cancelled_merge_stops_while_assigning_and_leaves_nothing() {
     params.hnsw.min_docs = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let source = Shard::build_in_memory(&params, &docs).unwrap();
-    let other = Arc::new(crate::codebook::Codebook::train(&data, dim, 16, 5));
+    let other = Arc::new(Codebook::train(&data, dim, 16, 5));
     let picked: Vec<(&Shard, u32)> = (0..n as u32).map(|d| (&source, d)).collect();
     let path = dir.path().join("m.shard");
     let mut checkpoints = 0;

@@ -1,4 +1,6 @@
 //! Token matrices: the one validation every document and query goes through before it reaches a kernel.
+use half::f16;
+
 use crate::{IndexError, Result};
 
 /// Largest magnitude a token coordinate may have: shards store tokens as f16, whose largest finite value is
@@ -19,20 +21,7 @@ impl<'a> TokenMatrix<'a> {
     /// every value finite ([`IndexError::NonFinite`]) and at most [`MAX_TOKEN_VALUE`] in magnitude
     /// ([`IndexError::ValueOutOfRange`]). `what` names the object in the error ("document", "query").
     pub fn new(data: &'a [f32], dim: usize, what: &'static str) -> Result<Self> {
-        if dim == 0 {
-            return Err(IndexError::InvalidConfig(
-                "token dimension must be > 0".into(),
-            ));
-        }
-        if data.is_empty() {
-            return Err(IndexError::Empty { what });
-        }
-        if !data.len().is_multiple_of(dim) {
-            return Err(IndexError::DimensionMismatch {
-                expected: dim,
-                got: data.len() % dim,
-            });
-        }
+        check_shape(data.len(), dim, what)?;
         // A branch-free check of whole chunks (vectorised; `abs() <= limit` is false for NaN and infinities), and
         // the search for the offending value only when one fails.
         let all_fine = data.chunks(256).all(|c| {
@@ -105,6 +94,46 @@ impl<'a> TokenMatrix<'a> {
     pub fn rows(&self) -> std::slice::ChunksExact<'a, f32> {
         self.data.chunks_exact(self.dim)
     }
+}
+
+/// The shape every token matrix must have, whatever its precision: `dim > 0` and a non-zero multiple of `dim`
+/// values (`len` of them).
+fn check_shape(len: usize, dim: usize, what: &'static str) -> Result<()> {
+    if dim == 0 {
+        return Err(IndexError::InvalidConfig(
+            "token dimension must be > 0".into(),
+        ));
+    }
+    if len == 0 {
+        return Err(IndexError::Empty { what });
+    }
+    if !len.is_multiple_of(dim) {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: len % dim,
+        });
+    }
+    Ok(())
+}
+
+/// [`TokenMatrix::new`]'s checks for row-major f16 tokens (a replayed log record): the same shape, and every value
+/// finite (an f16's finite range is the stored range, so no other bound applies). Returns the number of tokens.
+pub(crate) fn check_f16_rows(data: &[f16], dim: usize, what: &'static str) -> Result<usize> {
+    check_shape(data.len(), dim, what)?;
+    // Infinities and NaNs are the values whose exponent bits are all set (a branch-free, vectorised check).
+    const EXP: u16 = 0x7c00;
+    let all_finite = data
+        .chunks(256)
+        .all(|c| c.iter().fold(true, |ok, v| ok & (v.to_bits() & EXP != EXP)));
+    if !all_finite {
+        if let Some(pos) = data.iter().position(|v| v.to_bits() & EXP == EXP) {
+            return Err(IndexError::NonFinite {
+                token: pos / dim,
+                coord: pos % dim,
+            });
+        }
+    }
+    Ok(data.len() / dim)
 }
 
 #[cfg(test)]

@@ -218,6 +218,25 @@ fn cancelled_write_stops_after_the_first_batch_and_leaves_nothing() {
     assert_eq!(Shard::open(&path).unwrap().len(), n);
 }
 
+/// Runs `write` cancelled at its first, second, ... cancellation check until it completes; every cancelled run
+/// must leave `dir` empty. Returns the number of checks (cancelled runs).
+fn cancel_at_every_checkpoint(
+    dir: &Path,
+    write: impl Fn(&dyn Fn() -> bool) -> Result<()>,
+) -> usize {
+    for stop_at in 0.. {
+        let calls = AtomicUsize::new(0);
+        match write(&|| calls.fetch_add(1, Ordering::SeqCst) >= stop_at) {
+            Err(IndexError::Cancelled(_)) => {
+                assert_eq!(files_in(dir), Vec::<String>::new(), "{stop_at}");
+            }
+            Ok(()) => return stop_at,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!("an unbounded range")
+}
+
 /// Every cancellation point (each encode batch, the codebook, the graph build, the file, the rename) leaves
 /// the folder as it was, graph files included.
 #[test]
@@ -237,21 +256,9 @@ fn cancelled_at_every_checkpoint_leaves_nothing() {
     params.hnsw.min_docs = 1;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s2.shard");
-    let mut checkpoints = 0;
-    for stop_at in 0.. {
-        let calls = AtomicUsize::new(0);
-        let r = Shard::write_cancellable(&path, &params, &docs, &|_| {}, &|| {
-            calls.fetch_add(1, Ordering::SeqCst) >= stop_at
-        });
-        match r {
-            Err(IndexError::Cancelled(_)) => {
-                assert_eq!(files_in(dir.path()), Vec::<String>::new(), "{stop_at}");
-                checkpoints += 1;
-            }
-            Ok(()) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let checkpoints = cancel_at_every_checkpoint(dir.path(), |cancel| {
+        Shard::write_cancellable(&path, &params, &docs, &|_| {}, cancel)
+    });
     // One batch, codebook, graph, file, rename.
     assert_eq!(checkpoints, 5);
     let shard = Shard::open(&path).unwrap();
@@ -283,21 +290,9 @@ fn cancelled_merge_stops_while_assigning_and_leaves_nothing() {
     let other = Arc::new(Codebook::train(&data, dim, 16, 5));
     let picked: Vec<(&Shard, u32)> = (0..n as u32).map(|d| (&source, d)).collect();
     let path = dir.path().join("m.shard");
-    let mut checkpoints = 0;
-    for stop_at in 0.. {
-        let calls = AtomicUsize::new(0);
-        let r = Shard::write_merged(&path, &params, &picked, &other, &|_| {}, &|| {
-            calls.fetch_add(1, Ordering::SeqCst) >= stop_at
-        });
-        match r {
-            Err(IndexError::Cancelled(_)) => {
-                assert_eq!(files_in(dir.path()), Vec::<String>::new(), "{stop_at}");
-                checkpoints += 1;
-            }
-            Ok(()) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let checkpoints = cancel_at_every_checkpoint(dir.path(), |cancel| {
+        Shard::write_merged(&path, &params, &picked, &other, &|_| {}, cancel)
+    });
     // Before the codes, between the three groups of runs (two), then the three of writing the file.
     assert_eq!(checkpoints, 6);
     let merged = Shard::open(&path).unwrap();

@@ -360,37 +360,18 @@ fn check_doc<'a>(
     Ok(())
 }
 
-/// The token count of an f16 document, checked as [`TokenMatrix::new`] checks f32 ones: `dim > 0`, a non-zero
-/// multiple of `dim` values, every value finite (an f16's finite range is the stored range).
-fn check_half_tokens(tokens: &[f16], dim: usize) -> Result<usize> {
-    if dim == 0 {
-        return Err(IndexError::InvalidConfig(
-            "token dimension must be > 0".into(),
-        ));
+/// Where each document's packed panels start (one more entry: the end) for documents of `counts` tokens, and
+/// the total token count.
+fn panel_offsets(dim: usize, counts: impl ExactSizeIterator<Item = usize>) -> (Vec<u64>, u64) {
+    let mut panel_start = Vec::with_capacity(counts.len() + 1);
+    panel_start.push(0u64);
+    let (mut panels, mut tokens) = (0u64, 0u64);
+    for n in counts {
+        panels += kernels::packed_len(n, dim) as u64;
+        tokens += n as u64;
+        panel_start.push(panels);
     }
-    if tokens.is_empty() {
-        return Err(IndexError::Empty { what: "document" });
-    }
-    if !tokens.len().is_multiple_of(dim) {
-        return Err(IndexError::DimensionMismatch {
-            expected: dim,
-            got: tokens.len() % dim,
-        });
-    }
-    // Infinities and NaNs are the values whose exponent bits are all set (a branch-free, vectorised check).
-    const EXP: u16 = 0x7c00;
-    let all_finite = tokens
-        .chunks(256)
-        .all(|c| c.iter().fold(true, |ok, v| ok & (v.to_bits() & EXP != EXP)));
-    if !all_finite {
-        if let Some(pos) = tokens.iter().position(|v| v.to_bits() & EXP == EXP) {
-            return Err(IndexError::NonFinite {
-                token: pos / dim,
-                coord: pos % dim,
-            });
-        }
-    }
-    Ok(tokens.len() / dim)
+    (panel_start, tokens)
 }
 
 /// The layout of a tokens-only shard of f16 documents (see [`Shard::build_in_memory_tokens_f16`]): the same
@@ -398,15 +379,13 @@ fn check_half_tokens(tokens: &[f16], dim: usize) -> Result<usize> {
 fn build_tokens_only_f16(params: &IndexParams, docs: &[HalfDoc<'_>]) -> Result<Built> {
     let dim = check_build(params, docs.len())?;
     let mut seen = std::collections::HashSet::with_capacity(docs.len());
-    let mut panel_start = Vec::with_capacity(docs.len() + 1);
-    panel_start.push(0u64);
-    let mut total_tokens = 0u64;
+    let mut counts = Vec::with_capacity(docs.len());
     for d in docs {
-        let n = check_half_tokens(d.tokens, d.dim)?;
+        let n = crate::tokens::check_f16_rows(d.tokens, d.dim, "document")?;
         check_doc(&mut seen, dim, d.id, d.dim, n)?;
-        total_tokens += n as u64;
-        panel_start.push(panel_start[panel_start.len() - 1] + kernels::packed_len(n, dim) as u64);
+        counts.push(n);
     }
+    let (panel_start, total_tokens) = panel_offsets(dim, counts.into_iter());
     let fde_dim = params.prefix_dim(0);
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
     Ok(Built {
@@ -477,14 +456,7 @@ fn build(
     if cancel() {
         return Err(IndexError::Cancelled("shard write: before the codebook"));
     }
-    let mut panel_start = Vec::with_capacity(docs.len() + 1);
-    let mut acc = 0u64;
-    panel_start.push(0);
-    for d in docs {
-        acc += kernels::packed_len(d.tokens.len(), dim) as u64;
-        panel_start.push(acc);
-    }
-    let total_tokens = docs.iter().map(|d| d.tokens.len() as u64).sum();
+    let (panel_start, total_tokens) = panel_offsets(dim, docs.iter().map(|d| d.tokens.len()));
     let pdim = params.prefix_dim(params.hnsw.prefix_repetitions);
     let prefix_scale = prefix_scale_of(&fdes, fde_dim, pdim);
     let (codebook, known) = match coding {
@@ -812,10 +784,10 @@ fn write_built<D: LayoutDocs + ?Sized>(
     result
 }
 
-/// [`build`] for a merge of existing shards' documents (see [`Shard::write_merged`]).
 /// Assignment runs between two cancellation checks of a merge (see [`build_merged`]).
 const CANCEL_RUNS: usize = 16;
 
+/// [`build`] for a merge of existing shards' documents (see [`Shard::write_merged`]).
 fn build_merged(
     params: &IndexParams,
     docs: &[(&Shard, u32)],

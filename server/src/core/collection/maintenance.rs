@@ -15,7 +15,7 @@ use crate::error::ServiceError;
 use super::codebook::{self, Current};
 use super::sequencer::Cmd;
 use super::sequencer::{Install, NewSegment};
-use super::state::{Bitset, Loc};
+use super::state::{Bitset, Loc, Segment};
 use super::{closing, closing_error, lock, Collection};
 
 /// Memory segments that trigger a flush whatever their size (each costs a little per search).
@@ -48,11 +48,7 @@ impl Collection {
             .segments
             .iter()
             .filter(|s| s.durable)
-            .map(|s| ShardSize {
-                id: s.id,
-                docs: s.shard.len(),
-                deleted: s.deleted.ones(),
-            })
+            .map(ShardSize::of)
             .collect()
     }
 
@@ -159,14 +155,7 @@ impl Collection {
     /// The stale durable shards (see [`State::stale_shards`]), smallest first.
     fn stale(&self) -> Vec<ShardSize> {
         let st = lock(&self.state);
-        let mut out: Vec<ShardSize> = st
-            .stale_shards()
-            .map(|s| ShardSize {
-                id: s.id,
-                docs: s.shard.len(),
-                deleted: s.deleted.ones(),
-            })
-            .collect();
+        let mut out: Vec<ShardSize> = st.stale_shards().map(ShardSize::of).collect();
         out.sort_by_key(|s| (s.live(), s.id));
         out
     }
@@ -191,7 +180,8 @@ impl Collection {
                 }
                 Ok(done)
             }
-            Err(_) if interrupted() && !self.is_closing() => {
+            // The build's cancellation (Unavailable) while open: the interruption asked for, not a failure.
+            Err(ServiceError::Unavailable(_)) if interrupted() && !self.is_closing() => {
                 tracing::debug!(collection = %self.config.name, shard = target.id,
                     "re-coding abandoned: a write arrived");
                 Ok(false)
@@ -418,8 +408,9 @@ impl Collection {
         }
     }
 
-    /// Rewrites the durable shards `ids` as one, without their deleted documents, coded with the current
-    /// codebook (maintenance lock held). `interrupted` abandons it (an error, its files removed) as closing does.
+    /// Rewrites the durable shards `ids` as one, without their deleted documents (maintenance lock held), coded
+    /// with the current codebook, except a tiered merge of shards sharing an older one (see below).
+    /// `interrupted` abandons it (an error, its files removed) as closing does.
     fn rewrite(
         &self,
         ids: &[u64],
@@ -588,6 +579,14 @@ pub(super) struct ShardSize {
 }
 
 impl ShardSize {
+    fn of(s: &Segment) -> ShardSize {
+        ShardSize {
+            id: s.id,
+            docs: s.shard.len(),
+            deleted: s.deleted.ones(),
+        }
+    }
+
     fn live(&self) -> usize {
         self.docs - self.deleted.min(self.docs)
     }

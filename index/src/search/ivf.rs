@@ -24,8 +24,9 @@ impl Probes {
         let (k, nq) = (table.centroids(), table.query_tokens());
         let keep = (nprobe + 1).min(k);
         // Per token, the best `keep` (score, centroid) so far, ascending by score (best last).
-        let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(keep + 1); nq];
-        let mut floor = vec![f32::NEG_INFINITY; nq];
+        // Scores stay quantized (integer order is score order) until the lists are made.
+        let mut best: Vec<Vec<(i16, u32)>> = vec![Vec::with_capacity(keep + 1); nq];
+        let mut floor = vec![i16::MIN; nq];
         let mut filling = true;
         for c in 0..k {
             let row = &table.row(c)[..nq];
@@ -60,8 +61,18 @@ impl Probes {
         let mut impute = Vec::with_capacity(nq);
         for b in best {
             // With fewer than nprobe + 1 centroids every one is probed and nothing needs imputing.
-            impute.push(if b.len() > probed { b[0].0 } else { 0.0 });
-            lists.push(b.iter().rev().take(probed).map(|&(s, c)| (c, s)).collect());
+            impute.push(if b.len() > probed {
+                table.value(b[0].0)
+            } else {
+                0.0
+            });
+            lists.push(
+                b.iter()
+                    .rev()
+                    .take(probed)
+                    .map(|&(s, c)| (c, table.value(s)))
+                    .collect(),
+            );
         }
         Probes { lists, impute }
     }
@@ -79,12 +90,17 @@ impl Probes {
     ) -> Result<Vec<Hit>> {
         let n = shard.len();
         SCRATCH.with(|cell| {
-            let mut slots = cell.borrow_mut();
+            let mut scratch = cell.borrow_mut();
+            let Scratch { slots, touched } = &mut *scratch;
             if slots.len() < n {
                 slots.resize(n, Slot::default());
             }
-            let mut touched: Vec<u32> = Vec::new();
-            let walked = self.walk(shard, &mut slots[..n], &mut touched, check);
+            // One entry per document, and one spare: the walk writes before it knows whether to keep.
+            if touched.len() < n + 1 {
+                touched.resize(n + 1, 0);
+            }
+            let (walked, reached) = self.walk(shard, &mut slots[..n], &mut touched[..n + 1], check);
+            let touched = &touched[..reached];
             // Keys that sort by descending score, then ascending document: one integer comparison each.
             let mut keys: Vec<u64> = touched
                 .iter()
@@ -92,7 +108,7 @@ impl Probes {
                 .map(|&d| (u64::from(!sortable(slots[d as usize].acc)) << 32) | u64::from(d))
                 .collect();
             // The scratch goes back clean, whatever happened.
-            for &d in &touched {
+            for &d in touched {
                 slots[d as usize] = Slot::default();
             }
             walked?;
@@ -115,17 +131,26 @@ impl Probes {
         })
     }
 
-    /// Accumulates the imputed scores of the documents the probed lists reach into `slots` (all zero on entry),
-    /// listing each reached document once in `touched`.
+    /// Accumulates the imputed scores of the documents the probed lists reach into `slots` (all zero on entry,
+    /// one per document), listing each reached document once at the front of `touched` (one entry more than
+    /// `slots`); returns how many it listed, also when stopped by `check`.
+    ///
+    /// The loop has no data-dependent branch: whether a posting is the first of its query token for the document
+    /// (it adds the gain) and whether it is the first to reach the document at all (it stays listed) are both
+    /// arithmetic, since either is close to a coin toss and mispredicted branches cost more than the
+    /// scattered load itself.
     fn walk(
         &self,
         shard: &Shard,
         slots: &mut [Slot],
-        touched: &mut Vec<u32>,
+        touched: &mut [u32],
         check: &dyn Fn() -> Result<()>,
-    ) -> Result<()> {
+    ) -> (Result<()>, usize) {
+        let mut reached = 0usize;
         for (j, (list, &impute)) in self.lists.iter().zip(&self.impute).enumerate() {
-            check()?;
+            if let Err(e) = check() {
+                return (Err(e), reached);
+            }
             let mark = j as u32 + 1;
             // Best list first: the first list that holds a document gives its score for this token.
             for &(c, s) in list {
@@ -143,17 +168,21 @@ impl Probes {
                     let Some(slot) = slots.get_mut(d as usize) else {
                         continue;
                     };
-                    if slot.stamp != mark {
-                        if slot.stamp == 0 {
-                            touched.push(d);
-                        }
-                        slot.stamp = mark;
-                        slot.acc += gain;
+                    let old = *slot;
+                    let fresh = f32::from(u8::from(old.stamp != mark));
+                    *slot = Slot {
+                        stamp: mark,
+                        acc: old.acc + gain * fresh,
+                    };
+                    // A document is listed once, so `reached` < touched.len() before every write.
+                    if let Some(t) = touched.get_mut(reached) {
+                        *t = d;
                     }
+                    reached += usize::from(old.stamp == 0);
                 }
             }
         }
-        Ok(())
+        (Ok(()), reached)
     }
 }
 
@@ -168,10 +197,16 @@ struct Slot {
     acc: f32,
 }
 
+/// Per-thread scratch of [`Probes::gather`]: the slots, kept zeroed between calls (only the reached slots are
+/// reset), and the list of reached documents, so that a query does not allocate and clear arrays per shard.
+#[derive(Default)]
+struct Scratch {
+    slots: Vec<Slot>,
+    touched: Vec<u32>,
+}
+
 thread_local! {
-    /// Per-thread scratch of [`Probes::gather`], kept zeroed between calls (only the reached slots are reset), so
-    /// that a query does not allocate and clear an array per shard.
-    static SCRATCH: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// An f32 mapped to a u32 whose unsigned order is `f32::total_cmp`'s order.

@@ -473,11 +473,12 @@ impl Codebook {
         }
     }
 
-    /// Whether assignment runs on the fused nearest-centroid kernel ([`kernels::nearest_centroids`], AVX-512),
+    /// Whether assignment runs on the fused nearest-centroid kernel ([`kernels::nearest_centroids`], AVX-512 or
+    /// AVX2),
     /// rather than on f32 matrix products. Both pick the largest f32 inner product; they can differ only on
     /// near-ties (fused multiply-adds round differently).
     fn kernel_assigns(&self) -> bool {
-        self.dim > 0 && kernels::kernel_level() == kernels::KernelLevel::Avx512
+        self.dim > 0 && kernels::kernel_level() != kernels::KernelLevel::Portable
     }
 
     /// Flat assignment of one block on the kernel.

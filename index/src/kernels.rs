@@ -282,9 +282,34 @@ pub fn chamfer_scalar(q: &PreparedQuery, packed: &[f16], n_tokens: usize) -> f32
 /// (`qt[k * n + j]`), the largest inner product with the row-major f32 centroids `lo..hi` of `cents` and the
 /// smallest index reaching it, written to `best[j]` when strictly larger than the score it holds. Callers start
 /// from `(0, -inf)` and may fold several ranges (a two-level codebook's probed clusters). Returns false, leaving
-/// `best` alone, when the sizes are inconsistent or this CPU has no AVX-512 kernel (callers then use a matrix
+/// `best` alone, when the sizes are inconsistent or this CPU has no SIMD kernel (callers then use a matrix
 /// product).
 pub fn nearest_centroids(
+    qt: &[f32],
+    dim: usize,
+    cents: &[f32],
+    lo: usize,
+    hi: usize,
+    best: &mut [(u32, f32)],
+) -> bool {
+    nearest_on(isa(), qt, dim, cents, lo, hi, best)
+}
+
+/// [`nearest_centroids`] on `level` (portable if this CPU lacks it), for tests and benchmarks.
+pub fn nearest_centroids_with(
+    level: KernelLevel,
+    qt: &[f32],
+    dim: usize,
+    cents: &[f32],
+    lo: usize,
+    hi: usize,
+    best: &mut [(u32, f32)],
+) -> bool {
+    nearest_on(Isa::of(level), qt, dim, cents, lo, hi, best)
+}
+
+fn nearest_on(
+    isa: Isa,
     qt: &[f32],
     dim: usize,
     cents: &[f32],
@@ -295,14 +320,17 @@ pub fn nearest_centroids(
     if !nearest_fits(qt, dim, cents, lo, hi, best.len()) {
         return false;
     }
-    match isa() {
+    match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512(t) => {
             t.nearest(qt, dim, cents, lo, hi, best);
             true
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma(_) => false,
+        Isa::Avx2Fma(t) => {
+            t.nearest(qt, dim, cents, lo, hi, best);
+            true
+        }
         Isa::Portable => false,
     }
 }
@@ -623,7 +651,7 @@ mod tests {
     }
 
     proptest! {
-        /// The AVX-512 nearest-centroid kernel returns the scalar twin's bits (index and score) for any range,
+        /// The nearest-centroid kernels (AVX-512, AVX2) return the scalar twin's bits (index and score) for any range,
         /// partial panels and ties (duplicated centroids) included, folding into a prior best.
         #[test]
         fn nearest_centroids_matches_scalar(
@@ -654,11 +682,17 @@ mod tests {
             let start = vec![(u32::MAX, prior.unwrap_or(f32::NEG_INFINITY)); n];
             let mut want = start.clone();
             prop_assert!(nearest_centroids_scalar(&qt, dim, &cents, lo, hi, &mut want));
-            let mut got = start;
+            let mut got = start.clone();
             let fast = nearest_centroids(&qt, dim, &cents, lo, hi, &mut got);
-            prop_assert_eq!(fast, kernel_level() == KernelLevel::Avx512);
+            prop_assert_eq!(fast, kernel_level() != KernelLevel::Portable);
             if fast {
                 prop_assert_eq!(&got, &want);
+            }
+            for level in [KernelLevel::Avx512, KernelLevel::Avx2Fma] {
+                let mut got = start.clone();
+                if nearest_centroids_with(level, &qt, dim, &cents, lo, hi, &mut got) {
+                    prop_assert_eq!(&got, &want, "{:?}", level);
+                }
             }
             for (j, &(c, s)) in want.iter().enumerate() {
                 if c != u32::MAX {

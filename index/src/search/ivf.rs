@@ -6,7 +6,7 @@
 //! centroid `j` did not probe (an upper bound of what the unprobed tokens could score). Documents in no probed
 //! list are not candidates. Scores are stored minus `sum_j impute_j` (the same for every document), so that a
 //! document touched by one list costs one addition.
-use super::{Hit, Shard};
+use super::{DocFilter, Hit, Shard};
 use crate::codebook::QueryTable;
 use crate::sys::prefetch::prefetch;
 use crate::Result;
@@ -77,7 +77,7 @@ impl Probes {
         Probes { lists, impute }
     }
 
-    /// The best `limit` documents of `shard` (index `si`) in a probed list that pass `pass`, by their imputed
+    /// The best `limit` documents of `shard` (index `si`) in a probed list that pass `filter`, by their imputed
     /// scores (minus the constant `sum_j impute_j`), in no particular order; ties go to the lower document, as
     /// the search's score order has them. `check` runs once per query token.
     pub(super) fn gather(
@@ -85,44 +85,50 @@ impl Probes {
         shard: &Shard,
         si: usize,
         limit: usize,
-        pass: &(dyn Fn(usize, usize) -> bool + Sync),
+        filter: Option<DocFilter<'_>>,
         check: &dyn Fn() -> Result<()>,
     ) -> Result<Vec<Hit>> {
         let n = shard.len();
         SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let Scratch { slots, touched } = &mut *scratch;
+            let Scratch {
+                slots,
+                touched,
+                keys,
+            } = &mut *scratch;
+            // Sized once per thread for the largest shard; the slots stay zeroed between calls.
             if slots.len() < n {
                 slots.resize(n, Slot::default());
             }
             // One entry per document, and one spare: the walk writes before it knows whether to keep.
             if touched.len() < n + 1 {
                 touched.resize(n + 1, 0);
+                keys.resize(n + 1, 0);
             }
-            let (walked, reached) = self.walk(shard, &mut slots[..n], &mut touched[..n + 1], check);
-            let touched = &touched[..reached];
-            // Keys that sort by descending score, then ascending document: one integer comparison each.
-            let mut keys: Vec<u64> = touched
-                .iter()
-                .filter(|&&d| pass(si, d as usize))
-                .map(|&d| (u64::from(!sortable(slots[d as usize].acc)) << 32) | u64::from(d))
-                .collect();
-            // The scratch goes back clean, whatever happened.
-            for &d in touched {
-                slots[d as usize] = Slot::default();
-            }
+            let slots = &mut slots[..n];
+            let (walked, reached) = self.walk(shard, slots, &mut touched[..n + 1], check);
+            // Most documents reached (large probes): one sequential pass beats a scattered one.
+            let dense = reached >= n / DENSE_SHARE;
+            let mut len = take_keys(slots, &touched[..reached], dense, &mut keys[..n + 1]);
             walked?;
-            if keys.len() > limit {
-                if limit == 0 {
-                    keys.clear();
-                } else {
-                    keys.select_nth_unstable(limit - 1);
-                    keys.truncate(limit);
+            if let Some(f) = filter {
+                // Compact the passing keys to the front, in place.
+                let mut kept = 0;
+                for i in 0..len {
+                    if f(si, (keys[i] & 0xFFFF_FFFF) as usize) {
+                        keys[kept] = keys[i];
+                        kept += 1;
+                    }
                 }
+                len = kept;
             }
-            Ok(keys
-                .into_iter()
-                .map(|k| Hit {
+            let keys = &mut keys[..len];
+            if keys.len() > limit && limit > 0 {
+                keys.select_nth_unstable(limit - 1);
+            }
+            Ok(keys[..limit.min(len)]
+                .iter()
+                .map(|&k| Hit {
                     shard: si,
                     doc: (k & 0xFFFF_FFFF) as usize,
                     score: unsortable(!((k >> 32) as u32)),
@@ -186,6 +192,38 @@ impl Probes {
     }
 }
 
+/// The keys of the reached documents (sorting by descending score, then ascending document: one integer
+/// comparison each) in the front of `out` (one entry more than `slots`), returning how many; every reached slot
+/// is reset. `touched` lists the reached documents. `dense` reads all slots in order instead of through `touched`
+/// (the same keys, in another order), without a data-dependent branch: each slot's key is written, and kept by
+/// advancing past it only when the slot was reached.
+fn take_keys(slots: &mut [Slot], touched: &[u32], dense: bool, out: &mut [u64]) -> usize {
+    let key = |d: usize, s: Slot| (u64::from(!sortable(s.acc)) << 32) | d as u64;
+    let mut len = 0;
+    if dense {
+        for (d, slot) in slots.iter_mut().enumerate() {
+            // len <= d < out.len() before every write.
+            if let Some(o) = out.get_mut(len) {
+                *o = key(d, *slot);
+            }
+            len += usize::from(slot.stamp != 0);
+            *slot = Slot::default();
+        }
+    } else {
+        for (o, &d) in out.iter_mut().zip(touched) {
+            let d = d as usize;
+            *o = key(d, slots[d]);
+            slots[d] = Slot::default();
+            len += 1;
+        }
+    }
+    len
+}
+
+/// [`Probes::gather`] reads the reached documents' slots in one sequential pass over all of them when at least
+/// one in this many documents was reached, else through the list of reached documents.
+const DENSE_SHARE: usize = 8;
+
 /// How many postings ahead of the one being added [`Probes::gather`] prefetches a slot.
 const PREFETCH_AHEAD: usize = 16;
 
@@ -198,11 +236,13 @@ struct Slot {
 }
 
 /// Per-thread scratch of [`Probes::gather`]: the slots, kept zeroed between calls (only the reached slots are
-/// reset), and the list of reached documents, so that a query does not allocate and clear arrays per shard.
+/// reset), the list of reached documents and their keys, so that a query does not allocate and clear arrays per
+/// shard.
 #[derive(Default)]
 struct Scratch {
     slots: Vec<Slot>,
     touched: Vec<u32>,
+    keys: Vec<u64>,
 }
 
 thread_local! {
@@ -227,6 +267,41 @@ fn unsortable(u: u32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways of reading the reached slots give the same keys and leave every slot clean.
+    #[test]
+    fn dense_and_listed_key_reads_agree() {
+        let n = 50;
+        let touched: Vec<u32> = vec![7, 3, 41, 0, 19, 49];
+        let fill = || {
+            let mut slots = vec![Slot::default(); n];
+            for (i, &d) in touched.iter().enumerate() {
+                slots[d as usize] = Slot {
+                    stamp: 1 + i as u32 % 2,
+                    acc: i as f32 - 2.5,
+                };
+            }
+            slots
+        };
+        let mut got = Vec::new();
+        for dense in [false, true] {
+            let mut slots = fill();
+            let mut out = vec![0u64; n + 1];
+            let len = take_keys(&mut slots, &touched, dense, &mut out);
+            let mut keys = out[..len].to_vec();
+            keys.sort_unstable();
+            assert!(
+                slots.iter().all(|s| s.stamp == 0 && s.acc == 0.0),
+                "dense {dense}"
+            );
+            got.push(keys);
+        }
+        assert_eq!(got[0], got[1]);
+        assert_eq!(got[0].len(), 6);
+        // Best score first: document 49 (score 2.5), then 19.
+        assert_eq!(got[0][0] & 0xFFFF_FFFF, 49);
+        assert_eq!(got[0][1] & 0xFFFF_FFFF, 19);
+    }
 
     /// The key order is `total_cmp`'s, and the mapping round-trips every value bit for bit.
     #[test]

@@ -646,7 +646,7 @@ impl Searcher {
                     let probes = at.and_then(|a| tables[a].2.as_ref()).ok_or_else(|| {
                         IndexError::param("plan", "this shard has no token codebook")
                     })?;
-                    let hits = probes.gather(shard, si, p.ivf_candidates(), &pass, &check)?;
+                    let hits = probes.gather(shard, si, p.ivf_candidates(), filter, &check)?;
                     ivf_hits.extend(hits);
                 }
                 Plan::FdeScan => {

@@ -115,3 +115,114 @@ pub(super) unsafe fn dot<A: Lanes, B: Lanes>(a: *const A, b: *const B, n: usize)
     let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
     _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
 }
+
+/// Centroids scored together by [`nearest`]: 2 x 6 accumulators, 2 token vectors and a broadcast fill 15 of the
+/// 16 ymm registers.
+const CMAX: usize = 6;
+
+/// [`super::avx512`]'s `nearest` on 8-lane vectors: for each of the `n` k-major tokens `q` (`q[k * n + j]`), the
+/// largest inner product with the row-major f32 centroids `lo..hi` of `cents` and the smallest centroid index
+/// reaching it, folded into `best[j]` when strictly larger than what it holds. Lanes are tokens (16 at a time,
+/// two vectors); each step broadcasts one coordinate of 6 centroids, so 12 FMAs take 2 vector loads and 6
+/// broadcasts. The fused multiply-adds run in coordinate order, as in the scalar twin, so the bits are its.
+/// # Safety
+/// AVX2 and FMA are available; `q` is valid for reading `n * dim` f32, `cents` for reading `hi * dim` f32 and
+/// `best` for reading and writing `n` pairs; `lo <= hi`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn nearest(
+    q: *const f32,
+    n: usize,
+    cents: *const f32,
+    dim: usize,
+    lo: usize,
+    hi: usize,
+    best: *mut (u32, f32),
+) {
+    const V: usize = 8;
+    for j0 in (0..n).step_by(2 * V) {
+        let left = n - j0;
+        let masks = [lane_mask(left), lane_mask(left.saturating_sub(V))];
+        let mut top = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+        let mut from = [_mm256_setzero_si256(); 2];
+        let mut c = lo;
+        while c < hi {
+            let cb = (hi - c).min(CMAX);
+            // SAFETY: tokens j0.. (masked to j < n) and centroids c..c + cb <= hi are within the caller's ranges.
+            unsafe {
+                let q = q.add(j0);
+                let cents = cents.add(c * dim);
+                by_block_size!(cb, nearest_block(q, n, masks, cents, dim, c, &mut top, &mut from);
+                    1 2 3 4 5 6)
+            }
+            c += cb;
+        }
+        let (mut vals, mut ids) = ([0f32; V], [0i32; V]);
+        for (v, (t, f)) in top.iter().zip(&from).enumerate() {
+            // SAFETY: vals and ids hold 8 lanes each.
+            unsafe {
+                _mm256_storeu_ps(vals.as_mut_ptr(), *t);
+                _mm256_storeu_si256(ids.as_mut_ptr().cast(), *f);
+            }
+            for lane in 0..V.min(left.saturating_sub(v * V)) {
+                // SAFETY: j0 + v * 8 + lane < n: within the caller's best pairs.
+                let b = unsafe { &mut *best.add(j0 + v * V + lane) };
+                if vals[lane] > b.1 {
+                    *b = (ids[lane] as u32, vals[lane]);
+                }
+            }
+        }
+    }
+}
+
+/// A load mask of the first `n` of 8 lanes (all from 8 on).
+#[target_feature(enable = "avx2")]
+fn lane_mask(n: usize) -> __m256i {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes)
+}
+
+/// 16 tokens (two vectors, masked) against CB centroids starting at index `c`: per lane, keeps the best score
+/// and its centroid in `top` / `from` (strictly larger only, so the smallest index wins a tie).
+/// # Safety
+/// As [`nearest`]: `q[k * stride + j]` readable for k < dim and the unmasked lanes j, `cents` for CB rows of dim.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nearest_block<const CB: usize>(
+    q: *const f32,
+    stride: usize,
+    masks: [__m256i; 2],
+    cents: *const f32,
+    dim: usize,
+    c: usize,
+    top: &mut [__m256; 2],
+    from: &mut [__m256i; 2],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; CB];
+    for k in 0..dim {
+        // SAFETY: k < dim; masked lanes are not read (maskload reads nothing there).
+        let t = unsafe {
+            [
+                _mm256_maskload_ps(q.add(k * stride), masks[0]),
+                _mm256_maskload_ps(q.add(k * stride + 8), masks[1]),
+            ]
+        };
+        for (cb, a) in acc.iter_mut().enumerate() {
+            // SAFETY: cb < CB rows, k < dim.
+            let b = _mm256_set1_ps(unsafe { *cents.add(cb * dim + k) });
+            a[0] = _mm256_fmadd_ps(t[0], b, a[0]);
+            a[1] = _mm256_fmadd_ps(t[1], b, a[1]);
+        }
+    }
+    for (cb, a) in acc.iter().enumerate() {
+        let id = _mm256_set1_epi32((c + cb) as i32);
+        for (v, &s) in a.iter().enumerate() {
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(s, top[v]);
+            top[v] = _mm256_blendv_ps(top[v], s, gt);
+            from[v] = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(from[v]),
+                _mm256_castsi256_ps(id),
+                gt,
+            ));
+        }
+    }
+}

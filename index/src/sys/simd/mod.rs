@@ -86,9 +86,7 @@ impl Avx512 {
         best: &mut [(u32, f32)],
     ) {
         let n = best.len();
-        let fits = n.checked_mul(dim).is_some_and(|v| qt.len() >= v)
-            && hi.checked_mul(dim).is_some_and(|v| cents.len() >= v);
-        if !fits || lo >= hi || n == 0 || dim == 0 || hi > i32::MAX as usize {
+        if !nearest_fits(qt, dim, cents, lo, hi, n) {
             return;
         }
         // SAFETY: `self` proves AVX-512F; qt holds n * dim values, cents the hi rows the kernel reads, best n
@@ -112,6 +110,35 @@ impl Avx2Fma {
         super::cpu::features().avx2_fma_f16c().then_some(Self(()))
     }
 
+    /// [`Avx512::nearest`] on 8-lane vectors (the same contract and bits).
+    pub(crate) fn nearest(
+        self,
+        qt: &[f32],
+        dim: usize,
+        cents: &[f32],
+        lo: usize,
+        hi: usize,
+        best: &mut [(u32, f32)],
+    ) {
+        let n = best.len();
+        if !nearest_fits(qt, dim, cents, lo, hi, n) {
+            return;
+        }
+        // SAFETY: `self` proves AVX2+FMA; qt holds n * dim values, cents the hi rows the kernel reads, best n
+        // pairs, and lo < hi (all checked above).
+        unsafe {
+            avx2::nearest(
+                qt.as_ptr(),
+                n,
+                cents.as_ptr(),
+                dim,
+                lo,
+                hi,
+                best.as_mut_ptr(),
+            )
+        }
+    }
+
     /// Chamfer score of the k-major query `qt` against the whole panels of `panels` (0 if either is empty).
     pub(crate) fn chamfer(self, qt: &[f32], dim: usize, panels: &[f16]) -> f32 {
         let Some((n_q, n_panels)) = shape(qt, dim, panels) else {
@@ -130,6 +157,16 @@ impl Avx2Fma {
         let head = unsafe { avx2::dot(a.as_ptr(), b.as_ptr(), body) };
         head + dot_tail(&a[body..n], &b[body..n])
     }
+}
+
+/// Whether the sizes of a nearest-centroid call are consistent (what the kernels read is in bounds).
+fn nearest_fits(qt: &[f32], dim: usize, cents: &[f32], lo: usize, hi: usize, n: usize) -> bool {
+    n.checked_mul(dim).is_some_and(|v| qt.len() >= v)
+        && hi.checked_mul(dim).is_some_and(|v| cents.len() >= v)
+        && lo < hi
+        && n > 0
+        && dim > 0
+        && hi <= i32::MAX as usize
 }
 
 /// `(n_q, n_panels)` of a k-major query and a panel slice, `None` if there is nothing to score.

@@ -7,19 +7,33 @@ mod bench;
 mod client;
 mod demo;
 mod engine;
+mod fde_recall;
 mod load;
 mod params;
 mod serve;
 mod soak;
 
-use clap::{Parser, Subcommand};
+use chamfer_index::kernels::{cap_kernel_level, KernelLevel};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// chamfer: multi-vector (ColBERT-style) retrieval with MUVERA FDEs, HNSW candidates and exact Chamfer re-rank.
 #[derive(Parser, Debug)]
 #[command(name = "chamfer", version, about, long_about = None)]
 struct Cli {
+    /// The highest instruction set the kernels may use (default: the best this CPU has); lower levels measure
+    /// or check the AVX2 and portable kernels on a CPU that has AVX-512. Results are the same at every level.
+    #[arg(long, global = true, value_enum)]
+    max_kernel: Option<MaxKernel>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A ceiling for `--max-kernel`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum MaxKernel {
+    Avx512,
+    Avx2,
+    Portable,
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,6 +48,9 @@ enum Command {
     Gen(engine::GenCmd),
     /// Build an index in a temp dir, run every query, print a JSON report (last stdout line).
     Bench(bench::BenchCmd),
+    /// Recall of the MUVERA FDE as a candidate generator (exact FDE scan per Matryoshka prefix + exact re-rank)
+    /// on a data set of any size, streamed once, without building an index (JSON last line).
+    FdeRecall(fde_recall::FdeRecallCmd),
     /// Write a subset of a data set (with recomputed exact ground truth), e.g. the bundled demo set.
     Slice(engine::SliceCmd),
     /// Encode one multi-vector input (JSON on stdin) as a MUVERA FDE (JSON array on stdout).
@@ -58,6 +75,17 @@ enum Command {
 /// Parses the command line and runs the command.
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(max) = cli.max_kernel {
+        let level = match max {
+            MaxKernel::Avx512 => KernelLevel::Avx512,
+            MaxKernel::Avx2 => KernelLevel::Avx2Fma,
+            MaxKernel::Portable => KernelLevel::Portable,
+        };
+        anyhow::ensure!(
+            cap_kernel_level(level),
+            "--max-kernel: the kernels already ran"
+        );
+    }
     match cli.command {
         Command::Serve(c) => c.run(),
         Command::Index(c) => c.run(),
@@ -65,6 +93,7 @@ fn run() -> anyhow::Result<()> {
         Command::Gen(c) => c.run(),
         Command::Bench(c) => c.run(),
         Command::Fde(c) => c.run(),
+        Command::FdeRecall(c) => c.run(),
         Command::Slice(c) => c.run(),
         Command::Ingest(c) => c.run(),
         Command::Query(c) => c.run(),

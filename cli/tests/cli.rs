@@ -403,3 +403,104 @@ fn soak_on_the_demo_set_loses_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
     assert!(!dir.path().join("other").exists());
 }
+
+#[test]
+fn fde_recall_reports_recall_that_grows_with_candidates() {
+    // The demo set has 300 documents: 300 candidates hold every exact top 10.
+    let out = chamfer()
+        .args([
+            "fde-recall",
+            "--queries",
+            "20",
+            "--candidates",
+            "5,50,300",
+            "--prefixes",
+            "2,20",
+            "--data",
+        ])
+        .arg(demo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{report}");
+    let recall = |p: u64, c: u64| {
+        rows.iter()
+            .find(|r| r["prefix_repetitions"] == p && r["candidates"] == c)
+            .unwrap()["recall_at_10"]
+            .as_f64()
+            .unwrap()
+    };
+    for p in [2, 20] {
+        assert!(recall(p, 5) <= recall(p, 50) && recall(p, 50) <= recall(p, 300));
+        assert_eq!(recall(p, 300), 1.0, "every document is a candidate");
+        assert!(recall(p, 5) < 1.0, "5 candidates cannot hold a top 10");
+    }
+    assert!(
+        recall(20, 50) >= recall(2, 50) - 0.05,
+        "the full FDE is not worse than a 2-repetition prefix"
+    );
+
+    // Bad sizes are refused with a message, before any work.
+    for bad in [
+        ["--prefixes", "21"],
+        ["--candidates", "0"],
+        ["--queries", "1000000"],
+    ] {
+        let out = chamfer()
+            .arg("fde-recall")
+            .args(bad)
+            .arg("--data")
+            .arg(demo())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(bad[0]),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn max_kernel_caps_the_kernels_with_the_same_results() {
+    let run = |level: &str| {
+        let out = chamfer()
+            .args([
+                "--max-kernel",
+                level,
+                "bench",
+                "--runs",
+                "1",
+                "--exact-queries",
+                "5",
+                "--data",
+            ])
+            .arg(demo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        report
+    };
+    let portable = run("portable");
+    assert_eq!(portable["kernel"], "Portable");
+    let best = run("avx512");
+    assert_ne!(run("avx2")["kernel"], "Avx512");
+    // The recall of every level is the demo set's floor; the levels differ only in rounding.
+    for r in [&portable, &best] {
+        assert!(r["recall_at_10"].as_f64().unwrap() >= 0.99, "{r}");
+    }
+}

@@ -129,21 +129,44 @@ fn transpose_into(
 }
 
 /// Indices of the `p` largest values of `row` (in no particular order), by one scan keeping the best `p`:
-/// cheaper than a selection algorithm for the few probes of an assignment.
+/// cheaper than a selection algorithm for the few probes of an assignment. The scan tests 8 values at a time
+/// against the worst kept one with one vectorised max, and looks at single values only in the rare groups that
+/// hold a better one (ties keep the earlier index, as a plain scan does).
 fn top_indices(row: &[f32], p: usize, out: &mut Vec<u32>) {
+    const G: usize = 8;
     out.clear();
+    if p == 0 {
+        return;
+    }
+    let head = p.min(row.len());
     // (score, index) of the best so far, the worst of them at `worst`.
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(p);
-    let mut worst = 0usize;
-    for (i, &v) in row.iter().enumerate() {
-        if best.len() < p {
-            best.push((v, i as u32));
-            if best.len() == p {
-                worst = argmin(&best);
+    let mut best: Vec<(f32, u32)> = row[..head]
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i as u32))
+        .collect();
+    let mut worst = argmin(&best);
+    let offer = |i: usize, v: f32, best: &mut [(f32, u32)], worst: &mut usize| {
+        if v > best[*worst].0 {
+            best[*worst] = (v, i as u32);
+            *worst = argmin(best);
+        }
+    };
+    if head == p {
+        let rest = &row[head..];
+        let groups = rest.chunks_exact(G);
+        let tail = groups.remainder();
+        for (g, group) in groups.enumerate() {
+            let group: &[f32; G] = group.try_into().expect("chunks_exact");
+            if group.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) > best[worst].0 {
+                for (t, &v) in group.iter().enumerate() {
+                    offer(head + g * G + t, v, &mut best, &mut worst);
+                }
             }
-        } else if v > best[worst].0 {
-            best[worst] = (v, i as u32);
-            worst = argmin(&best);
+        }
+        let at = row.len() - tail.len();
+        for (t, &v) in tail.iter().enumerate() {
+            offer(at + t, v, &mut best, &mut worst);
         }
     }
     out.extend(best.iter().map(|&(_, i)| i));
@@ -703,9 +726,16 @@ impl Codebook {
             }
         }
         let scale = QueryTable::scale_for(query, dim);
+        let q = codes::TableQuery {
+            qt: &qt,
+            nq,
+            dim,
+            w,
+            scale,
+        };
         let mut table = vec![0i16; k * w];
         if threads <= 1 || k < 1024 {
-            codes::centroid_table(&qt, nq, dim, &self.panels, k, w, scale, &mut table);
+            codes::centroid_table(q, &self.panels, k, &mut table);
         } else {
             // Split at panel (16-centroid) boundaries: each task fills its own rows.
             let per = k.div_ceil(threads).div_ceil(16) * 16;
@@ -716,7 +746,7 @@ impl Codebook {
                     let c0 = i * per;
                     let kk = rows.len() / w;
                     let panels = &self.panels[c0 * dim..(c0 + kk.div_ceil(16) * 16) * dim];
-                    codes::centroid_table(&qt, nq, dim, panels, kk, w, scale, rows);
+                    codes::centroid_table(q, panels, kk, rows);
                 });
         }
         QueryTable {
@@ -926,6 +956,43 @@ mod tests {
         }
     }
 
+    /// The plain one-value-at-a-time scan [`top_indices`] must agree with, ties and NaN included.
+    fn plain_top(row: &[f32], p: usize) -> Vec<u32> {
+        let mut best: Vec<(f32, u32)> = Vec::new();
+        for (i, &v) in row.iter().enumerate() {
+            if best.len() < p {
+                best.push((v, i as u32));
+            } else if p > 0 && v > best[argmin(&best)].0 {
+                let w = argmin(&best);
+                best[w] = (v, i as u32);
+            }
+        }
+        best.into_iter().map(|(_, i)| i).collect()
+    }
+
+    #[test]
+    fn top_indices_agree_with_a_plain_scan_on_ties_and_nan() {
+        for n in [0usize, 1, 7, 8, 9, 40, 256] {
+            for seed in 0..10u64 {
+                // Few distinct values (many ties), some NaN.
+                let row: Vec<f32> = (0..n)
+                    .map(|i| match (i as u64 * 7 + seed * 13) % 11 {
+                        0 => f32::NAN,
+                        v => (v % 4) as f32,
+                    })
+                    .collect();
+                for p in 0..6 {
+                    let mut got = Vec::new();
+                    top_indices(&row, p, &mut got);
+                    got.sort_unstable();
+                    let mut want = plain_top(&row, p);
+                    want.sort_unstable();
+                    assert_eq!(got, want, "n={n} p={p} seed={seed}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn top_indices_are_the_largest_values() {
         for n in [1usize, 3, 4, 5, 17, 256] {
@@ -944,6 +1011,9 @@ mod tests {
                     got.sort_unstable();
                     got.dedup();
                     assert_eq!(got.len(), p, "distinct indices");
+                    let mut plain = plain_top(&row, p);
+                    plain.sort_unstable();
+                    assert_eq!(got, plain, "the same indices as a plain scan");
                 }
             }
         }

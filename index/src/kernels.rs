@@ -83,6 +83,14 @@ pub fn kernel_level() -> KernelLevel {
     isa().level()
 }
 
+/// Caps every kernel of this process at `max` (AVX-512 > AVX2 + FMA > portable), to measure or check a lower
+/// level on a CPU that has a higher one; each kernel still falls back below the cap when the CPU lacks it. The
+/// cap can only be set before the first kernel runs: returns false, changing nothing, once the CPU features
+/// were detected.
+pub fn cap_kernel_level(max: KernelLevel) -> bool {
+    crate::sys::cpu::detect_capped(max == KernelLevel::Avx512, max != KernelLevel::Portable)
+}
+
 /// Number of f16 values of a packed document: `ceil(n_tokens / 16) * 16 * dim`.
 pub fn packed_len(n_tokens: usize, dim: usize) -> usize {
     n_tokens.div_ceil(PANEL) * PANEL * dim

@@ -96,18 +96,26 @@ pub(crate) fn score_on(kernel: Kernel, table: &[i16], w: usize, codes: &[u16]) -
     }
 }
 
+/// The query side of a centroid table: the k-major query `qt[kk * nq + j]` (`nq` tokens of `dim` values), the
+/// table's row width `w >= nq` and the quantization scale of its values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TableQuery<'a> {
+    pub qt: &'a [f32],
+    pub nq: usize,
+    pub dim: usize,
+    pub w: usize,
+    pub scale: f32,
+}
+
 /// Scalar twin of [`centroid_table`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn centroid_table_scalar(
-    qt: &[f32],
-    nq: usize,
-    dim: usize,
-    panels: &[f16],
-    k: usize,
-    w: usize,
-    scale: f32,
-    out: &mut [i16],
-) {
+pub(crate) fn centroid_table_scalar(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
+    let TableQuery {
+        qt,
+        nq,
+        dim,
+        w,
+        scale,
+    } = q;
     for c in 0..k {
         let (p, t) = (c / 16, c % 16);
         for j in 0..nq {
@@ -121,17 +129,14 @@ pub(crate) fn centroid_table_scalar(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn centroid_table_avx512(
-    qt: &[f32],
-    nq: usize,
-    dim: usize,
-    panels: &[f16],
-    k: usize,
-    w: usize,
-    scale: f32,
-    out: &mut [i16],
-) {
+unsafe fn centroid_table_avx512(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
+    let TableQuery {
+        qt,
+        nq,
+        dim,
+        w,
+        scale,
+    } = q;
     use std::arch::x86_64::*;
     let mut tmp = [[0f32; 16]; 8];
     for p in 0..k.div_ceil(16) {
@@ -176,17 +181,14 @@ const AVX2_QB: usize = 12;
 /// [`AVX2_QB`] query tokens.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn centroid_table_avx2(
-    qt: &[f32],
-    nq: usize,
-    dim: usize,
-    panels: &[f16],
-    k: usize,
-    w: usize,
-    scale: f32,
-    out: &mut [i16],
-) {
+unsafe fn centroid_table_avx2(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
+    let TableQuery {
+        qt,
+        nq,
+        dim,
+        w,
+        scale,
+    } = q;
     for p in 0..k.div_ceil(16) {
         for half in 0..2 {
             let c0 = p * 16 + half * 8;
@@ -288,33 +290,19 @@ impl Kernel {
 /// `out[c * w + j] = quantize(<centroid c, query token j>, scale)` for `k` centroids stored as f16 16-token
 /// k-major panels and a k-major query `qt[kk * nq + j]`; columns `j >= nq` are left as they are. Does nothing
 /// on inconsistent sizes.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn centroid_table(
-    qt: &[f32],
-    nq: usize,
-    dim: usize,
-    panels: &[f16],
-    k: usize,
-    w: usize,
-    scale: f32,
-    out: &mut [i16],
-) {
-    centroid_table_on(Kernel::best(), qt, nq, dim, panels, k, w, scale, out);
+pub(crate) fn centroid_table(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
+    centroid_table_on(Kernel::best(), q, panels, k, out);
 }
 
 /// [`centroid_table`] on `kernel` (or the best one below it that this CPU supports).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn centroid_table_on(
     kernel: Kernel,
-    qt: &[f32],
-    nq: usize,
-    dim: usize,
+    q: TableQuery<'_>,
     panels: &[f16],
     k: usize,
-    w: usize,
-    scale: f32,
     out: &mut [i16],
 ) {
+    let TableQuery { qt, nq, dim, w, .. } = q;
     if nq > w
         || qt.len() < dim * nq
         || panels.len() < k.div_ceil(16) * 16 * dim
@@ -325,11 +313,11 @@ pub(crate) fn centroid_table_on(
     match kernel.supported() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F was detected at run time; the sizes were checked above.
-        Kernel::Avx512 => unsafe { centroid_table_avx512(qt, nq, dim, panels, k, w, scale, out) },
+        Kernel::Avx512 => unsafe { centroid_table_avx512(q, panels, k, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2, FMA and F16C were detected at run time; the sizes were checked above.
-        Kernel::Avx2 => unsafe { centroid_table_avx2(qt, nq, dim, panels, k, w, scale, out) },
-        _ => centroid_table_scalar(qt, nq, dim, panels, k, w, scale, out),
+        Kernel::Avx2 => unsafe { centroid_table_avx2(q, panels, k, out) },
+        _ => centroid_table_scalar(q, panels, k, out),
     }
 }
 
@@ -355,11 +343,18 @@ mod tests {
                 .collect();
             let w = nq.div_ceil(LANES) * LANES;
             let scale = 100.0;
+            let q = TableQuery {
+                qt: &qt,
+                nq,
+                dim,
+                w,
+                scale,
+            };
             let mut a = vec![0i16; k * w];
-            centroid_table_scalar(&qt, nq, dim, &panels, k, w, scale, &mut a);
+            centroid_table_scalar(q, &panels, k, &mut a);
             for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar] {
                 let mut b = vec![0i16; k * w];
-                centroid_table_on(kernel, &qt, nq, dim, &panels, k, w, scale, &mut b);
+                centroid_table_on(kernel, q, &panels, k, &mut b);
                 // The sums differ in their rounding order only: at most one step apart after quantization.
                 for (x, y) in a.iter().zip(&b) {
                     assert!(

@@ -34,10 +34,29 @@ impl CpuFeatures {
     }
 }
 
-/// The features of the running CPU, detected on first use.
+/// The features the kernels may use, fixed on first use.
+static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
+
+/// The features of the running CPU, detected on first use (less any masked by [`detect_capped`]).
 pub(crate) fn features() -> CpuFeatures {
-    static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
     *FEATURES.get_or_init(CpuFeatures::detect)
+}
+
+/// Fixes the features to the detected ones with AVX-512 masked off unless `avx512`, and AVX2, FMA and F16C also
+/// masked off unless `avx2`. True if this call fixed them; false, changing nothing, if they were fixed already.
+pub(crate) fn detect_capped(avx512: bool, avx2: bool) -> bool {
+    let mut fixed = false;
+    FEATURES.get_or_init(|| {
+        fixed = true;
+        let f = CpuFeatures::detect();
+        CpuFeatures {
+            avx512f: f.avx512f && avx512 && avx2,
+            avx2: f.avx2 && avx2,
+            fma: f.fma && avx2,
+            f16c: f.f16c && avx2,
+        }
+    });
+    fixed
 }
 
 #[cfg(test)]

@@ -59,7 +59,12 @@ impl FdeRecallCmd {
             );
         }
         let c_max = self.candidates.iter().copied().max().unwrap_or(0);
-        if self.candidates.iter().any(|&c| c == 0 || c > MAX_CANDIDATES) || c_max == 0 {
+        if self
+            .candidates
+            .iter()
+            .any(|&c| c == 0 || c > MAX_CANDIDATES)
+            || c_max == 0
+        {
             bail!("--candidates must hold values in 1..={MAX_CANDIDATES}");
         }
         let params = self.index.params(ds.dim());

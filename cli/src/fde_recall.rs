@@ -22,6 +22,8 @@ const BATCH: usize = 4096;
 const MAX_QUERIES: usize = 1000;
 /// Most candidates per query.
 const MAX_CANDIDATES: usize = 100_000;
+/// Most (score, document) pairs kept at once over all queries and prefixes (8 bytes each: 512 MiB).
+const MAX_KEPT: usize = 1 << 26;
 
 #[derive(Args, Debug)]
 pub(crate) struct FdeRecallCmd {
@@ -81,6 +83,13 @@ impl FdeRecallCmd {
             || prefixes[prefixes.len() - 1] > fde.num_repetitions
         {
             bail!("--prefixes must hold values in 1..={}", fde.num_repetitions);
+        }
+        let kept = nq * prefixes.len() * 2 * c_max;
+        if kept > MAX_KEPT {
+            bail!(
+                "--queries x --prefixes x 2 x the largest of --candidates is {kept} kept candidates, above the \
+                 limit {MAX_KEPT}: ask for fewer"
+            );
         }
         let enc = FdeEncoder::new(fde.clone())?;
         let dim = ds.dim();

@@ -452,10 +452,16 @@ fn fde_recall_reports_recall_that_grows_with_candidates() {
         ["--prefixes", "21"],
         ["--candidates", "0"],
         ["--queries", "1000000"],
+        // 20 prefixes x 2 x 100000 candidates for each demo query: too many kept candidates.
+        [
+            "--queries",
+            "50 --candidates 100000 --prefixes 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20",
+        ],
     ] {
         let out = chamfer()
             .arg("fde-recall")
-            .args(bad)
+            .arg(bad[0])
+            .args(bad[1].split(' '))
             .arg("--data")
             .arg(demo())
             .output()

@@ -13,10 +13,11 @@ pub(crate) const LANES: usize = 16;
 /// Largest magnitude of a table value.
 pub(crate) const QUANT_MAX: f32 = 32767.0;
 
-/// `v * scale`, rounded to the nearest integer and saturated to +-[`QUANT_MAX`] (NaN gives 0).
+/// `v * scale`, saturated to +-[`QUANT_MAX`] and rounded to the nearest integer, ties to even (as the SIMD
+/// conversion rounds); NaN gives 0.
 #[inline]
 pub(crate) fn quantize(v: f32, scale: f32) -> i16 {
-    (v * scale).round().clamp(-QUANT_MAX, QUANT_MAX) as i16
+    (v * scale).clamp(-QUANT_MAX, QUANT_MAX).round_ties_even() as i16
 }
 
 /// Scalar twin (the reference).
@@ -137,38 +138,89 @@ unsafe fn centroid_table_avx512(q: TableQuery<'_>, panels: &[f16], k: usize, out
         w,
         scale,
     } = q;
-    use std::arch::x86_64::*;
-    let mut tmp = [[0f32; 16]; 8];
+    let mut tmp = [[0i16; 16]; AVX512_QB];
     for p in 0..k.div_ceil(16) {
-        for j0 in (0..nq).step_by(8) {
-            let jb = (nq - j0).min(8);
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for kk in 0..dim {
-                // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
-                // p < ceil(k/16), kk < dim, j0 + j < nq.
-                unsafe {
-                    let row = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        panels.as_ptr().add((p * dim + kk) * 16).cast(),
-                    ));
-                    for (j, a) in acc.iter_mut().enumerate().take(jb) {
-                        *a = _mm512_fmadd_ps(
-                            _mm512_set1_ps(*qt.get_unchecked(kk * nq + j0 + j)),
-                            row,
-                            *a,
-                        );
-                    }
+        let mut j0 = 0;
+        while j0 < nq {
+            let jb = (nq - j0).min(AVX512_QB);
+            // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
+            // p < ceil(k/16) and j0 + jb <= nq.
+            unsafe {
+                let panel = panels.as_ptr().add(p * dim * 16);
+                let q = qt.as_ptr().add(j0);
+                match jb {
+                    1 => table_block_avx512::<1>(q, nq, panel, dim, scale, &mut tmp),
+                    2 => table_block_avx512::<2>(q, nq, panel, dim, scale, &mut tmp),
+                    3 => table_block_avx512::<3>(q, nq, panel, dim, scale, &mut tmp),
+                    4 => table_block_avx512::<4>(q, nq, panel, dim, scale, &mut tmp),
+                    5 => table_block_avx512::<5>(q, nq, panel, dim, scale, &mut tmp),
+                    6 => table_block_avx512::<6>(q, nq, panel, dim, scale, &mut tmp),
+                    7 => table_block_avx512::<7>(q, nq, panel, dim, scale, &mut tmp),
+                    8 => table_block_avx512::<8>(q, nq, panel, dim, scale, &mut tmp),
+                    9 => table_block_avx512::<9>(q, nq, panel, dim, scale, &mut tmp),
+                    10 => table_block_avx512::<10>(q, nq, panel, dim, scale, &mut tmp),
+                    11 => table_block_avx512::<11>(q, nq, panel, dim, scale, &mut tmp),
+                    12 => table_block_avx512::<12>(q, nq, panel, dim, scale, &mut tmp),
+                    13 => table_block_avx512::<13>(q, nq, panel, dim, scale, &mut tmp),
+                    14 => table_block_avx512::<14>(q, nq, panel, dim, scale, &mut tmp),
+                    15 => table_block_avx512::<15>(q, nq, panel, dim, scale, &mut tmp),
+                    _ => table_block_avx512::<AVX512_QB>(q, nq, panel, dim, scale, &mut tmp),
                 }
-            }
-            for j in 0..jb {
-                // SAFETY: tmp[j] holds 16 f32.
-                unsafe { _mm512_storeu_ps(tmp[j].as_mut_ptr(), acc[j]) };
             }
             for t in 0..16.min(k - p * 16) {
                 for (j, row) in tmp.iter().enumerate().take(jb) {
-                    out[(p * 16 + t) * w + j0 + j] = quantize(row[t], scale);
+                    out[(p * 16 + t) * w + j0 + j] = row[t];
                 }
             }
+            j0 += jb;
         }
+    }
+}
+
+/// Query tokens per block of the AVX-512 table kernel: one zmm accumulator each, of the 32 registers.
+#[cfg(target_arch = "x86_64")]
+const AVX512_QB: usize = 16;
+
+/// Inner products of the 16 centroids of one panel (`panel[kk * 16 + t]`) with QB query tokens
+/// (`q[kk * stride + j]`), quantized as [`quantize`] does, into `out[j][t]`. A block size known at compile time
+/// keeps the accumulators in registers (a run-time count tested every accumulator on every coordinate).
+/// # Safety
+/// AVX-512F is available; `panel` is readable at `kk * 16 + t` and `q` at `kk * stride + j` for kk < dim, t < 16,
+/// j < QB.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn table_block_avx512<const QB: usize>(
+    q: *const f32,
+    stride: usize,
+    panel: *const f16,
+    dim: usize,
+    scale: f32,
+    out: &mut [[i16; 16]; AVX512_QB],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); QB];
+    for kk in 0..dim {
+        // SAFETY: kk < dim and j < QB, as the caller guarantees readable.
+        unsafe {
+            let row = _mm512_cvtph_ps(_mm256_loadu_si256(panel.add(kk * 16).cast()));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(kk * stride + j)), row, *a);
+            }
+        }
+    }
+    let (scale, lo, hi) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(-QUANT_MAX),
+        _mm512_set1_ps(QUANT_MAX),
+    );
+    for (o, a) in out.iter_mut().zip(acc) {
+        // quantize(), 16 at a time: scale, saturate, round to nearest even (the default MXCSR mode), NaN to 0.
+        let x = _mm512_mul_ps(a, scale);
+        let number = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(x, x);
+        let x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+        let v = _mm512_maskz_mov_epi32(number, _mm512_cvtps_epi32(x));
+        // SAFETY: o holds 16 i16 (32 bytes); the values are within +-32767, so the narrowing keeps them.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(v)) };
     }
 }
 
@@ -199,30 +251,30 @@ unsafe fn centroid_table_avx2(q: TableQuery<'_>, panels: &[f16], k: usize, out: 
             let mut j0 = 0;
             while j0 < nq {
                 let jb = (nq - j0).min(AVX2_QB);
-                let mut tmp = [[0f32; 8]; AVX2_QB];
+                let mut tmp = [[0i16; 8]; AVX2_QB];
                 // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
                 // p < ceil(k/16), half < 2, and j0 + jb <= nq.
                 unsafe {
                     let panel = panels.as_ptr().add(p * dim * 16 + half * 8);
                     let q = qt.as_ptr().add(j0);
                     match jb {
-                        1 => table_block_avx2::<1>(q, nq, panel, dim, &mut tmp),
-                        2 => table_block_avx2::<2>(q, nq, panel, dim, &mut tmp),
-                        3 => table_block_avx2::<3>(q, nq, panel, dim, &mut tmp),
-                        4 => table_block_avx2::<4>(q, nq, panel, dim, &mut tmp),
-                        5 => table_block_avx2::<5>(q, nq, panel, dim, &mut tmp),
-                        6 => table_block_avx2::<6>(q, nq, panel, dim, &mut tmp),
-                        7 => table_block_avx2::<7>(q, nq, panel, dim, &mut tmp),
-                        8 => table_block_avx2::<8>(q, nq, panel, dim, &mut tmp),
-                        9 => table_block_avx2::<9>(q, nq, panel, dim, &mut tmp),
-                        10 => table_block_avx2::<10>(q, nq, panel, dim, &mut tmp),
-                        11 => table_block_avx2::<11>(q, nq, panel, dim, &mut tmp),
-                        _ => table_block_avx2::<AVX2_QB>(q, nq, panel, dim, &mut tmp),
+                        1 => table_block_avx2::<1>(q, nq, panel, dim, scale, &mut tmp),
+                        2 => table_block_avx2::<2>(q, nq, panel, dim, scale, &mut tmp),
+                        3 => table_block_avx2::<3>(q, nq, panel, dim, scale, &mut tmp),
+                        4 => table_block_avx2::<4>(q, nq, panel, dim, scale, &mut tmp),
+                        5 => table_block_avx2::<5>(q, nq, panel, dim, scale, &mut tmp),
+                        6 => table_block_avx2::<6>(q, nq, panel, dim, scale, &mut tmp),
+                        7 => table_block_avx2::<7>(q, nq, panel, dim, scale, &mut tmp),
+                        8 => table_block_avx2::<8>(q, nq, panel, dim, scale, &mut tmp),
+                        9 => table_block_avx2::<9>(q, nq, panel, dim, scale, &mut tmp),
+                        10 => table_block_avx2::<10>(q, nq, panel, dim, scale, &mut tmp),
+                        11 => table_block_avx2::<11>(q, nq, panel, dim, scale, &mut tmp),
+                        _ => table_block_avx2::<AVX2_QB>(q, nq, panel, dim, scale, &mut tmp),
                     }
                 }
                 for t in 0..rows {
                     for (j, row) in tmp.iter().enumerate().take(jb) {
-                        out[(c0 + t) * w + j0 + j] = quantize(row[t], scale);
+                        out[(c0 + t) * w + j0 + j] = row[t];
                     }
                 }
                 j0 += jb;
@@ -232,7 +284,7 @@ unsafe fn centroid_table_avx2(q: TableQuery<'_>, panels: &[f16], k: usize, out: 
 }
 
 /// Inner products of 8 centroids (a half panel: `panel[kk * 16 + t]`, t < 8) with QB query tokens
-/// (`q[kk * stride + j]`), into `out[j][t]`.
+/// (`q[kk * stride + j]`), quantized as [`quantize`] does, into `out[j][t]`.
 /// # Safety
 /// AVX2, FMA and F16C are available; `panel` is readable at `kk * 16 + t` and `q` at `kk * stride + j` for
 /// kk < dim, t < 8, j < QB.
@@ -243,7 +295,8 @@ unsafe fn table_block_avx2<const QB: usize>(
     stride: usize,
     panel: *const f16,
     dim: usize,
-    out: &mut [[f32; 8]; AVX2_QB],
+    scale: f32,
+    out: &mut [[i16; 8]; AVX2_QB],
 ) {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); QB];
@@ -256,9 +309,21 @@ unsafe fn table_block_avx2<const QB: usize>(
             }
         }
     }
+    let (scale, lo, hi) = (
+        _mm256_set1_ps(scale),
+        _mm256_set1_ps(-QUANT_MAX),
+        _mm256_set1_ps(QUANT_MAX),
+    );
     for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: o holds 8 f32.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        // quantize(), 8 at a time: scale, saturate, round to nearest even (the default MXCSR mode), NaN to 0.
+        let x = _mm256_mul_ps(a, scale);
+        let number = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+        let x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+        let v = _mm256_and_si256(_mm256_cvtps_epi32(x), number);
+        // The values are within +-32767: the saturating pack keeps them, in order (low half, then high half).
+        let h = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        // SAFETY: o holds 8 i16 (16 bytes).
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), h) };
     }
 }
 
@@ -374,6 +439,39 @@ mod tests {
         assert_eq!(quantize(1e9, 1.0), 32767);
         assert_eq!(quantize(-1e9, 1.0), -32767);
         assert_eq!(quantize(f32::NAN, 1.0), 0);
+        // Ties to even, as the SIMD conversion rounds.
+        assert_eq!(quantize(2.5, 1.0), 2);
+        assert_eq!(quantize(-3.5, 1.0), -4);
+    }
+
+    #[test]
+    fn table_kernels_saturate_zero_nan_and_round_like_the_scalar_twin() {
+        // One centroid of ones against query tokens whose sums are huge, NaN, ties and small values.
+        let dim = 2;
+        let cents = vec![1.0f32; dim];
+        let mut panels = Vec::new();
+        crate::kernels::pack_tokens(&cents, dim, &mut panels);
+        let tokens = [1e9f32, -1e9, f32::NAN, 1.25, -1.75, 0.3, 0.0, 2.0e-3];
+        let nq = tokens.len();
+        // k-major: coordinate 0 holds the value, coordinate 1 is zero.
+        let mut qt = vec![0f32; dim * nq];
+        qt[..nq].copy_from_slice(&tokens);
+        let w = LANES;
+        let q = TableQuery {
+            qt: &qt,
+            nq,
+            dim,
+            w,
+            scale: 2.0,
+        };
+        let mut want = vec![0i16; w];
+        centroid_table_scalar(q, &panels, 1, &mut want);
+        assert_eq!(&want[..nq], &[32767, -32767, 0, 2, -4, 1, 0, 0]);
+        for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar] {
+            let mut got = vec![0i16; w];
+            centroid_table_on(kernel, q, &panels, 1, &mut got);
+            assert_eq!(got, want, "{kernel:?}");
+        }
     }
 
     #[test]

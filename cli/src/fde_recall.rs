@@ -47,6 +47,9 @@ impl FdeRecallCmd {
     pub(crate) fn run(self) -> anyhow::Result<()> {
         let ds = Dataset::open_without_doc_tokens(&self.data)?;
         let stream = DocStream::open(&self.data)?;
+        if self.queries == 0 {
+            bail!("--queries must be at least 1");
+        }
         let nq = self.queries.min(ds.n_queries());
         if nq == 0 || ds.gt_ids(0).is_none() {
             bail!(

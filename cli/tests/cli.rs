@@ -36,6 +36,17 @@ fn floats(out: &Output) -> Vec<f64> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The JSON report on the last stdout line of a command that must have succeeded.
+fn last_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 #[test]
 fn fde_command_reproduces_golden_vectors() {
     // Spec golden vector: d=3, R=1, k_sim=2, seed=42, identity; points e1, e2, e3, -e1, -e2, -e3.
@@ -180,13 +191,7 @@ fn index_search_and_bench_on_the_demo_set() {
         .arg(demo())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = last_json(&out);
     for key in [
         "n_docs",
         "n_queries",
@@ -421,13 +426,7 @@ fn fde_recall_reports_recall_that_grows_with_candidates() {
         .arg(demo())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = last_json(&out);
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "{report}");
     let recall = |p: u64, c: u64| {
@@ -451,6 +450,7 @@ fn fde_recall_reports_recall_that_grows_with_candidates() {
     for bad in [
         ["--prefixes", "21"],
         ["--candidates", "0"],
+        ["--queries", "0"],
         ["--queries", "1000000"],
         // 20 prefixes x 2 x 100000 candidates for each demo query: too many kept candidates.
         [
@@ -491,15 +491,7 @@ fn max_kernel_caps_the_kernels_with_the_same_results() {
             .arg(demo())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let report: serde_json::Value =
-            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        report
+        last_json(&out)
     };
     let portable = run("portable");
     assert_eq!(portable["kernel"], "Portable");

@@ -128,9 +128,26 @@ pub(crate) fn centroid_table_scalar(q: TableQuery<'_>, panels: &[f16], k: usize,
     }
 }
 
+/// One block of a SIMD table kernel: the inner products of the `G` centroids at `panel[kk * 16 + t]` (t < G)
+/// with query tokens `q[kk * stride + j]`, quantized as [`quantize`] does, into `out[j][t]`. Arguments: `q`,
+/// `stride`, `panel`, `dim`, `scale`, `out`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn centroid_table_avx512(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
+type TableBlock<const G: usize, const QB: usize> =
+    unsafe fn(*const f32, usize, *const f16, usize, f32, &mut [[i16; G]; QB]);
+
+/// The loop both SIMD table kernels share: every group of `G` centroids (a panel of 16, or half of one) against
+/// blocks of up to `QB` query tokens; `blocks[jb - 1]` computes a block of `jb` tokens, and its values land in
+/// `out`.
+/// # Safety
+/// The sizes passed [`centroid_table_on`]'s checks, and the CPU runs the instruction set of `blocks`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn table_in_blocks<const G: usize, const QB: usize>(
+    q: TableQuery<'_>,
+    panels: &[f16],
+    k: usize,
+    out: &mut [i16],
+    blocks: &[TableBlock<G, QB>; QB],
+) {
     let TableQuery {
         qt,
         nq,
@@ -138,44 +155,66 @@ unsafe fn centroid_table_avx512(q: TableQuery<'_>, panels: &[f16], k: usize, out
         w,
         scale,
     } = q;
-    let mut tmp = [[0i16; 16]; AVX512_QB];
-    for p in 0..k.div_ceil(16) {
+    for c0 in (0..k).step_by(G) {
+        let rows = (k - c0).min(G);
         let mut j0 = 0;
         while j0 < nq {
-            let jb = (nq - j0).min(AVX512_QB);
-            // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
-            // p < ceil(k/16) and j0 + jb <= nq.
+            let jb = (nq - j0).min(QB);
+            let mut tmp = [[0i16; G]; QB];
+            // SAFETY: panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq were checked, so the panel of
+            // centroid c0 (at (c0 / 16) * dim * 16, lane c0 % 16, which G divides) is readable for kk < dim and
+            // t < G, and the query for kk < dim and j < jb (j0 + jb <= nq); the caller vouches for the CPU.
             unsafe {
-                let panel = panels.as_ptr().add(p * dim * 16);
-                let q = qt.as_ptr().add(j0);
-                match jb {
-                    1 => table_block_avx512::<1>(q, nq, panel, dim, scale, &mut tmp),
-                    2 => table_block_avx512::<2>(q, nq, panel, dim, scale, &mut tmp),
-                    3 => table_block_avx512::<3>(q, nq, panel, dim, scale, &mut tmp),
-                    4 => table_block_avx512::<4>(q, nq, panel, dim, scale, &mut tmp),
-                    5 => table_block_avx512::<5>(q, nq, panel, dim, scale, &mut tmp),
-                    6 => table_block_avx512::<6>(q, nq, panel, dim, scale, &mut tmp),
-                    7 => table_block_avx512::<7>(q, nq, panel, dim, scale, &mut tmp),
-                    8 => table_block_avx512::<8>(q, nq, panel, dim, scale, &mut tmp),
-                    9 => table_block_avx512::<9>(q, nq, panel, dim, scale, &mut tmp),
-                    10 => table_block_avx512::<10>(q, nq, panel, dim, scale, &mut tmp),
-                    11 => table_block_avx512::<11>(q, nq, panel, dim, scale, &mut tmp),
-                    12 => table_block_avx512::<12>(q, nq, panel, dim, scale, &mut tmp),
-                    13 => table_block_avx512::<13>(q, nq, panel, dim, scale, &mut tmp),
-                    14 => table_block_avx512::<14>(q, nq, panel, dim, scale, &mut tmp),
-                    15 => table_block_avx512::<15>(q, nq, panel, dim, scale, &mut tmp),
-                    _ => table_block_avx512::<AVX512_QB>(q, nq, panel, dim, scale, &mut tmp),
-                }
+                let panel = panels.as_ptr().add((c0 / 16) * dim * 16 + c0 % 16);
+                blocks[jb - 1](qt.as_ptr().add(j0), nq, panel, dim, scale, &mut tmp);
             }
-            for t in 0..16.min(k - p * 16) {
+            for t in 0..rows {
                 for (j, row) in tmp.iter().enumerate().take(jb) {
-                    out[(p * 16 + t) * w + j0 + j] = row[t];
+                    out[(c0 + t) * w + j0 + j] = row[t];
                 }
             }
             j0 += jb;
         }
     }
 }
+
+/// The AVX-512 blocks: a whole panel (16 centroids) against 1..=[`AVX512_QB`] query tokens.
+#[cfg(target_arch = "x86_64")]
+const AVX512_BLOCKS: [TableBlock<16, AVX512_QB>; AVX512_QB] = [
+    table_block_avx512::<1>,
+    table_block_avx512::<2>,
+    table_block_avx512::<3>,
+    table_block_avx512::<4>,
+    table_block_avx512::<5>,
+    table_block_avx512::<6>,
+    table_block_avx512::<7>,
+    table_block_avx512::<8>,
+    table_block_avx512::<9>,
+    table_block_avx512::<10>,
+    table_block_avx512::<11>,
+    table_block_avx512::<12>,
+    table_block_avx512::<13>,
+    table_block_avx512::<14>,
+    table_block_avx512::<15>,
+    table_block_avx512::<16>,
+];
+
+/// The AVX2 blocks: a half panel (8 centroids) against 1..=[`AVX2_QB`] query tokens.
+#[cfg(target_arch = "x86_64")]
+const AVX2_BLOCKS: [TableBlock<8, AVX2_QB>; AVX2_QB] = [
+    table_block_avx2::<1>,
+    table_block_avx2::<2>,
+    table_block_avx2::<3>,
+    table_block_avx2::<4>,
+    table_block_avx2::<5>,
+    table_block_avx2::<6>,
+    table_block_avx2::<7>,
+    table_block_avx2::<8>,
+    table_block_avx2::<9>,
+    table_block_avx2::<10>,
+    table_block_avx2::<11>,
+    table_block_avx2::<12>,
+];
 
 /// Query tokens per block of the AVX-512 table kernel: one zmm accumulator each, of the 32 registers.
 #[cfg(target_arch = "x86_64")]
@@ -228,60 +267,6 @@ unsafe fn table_block_avx512<const QB: usize>(
 /// half-panel row and the broadcast take two more).
 #[cfg(target_arch = "x86_64")]
 const AVX2_QB: usize = 12;
-
-/// [`centroid_table`] on AVX2 + FMA + F16C: each half panel (8 centroids) against blocks of up to
-/// [`AVX2_QB`] query tokens.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn centroid_table_avx2(q: TableQuery<'_>, panels: &[f16], k: usize, out: &mut [i16]) {
-    let TableQuery {
-        qt,
-        nq,
-        dim,
-        w,
-        scale,
-    } = q;
-    for p in 0..k.div_ceil(16) {
-        for half in 0..2 {
-            let c0 = p * 16 + half * 8;
-            if c0 >= k {
-                break;
-            }
-            let rows = (k - c0).min(8);
-            let mut j0 = 0;
-            while j0 < nq {
-                let jb = (nq - j0).min(AVX2_QB);
-                let mut tmp = [[0i16; 8]; AVX2_QB];
-                // SAFETY: the caller checked panels.len() >= ceil(k/16) * 16 * dim and qt.len() >= dim * nq;
-                // p < ceil(k/16), half < 2, and j0 + jb <= nq.
-                unsafe {
-                    let panel = panels.as_ptr().add(p * dim * 16 + half * 8);
-                    let q = qt.as_ptr().add(j0);
-                    match jb {
-                        1 => table_block_avx2::<1>(q, nq, panel, dim, scale, &mut tmp),
-                        2 => table_block_avx2::<2>(q, nq, panel, dim, scale, &mut tmp),
-                        3 => table_block_avx2::<3>(q, nq, panel, dim, scale, &mut tmp),
-                        4 => table_block_avx2::<4>(q, nq, panel, dim, scale, &mut tmp),
-                        5 => table_block_avx2::<5>(q, nq, panel, dim, scale, &mut tmp),
-                        6 => table_block_avx2::<6>(q, nq, panel, dim, scale, &mut tmp),
-                        7 => table_block_avx2::<7>(q, nq, panel, dim, scale, &mut tmp),
-                        8 => table_block_avx2::<8>(q, nq, panel, dim, scale, &mut tmp),
-                        9 => table_block_avx2::<9>(q, nq, panel, dim, scale, &mut tmp),
-                        10 => table_block_avx2::<10>(q, nq, panel, dim, scale, &mut tmp),
-                        11 => table_block_avx2::<11>(q, nq, panel, dim, scale, &mut tmp),
-                        _ => table_block_avx2::<AVX2_QB>(q, nq, panel, dim, scale, &mut tmp),
-                    }
-                }
-                for t in 0..rows {
-                    for (j, row) in tmp.iter().enumerate().take(jb) {
-                        out[(c0 + t) * w + j0 + j] = row[t];
-                    }
-                }
-                j0 += jb;
-            }
-        }
-    }
-}
 
 /// Inner products of 8 centroids (a half panel: `panel[kk * 16 + t]`, t < 8) with QB query tokens
 /// (`q[kk * stride + j]`), quantized as [`quantize`] does, into `out[j][t]`.
@@ -378,10 +363,10 @@ pub(crate) fn centroid_table_on(
     match kernel.supported() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F was detected at run time; the sizes were checked above.
-        Kernel::Avx512 => unsafe { centroid_table_avx512(q, panels, k, out) },
+        Kernel::Avx512 => unsafe { table_in_blocks(q, panels, k, out, &AVX512_BLOCKS) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2, FMA and F16C were detected at run time; the sizes were checked above.
-        Kernel::Avx2 => unsafe { centroid_table_avx2(q, panels, k, out) },
+        Kernel::Avx2 => unsafe { table_in_blocks(q, panels, k, out, &AVX2_BLOCKS) },
         _ => centroid_table_scalar(q, panels, k, out),
     }
 }

@@ -90,7 +90,7 @@ pub fn wal_replay(dir: &Path, data: &[u8]) -> bool {
         return false;
     }
     let mut n = 0usize;
-    let replayed = wal::replay(&wal_dir, flushed, |_, op| {
+    let replayed = wal::replay(&wal_dir, flushed, wal::ControlFile::MayLack, |_, op| {
         n += match op {
             wal::WalOp::Upsert(d) => d.len(),
             wal::WalOp::Delete(ids) => ids.len(),

@@ -132,3 +132,143 @@ async fn a_damaged_collection_is_reported_and_the_rest_serves() {
     assert_eq!(v["stats"]["documents"], 20, "{v}");
     s.shutdown().await.unwrap();
 }
+
+/// Issue 21, items 1 and 6, as the probe reproduced them: create, upsert `a`, flush, upsert `b`, delete `a`, stop,
+/// wipe the newest log file (emptied, or its records zeroed): the collection must not open as if the log were
+/// empty (`b` missing, `a` back). It is unavailable with the reason, the files stay as they were, and putting the
+/// file back brings `b` back with `a` deleted. A `collection.json` copied from another collection is refused the
+/// same way instead of serving one name twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
+    type Wipe = fn(&std::path::Path);
+    let wipes: [(&str, Wipe); 2] = [
+        ("truncate -s 0", |p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(0)
+                .unwrap()
+        }),
+        ("records zeroed", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            b[40..].fill(0); // the 40-byte header is kept
+            std::fs::write(p, b).unwrap();
+        }),
+    ];
+    for (how, wipe) in wipes {
+        for flush in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = start_server(dir.path(), |_| {}).await;
+            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            h.ok(
+                "POST",
+                "/v1/collections",
+                Some(&json!({"name": "c", "dimension": 4})),
+            )
+            .await;
+            let upsert = |i: usize| json!({ "documents": [doc(i)] });
+            h.ok("POST", "/v1/collections/c/documents", Some(&upsert(0)))
+                .await;
+            if flush {
+                h.ok("POST", "/v1/collections/c/flush", None).await;
+            }
+            h.ok("POST", "/v1/collections/c/documents", Some(&upsert(1)))
+                .await;
+            h.ok(
+                "POST",
+                "/v1/collections/c/documents/delete",
+                Some(&json!({"ids": ["d0"]})),
+            )
+            .await;
+            s.shutdown().await.unwrap();
+
+            let wal = dir.path().join("collections/c/wal");
+            let mut logs: Vec<_> = std::fs::read_dir(&wal)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            logs.sort();
+            let newest = logs.pop().unwrap();
+            let saved = std::fs::read(&newest).unwrap();
+            wipe(&newest);
+            let wiped = std::fs::read(&newest).unwrap();
+
+            let s = start_server(dir.path(), |_| {}).await;
+            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            let (status, body) = h.call("GET", "/v1/collections/c", None).await;
+            let case = format!("{how}, flush {flush}");
+            assert_eq!(status, 503, "{case}: {body}");
+            let msg = body["message"].as_str().unwrap();
+            assert!(
+                msg.contains("acknowledged") && msg.contains("wal-"),
+                "{case}: {msg}"
+            );
+            let list = h.ok("GET", "/v1/collections", None).await;
+            assert_eq!(list["unavailable"][0]["name"], "c", "{case}: {list}");
+            s.shutdown().await.unwrap();
+            assert_eq!(
+                std::fs::read(&newest).unwrap(),
+                wiped,
+                "{case}: nothing was 'cleaned up'"
+            );
+
+            std::fs::write(&newest, &saved).unwrap();
+            let s = start_server(dir.path(), |_| {}).await;
+            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            let (status, body) = h
+                .call(
+                    "POST",
+                    "/v1/collections/c/documents/get",
+                    Some(&json!({"ids": ["d0", "d1"]})),
+                )
+                .await;
+            assert_eq!(status, 200, "{case}: {body}");
+            assert_eq!(body["missing"], json!(["d0"]), "{case}: {body}");
+            s.shutdown().await.unwrap();
+        }
+    }
+
+    // Item 6: b's descriptor replaced by a's.
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), |_| {}).await;
+    let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+    for name in ["a", "b"] {
+        h.ok(
+            "POST",
+            "/v1/collections",
+            Some(&json!({"name": name, "dimension": 4})),
+        )
+        .await;
+    }
+    s.shutdown().await.unwrap();
+    let root = dir.path().join("collections");
+    std::fs::copy(
+        root.join("a/collection.json"),
+        root.join("b/collection.json"),
+    )
+    .unwrap();
+    let s = start_server(dir.path(), |_| {}).await;
+    let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+    let list = h.ok("GET", "/v1/collections", None).await;
+    let names: Vec<&str> = list["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"], "{list}");
+    assert_eq!(list["unavailable"][0]["name"], "b", "{list}");
+    let (status, body) = h.call("GET", "/v1/collections/b", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("describes the collection \"a\""),
+        "{body}"
+    );
+    s.shutdown().await.unwrap();
+}

@@ -88,8 +88,13 @@ fn unavailable_reason(core: &Core, name: &str) -> String {
 /// file was removed or shortened, that "other" serves and the server reports ready; then restores the files
 /// and checks that everything acknowledged is back.
 async fn refused_then_restored(damage: impl FnOnce(&Path), expect: &str) {
+    refused_then_restored_with(30, damage, expect).await
+}
+
+/// [`refused_then_restored`] with `flushed` documents in a shard before the 10 in the log (0: no flush).
+async fn refused_then_restored_with(flushed: u64, damage: impl FnOnce(&Path), expect: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let ids = populate(dir.path(), 30).await;
+    let ids = populate(dir.path(), flushed).await;
     let c = coll_dir(dir.path(), "c");
     let backup = tempfile::tempdir().unwrap();
     let saved: BTreeMap<PathBuf, Vec<u8>> = files(&c)
@@ -209,6 +214,65 @@ async fn a_truncated_or_deleted_log_is_refused() {
         "no write-ahead log",
     )
     .await;
+}
+
+/// Issue 21, items 1 and 2: the newest log file emptied, its records zeroed, or its last (acknowledged) record
+/// damaged, with and without a flush before; the log's control file deleted or damaged. Each is refused with the
+/// reason (never opened as a shorter log), nothing is changed, and restoring the files brings everything back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_or_damaged_log_tail_is_refused() {
+    for flushed in [0, 30] {
+        refused_then_restored_with(
+            flushed,
+            |c| {
+                let p = wal_files(c).pop().unwrap();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+            },
+            "10 acknowledged record(s) are missing",
+        )
+        .await;
+        refused_then_restored_with(
+            flushed,
+            |c| {
+                let p = wal_files(c).pop().unwrap();
+                let mut b = fs::read(&p).unwrap();
+                b[40..].fill(0);
+                fs::write(&p, b).unwrap();
+            },
+            "10 acknowledged record(s) are missing",
+        )
+        .await;
+        // The last record's final byte flipped: it looks like a torn append, but it was acknowledged.
+        refused_then_restored_with(
+            flushed,
+            |c| {
+                let p = wal_files(c).pop().unwrap();
+                let mut b = fs::read(&p).unwrap();
+                let last = b.iter().rposition(|&x| x != 0).unwrap();
+                b[last] ^= 0x40;
+                fs::write(&p, b).unwrap();
+            },
+            "1 acknowledged record(s) are missing",
+        )
+        .await;
+        refused_then_restored_with(
+            flushed,
+            |c| fs::remove_file(c.join("wal/control")).unwrap(),
+            "control file is missing",
+        )
+        .await;
+        refused_then_restored_with(
+            flushed,
+            |c| fs::write(c.join("wal/control"), [0u8; 1024]).unwrap(),
+            "no valid slot",
+        )
+        .await;
+    }
 }
 
 /// Flips bits `mask` of the byte at `at(file length)` of collection `c`'s first shard file.

@@ -104,6 +104,11 @@ pub struct Manifest {
     /// Bytes of shard files written by compactions, over the collection's life.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compacted_bytes: u64,
+    /// The collection's log has a control file (`wal/control`, how far it was acknowledged): a missing one is
+    /// damage. Absent (false) in manifests written before control files existed; such a collection gets one
+    /// when it is next opened.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_control: bool,
 }
 
 /// Paths inside a collection directory.

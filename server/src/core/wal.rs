@@ -46,6 +46,9 @@ use chamfer_index::fsutil::{self, sync_dir};
 
 use super::storage_error::StorageError;
 
+pub mod control;
+use control::Control;
+
 const MAGIC: &[u8; 8] = b"CHMFWAL1";
 /// The version this build writes.
 const VERSION: u32 = 3;
@@ -642,6 +645,18 @@ pub struct Replayed {
     files: Vec<(WalFile, FileEnd)>,
     /// The last sequence number in the log (or the one before the live file's first, when it is empty).
     pub last_seq: u64,
+    /// How far the control file says the log was acknowledged (None: a log without one, written before it
+    /// existed). Never above `last_seq`: replay refuses a log that falls short of it.
+    pub acked: Option<u64>,
+}
+
+/// Whether the log in question must have a control file ([`control`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlFile {
+    /// It must (the manifest says the collection's log has one): a missing control file is damage.
+    Required,
+    /// A log written before control files existed may lack it (one that has it is checked all the same).
+    MayLack,
 }
 
 /// Replays every record after `flushed_seq` of the log in `dir` through `f`, checking the whole chain (see the
@@ -649,8 +664,19 @@ pub struct Replayed {
 pub fn replay(
     dir: &Path,
     flushed_seq: u64,
+    control_file: ControlFile,
     mut f: impl FnMut(u64, WalOp) -> Result<(), StorageError>,
 ) -> Result<Replayed, StorageError> {
+    // Read first: it is the witness of what the files below must hold.
+    let acked = control::read(dir)?;
+    if acked.is_none() && control_file == ControlFile::Required {
+        return Err(StorageError::damaged(
+            control::path(dir),
+            None,
+            "the log's control file is missing (the manifest says this log has one): whether acknowledged \
+             writes are missing from the log cannot be checked",
+        ));
+    }
     let files = list(dir)?;
     if files.is_empty() {
         return Err(StorageError::damaged(
@@ -775,9 +801,24 @@ pub fn replay(
             format!("the log ends at sequence {last_seq}, before the manifest's flushed sequence {flushed_seq}"),
         ));
     }
+    if let Some(acked) = acked.filter(|&a| a > last_seq) {
+        let offset = last_end.has_header.then_some(last_end.valid_len);
+        return Err(StorageError::damaged(
+            &last_file.path,
+            offset,
+            format!(
+                "the log ends at sequence {last_seq}, but writes up to sequence {acked} were acknowledged \
+                 (wal/{}): {} acknowledged record(s) are missing (the log's tail was wiped, truncated or \
+                 damaged); refusing to open (nothing was changed)",
+                control::FILE_NAME,
+                acked - last_seq
+            ),
+        ));
+    }
     Ok(Replayed {
         files: out,
         last_seq,
+        acked,
     })
 }
 
@@ -793,12 +834,23 @@ pub struct WalWriter {
     older: Vec<(PathBuf, u64)>,
     /// Set when a failed append could not be rolled back: no further write is accepted.
     poisoned: Option<String>,
+    /// The control file: how far the log was acknowledged.
+    control: Control,
 }
 
 impl WalWriter {
     /// Creates the first log file of a new collection.
     pub fn create(dir: &Path, first_seq: u64) -> Result<WalWriter, StorageError> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let control = Control::create(dir, first_seq.saturating_sub(1))?;
+        WalWriter::create_file(dir, first_seq, control)
+    }
+
+    fn create_file(
+        dir: &Path,
+        first_seq: u64,
+        control: Control,
+    ) -> Result<WalWriter, StorageError> {
         let (file, path, capacity) = create(dir, first_seq, FILE_CAPACITY)?;
         Ok(WalWriter {
             dir: dir.to_path_buf(),
@@ -808,11 +860,14 @@ impl WalWriter {
             capacity,
             older: Vec::new(),
             poisoned: None,
+            control,
         })
     }
 
     /// Continues the log that [`replay`] read. A torn tail of the newest file is first copied to `quarantine`
     /// (evidence, never deleted) and then cleared; a version-1 newest file is closed and a version-2 file started.
+    /// The control file is then written (created, for a log that had none) with the log's last sequence: every
+    /// replayed record is now part of the collection's state.
     pub fn open(
         dir: &Path,
         replayed: &Replayed,
@@ -829,8 +884,25 @@ impl WalWriter {
             .last()
             .expect("replay found at least one file");
         if let Tail::Torn { end: torn_end } = end.tail {
-            save_evidence(&last.path, end.valid_len, torn_end, quarantine)?;
+            let acknowledged = match replayed.acked {
+                Some(a) => format!(
+                    "never acknowledged: the control file records acknowledgements up to sequence {a}, and the log \
+                     holds every record up to {}",
+                    replayed.last_seq
+                ),
+                None => "whether it was acknowledged cannot be known: this log has no control file (it was \
+                         written before control files existed)"
+                    .to_string(),
+            };
+            save_evidence(
+                &last.path,
+                end.valid_len,
+                torn_end,
+                quarantine,
+                &acknowledged,
+            )?;
         }
+        let control = Control::create(dir, replayed.last_seq)?;
         let next_seq = replayed.last_seq + 1;
         if let [.., (prev, pend), _] = replayed.files.as_slice() {
             if pend.version >= VERSION_2 && pend.sealed.is_none() && end.first_record.is_none() {
@@ -851,7 +923,7 @@ impl WalWriter {
             // A crash while the newest file was being created: it holds nothing.
             fs::remove_file(&last.path).map_err(|e| StorageError::io(&last.path, e))?;
             sync_dir(dir);
-            let mut w = WalWriter::create(dir, next_seq)?;
+            let mut w = WalWriter::create_file(dir, next_seq, control)?;
             w.older = older;
             return Ok(w);
         }
@@ -875,6 +947,7 @@ impl WalWriter {
                     capacity,
                     older,
                     poisoned: None,
+                    control,
                 };
                 w.file.seek(SeekFrom::Start(w.len)).map_err(io)?;
                 Ok(w)
@@ -886,18 +959,20 @@ impl WalWriter {
                     file.sync_all().map_err(io)?;
                 }
                 older.push((last.path.clone(), end.valid_len));
-                let mut w = WalWriter::create(dir, next_seq)?;
+                let mut w = WalWriter::create_file(dir, next_seq, control)?;
                 w.older = older;
                 Ok(w)
             }
         }
     }
 
-    /// Appends records `(seq, kind, body)` and fsyncs. On failure the file is rolled back to its previous
+    /// Appends records `(seq, kind, body)`, fsyncs, then records the last one's sequence in the control file
+    /// (and fsyncs it): only then may they be acknowledged. On failure the file is rolled back to its previous
     /// length (or, if even that fails, the log refuses every later write).
     pub fn append(&mut self, records: &[(u64, u8, &[u8])]) -> Result<(), StorageError> {
         self.check_poisoned()?;
-        let Some(&(first_seq, _, _)) = records.first() else {
+        let (Some(&(first_seq, _, _)), Some(&(last_seq, _, _))) = (records.first(), records.last())
+        else {
             return Ok(());
         };
         let bytes: u64 = records.iter().map(|r| 17 + r.2.len() as u64).sum();
@@ -905,19 +980,25 @@ impl WalWriter {
         if self.len + bytes + 17 > self.capacity {
             self.rotate_inner(first_seq, HEADER_V2 + bytes + 17)?;
         }
-        let written = write_records(&self.file, records);
-        match written {
-            Ok(n) => {
-                self.len += n;
-                Ok(())
-            }
+        let n = match write_records(&self.file, records) {
+            Ok(n) => n,
             Err(e) => {
                 if let Err(e2) = self.roll_back() {
                     self.poisoned = Some(format!("{e}; rollback failed: {e2}"));
                 }
-                Err(StorageError::io(&self.path, e))
+                return Err(StorageError::io(&self.path, e));
             }
+        };
+        self.len += n;
+        if let Err(e) = self.control.record(last_seq) {
+            // The records are durable, and the control file may or may not say so: rolling them back could leave
+            // a control that runs ahead of the log. Keep them (they replay at the next start, unacknowledged
+            // writes that survived) and refuse every later write, as after a failed rollback.
+            let e = StorageError::io(self.control.path(), e);
+            self.poisoned = Some(format!("writing the log's control file failed: {e}"));
+            return Err(e);
         }
+        Ok(())
     }
 
     fn check_poisoned(&self) -> Result<(), StorageError> {
@@ -1030,7 +1111,13 @@ fn write_records(file: &File, records: &[(u64, u8, &[u8])]) -> io::Result<u64> {
 }
 
 /// Copies `[from, to)` of `path` into `quarantine/` before those bytes are cleared.
-fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(), StorageError> {
+fn save_evidence(
+    path: &Path,
+    from: u64,
+    to: u64,
+    quarantine: &Path,
+    acknowledged: &str,
+) -> Result<(), StorageError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1043,7 +1130,8 @@ fn save_evidence(path: &Path, from: u64, to: u64, quarantine: &Path) -> Result<(
     fs::create_dir_all(quarantine).map_err(|e| StorageError::io(quarantine, e))?;
     fsutil::write_atomic(&dest, &bytes)?;
     tracing::warn!(file = %path.display(), offset = from, bytes = to - from, evidence = %dest.display(),
-        "torn log tail: an append that never completed (so was never acknowledged); its bytes were saved and cleared");
+        acknowledged, "torn log tail: bytes after the last valid record that hold no valid record (an append that \
+        never completed, or a damaged last record); its bytes were saved and cleared");
     Ok(())
 }
 
@@ -1116,7 +1204,7 @@ mod tests {
     /// Replays everything after `flushed`: (seq, op) pairs, or the error.
     fn replay_all(dir: &Path, flushed: u64) -> Result<(Vec<(u64, WalOp)>, Replayed), StorageError> {
         let mut v = Vec::new();
-        let r = replay(dir, flushed, |s, op| {
+        let r = replay(dir, flushed, ControlFile::MayLack, |s, op| {
             v.push((s, op));
             Ok(())
         })?;
@@ -1240,6 +1328,162 @@ mod tests {
         fs::remove_file(&path).unwrap();
         let e = replay_all(dir.path(), 0).err().expect("refused");
         assert!(e.to_string().contains("no write-ahead log"), "{e}");
+    }
+
+    /// Three files: seq 1-2 | 3-4 | 5-6 (two records each, one append per record), control at 6.
+    fn three_files(dir: &Path) -> Vec<WalFile> {
+        let mut w = WalWriter::create(dir, 1).unwrap();
+        let a = upsert("a");
+        for seq in 1..=6 {
+            w.append(&[(seq, KIND_UPSERT, &a)]).unwrap();
+            if seq % 2 == 0 && seq < 6 {
+                w.rotate(seq + 1).unwrap();
+            }
+        }
+        let files = list(dir).unwrap();
+        assert_eq!(files.len(), 3);
+        files
+    }
+
+    /// Issue 21, item 1: a file emptied (`truncate -s 0`) or with its records zeroed (header kept) is refused
+    /// wherever it sits in the chain (first, middle, newest), with or without a flush before it, whenever it
+    /// held a record after the flushed sequence; nothing is changed by the refusal.
+    #[test]
+    fn a_wiped_log_file_is_refused_at_every_position() {
+        type Wipe = fn(&Path);
+        let wipes: [(&str, Wipe); 2] = [
+            ("truncated to 0 bytes", |p| {
+                OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap()
+            }),
+            ("records zeroed", |p| {
+                let mut b = fs::read(p).unwrap();
+                b[HEADER_V2 as usize..].fill(0);
+                fs::write(p, b).unwrap();
+            }),
+        ];
+        for (how, wipe) in wipes {
+            for position in 0..3 {
+                // flushed 0: nothing flushed; 2: the first file's records are in shards (a flush whose
+                // obsolete log file was not removed yet); the newest file's records are never flushed here.
+                for flushed in [0u64, 2] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let files = three_files(dir.path());
+                    wipe(&files[position].path);
+                    let before: Vec<Vec<u8>> =
+                        files.iter().map(|f| fs::read(&f.path).unwrap()).collect();
+                    let got = replay_all(dir.path(), flushed);
+                    let lost = position > 0 || flushed < 2;
+                    let case = format!("{how}, file {position}, flushed {flushed}");
+                    match (lost, got) {
+                        (true, Ok((recs, _))) => {
+                            panic!(
+                                "{case}: opened with {:?}: acknowledged records lost",
+                                seqs(&recs)
+                            )
+                        }
+                        (true, Err(e)) => {
+                            let e = e.to_string();
+                            assert!(
+                                e.contains(&file_name(files[position].first_seq))
+                                    || e.contains(&file_name(
+                                        files[position.saturating_sub(1)].first_seq
+                                    ))
+                                    || e.contains(&file_name(files[2].first_seq)),
+                                "{case}: {e}"
+                            );
+                        }
+                        // Only records already in shards were wiped: nothing acknowledged is lost either way.
+                        (false, Ok((recs, r))) => {
+                            assert_eq!((seqs(&recs), r.last_seq), (vec![3, 4, 5, 6], 6), "{case}")
+                        }
+                        (false, Err(_)) => {}
+                    }
+                    let after: Vec<Vec<u8>> =
+                        files.iter().map(|f| fs::read(&f.path).unwrap()).collect();
+                    assert!(before == after, "{case}: the refusal changed nothing");
+                }
+            }
+        }
+        // The newest (only) file of a log whose earlier files were removed after a flush, wiped: refused with the
+        // control file's evidence, naming how many acknowledged records are missing.
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_files(dir.path());
+        for f in &files[..2] {
+            fs::remove_file(&f.path).unwrap();
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(&files[2].path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let e = replay_all(dir.path(), 4)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("ends at sequence 4")
+                && e.contains("up to sequence 6")
+                && e.contains("2 acknowledged"),
+            "{e}"
+        );
+    }
+
+    /// Issue 21, item 2: a damaged LAST record that was acknowledged is refused (the control file says so), not
+    /// dropped as a torn append; a torn append that was never acknowledged still opens (and its bytes are kept).
+    #[test]
+    fn an_acknowledged_last_record_that_is_damaged_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_of(dir.path(), 3);
+        let last = record_offset(&path, 2);
+        let mut b = fs::read(&path).unwrap();
+        b[last as usize + 20] ^= 0x01;
+        fs::write(&path, &b).unwrap();
+        let e = replay_all(dir.path(), 0)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("up to sequence 3") && e.contains("ends at sequence 2"),
+            "{e}"
+        );
+        // The same bytes without the control's evidence (a log from before control files): opened as a torn
+        // tail, the record's bytes saved aside.
+        fs::remove_file(control::path(dir.path())).unwrap();
+        let (recs, r) = replay_all(dir.path(), 0).unwrap();
+        assert_eq!((seqs(&recs), r.acked), (vec![1, 2], None));
+        // ...but a manifest that says the log has a control file refuses the missing file.
+        let e = replay(dir.path(), 0, ControlFile::Required, |_, _| Ok(()))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("control file is missing"), "{e}");
+    }
+
+    /// The control file never runs ahead of the log: an append whose records were written but whose control
+    /// write never happened (a crash between the two) opens with those records, and the control catches up.
+    #[test]
+    fn the_control_file_follows_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        assert_eq!(control::read(dir.path()).unwrap(), Some(0));
+        let a = upsert("a");
+        w.append(&[(1, KIND_UPSERT, &a), (2, KIND_UPSERT, &a)])
+            .unwrap();
+        assert_eq!(control::read(dir.path()).unwrap(), Some(2));
+        // A crash after the log's fsync, before the control's: the log is ahead, which is fine.
+        write_records(&w.file, &[(3, KIND_UPSERT, &a)]).unwrap();
+        drop(w);
+        let (recs, r) = replay_all(dir.path(), 0).unwrap();
+        assert_eq!((seqs(&recs), r.acked), (vec![1, 2, 3], Some(2)));
+        let w = WalWriter::open(dir.path(), &r, &dir.path().join("q")).unwrap();
+        assert_eq!(w.control.acked_seq(), 3);
+        assert_eq!(control::read(dir.path()).unwrap(), Some(3));
     }
 
     #[test]

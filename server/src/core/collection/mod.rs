@@ -55,6 +55,7 @@ use tokio::sync::oneshot;
 
 use super::manifest::{self, CollectionConfig, Layout, Manifest, MANIFEST_VERSION};
 use super::wal::WalWriter;
+use crate::core::storage_error::StorageError;
 use crate::error::ServiceError;
 use chamfer_index::fsutil;
 
@@ -246,6 +247,7 @@ impl Collection {
         manifest::write_checked(&l.config(), &config)?;
         let empty = Manifest {
             format_version: MANIFEST_VERSION,
+            log_control: true,
             ..Default::default()
         };
         manifest::write_checked(&l.manifest(), &empty)?;
@@ -260,6 +262,22 @@ impl Collection {
     /// Opens a collection directory: shards from the manifest, then the log replayed on top.
     pub fn open(layout: Layout, tuning: Tuning) -> Result<Arc<Collection>, ServiceError> {
         let config: CollectionConfig = manifest::read_checked(&layout.config())?;
+        // The directory is the collection's name: a descriptor that names another collection (copied over from
+        // it) would serve that collection's name twice, or this one's data under a wrong name.
+        let dir_name = layout.dir.file_name().map(|n| n.to_string_lossy());
+        if dir_name.as_deref() != Some(config.name.as_str()) {
+            return Err(StorageError::damaged(
+                layout.config(),
+                None,
+                format!(
+                    "collection.json describes the collection {:?}, not {:?} whose directory it is in (copied from \
+                     another collection?)",
+                    config.name,
+                    dir_name.unwrap_or_default()
+                ),
+            )
+            .into());
+        }
         let (state, writer, next_segment) = recover(&layout, &config, tuning.verify_now_bytes)?;
         let c = Arc::new(Collection {
             config,

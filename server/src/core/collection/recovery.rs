@@ -222,7 +222,12 @@ pub(super) fn recover(
                 *in_flight.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
             });
         };
-        let r = wal::replay(&wal_dir, manifest.flushed_seq, |seq, op| {
+        let control = if manifest.log_control {
+            wal::ControlFile::Required
+        } else {
+            wal::ControlFile::MayLack
+        };
+        let r = wal::replay(&wal_dir, manifest.flushed_seq, control, |seq, op| {
             st.last_seq = seq;
             match op {
                 WalOp::Upsert(docs) => {
@@ -305,6 +310,15 @@ pub(super) fn recover(
     // Everything checked out: only now may files change (a torn tail cleared, leftovers of interrupted work
     // removed).
     let writer = WalWriter::open(&wal_dir, &replayed, &layout.quarantine())?;
+    if !manifest.log_control {
+        // A collection from before control files: its log has one now, and from here on a missing one is damage.
+        let upgraded = Manifest {
+            format_version: manifest::MANIFEST_VERSION,
+            log_control: true,
+            ..manifest.clone()
+        };
+        manifest::write_checked(&mpath, &upgraded)?;
+    }
     remove_orphans(layout, &manifest);
     tracing::info!(collection = %config.name, shards = manifest.segments.len(), replayed_docs = n_replayed,
         last_seq = st.last_seq, documents = st.ids.len(), "opened collection");

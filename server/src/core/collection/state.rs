@@ -184,6 +184,8 @@ impl State {
             codebook: self.codebook.as_ref().map(|c| c.entry.clone()),
             flushed_bytes: self.flushed_bytes,
             compacted_bytes: self.compacted_bytes,
+            // Every open collection's log has its control file (recovery creates it before the first write).
+            log_control: true,
         }
     }
 

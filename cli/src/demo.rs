@@ -2,7 +2,6 @@
 //! answered, and the commands to ask more (curl, grpcurl, the CLI).
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use chamfer_client::{Query, Vectors};
@@ -72,14 +71,22 @@ impl DemoCmd {
                 "cannot find the demo data set (data/demo): run from the source tree or pass --data DIR",
             )?,
         };
-        let ds = Arc::new(Source::Dataset(Dataset::open(&dir)?));
+        // Queries and ids in memory; the documents are read a batch at a time when they are loaded.
+        let ds = Dataset::open_for_queries(&dir)?;
+        let docs = Source::open_dataset(&dir)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        rt.block_on(self.serve(settings, ds, dir))
+        rt.block_on(self.serve(settings, ds, docs, dir))
     }
 
-    async fn serve(self, settings: Settings, src: Arc<Source>, dir: PathBuf) -> anyhow::Result<()> {
+    async fn serve(
+        self,
+        settings: Settings,
+        ds: Dataset,
+        src: Source,
+        dir: PathBuf,
+    ) -> anyhow::Result<()> {
         let data_dir = settings.data_dir.clone();
         let server = chamfer_server::serve::start(settings).await?;
         let addrs = server.addrs();
@@ -105,9 +112,6 @@ impl DemoCmd {
                     );
                 }
             }
-            let Source::Dataset(ds) = src.as_ref() else {
-                unreachable!()
-            };
             let j = 0;
             let rows: Vec<Vec<f32>> = ds
                 .query_tokens(j)

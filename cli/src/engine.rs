@@ -113,7 +113,8 @@ pub(crate) struct SearchCmd {
 
 impl SearchCmd {
     pub(crate) fn run(self) -> anyhow::Result<()> {
-        let ds = Dataset::open(&self.data)?;
+        // The query, the ids and the texts: never the document tokens (the index has them).
+        let ds = Dataset::open_without_doc_tokens(&self.data)?;
         let searcher = open_index(&self.index)?;
         let Some(j) = ds.query_index(&self.query_id) else {
             bail!(

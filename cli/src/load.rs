@@ -1,11 +1,14 @@
 //! `chamfer load`: a closed-loop load generator over gRPC or REST that also checks the answers.
 //!
 //! With `--ingest` it first creates the collection and uploads the data set's documents (skipping those already
-//! stored), then flushes and compacts (one shard, like the in-process `chamfer bench` index). A warm-up pass sends
-//! every query once and scores it against the data set's exact ground truth (`recall_at_10`), so the network
-//! path is checked for correctness too; then `--concurrency` workers send the queries (cycling) for `--duration`
-//! seconds or `--max-requests` requests, whichever comes first. Every timed answer is compared with the warm-up
-//! answer of the same query (`inconsistent` counts differences). The LAST stdout line is one JSON object.
+//! stored; read from disk a batch at a time, f16 sent as f16, so memory stays bounded whatever the corpus's
+//! size), then flushes and compacts (one shard, like the in-process `chamfer bench` index). The queries, ground
+//! truth and document ids are all it holds of the data set. A warm-up pass sends every query once and scores it
+//! against the data set's exact ground truth (`recall_at_10`), so the network path is checked for correctness
+//! too; then `--concurrency` workers send the queries (cycling) for `--duration` seconds or `--max-requests`
+//! requests, whichever comes first. Every timed answer is compared with the warm-up
+//! answer of the same query (`inconsistent` counts differences). The LAST stdout line is one JSON object (with
+//! the ingest's `ingest_docs_per_s` and this process's peak resident memory, `client_peak_rss_bytes`).
 //!
 //! Traffic only goes to loopback addresses: this is a benchmark tool, not a way to load someone else's server.
 use std::collections::HashMap;
@@ -23,7 +26,8 @@ use chamfer_data::eval::{percentiles, recall_at_k};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::client::{ingest, IngestOpts, Source};
+use super::client::{ingest, ingest_json, IngestOpts, Source};
+use super::params::peak_rss_bytes;
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["grpc", "http"])))]
@@ -34,7 +38,7 @@ pub(crate) struct LoadCmd {
     /// HTTP address of the server (host:port or http://host:port; loopback only).
     #[arg(long)]
     http: Option<String>,
-    /// Data set folder: queries, ground truth (and documents with --ingest).
+    /// Data set folder: queries, ground truth (and documents with --ingest, read a batch at a time).
     #[arg(long)]
     data: std::path::PathBuf,
     /// Create the collection and upload the documents first (skips stored ids), then flush and compact.
@@ -167,7 +171,8 @@ impl LoadCmd {
         if self.concurrency == 0 || self.concurrency > 1024 {
             bail!("--concurrency must be in 1..=1024");
         }
-        let ds = Dataset::open(&self.data)?;
+        // Queries, ground truth and document ids; the documents are streamed by --ingest.
+        let ds = Dataset::open_for_queries(&self.data)?;
         if ds.n_queries() == 0 {
             bail!("{}: no queries", self.data.display());
         }
@@ -180,7 +185,7 @@ impl LoadCmd {
         rt.block_on(self.run_async(ds, collection))
     }
 
-    async fn run_async(self, ds: Dataset, collection: String) -> anyhow::Result<()> {
+    async fn run_async(self, data: Dataset, collection: String) -> anyhow::Result<()> {
         let (target, protocol) = match (&self.grpc, &self.http) {
             (Some(a), _) => {
                 let (_, url) = loopback(a)?;
@@ -201,14 +206,13 @@ impl LoadCmd {
             }
             (None, None) => bail!("give --grpc ADDR or --http ADDR"),
         };
-        let dim = ds.dim();
-        let ds = Arc::new(Source::Dataset(ds));
-        let Source::Dataset(data) = ds.as_ref() else {
-            unreachable!()
+        let dim = data.dim();
+        let ingested = if self.ingest {
+            let docs = Source::open_dataset(&self.data)?;
+            Some(self.ingest(&target, &collection, &docs).await?)
+        } else {
+            None
         };
-        if self.ingest {
-            self.ingest(&target, &collection, &ds).await?;
-        }
 
         // Pre-encode every query for both protocols (cheap; keeps encoding out of the timed loop).
         let mut reqs = Requests {
@@ -362,6 +366,9 @@ impl LoadCmd {
             "recall_at_10": recall,
             "queries": n_q,
             "k": self.k,
+            "ingest_docs_per_s": ingested.as_ref().map(|v| v["ingest_docs_per_s"].clone()),
+            "ingest": ingested,
+            "client_peak_rss_bytes": peak_rss_bytes(),
         });
         eprintln!(
             "{} requests in {elapsed:.2} s: {:.0} qps, p50 {p50:.3} ms, p99 {p99:.3} ms, {errors} errors, recall@10 {}",
@@ -372,8 +379,13 @@ impl LoadCmd {
     }
 
     /// `--ingest`: the shared ingest over the chosen protocol (creates the collection, skips stored ids), then
-    /// flush and compact (one shard).
-    async fn ingest(&self, target: &Target, collection: &str, src: &Source) -> anyhow::Result<()> {
+    /// flush and compact (one shard). Returns the ingest's figures ([`ingest_json`]).
+    async fn ingest(
+        &self,
+        target: &Target,
+        collection: &str,
+        src: &Source,
+    ) -> anyhow::Result<Value> {
         let r = match target {
             Target::Grpc(c) => {
                 let r = ingest(c, collection, src, IngestOpts::default()).await?;
@@ -389,9 +401,12 @@ impl LoadCmd {
             }
         };
         eprintln!(
-            "ingested {} documents ({} already stored) in {:.2} s",
-            r.uploaded, r.skipped, r.seconds
+            "ingested {} documents ({} already stored) in {:.2} s: {:.0} docs/s",
+            r.uploaded,
+            r.skipped,
+            r.seconds,
+            r.uploaded as f64 / r.seconds.max(1e-9)
         );
-        Ok(())
+        Ok(ingest_json(&r, src.dim()))
     }
 }

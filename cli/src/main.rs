@@ -55,7 +55,8 @@ enum Command {
     Slice(engine::SliceCmd),
     /// Encode one multi-vector input (JSON on stdin) as a MUVERA FDE (JSON array on stdout).
     Fde(engine::FdeCmd),
-    /// Upload documents (a data set folder or JSON Lines) to a server; resumable, idempotent.
+    /// Upload documents (a data set folder or JSON Lines, read a batch at a time) to a server; resumable,
+    /// idempotent; rate and peak RSS on the JSON last line.
     Ingest(client::IngestCmd),
     /// Search a collection on a server with a data set query or vectors from a JSON file.
     Query(client::QueryCmd),
@@ -65,7 +66,7 @@ enum Command {
     Healthcheck(client::HealthcheckCmd),
     /// Serve the bundled demo data set on a local data dir, answer one query, show how to ask more.
     Demo(demo::DemoCmd),
-    /// Load generator: concurrent searches over gRPC or REST, latency, QPS and recall (JSON last line).
+    /// Load generator: concurrent searches over gRPC or REST, latency, QPS, recall and peak RSS (JSON last line).
     Load(load::LoadCmd),
     /// Scale run: start a server, stream a data set in over gRPC while searching, settle, measure recall and
     /// latency, kill -9 and restart it, check nothing acknowledged was lost (JSON last line).

@@ -153,3 +153,12 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// This process's peak resident memory (`VmHWM` of /proc/self/status, in bytes); `None` where there is no
+/// /proc (not Linux). What the client verbs report as `client_peak_rss_bytes`.
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -502,3 +502,138 @@ fn max_kernel_caps_the_kernels_with_the_same_results() {
         assert!(r["recall_at_10"].as_f64().unwrap() >= 0.99, "{r}");
     }
 }
+
+/// `chamfer ingest --data` and `chamfer load --ingest` against a server in this process: the documents are read
+/// from the folder a batch at a time (at most pipeline + 3 batches held, as the ingest reports) and arrive as the
+/// file's own f16 values (the wire took 2 bytes a value; what the server stores is bit for bit the file); the
+/// texts come along; a re-run reads nothing; both report the ingest rate and their own peak RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_load_stream_the_data_set_as_f16_in_bounded_memory() {
+    use chamfer_server::config::{Settings, SettingsLayer};
+    let dir = tempfile::tempdir().unwrap();
+    let flags = SettingsLayer {
+        data_dir: Some(dir.path().join("data")),
+        http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        ..SettingsLayer::default()
+    };
+    let settings = Settings::load(None, Vec::<(String, String)>::new(), &flags).unwrap();
+    let server = chamfer_server::serve::start(settings).await.unwrap();
+    let grpc = server.addrs().grpc.to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            chamfer()
+                .args(args)
+                .env_remove("CHAMFER_API_KEY")
+                .env_remove("CHAMFER_ADDR")
+                .output()
+                .unwrap()
+        })
+    };
+    let ds = chamfer_data::dataset::Dataset::open(&demo()).unwrap();
+    let (n, dim) = (ds.n_docs() as u64, ds.dim() as u64);
+    const BATCH: u64 = 16;
+    let ingest: Vec<String> = [
+        "ingest",
+        "--addr",
+        &format!("http://{grpc}"),
+        "--collection",
+        "streamed",
+        "--batch",
+        &BATCH.to_string(),
+        "--data",
+        demo().to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let r = last_json(&run(ingest.clone()).await.unwrap());
+    assert_eq!(
+        (r["uploaded"].as_u64(), r["skipped"].as_u64()),
+        (Some(n), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        (r["documents"].as_u64(), r["batch"].as_u64()),
+        (Some(n), Some(BATCH)),
+        "{r}"
+    );
+    assert_eq!(r["tokens"].as_u64(), Some(ds.n_doc_tokens() as u64), "{r}");
+    assert_eq!(
+        r["vector_bytes"].as_u64(),
+        Some(2 * dim * ds.n_doc_tokens() as u64),
+        "{r}"
+    );
+    assert_eq!(r["wire_dtype"], "f16", "{r}");
+    // `--pipeline 4` (the default) batches being uploaded, two waiting, one being read.
+    assert_eq!(r["pipeline"], 4, "{r}");
+    let held = r["max_docs_held"].as_u64().unwrap();
+    assert!((1..=(4 + 3) * BATCH).contains(&held) && held < n, "{r}");
+    assert!(r["ingest_docs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ingest_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    if cfg!(target_os = "linux") {
+        assert!(r["client_peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+
+    // What the server holds is the file, bit for bit, with the text as metadata.
+    let client = chamfer_client::Client::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let rows: Vec<usize> = (0..ds.n_docs()).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for chunk in rows.chunks(50) {
+        let ids: Vec<&str> = chunk.iter().map(|&i| ds.doc_id(i)).collect();
+        let (docs, missing) = client.get("streamed", ids, true).await.unwrap();
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(docs.len(), chunk.len());
+        for &i in chunk {
+            let d = docs.iter().find(|d| d.id == ds.doc_id(i)).unwrap();
+            let got = d.vectors.as_ref().unwrap().to_f32().unwrap();
+            assert_eq!(bits(&got), bits(ds.doc_tokens(i)), "document {i}");
+            let text = d.metadata.as_ref().and_then(|m| m["text"].as_str());
+            let want = ds.doc_text(i).map(|t| &t[..t.len().min(2000)]);
+            assert_eq!(text, want, "document {i}");
+        }
+    }
+
+    // A re-run finds everything stored and reads no document.
+    let r = last_json(&run(ingest).await.unwrap());
+    assert_eq!(
+        (r["uploaded"].as_u64(), r["skipped"].as_u64()),
+        (Some(0), Some(n)),
+        "{r}"
+    );
+    assert_eq!(r["max_docs_held"], 0, "{r}");
+
+    // `chamfer load --ingest` streams the same way and reports the same figures beside its own.
+    let load: Vec<String> = [
+        "load",
+        "--grpc",
+        &grpc,
+        "--collection",
+        "loaded",
+        "--ingest",
+        "--duration",
+        "0.5",
+        "--data",
+        demo().to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let r = last_json(&run(load).await.unwrap());
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["ingest"]["uploaded"].as_u64(), Some(n), "{r}");
+    assert_eq!(r["ingest"]["wire_dtype"], "f16", "{r}");
+    // One batch of 64 being uploaded (load keeps the file's order), two waiting, one being read.
+    let held = r["ingest"]["max_docs_held"].as_u64().unwrap();
+    assert!((1..=(1 + 3) * 64).contains(&held) && held < n, "{r}");
+    assert!(r["ingest_docs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(
+        r["ingest_docs_per_s"], r["ingest"]["ingest_docs_per_s"],
+        "{r}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(r["client_peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert!(r["recall_at_10"].as_f64().unwrap() >= 0.9, "{r}");
+    server.shutdown().await.unwrap();
+}

@@ -12,12 +12,22 @@
 //! `retry-after-ms`, HTTP `Retry-After`) or, without one, after a backoff of 1 s doubling to 8 s; at most
 //! [`IngestOptions::max_attempts`] attempts in a row. Any other error ends the ingest (re-run to resume).
 //!
-//! **Pipelining.** Looking up and encoding batch `i + 1` overlaps the upload of batch `i` (at most two batches
-//! wait); uploads go one at a time, in source order, so every acknowledged batch is one durable write and a
-//! later document with the same id always wins.
+//! **Pipelining.** Looking up and reading the next batches overlaps the uploads (at most two batches wait).
+//! Every acknowledged batch is one durable write. By default uploads go one at a time, in source order, so a
+//! later document with the same id always wins; [`IngestOptions::pipeline`] keeps more in flight (the server's
+//! cores busy), for sources whose ids do not repeat.
+//!
+//! **Memory.** Documents are asked of the source a batch at a time ([`DocumentSource::documents`]) and at most
+//! `pipeline + 3` batches of them are held at once (one being read, two waiting, `pipeline` being uploaded:
+//! [`IngestOptions::max_docs_held`]), so a source that reads its documents when asked (e.g. from a file) keeps
+//! the client's memory bounded whatever the corpus's size; [`IngestReport::max_docs_held`] says how many were
+//! held.
 use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::{pb, Client, Document, Error, RestClient, Result};
@@ -43,7 +53,11 @@ pub trait IngestTarget: Sync {
     ) -> impl Future<Output = Result<u64>> + Send;
 }
 
-/// Where documents come from: a numbered list of ids and documents.
+/// Why a source could not give documents (an I/O error, a malformed record, ...).
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where documents come from: a numbered list of ids (in memory: resuming compares them) whose documents are
+/// asked for a batch at a time.
 pub trait DocumentSource: Sync {
     /// How many documents.
     fn len(&self) -> usize;
@@ -55,8 +69,12 @@ pub trait DocumentSource: Sync {
     fn dim(&self) -> usize;
     /// Document `i`'s id (ids are what resuming compares).
     fn id(&self, i: usize) -> &str;
-    /// Document `i`, encoded for the wire.
-    fn document(&self, i: usize) -> Document;
+    /// Documents `rows`, encoded for the wire, in that order: `rows` ascend within one batch (consecutive
+    /// documents, at most [`IngestOptions::batch`]; the ones already stored are left out). The ingest calls it
+    /// once per batch, on the task that drives it, and holds the result until the batch is acknowledged: a
+    /// source that reads here (rather than ahead) keeps memory bounded. An error ends the ingest
+    /// ([`IngestError::Source`]).
+    fn documents(&self, rows: &[usize]) -> std::result::Result<Vec<Document>, SourceError>;
 }
 
 /// What the progress callback hears.
@@ -90,6 +108,10 @@ pub type Progress = Arc<dyn Fn(&IngestEvent) + Send + Sync>;
 pub struct IngestOptions {
     /// Documents per batch (one durable write each).
     pub batch: usize,
+    /// Batches uploaded at once (at least 1). With 1 they go in source order, so a later document with the same
+    /// id always wins; with more the server's cores stay busy, and a source whose ids repeat may end with an
+    /// earlier copy (a data set folder's ids are unique).
+    pub pipeline: usize,
     /// Upload every document, even those whose id is stored.
     pub force: bool,
     /// Create the collection when it is absent.
@@ -104,6 +126,7 @@ impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             batch: 64,
+            pipeline: 1,
             force: false,
             create: true,
             max_attempts: 60,
@@ -112,10 +135,19 @@ impl Default for IngestOptions {
     }
 }
 
+impl IngestOptions {
+    /// The most documents an ingest with these options holds at once, whatever the source's size: `pipeline`
+    /// batches being uploaded, two waiting, one being read.
+    pub fn max_docs_held(&self) -> usize {
+        (self.pipeline.max(1) + 3) * self.batch.max(1)
+    }
+}
+
 impl std::fmt::Debug for IngestOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestOptions")
             .field("batch", &self.batch)
+            .field("pipeline", &self.pipeline)
             .field("force", &self.force)
             .field("create", &self.create)
             .field("max_attempts", &self.max_attempts)
@@ -139,6 +171,9 @@ pub struct IngestReport {
     pub retries: u64,
     /// Wall-clock duration of the whole ingest, in seconds.
     pub seconds: f64,
+    /// Most documents held at once: read from the source and not yet acknowledged (at most
+    /// [`IngestOptions::max_docs_held`], whatever the source's size).
+    pub max_docs_held: u64,
 }
 
 /// Why an ingest stopped.
@@ -157,6 +192,17 @@ pub enum IngestError {
     /// The collection is absent and creating it was not allowed.
     #[error("collection {0} does not exist (and creating it was not allowed)")]
     NoCollection(String),
+    /// The source could not give a batch's documents; what was acknowledged before stays written.
+    #[error("reading documents {start}..{end} failed: {source}")]
+    Source {
+        /// The batch's first document (row in the source).
+        start: usize,
+        /// One past its last.
+        end: usize,
+        /// The source's error.
+        #[source]
+        source: SourceError,
+    },
     /// A call failed (after its retries); what was acknowledged before stays written.
     #[error("{step} failed (re-run to resume): {source}")]
     Call {
@@ -213,6 +259,24 @@ struct Batch {
     docs: Vec<Document>,
 }
 
+/// An upload in flight; it ends with the batch's size in the source, its documents, the calls sent again and
+/// the documents written.
+type Upload<'a> = Pin<Box<dyn Future<Output = (usize, usize, u64, Result<u64>)> + Send + 'a>>;
+
+/// Waits for the first of `uploads` to end and takes it out (the others go on).
+async fn first_done<T>(uploads: &mut Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> T {
+    std::future::poll_fn(|cx| {
+        for i in 0..uploads.len() {
+            if let Poll::Ready(out) = uploads[i].as_mut().poll(cx) {
+                drop(uploads.swap_remove(i));
+                return Poll::Ready(out);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Uploads `src` into `collection` (created when absent and `opts.create`), resuming by id (see the module
 /// documentation for the rules).
 pub async fn ingest<T: IngestTarget, S: DocumentSource>(
@@ -243,10 +307,14 @@ pub async fn ingest<T: IngestTarget, S: DocumentSource>(
         None => return Err(IngestError::NoCollection(collection.into())),
     }
 
+    // Two batches wait in the channel, one is being read, `pipeline` are uploaded: `max_docs_held`.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
     let batch = opts.batch.max(1);
+    let pipeline = opts.pipeline.max(1);
     let total = src.len() as u64;
-    // Producer: look up each batch's stored ids, encode the rest.
+    // Documents read from the source and not yet acknowledged, now and at most.
+    let (held, max_held) = (AtomicU64::new(0), AtomicU64::new(0));
+    // Producer: look up each batch's stored ids, read the rest from the source.
     let produce = async {
         let mut retries = 0;
         let mut skipped = 0u64;
@@ -269,7 +337,27 @@ pub async fn ingest<T: IngestTarget, S: DocumentSource>(
                     .collect()
             };
             skipped += (rows.len() - todo.len()) as u64;
-            let docs = todo.iter().map(|&i| src.document(i)).collect();
+            let end = start + rows.len();
+            let docs = if todo.is_empty() {
+                Vec::new()
+            } else {
+                src.documents(&todo)
+                    .map_err(|source| IngestError::Source { start, end, source })?
+            };
+            if docs.len() != todo.len() {
+                return Err(IngestError::Source {
+                    start,
+                    end,
+                    source: format!(
+                        "the source gave {} documents for {} rows",
+                        docs.len(),
+                        todo.len()
+                    )
+                    .into(),
+                });
+            }
+            let now = held.fetch_add(docs.len() as u64, Ordering::Relaxed) + docs.len() as u64;
+            max_held.fetch_max(now, Ordering::Relaxed);
             if tx
                 .send(Batch {
                     rows: rows.len(),
@@ -284,25 +372,54 @@ pub async fn ingest<T: IngestTarget, S: DocumentSource>(
         drop(tx);
         Ok::<_, IngestError>((skipped, retries))
     };
-    // Uploader: one batch at a time, in order.
+    // Uploader: `pipeline` batches in flight (one: in source order), each retried on its own.
     let upload = async {
         let mut r = IngestReport::default();
-        let mut done = 0u64;
-        let mut skipped = 0u64;
-        while let Some(b) = rx.recv().await {
-            skipped += (b.rows - b.docs.len()) as u64;
-            if !b.docs.is_empty() {
-                for d in &b.docs {
-                    r.tokens += d.vectors.n_tokens() as u64;
-                    r.bytes += d.vectors.byte_len() as u64;
+        let (mut done, mut skipped) = (0u64, 0u64);
+        let mut inflight: Vec<Upload<'_>> = Vec::new();
+        let mut input_done = false;
+        loop {
+            let finished = if !input_done && inflight.len() < pipeline {
+                tokio::select! {
+                    b = rx.recv() => {
+                        match b {
+                            Some(b) => {
+                                for d in &b.docs {
+                                    r.tokens += d.vectors.n_tokens() as u64;
+                                    r.bytes += d.vectors.byte_len() as u64;
+                                }
+                                inflight.push(Box::pin(async move {
+                                    let mut retries = 0;
+                                    let uploaded = if b.docs.is_empty() {
+                                        Ok(0)
+                                    } else {
+                                        retrying(opts, &mut retries, || {
+                                            target.upsert(collection, b.docs.clone())
+                                        })
+                                        .await
+                                    };
+                                    (b.rows, b.docs.len(), retries, uploaded)
+                                }));
+                            }
+                            None => input_done = true,
+                        }
+                        None
+                    }
+                    f = first_done(&mut inflight), if !inflight.is_empty() => Some(f),
                 }
-                r.uploaded += retrying(opts, &mut r.retries, || {
-                    target.upsert(collection, b.docs.clone())
-                })
-                .await
-                .map_err(step("upserting a batch"))?;
-            }
-            done += b.rows as u64;
+            } else if !inflight.is_empty() {
+                Some(first_done(&mut inflight).await)
+            } else {
+                break;
+            };
+            let Some((rows, docs, retries, uploaded)) = finished else {
+                continue;
+            };
+            r.retries += retries;
+            r.uploaded += uploaded.map_err(step("upserting a batch"))?;
+            held.fetch_sub(docs as u64, Ordering::Relaxed);
+            skipped += (rows - docs) as u64;
+            done += rows as u64;
             if let Some(p) = &opts.progress {
                 p(&IngestEvent::Batch {
                     done,
@@ -321,6 +438,7 @@ pub async fn ingest<T: IngestTarget, S: DocumentSource>(
     r.skipped = skipped;
     r.retries += retries + lookup_retries;
     r.seconds = t0.elapsed().as_secs_f64();
+    r.max_docs_held = max_held.load(Ordering::Relaxed);
     Ok(r)
 }
 
@@ -448,9 +566,173 @@ mod tests {
         fn id(&self, i: usize) -> &str {
             ["a", "b", "c", "d", "e", "f", "g"][i]
         }
-        fn document(&self, i: usize) -> Document {
-            Document::from_vectors(self.id(i), Vectors::f32(&[i as f32, 1.0], 2))
+        fn documents(&self, rows: &[usize]) -> std::result::Result<Vec<Document>, SourceError> {
+            Ok(rows
+                .iter()
+                .map(|&i| Document::from_vectors(self.id(i), Vectors::f32(&[i as f32, 1.0], 2)))
+                .collect())
         }
+    }
+
+    /// A large source that generates its documents when asked, records every request and counts the
+    /// documents it gave out that the target has not stored yet; fails at row `fail_at`.
+    struct Counting {
+        n: usize,
+        ids: Vec<String>,
+        requests: Mutex<Vec<Vec<usize>>>,
+        given: AtomicU64,
+        fail_at: Option<usize>,
+    }
+
+    impl Counting {
+        fn new(n: usize) -> Counting {
+            Counting {
+                n,
+                ids: (0..n).map(|i| format!("d{i}")).collect(),
+                requests: Mutex::default(),
+                given: AtomicU64::new(0),
+                fail_at: None,
+            }
+        }
+    }
+
+    impl DocumentSource for Counting {
+        fn len(&self) -> usize {
+            self.n
+        }
+        fn dim(&self) -> usize {
+            2
+        }
+        fn id(&self, i: usize) -> &str {
+            &self.ids[i]
+        }
+        fn documents(&self, rows: &[usize]) -> std::result::Result<Vec<Document>, SourceError> {
+            self.requests.lock().unwrap().push(rows.to_vec());
+            if let Some(f) = self.fail_at.filter(|f| rows.contains(f)) {
+                return Err(format!("row {f} is damaged").into());
+            }
+            self.given.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            Ok(rows
+                .iter()
+                .map(|&i| Document::from_vectors(self.id(i), Vectors::f32(&[i as f32, 1.0], 2)))
+                .collect())
+        }
+    }
+
+    /// A target that takes its time over each upsert (so the source could run far ahead if the ingest let it)
+    /// and records, at each upsert, how many documents the source had given out beyond those stored.
+    struct Slow<'a> {
+        inner: Fake,
+        src: &'a Counting,
+        stored: AtomicU64,
+        ahead: Mutex<Vec<u64>>,
+        /// Upserts running now, and at most.
+        running: AtomicU64,
+        max_running: AtomicU64,
+    }
+
+    impl IngestTarget for Slow<'_> {
+        async fn dimension(&self, c: &str) -> Result<Option<usize>> {
+            self.inner.dimension(c).await
+        }
+        async fn create(&self, c: &str, dimension: usize) -> Result<()> {
+            self.inner.create(c, dimension).await
+        }
+        async fn missing(&self, c: &str, ids: Vec<String>) -> Result<Vec<String>> {
+            self.inner.missing(c, ids).await
+        }
+        async fn upsert(&self, c: &str, docs: Vec<Document>) -> Result<u64> {
+            let now = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+            self.max_running.fetch_max(now, Ordering::Relaxed);
+            let given = self.src.given.load(Ordering::Relaxed);
+            let stored = self.stored.load(Ordering::Relaxed);
+            self.ahead.lock().unwrap().push(given - stored);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let n = self.inner.upsert(c, docs).await?;
+            self.stored.fetch_add(n, Ordering::Relaxed);
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_the_source_a_batch_at_a_time_with_bounded_memory() {
+        for pipeline in [1, 3] {
+            read_a_batch_at_a_time(pipeline).await;
+        }
+    }
+
+    async fn read_a_batch_at_a_time(pipeline: usize) {
+        const N: usize = 2000;
+        const BATCH: usize = 16;
+        let src = Counting::new(N);
+        // Every tenth document is already stored: the source is asked for the others only.
+        let t = Slow {
+            inner: Fake::default(),
+            src: &src,
+            stored: AtomicU64::new(0),
+            ahead: Mutex::default(),
+            running: AtomicU64::new(0),
+            max_running: AtomicU64::new(0),
+        };
+        t.inner
+            .stored
+            .lock()
+            .unwrap()
+            .extend((0..N).step_by(10).map(|i| format!("d{i}")));
+        let mut o = opts(BATCH);
+        o.pipeline = pipeline;
+        let r = ingest(&t, "c", &src, &o).await.unwrap();
+        assert_eq!(
+            (r.uploaded, r.skipped),
+            ((N - N / 10) as u64, (N / 10) as u64)
+        );
+        assert_eq!(o.max_docs_held(), (pipeline + 3) * BATCH);
+        let bound = o.max_docs_held() as u64;
+        assert!(
+            r.max_docs_held > 0 && r.max_docs_held <= bound,
+            "{} documents held at once, bound {bound}",
+            r.max_docs_held
+        );
+        // The uploads in flight were `pipeline` at most (and reached it: the source is fast, the target slow).
+        assert_eq!(t.max_running.load(Ordering::Relaxed), pipeline as u64);
+        // What the target saw agrees: the source never ran more than the bound ahead of the stored documents.
+        let ahead = t.ahead.lock().unwrap();
+        assert_eq!(ahead.len(), N.div_ceil(BATCH));
+        assert!(ahead.iter().all(|&a| a <= bound), "{ahead:?}");
+        // One request per batch, ascending rows within one batch, the stored rows left out, every row once.
+        let requests = src.requests.lock().unwrap();
+        assert_eq!(requests.len(), N.div_ceil(BATCH));
+        let mut all = Vec::new();
+        for rows in requests.iter() {
+            assert!(rows.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
+            assert_eq!(rows[0] / BATCH, rows[rows.len() - 1] / BATCH, "{rows:?}");
+            all.extend_from_slice(rows);
+        }
+        let want: Vec<usize> = (0..N).filter(|i| i % 10 != 0).collect();
+        assert_eq!(all, want);
+    }
+
+    #[tokio::test]
+    async fn a_source_error_stops_the_ingest_after_the_batches_before_it() {
+        let mut src = Counting::new(100);
+        src.fail_at = Some(45);
+        let t = Fake::default();
+        let e = ingest(&t, "c", &src, &opts(10)).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                IngestError::Source {
+                    start: 40,
+                    end: 50,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("row 45 is damaged"), "{e}");
+        // The batches before it were uploaded (a re-run resumes from there).
+        assert_eq!(t.batches.lock().unwrap().len(), 4);
     }
 
     fn opts(batch: usize) -> IngestOptions {

@@ -77,8 +77,9 @@
 //!
 //! [`RestClient`] talks to the same server over its REST API (plain HTTP/1.1 on `hyper-util`'s pooled client).
 //! [`ingest::ingest`] uploads a numbered list of documents over either protocol ([`ingest::IngestTarget`] is
-//! implemented by [`Client`] and [`RestClient`]): batches, resume by id, retry when the server pushes back,
-//! a progress callback.
+//! implemented by [`Client`] and [`RestClient`]): batches asked of the [`ingest::DocumentSource`] one at a time
+//! (memory bounded whatever the source's size), resume by id, retry when the server pushes back, uploads in
+//! flight, a progress callback.
 //!
 //! ## Examples
 //!

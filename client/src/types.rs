@@ -30,6 +30,15 @@ impl Vectors {
         Vectors(pack_f16_bits(&bits, dim))
     }
 
+    /// Packs f16 values given as their bit patterns (row-major, e.g. `half::f16::to_bits` of a float16 file's
+    /// values) as they are: no conversion, no rounding, two bytes a value.
+    ///
+    /// # Panics
+    /// If `dim == 0` or `bits.len()` is not a multiple of `dim`.
+    pub fn f16_bits(bits: &[u16], dim: usize) -> Vectors {
+        Vectors(pack_f16_bits(bits, dim))
+    }
+
     /// f16 when every value is exactly representable in f16 (e.g. embeddings stored as float16), else f32:
     /// the smallest encoding that loses nothing.
     pub fn lossless(data: &[f32], dim: usize) -> Vectors {
@@ -350,6 +359,11 @@ mod tests {
         let v = Vectors::lossless(&inexact, 2);
         assert_eq!(v.0.dtype, pb::Dtype::F32 as i32);
         assert_eq!(v.to_f32().unwrap(), inexact);
+        let bits: Vec<u16> = exact
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect();
+        assert_eq!(Vectors::f16_bits(&bits, 2), Vectors::f16(&exact, 2));
         assert!(Vectors::from_rows(&[vec![1.0, 2.0], vec![3.0]]).is_err());
         assert_eq!(
             Vectors::from_rows(&[vec![1.0, 2.0], vec![3.0, 4.0]])

@@ -4,10 +4,12 @@
 //!
 //! A data set too large for memory is read in two parts: [`Dataset::open_without_doc_tokens`] (ids, offsets,
 //! queries, ground truth, qrels; no document token) and a [`DocStream`], which reads documents' tokens from
-//! `doc_tokens.npy` on demand with positioned reads.
+//! `doc_tokens.npy` on demand with positioned reads (as f32, or as the file's own float16 values); a client
+//! that sends documents also reads their texts by row ([`DocTexts`]) and opens the rest with
+//! [`Dataset::open_for_queries`].
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufReader, BufWriter, Seek, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -439,7 +441,17 @@ impl ItemsMeta {
 
 /// An error naming the first non-finite value of `values` (token rows from `first_row`, `dim` columns).
 fn check_finite(path: &Path, values: &[f32], first_row: usize, dim: usize) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
+    non_finite_at(
+        path,
+        values.iter().position(|v| !v.is_finite()),
+        first_row,
+        dim,
+    )
+}
+
+/// An error naming the non-finite value at position `p` (when there is one) of token rows from `first_row`.
+fn non_finite_at(path: &Path, p: Option<usize>, first_row: usize, dim: usize) -> Result<()> {
+    match p {
         Some(p) => Err(ds_err(
             path,
             format!(
@@ -478,7 +490,7 @@ impl Dataset {
     /// Opens `dir`. Documents are required; queries, ground truth, qrels and `docs.jsonl` are optional (queries
     /// must come with their ids and offsets; ground truth needs queries).
     pub fn open(dir: &Path) -> Result<Dataset> {
-        Dataset::open_with(dir, true)
+        Dataset::open_with(dir, true, true)
     }
 
     /// Opens `dir` like [`Dataset::open`] (same checks, same errors) but without reading the document tokens:
@@ -488,10 +500,18 @@ impl Dataset {
     /// [`Dataset::has_doc_tokens`] is false; everything else (ids, [`Dataset::n_doc_tokens`], queries, ground
     /// truth, qrels, texts) is as with [`Dataset::open`].
     pub fn open_without_doc_tokens(dir: &Path) -> Result<Dataset> {
-        Dataset::open_with(dir, false)
+        Dataset::open_with(dir, true, false)
     }
 
-    fn open_with(dir: &Path, doc_tokens: bool) -> Result<Dataset> {
+    /// Opens `dir` like [`Dataset::open_without_doc_tokens`] and also without `docs.jsonl`'s texts
+    /// ([`Dataset::doc_text`] is then always `None`; [`DocTexts`] reads them by row on demand): what a client that
+    /// sends the queries and checks the answers against the ground truth needs, whatever the corpus's size
+    /// (document ids and offsets, queries, ground truth, qrels).
+    pub fn open_for_queries(dir: &Path) -> Result<Dataset> {
+        Dataset::open_with(dir, false, false)
+    }
+
+    fn open_with(dir: &Path, texts: bool, doc_tokens: bool) -> Result<Dataset> {
         if !dir.is_dir() {
             return Err(ds_err(dir, "not a directory"));
         }
@@ -573,7 +593,7 @@ impl Dataset {
             None
         };
         let texts_path = dir.join("docs.jsonl");
-        let doc_texts = if texts_path.exists() {
+        let doc_texts = if texts && texts_path.exists() {
             let text =
                 fs::read_to_string(&texts_path).map_err(|e| DataError::io(&texts_path, e))?;
             let mut by_id: HashMap<String, String> = HashMap::new();
@@ -618,12 +638,7 @@ impl Dataset {
     }
     /// The folder's name (the default collection name).
     pub fn name(&self) -> String {
-        self.path
-            .canonicalize()
-            .unwrap_or_else(|_| self.path.clone())
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "dataset".into())
+        folder_name(&self.path)
     }
     /// Token dimension.
     pub fn dim(&self) -> usize {
@@ -703,6 +718,16 @@ impl Dataset {
             .map(|t| t[i].as_str())
             .filter(|t| !t.is_empty())
     }
+}
+
+/// The name of the data set folder `dir` (its last component, after resolving `.` and links; "dataset" when it
+/// has none): the default collection name of the client tools.
+pub fn folder_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
 }
 
 /// Writes a data set folder (the inverse of [`Dataset::open`]): tokens as float16.
@@ -871,16 +896,19 @@ impl DocStream {
     pub fn doc_len(&self, i: usize) -> usize {
         self.offsets[i + 1] - self.offsets[i]
     }
-
-    /// Appends document `i`'s tokens to `out` as row-major f32 (`doc_len(i) * dim()` values).
-    pub fn read_doc(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
-        self.read_range(i..i + 1, out)
+    /// Every document's external id, in row order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+    /// True when `doc_tokens.npy` stores float16 values: [`DocStream::read_range_f16`] then reads them as
+    /// they are, with no conversion.
+    pub fn is_f16(&self) -> bool {
+        self.width == 2
     }
 
-    /// Appends the tokens of documents `docs` (one after another, row-major f32) to `out` with one read. An
-    /// out-of-range or reversed range, an I/O error (e.g. a file truncated since it was opened) or a non-finite
-    /// value is an error, and `out` is then left as it was.
-    pub fn read_range(&self, docs: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+    /// The first token row of documents `docs`, their value count and the file offset of their first value;
+    /// an error when the range is reversed or not within the documents.
+    fn span(&self, docs: &Range<usize>) -> Result<(usize, usize, u64)> {
         if docs.start > docs.end || docs.end > self.len() {
             return Err(DataError::param(
                 "docs",
@@ -894,8 +922,56 @@ impl DocStream {
             ));
         }
         let (a, b) = (self.offsets[docs.start], self.offsets[docs.end]);
-        let n = (b - a) * self.dim;
         let at = self.data_start + (a * self.dim * self.width) as u64;
+        Ok((a, (b - a) * self.dim, at))
+    }
+
+    /// Appends the tokens of documents `docs` (one after another, row-major) to `out` as the float16 values the
+    /// file stores, with one read and no conversion (a client sending f16 sends the file's own bits). Only for
+    /// a float16 token file ([`DocStream::is_f16`]); otherwise, and on the errors of [`DocStream::read_range`]
+    /// (a bad range, an I/O error, a non-finite value), an error, and `out` is left as it was.
+    pub fn read_range_f16(&self, docs: Range<usize>, out: &mut Vec<f16>) -> Result<()> {
+        if !self.is_f16() {
+            return Err(ds_err(
+                &self.path,
+                format!(
+                    "holds {}-bit floats, not float16 (read it with read_range)",
+                    self.width * 8
+                ),
+            ));
+        }
+        let (a, n, at) = self.span(&docs)?;
+        let start = out.len();
+        out.resize(start + n, f16::ZERO);
+        let read = self
+            .read_at(bytemuck::cast_slice_mut(&mut out[start..]), at)
+            .map(|()| {
+                if cfg!(target_endian = "big") {
+                    out[start..]
+                        .iter_mut()
+                        .for_each(|x| *x = f16::from_bits(u16::from_le(x.to_bits())));
+                }
+            });
+        let checked = read.and_then(|()| {
+            let p = out[start..].iter().position(|v| !v.is_finite());
+            non_finite_at(&self.path, p, a, self.dim)
+        });
+        if checked.is_err() {
+            out.truncate(start);
+        }
+        checked
+    }
+
+    /// Appends document `i`'s tokens to `out` as row-major f32 (`doc_len(i) * dim()` values).
+    pub fn read_doc(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.read_range(i..i + 1, out)
+    }
+
+    /// Appends the tokens of documents `docs` (one after another, row-major f32) to `out` with one read. An
+    /// out-of-range or reversed range, an I/O error (e.g. a file truncated since it was opened) or a non-finite
+    /// value is an error, and `out` is then left as it was.
+    pub fn read_range(&self, docs: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+        let (a, n, at) = self.span(&docs)?;
         let start = out.len();
         out.resize(start + n, 0.0);
         let read = match self.width {
@@ -948,5 +1024,112 @@ impl DocStream {
         self.file
             .read_exact_at(buf, at)
             .map_err(|e| DataError::io(&self.path, e))
+    }
+}
+
+/// The texts of a data set folder's `docs.jsonl`, read by document row on demand: opening scans the file once
+/// and keeps where each document's line is (12 bytes a document, not its text), so that a client can attach
+/// the texts to documents a batch at a time whatever the corpus's size. The rule is [`Dataset::doc_text`]'s: a
+/// line `{"id": ..., "text": ...}` with both strings gives the text of the document with that id (a later line
+/// for the same id wins); other lines, and ids that name no document, are ignored; an empty text is no text.
+#[derive(Debug)]
+pub struct DocTexts {
+    path: PathBuf,
+    file: fs::File,
+    /// Byte offset of each document's line.
+    start: Vec<u64>,
+    /// Its length in bytes; 0 when the document has no line.
+    len: Vec<u32>,
+}
+
+impl DocTexts {
+    /// Indexes `dir/docs.jsonl` for the documents `ids` (in row order, e.g. [`DocStream::ids`]); `None` when the
+    /// folder has no `docs.jsonl`. A line that is not JSON is an error naming it (as [`Dataset::open`]).
+    pub fn open(dir: &Path, ids: &[String]) -> Result<Option<DocTexts>> {
+        let path = dir.join("docs.jsonl");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let f = fs::File::open(&path).map_err(|e| DataError::io(&path, e))?;
+        let file = f.try_clone().map_err(|e| DataError::io(&path, e))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut start = vec![0u64; ids.len()];
+        let mut len = vec![0u32; ids.len()];
+        // Lines usually come in document order: the id map is only built at the first line that does not.
+        let mut by_id: Option<HashMap<&str, usize>> = None;
+        let (mut line, mut at, mut ln, mut next) = (Vec::new(), 0u64, 0usize, 0usize);
+        loop {
+            line.clear();
+            let n = r
+                .read_until(b'\n', &mut line)
+                .map_err(|e| DataError::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            let here = at;
+            at += n as u64;
+            ln += 1;
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&line)
+                .map_err(|e| ds_err(&path, format!("line {ln}: {e}")))?;
+            let (Some(id), Some(_)) = (
+                v.get("id").and_then(|x| x.as_str()),
+                v.get("text").and_then(|x| x.as_str()),
+            ) else {
+                continue;
+            };
+            let row = if ids.get(next).is_some_and(|x| x == id) {
+                Some(next)
+            } else {
+                by_id
+                    .get_or_insert_with(|| {
+                        ids.iter()
+                            .enumerate()
+                            .map(|(i, s)| (s.as_str(), i))
+                            .collect()
+                    })
+                    .get(id)
+                    .copied()
+            };
+            let Some(row) = row else {
+                continue;
+            };
+            next = row + 1;
+            start[row] = here;
+            len[row] = u32::try_from(n)
+                .map_err(|_| ds_err(&path, format!("line {ln} is longer than 4 GiB")))?;
+        }
+        Ok(Some(DocTexts {
+            path,
+            file,
+            start,
+            len,
+        }))
+    }
+
+    /// The text of document `i` (panics if `i` is not a row of the ids it was opened with), read from the file;
+    /// `None` when it has none. An I/O error, or a line that no longer parses (the file changed since it was
+    /// indexed), is an error.
+    pub fn text(&self, i: usize) -> Result<Option<String>> {
+        let n = self.len[i] as usize;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut buf, self.start[i])
+            .map_err(|e| DataError::io(&self.path, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&buf).map_err(|e| {
+            ds_err(
+                &self.path,
+                format!("the line of document {i} changed since the file was indexed: {e}"),
+            )
+        })?;
+        Ok(v.get("text")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned))
     }
 }

@@ -1,9 +1,9 @@
 //! The streamed generator (`generate_to_dir`) against the in-memory one, `--max-doc-tokens` truncation, and
-//! `DocStream` / `Dataset::open_without_doc_tokens` against `Dataset::open`, including bad folders.
+//! `DocStream` / `Dataset::open_without_doc_tokens` / `DocTexts` against `Dataset::open`, including bad folders.
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chamfer_data::dataset::{write_npy, Dataset, DatasetWriter, DocStream};
+use chamfer_data::dataset::{write_npy, Dataset, DatasetWriter, DocStream, DocTexts};
 use chamfer_data::synth::{
     exact_ground_truth, exact_ground_truth_stream, generate, generate_to_dir, SynthCorpus,
     SynthParams,
@@ -396,4 +396,120 @@ fn doc_stream_reads_float32_and_refuses_bad_folders() {
         s.read_doc(2, &mut Vec::new()),
         Err(DataError::Io { .. })
     ));
+}
+
+#[test]
+fn read_range_f16_gives_the_files_own_values_and_open_for_queries_leaves_the_documents() {
+    let ds = Dataset::open(&demo()).unwrap();
+    let s = DocStream::open(&demo()).unwrap();
+    assert!(s.is_f16());
+    assert_eq!(s.ids().len(), ds.n_docs());
+    let n = ds.n_docs();
+    for r in [0..n, 0..1, 7..40, n..n] {
+        let mut halves = vec![half::f16::ONE];
+        s.read_range_f16(r.clone(), &mut halves).unwrap();
+        assert_eq!(halves[0], half::f16::ONE, "appends");
+        let mut floats = Vec::new();
+        s.read_range(r.clone(), &mut floats).unwrap();
+        // The f32 read is the exact conversion of the same bits.
+        let got: Vec<u32> = halves[1..].iter().map(|h| h.to_f32().to_bits()).collect();
+        let want: Vec<u32> = floats.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "range {r:?}");
+    }
+    let mut v = vec![half::f16::ZERO];
+    assert!(s.read_range_f16(n - 1..n + 1, &mut v).is_err());
+    assert_eq!(v.len(), 1);
+
+    // A float32 file is not read as f16; a non-finite f16 is an error naming its row, and `out` is unchanged.
+    let tmp = tempfile::tempdir().unwrap();
+    folder(
+        &tmp.path().join("f32"),
+        "<f4",
+        &[2, 2],
+        &f32_bytes(&[1.0, 2.0, 3.0, 4.0]),
+        &[0, 1, 2],
+        "a\nb\n",
+    );
+    let s32 = DocStream::open(&tmp.path().join("f32")).unwrap();
+    assert!(!s32.is_f16());
+    let e = s32.read_range_f16(0..1, &mut v).unwrap_err().to_string();
+    assert!(e.contains("not float16"), "{e}");
+    let bits: Vec<u8> = [1.0f32, 2.0, f32::INFINITY, 4.0]
+        .iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+        .collect();
+    folder(
+        &tmp.path().join("inf"),
+        "<f2",
+        &[2, 2],
+        &bits,
+        &[0, 1, 2],
+        "a\nb\n",
+    );
+    let s16 = DocStream::open(&tmp.path().join("inf")).unwrap();
+    s16.read_range_f16(0..1, &mut v).unwrap();
+    let e = s16.read_range_f16(0..2, &mut v).unwrap_err().to_string();
+    assert!(e.contains("row 1, column 0"), "{e}");
+    assert_eq!(v.len(), 3);
+
+    // Queries, ground truth and ids without the document tokens or texts.
+    let q = Dataset::open_for_queries(&demo()).unwrap();
+    assert!(!q.has_doc_tokens());
+    assert_eq!((q.n_docs(), q.n_queries()), (ds.n_docs(), ds.n_queries()));
+    assert!((0..n).all(|i| q.doc_text(i).is_none() && q.doc_id(i) == ds.doc_id(i)));
+    for j in 0..ds.n_queries() {
+        assert_eq!(q.query_tokens(j), ds.query_tokens(j));
+        assert_eq!(q.gt_ids(j), ds.gt_ids(j));
+    }
+}
+
+#[test]
+fn doc_texts_read_by_row_follow_the_rule_of_dataset_open() {
+    // The demo set: every document's text, as Dataset::open has it.
+    let ds = Dataset::open(&demo()).unwrap();
+    let s = DocStream::open(&demo()).unwrap();
+    let t = DocTexts::open(&demo(), s.ids()).unwrap().unwrap();
+    for i in 0..ds.n_docs() {
+        assert_eq!(
+            t.text(i).unwrap().as_deref(),
+            ds.doc_text(i),
+            "document {i}"
+        );
+    }
+    // Lines out of order, a later line for the same id, lines without a text or naming no document, an empty
+    // text, blank lines: the same answers as Dataset::open.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bits: Vec<u8> = (0..4)
+        .flat_map(|x| half::f16::from_f32(x as f32).to_bits().to_le_bytes())
+        .collect();
+    folder(dir, "<f2", &[4, 1], &bits, &[0, 1, 2, 3, 4], "a\nb\nc\nd\n");
+    fs::write(
+        dir.join("docs.jsonl"),
+        "{\"id\": \"c\", \"text\": \"sea\"}\n\n{\"id\": \"a\", \"text\": \"first\"}\r\n\
+         {\"id\": \"zz\", \"text\": \"nobody\"}\n{\"id\": \"b\"}\n{\"id\": \"a\", \"text\": \"ä later\"}\n\
+         {\"id\": \"d\", \"text\": \"\"}",
+    )
+    .unwrap();
+    let ds = Dataset::open(dir).unwrap();
+    let s = DocStream::open(dir).unwrap();
+    let t = DocTexts::open(dir, s.ids()).unwrap().unwrap();
+    let got: Vec<Option<String>> = (0..4).map(|i| t.text(i).unwrap()).collect();
+    assert_eq!(
+        got,
+        [Some("ä later".into()), None, Some("sea".into()), None]
+    );
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.as_deref(), ds.doc_text(i));
+    }
+    // No docs.jsonl: no texts; a line that is not JSON: an error naming it.
+    fs::write(
+        dir.join("docs.jsonl"),
+        "{\"id\": \"a\", \"text\": \"x\"}\nnot json\n",
+    )
+    .unwrap();
+    let e = DocTexts::open(dir, s.ids()).unwrap_err().to_string();
+    assert!(e.contains("docs.jsonl") && e.contains("line 2"), "{e}");
+    fs::remove_file(dir.join("docs.jsonl")).unwrap();
+    assert!(DocTexts::open(dir, s.ids()).unwrap().is_none());
 }

@@ -15,7 +15,7 @@
 //! | data directory | `data_dir` | `CHAMFER_DATA_DIR` | `./chamfer-data` |
 //! | HTTP listen address | `http_addr` | `CHAMFER_HTTP_ADDR` | `127.0.0.1:8080` |
 //! | gRPC listen address | `grpc_addr` | `CHAMFER_GRPC_ADDR` | `127.0.0.1:50051` |
-//! | API key (off when unset) | `api_key` | `CHAMFER_API_KEY` | none |
+//! | API key (off when unset; an empty key is refused) | `api_key` | `CHAMFER_API_KEY` | none |
 //! | max tokens per document | `limits.max_tokens_per_doc` | `CHAMFER_MAX_TOKENS_PER_DOC` | 2048 |
 //! | max tokens per query | `limits.max_query_tokens` | `CHAMFER_MAX_QUERY_TOKENS` | 512 |
 //! | max documents (or queries) per request | `limits.max_batch` | `CHAMFER_MAX_BATCH` | 1024 |
@@ -27,6 +27,11 @@
 //! | memtable documents before a flush | `flush_threshold_docs` | `CHAMFER_FLUSH_THRESHOLD_DOCS` | 20000 |
 //! | compaction fan-in: shards of one size tier merged together | `compaction_max_shards` | `CHAMFER_COMPACTION_MAX_SHARDS` | 4 |
 //! | CPU (search/encode) threads, 0 = cores | `search_threads` | `CHAMFER_SEARCH_THREADS` | 0 |
+//! | open connections, both listeners together (0 = auto: the descriptor limit less a reserve for data files) | `limits.max_connections` | `CHAMFER_MAX_CONNECTIONS` | 0 (auto) |
+//! | memory of requests in flight, server-wide, counted as 4 bytes per body byte (at least 4 x `max_request_bytes`) | `limits.request_memory_bytes` | `CHAMFER_REQUEST_MEMORY_BYTES` | 1 GiB |
+//! | longest wait for the rest of a request head once it started (HTTP/1), ms | `header_read_timeout_ms` | `CHAMFER_HEADER_READ_TIMEOUT_MS` | 10000 |
+//! | longest wait for a client's next bytes of a request body (or for it to take the next bytes of an answer), ms | `body_read_timeout_ms` | `CHAMFER_BODY_READ_TIMEOUT_MS` | 30000 |
+//! | a connection with no request in flight for this long is closed, ms | `idle_timeout_ms` | `CHAMFER_IDLE_TIMEOUT_MS` | 60000 |
 //!
 //! Unknown keys in a file are errors (a typo must not silently fall back to a default); unknown `CHAMFER_*`
 //! variables are ignored, since other tools (log filters, the load generator) share the prefix.
@@ -40,6 +45,21 @@ use serde::{Deserialize, Serialize};
 
 /// Largest `request_timeout_ms`: one day.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Smallest connection timeout (`header_read_timeout_ms`, `body_read_timeout_ms`, `idle_timeout_ms`), ms.
+pub const MIN_CONNECTION_TIMEOUT_MS: u64 = 100;
+
+/// Largest connection timeout, ms: one hour.
+pub const MAX_CONNECTION_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Largest `limits.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Bytes of `limits.request_memory_bytes` a request reserves per byte of its body.
+pub const REQUEST_MEMORY_FACTOR: usize = 4;
+
+/// Largest `limits.request_memory_bytes`: 1 TiB.
+pub const MAX_REQUEST_MEMORY_BYTES: usize = 1 << 40;
 
 /// Request limits, enforced once in the service core for both protocols.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +79,18 @@ pub struct Limits {
     /// The work budget of one search request: query token vectors summed over its queries (a batch's total).
     /// Search cost grows with it; over the budget a request is refused before any work starts.
     pub max_batch_query_tokens: usize,
+    /// Open connections, both listeners together; 0 = auto: the soft descriptor limit (`RLIMIT_NOFILE`, read
+    /// from `/proc/self/limits`; 1024 where unknown) less a reserve of max(256, 1/8 of it) for the server's
+    /// own files. At the cap a new connection evicts the one that has waited on its client longest, or is
+    /// refused (HTTP: 503 `unavailable` with `Retry-After`; gRPC: closed) when none is waiting.
+    pub max_connections: usize,
+    /// Memory the requests in flight may hold, all together, counted as [`REQUEST_MEMORY_FACTOR`] bytes per
+    /// request body byte (a maximum-size packed-f16 upload peaks at about 3.6 times its body: the body, its
+    /// parsed copy, the decoded tokens). A body with a `Content-Length` reserves before it is read; others as
+    /// their bytes arrive, at most `REQUEST_MEMORY_FACTOR x max_request_bytes` per request; released when the
+    /// answer is sent. A request that does not fit answers 429 / RESOURCE_EXHAUSTED `overloaded` with a
+    /// retry hint. At least `REQUEST_MEMORY_FACTOR x max_request_bytes`.
+    pub request_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +103,8 @@ impl Default for Limits {
             max_k: 1000,
             max_metadata_bytes: 64 << 10,
             max_batch_query_tokens: 65_536,
+            max_connections: 0,
+            request_memory_bytes: 1 << 30,
         }
     }
 }
@@ -101,6 +135,18 @@ pub struct Settings {
     /// or a REST client's shorter `x-timeout-ms` header, wins). Work past it stops and the request answers
     /// DEADLINE_EXCEEDED / 504. A write that reached its log is never abandoned.
     pub request_timeout_ms: u64,
+    /// HTTP/1: a connection that started sending a request head (its first byte arrived) and has not finished
+    /// it within this many milliseconds is closed. (HTTP/2 connections carry control frames between requests:
+    /// they are bounded by `idle_timeout_ms`.)
+    pub header_read_timeout_ms: u64,
+    /// The longest wait, in milliseconds, for a client's next bytes of a request body while the server waits
+    /// for them (the timer runs only while the server is reading the body, so a busy server's back-pressure
+    /// does not count), and for a client to take the next bytes of an answer. Past it the request fails (408 /
+    /// DEADLINE_EXCEEDED `request_timeout`) or the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// A connection without a request in flight for this many milliseconds is closed (keep-alive HTTP/1,
+    /// idle HTTP/2 and gRPC channels, connections that never send a request).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -115,6 +161,9 @@ impl Default for Settings {
             compaction_max_shards: 4,
             search_threads: 0,
             request_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -134,7 +183,8 @@ pub struct SettingsLayer {
     /// Overrides [`Settings::grpc_addr`] (`IP:port`; checked before merging).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<String>,
-    /// Overrides [`Settings::api_key`] (empty: no key).
+    /// Overrides [`Settings::api_key`]. An empty key is refused (leave it unset to run without a key), so that
+    /// a blank variable cannot turn authentication off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     /// Overrides of [`Settings::limits`], field by field.
@@ -152,6 +202,15 @@ pub struct SettingsLayer {
     /// Overrides [`Settings::request_timeout_ms`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
+    /// Overrides [`Settings::header_read_timeout_ms`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Overrides [`Settings::body_read_timeout_ms`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Overrides [`Settings::idle_timeout_ms`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// Optional overrides of [`Limits`].
@@ -179,6 +238,12 @@ pub struct LimitsLayer {
     /// Overrides [`Limits::max_batch_query_tokens`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_query_tokens: Option<usize>,
+    /// Overrides [`Limits::max_connections`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Overrides [`Limits::request_memory_bytes`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_memory_bytes: Option<usize>,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -213,7 +278,7 @@ impl Settings {
         merged = merged.merge(Serialized::defaults(env));
         let flags = checked_addrs(flags.clone(), "flags", &mut problems);
         merged = merged.merge(Serialized::defaults(flags));
-        let mut s = match merged.extract::<Settings>() {
+        let s = match merged.extract::<Settings>() {
             Ok(s) => s,
             // Every layer was checked above: this is only reached by a bug, reported like any problem.
             Err(e) => {
@@ -221,8 +286,9 @@ impl Settings {
                 return Err(ConfigError { problems });
             }
         };
-        // An empty key means "off", so `CHAMFER_API_KEY=` can disable a key set by the file.
-        s.api_key = s.api_key.filter(|k| !k.is_empty());
+        // An empty key is NOT "off": `CHAMFER_API_KEY=` (a variable set but blank, e.g. by a template that
+        // lost its secret) is refused by `problems()`, like a key of spaces, rather than silently opening every
+        // endpoint. To run without a key, leave it unset.
         problems.extend(s.problems());
         if problems.is_empty() {
             Ok(s)
@@ -311,7 +377,13 @@ impl Settings {
             ));
         }
         if let Some(k) = &self.api_key {
-            if k.len() < 8 {
+            if k.is_empty() {
+                p.push(
+                    "api_key is empty: an empty key does not turn the key off; leave api_key (and \
+                     CHAMFER_API_KEY) unset to run without one"
+                        .into(),
+                );
+            } else if k.len() < 8 {
                 p.push("api_key must have at least 8 characters".into());
             }
             if !k.bytes().all(|b| b.is_ascii_graphic()) {
@@ -319,6 +391,37 @@ impl Settings {
                     "api_key must be printable ASCII without spaces (it travels in an HTTP header)"
                         .into(),
                 );
+            }
+        }
+        if l.max_connections > MAX_CONNECTIONS {
+            p.push(format!(
+                "limits.max_connections must be at most {MAX_CONNECTIONS} (0: from the descriptor limit), got {}",
+                l.max_connections
+            ));
+        }
+        let one_request = l.max_request_bytes.saturating_mul(REQUEST_MEMORY_FACTOR);
+        if l.request_memory_bytes < one_request {
+            p.push(format!(
+                "limits.request_memory_bytes ({}) must be at least {REQUEST_MEMORY_FACTOR} x \
+                 limits.max_request_bytes ({one_request}): one full-size request must fit the budget",
+                l.request_memory_bytes
+            ));
+        }
+        if l.request_memory_bytes > MAX_REQUEST_MEMORY_BYTES {
+            p.push(format!(
+                "limits.request_memory_bytes must be at most {MAX_REQUEST_MEMORY_BYTES}, got {}",
+                l.request_memory_bytes
+            ));
+        }
+        for (name, v) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(MIN_CONNECTION_TIMEOUT_MS..=MAX_CONNECTION_TIMEOUT_MS).contains(&v) {
+                p.push(format!(
+                    "{name} must be in {MIN_CONNECTION_TIMEOUT_MS}..={MAX_CONNECTION_TIMEOUT_MS}, got {v}"
+                ));
             }
         }
         if self.http_addr == self.grpc_addr && self.http_addr.port() != 0 {
@@ -430,6 +533,11 @@ fn env_layer(
     layer.compaction_max_shards = number("CHAMFER_COMPACTION_MAX_SHARDS");
     layer.search_threads = number("CHAMFER_SEARCH_THREADS");
     layer.request_timeout_ms = number("CHAMFER_REQUEST_TIMEOUT_MS").map(|v| v as u64);
+    layer.limits.max_connections = number("CHAMFER_MAX_CONNECTIONS");
+    layer.limits.request_memory_bytes = number("CHAMFER_REQUEST_MEMORY_BYTES");
+    layer.header_read_timeout_ms = number("CHAMFER_HEADER_READ_TIMEOUT_MS").map(|v| v as u64);
+    layer.body_read_timeout_ms = number("CHAMFER_BODY_READ_TIMEOUT_MS").map(|v| v as u64);
+    layer.idle_timeout_ms = number("CHAMFER_IDLE_TIMEOUT_MS").map(|v| v as u64);
     layer
 }
 
@@ -547,5 +655,134 @@ mod tests {
         assert!(text.contains("request_timeout_ms"), "{text}");
         assert!(text.contains("max_batch_query_tokens"), "{text}");
         assert_eq!(err.problems.len(), 2, "{text}");
+    }
+
+    /// Issue 21 item 5: an empty key (environment, file or flags) is refused with its own message, never read
+    /// as "no key"; unset, the server runs without one.
+    #[test]
+    fn an_empty_api_key_is_refused_not_read_as_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "api_key = \"\"\n").unwrap();
+        let keyed = dir.path().join("k.toml");
+        std::fs::write(&keyed, "api_key = \"k3y-k3y-k3y\"\n").unwrap();
+        let cases = [
+            (
+                None,
+                env(&[("CHAMFER_API_KEY", "")]),
+                SettingsLayer::default(),
+            ),
+            (Some(file.as_path()), env(&[]), SettingsLayer::default()),
+            (
+                None,
+                env(&[]),
+                SettingsLayer {
+                    api_key: Some(String::new()),
+                    ..Default::default()
+                },
+            ),
+            // An empty variable over a file's key is refused too (it used to turn the key off).
+            (
+                Some(keyed.as_path()),
+                env(&[("CHAMFER_API_KEY", "")]),
+                SettingsLayer::default(),
+            ),
+        ];
+        for (file, env, flags) in cases {
+            let err = Settings::load(file, env, &flags).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert!(err.problems[0].contains("api_key is empty"), "{err}");
+        }
+        let s = Settings {
+            api_key: Some(String::new()),
+            ..Settings::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("api_key is empty"));
+        // Whitespace is refused as before, and no key at all is fine.
+        let err = Settings::load(
+            None,
+            env(&[("CHAMFER_API_KEY", "          ")]),
+            &SettingsLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("printable ASCII"), "{err}");
+        let s = Settings::load(None, env(&[]), &SettingsLayer::default()).unwrap();
+        assert_eq!(s.api_key, None);
+        let s = Settings::load(
+            None,
+            env(&[("CHAMFER_API_KEY", "k3y-k3y-k3y")]),
+            &SettingsLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(s.api_key.as_deref(), Some("k3y-k3y-k3y"));
+    }
+
+    #[test]
+    fn connection_and_memory_settings_load_and_are_bounded() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("CHAMFER_MAX_CONNECTIONS", "64"),
+                ("CHAMFER_REQUEST_MEMORY_BYTES", "268435456"),
+                ("CHAMFER_HEADER_READ_TIMEOUT_MS", "1500"),
+                ("CHAMFER_BODY_READ_TIMEOUT_MS", "2500"),
+                ("CHAMFER_IDLE_TIMEOUT_MS", "3500"),
+            ]),
+            &SettingsLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_connections, 64);
+        assert_eq!(s.limits.request_memory_bytes, 256 << 20);
+        assert_eq!(
+            (
+                s.header_read_timeout_ms,
+                s.body_read_timeout_ms,
+                s.idle_timeout_ms
+            ),
+            (1500, 2500, 3500)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "header_read_timeout_ms = 0\nbody_read_timeout_ms = 99\nidle_timeout_ms = 3600001\n\
+             [limits]\nmax_connections = 1000001\nmax_request_bytes = 4096\nrequest_memory_bytes = 16383\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file), env(&[]), &SettingsLayer::default()).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+            "idle_timeout_ms",
+            "limits.max_connections",
+            "limits.request_memory_bytes (16383) must be at least 4 x limits.max_request_bytes (16384)",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    /// The table at the top of this file names every variable the environment layer reads.
+    #[test]
+    fn the_doc_table_lists_every_environment_variable() {
+        let src = include_str!("config.rs");
+        let table: Vec<&str> = src.lines().filter(|l| l.starts_with("//! | ")).collect();
+        let body = &src[src.find("fn env_layer(").unwrap()..src.find("#[cfg(test)]").unwrap()];
+        let mut names = 0;
+        for part in body.split('"').skip(1).step_by(2) {
+            if part.starts_with("CHAMFER_") && part.len() > "CHAMFER_".len() {
+                names += 1;
+                assert!(
+                    table.iter().any(|l| l.contains(&format!("`{part}`"))),
+                    "{part} is read from the environment but not in the module's table"
+                );
+            }
+        }
+        assert!(names >= 20, "found only {names} variables");
     }
 }

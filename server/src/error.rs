@@ -26,8 +26,9 @@
 //! | value too large to store (f16: abs(x) > 65504) | `out_of_range` | INVALID_ARGUMENT | 400 |
 //! | shutting down / collection closing | `unavailable` | UNAVAILABLE | 503 |
 //! | collection damaged or still loading | `collection_unavailable` | UNAVAILABLE | 503 |
-//! | writers faster than flushing (retry later) | `overloaded` | RESOURCE_EXHAUSTED | 429 |
+//! | writers faster than flushing, or the request memory budget full (retry later) | `overloaded` | RESOURCE_EXHAUSTED | 429 |
 //! | request deadline passed | `deadline_exceeded` | DEADLINE_EXCEEDED | 504 |
+//! | the client stopped sending its request body (`body_read_timeout_ms`) | `request_timeout` | DEADLINE_EXCEEDED | 408 |
 //! | work cancelled (shutdown) | `cancelled` | CANCELLED | 503 |
 //! | out of disk space | `storage_full` | RESOURCE_EXHAUSTED | 507 |
 //! | I/O error | `io` | INTERNAL | 500 |
@@ -133,6 +134,9 @@ pub enum ServiceError {
     /// The request's deadline passed before it finished (its work was stopped).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// The client stopped sending its request body for longer than `body_read_timeout_ms`.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// A bug or an unexpected failure (a panicked worker, a poisoned log).
     #[error("internal error: {0}")]
     Internal(String),
@@ -251,6 +255,11 @@ impl ServiceError {
                 Code::DeadlineExceeded,
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline_exceeded",
+            ),
+            S::RequestTimeout(_) => st(
+                Code::DeadlineExceeded,
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
             ),
             S::Internal(_) => st(Code::Internal, SERVER, "internal"),
         }
@@ -401,6 +410,11 @@ mod tests {
                 400,
             ),
             (ServiceError::Unauthenticated, Code::Unauthenticated, 401),
+            (
+                ServiceError::RequestTimeout("x".into()),
+                Code::DeadlineExceeded,
+                408,
+            ),
             (
                 ServiceError::CollectionExists("x".into()),
                 Code::AlreadyExists,

@@ -13,7 +13,6 @@ use chamfer_proto::v1 as pb;
 use pb::collections_server::{Collections, CollectionsServer};
 use pb::documents_server::{Documents, DocumentsServer};
 use pb::search_server::{Search, SearchServer};
-use tokio::net::TcpListener;
 use tonic::codegen::http;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,6 +26,7 @@ use crate::core::rerank::{RerankDocs, RerankInput, RerankOutcome};
 use crate::core::{CollectionInfo, Core, HitOut};
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, Proto};
+use crate::net::{GrpcWire, Net, NetListener, TrackLayer};
 
 /// The three chamfer services over one core.
 #[derive(Clone)]
@@ -699,11 +699,15 @@ fn fix_status(mut resp: http::Response<tonic::body::Body>) -> http::Response<ton
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then finishes in-flight calls.
+///
+/// Every connection goes through `net`'s table and every call through its [`TrackLayer`] (timeouts, cap,
+/// memory budget); HTTP/2 keep-alive pings every 30 s (10 s to answer) find vanished peers.
 pub async fn serve(
-    listener: TcpListener,
+    listener: NetListener,
     api: GrpcApi,
     key: ApiKey,
     max_request_bytes: usize,
+    net: Arc<Net>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -732,6 +736,7 @@ pub async fn serve(
         Ok(req)
     };
     let layers = tower::ServiceBuilder::new()
+        .layer(TrackLayer::<GrpcWire>::new(net))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
             tower_http::trace::TraceLayer::new_for_grpc()
@@ -744,6 +749,8 @@ pub async fn serve(
         .layer(tower::layer::layer_fn(|inner| Deadlines { inner }))
         .into_inner();
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layers)
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, auth.clone()))
@@ -760,20 +767,8 @@ pub async fn serve(
             SearchServer::new(api).max_decoding_message_size(max_request_bytes),
             auth,
         ))
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY on every accepted connection: without it, Nagle's algorithm holds back the small
-            // trailing frames of an answer until the client's delayed ACK (~40 ms on Linux).
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |conn| {
-                    if let Ok(c) = &conn {
-                        let _ = c.set_nodelay(true);
-                    }
-                    conn
-                },
-            ),
-            shutdown,
-        )
+        // (NetListener sets TCP_NODELAY on every accepted connection.)
+        .serve_with_incoming_shutdown(listener, shutdown)
         .await
 }
 

@@ -7,6 +7,8 @@
 //! * [`error`]: the one error type and its one exhaustive table to gRPC codes and HTTP statuses.
 //! * [`grpc`] (tonic) and [`rest`] (axum): thin adapters that translate wire types and call the core.
 //! * [`metrics`]: Prometheus counters and latency histograms; [`auth`]: the API-key check.
+//! * [`net`]: the connection table both listeners share (cap, eviction, header/body/idle timeouts) and the
+//!   server-wide memory budget of request bodies.
 //! * [`serve`]: `run(settings, shutdown)`, the whole server as a library function (the `chamfer` binary and
 //!   the end-to-end tests both call it).
 #![warn(missing_docs)]
@@ -19,6 +21,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod grpc;
 pub mod metrics;
+pub mod net;
 pub mod rest;
 pub mod serve;
 

@@ -8,6 +8,7 @@
 //! core's published snapshots, so a scrape never waits for a collection's sequencer. The output is the
 //! OpenMetrics text format ([`CONTENT_TYPE`]), which Prometheus scrapes natively.
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -23,6 +24,9 @@ use crate::core::collection::Stats;
 use crate::core::pool::PoolStats;
 use crate::core::{Core, Health};
 use crate::error::ServiceError;
+#[cfg(test)]
+use crate::net::NetStats;
+use crate::net::{ListenerStats, Net};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -103,6 +107,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the connection table's and the request memory budget's series (read at each scrape).
+    pub fn register_net(&mut self, net: Arc<Net>) {
+        self.registry
+            .register_collector(Box::new(NetGauges(NetSource::Live(net))));
+    }
+
     /// Runs `fut` as operation `op`, counting its outcome and timing it.
     pub async fn observe<T>(
         &self,
@@ -282,6 +292,145 @@ impl Collector for CoreGauges {
     }
 }
 
+/// Where [`NetGauges`] reads its counts.
+#[derive(Debug)]
+enum NetSource {
+    Live(Arc<Net>),
+    #[cfg(test)]
+    Fixed(NetStats),
+}
+
+/// The connection table's and the memory budget's series (`crate::net`), read at each scrape:
+///
+/// | series | type | labels |
+/// |---|---|---|
+/// | `chamfer_connections_max` | gauge | |
+/// | `chamfer_connections_active` | gauge | `protocol` |
+/// | `chamfer_connections_accepted_total`, `_refused_total`, `_evicted_total` | counter | `protocol` |
+/// | `chamfer_connections_timed_out_total` | counter | `protocol`, `reason` (`header`, `body`, `idle`, `write`) |
+/// | `chamfer_connection_accept_errors_total` | counter | `protocol` |
+/// | `chamfer_requests_in_flight` | gauge | `protocol` |
+/// | `chamfer_request_memory_bytes`, `chamfer_request_memory_limit_bytes` | gauge | |
+/// | `chamfer_request_memory_refused_total` | counter | `protocol` |
+#[derive(Debug)]
+struct NetGauges(NetSource);
+
+impl Collector for NetGauges {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = match &self.0 {
+            NetSource::Live(net) => net.stats(),
+            #[cfg(test)]
+            NetSource::Fixed(s) => *s,
+        };
+        let both = [(Proto::Rest, &s.rest), (Proto::Grpc, &s.grpc)];
+        let per = |enc: &mut DescriptorEncoder,
+                   name: &str,
+                   help: &str,
+                   kind: MetricType,
+                   get: fn(&ListenerStats) -> u64|
+         -> Result<(), std::fmt::Error> {
+            let mut m = enc.encode_descriptor(name, help, None, kind)?;
+            for (proto, l) in both {
+                let labels = [("protocol", proto.name())];
+                if kind == MetricType::Counter {
+                    ConstCounter::new(get(l)).encode(m.encode_family(&labels)?)?;
+                } else {
+                    ConstGauge::new(get(l)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+            Ok(())
+        };
+        let m = enc.encode_descriptor(
+            "chamfer_connections_max",
+            "The cap on open connections, both listeners together (limits.max_connections)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.max_connections).encode(m)?;
+        per(
+            &mut enc,
+            "chamfer_connections_active",
+            "Open connections (closing ones until their socket is closed)",
+            MetricType::Gauge,
+            |l| l.active,
+        )?;
+        per(
+            &mut enc,
+            "chamfer_connections_accepted",
+            "Connections accepted",
+            MetricType::Counter,
+            |l| l.accepted,
+        )?;
+        per(
+            &mut enc,
+            "chamfer_connections_refused",
+            "Connections refused at the cap because none could be evicted (HTTP: 503)",
+            MetricType::Counter,
+            |l| l.refused,
+        )?;
+        per(
+            &mut enc,
+            "chamfer_connections_evicted",
+            "Connections closed to make room: the one waiting on its client longest",
+            MetricType::Counter,
+            |l| l.evicted,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "chamfer_connections_timed_out",
+            "Connections closed, or request bodies failed (body), because the client was too slow",
+            None,
+            MetricType::Counter,
+        )?;
+        for (proto, l) in both {
+            for (reason, n) in [
+                ("header", l.timed_out_header),
+                ("body", l.timed_out_body),
+                ("idle", l.timed_out_idle),
+                ("write", l.timed_out_write),
+            ] {
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&[("protocol", proto.name()), ("reason", reason)])?)?;
+            }
+        }
+        per(
+            &mut enc,
+            "chamfer_connection_accept_errors",
+            "Failed accepts (e.g. out of file descriptors); each closes the longest-waiting connection",
+            MetricType::Counter,
+            |l| l.accept_errors,
+        )?;
+        per(
+            &mut enc,
+            "chamfer_requests_in_flight",
+            "Requests being received, processed or answered",
+            MetricType::Gauge,
+            |l| l.in_flight,
+        )?;
+        let m = enc.encode_descriptor(
+            "chamfer_request_memory_bytes",
+            "Request body bytes reserved now against the budget",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.memory_in_use).encode(m)?;
+        let m = enc.encode_descriptor(
+            "chamfer_request_memory_limit_bytes",
+            "The request memory budget (limits.request_memory_bytes)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.memory_limit).encode(m)?;
+        per(
+            &mut enc,
+            "chamfer_request_memory_refused",
+            "Requests refused because the request memory budget was full (429 / RESOURCE_EXHAUSTED)",
+            MetricType::Counter,
+            |l| l.memory_refused,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +499,48 @@ mod tests {
             assert!(out.contains(needle), "{needle:?} missing from\n{out}");
         }
         assert!(out.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn connection_and_memory_series_keep_their_names_and_labels() {
+        let stats = NetStats {
+            max_connections: 64,
+            rest: ListenerStats {
+                accepted: 5,
+                evicted: 2,
+                timed_out_header: 1,
+                ..ListenerStats::default()
+            },
+            grpc: ListenerStats {
+                refused: 3,
+                timed_out_body: 4,
+                memory_refused: 6,
+                active: 7,
+                ..ListenerStats::default()
+            },
+            memory_in_use: 100,
+            memory_limit: 1000,
+        };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(NetGauges(NetSource::Fixed(stats))));
+        let mut out = String::new();
+        text::encode(&mut out, &r).unwrap();
+        for needle in [
+            "chamfer_connections_max 64",
+            "chamfer_connections_active{protocol=\"grpc\"} 7",
+            "chamfer_connections_accepted_total{protocol=\"rest\"} 5",
+            "chamfer_connections_refused_total{protocol=\"grpc\"} 3",
+            "chamfer_connections_evicted_total{protocol=\"rest\"} 2",
+            "chamfer_connections_timed_out_total{protocol=\"rest\",reason=\"header\"} 1",
+            "chamfer_connections_timed_out_total{protocol=\"grpc\",reason=\"body\"} 4",
+            "chamfer_connections_timed_out_total{protocol=\"grpc\",reason=\"idle\"} 0",
+            "chamfer_connection_accept_errors_total{protocol=\"rest\"} 0",
+            "chamfer_requests_in_flight{protocol=\"rest\"} 0",
+            "chamfer_request_memory_bytes 100",
+            "chamfer_request_memory_limit_bytes 1000",
+            "chamfer_request_memory_refused_total{protocol=\"grpc\"} 6",
+        ] {
+            assert!(out.contains(needle), "{needle:?} missing from\n{out}");
+        }
     }
 }

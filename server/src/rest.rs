@@ -17,6 +17,10 @@
 //! | GET / DELETE | `/v1/collections/{name}/documents/{id}` | one document |
 //! | POST | `/v1/collections/{name}/search`, `/search/batch` | search |
 //!
+//! Slow and many clients (`crate::net`, on every request through its `TrackLayer`): a body that stops arriving
+//! answers 408 `request_timeout`, one that does not fit the server's request memory budget 429 `overloaded`
+//! (with `Retry-After`), and a connection over the cap is refused with a raw 503 `unavailable`.
+//!
 //! Deadlines: every request gets the server's `request_timeout_ms`; a client may ask for a shorter one with the
 //! `x-timeout-ms: <milliseconds>` header (on search, get and upsert; an upsert's deadline covers only its CPU
 //! part, before its log write). Past it the request answers 504 `deadline_exceeded` and its work stops.
@@ -32,7 +36,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,6 +52,7 @@ use crate::core::input::DocInput;
 use crate::core::Core;
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, Proto};
+use crate::net::{ConnInfo, Net, NetListener, RestWire, TrackLayer};
 
 /// Shared handler state.
 #[derive(Clone)]
@@ -74,6 +78,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rej: JsonRejection) -> ServiceError {
+    // The body stopped arriving (408) or the server's request memory budget is full (429): see `crate::net`.
+    if let Some(e) = crate::net::BodyError::find(&rej) {
+        return e;
+    }
     if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
         // The limit itself is filled in by the handler's state; the extractor does not know it.
         return ServiceError::RequestTooLarge { max: 0 };
@@ -641,13 +649,18 @@ pub fn router(core: Core, metrics: Arc<Metrics>, key: ApiKey, max_request_bytes:
         )
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves HTTP on `listener` until `shutdown` resolves, then finishes in-flight requests. Every connection
+/// goes through `net`'s table and every request through its [`TrackLayer`] (timeouts, cap, memory budget).
 pub async fn serve(
-    listener: TcpListener,
+    listener: NetListener,
     router: Router,
+    net: Arc<Net>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let app = router
+        .layer(TrackLayer::<RestWire>::new(net))
+        .into_make_service_with_connect_info::<ConnInfo>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

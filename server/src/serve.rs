@@ -19,7 +19,8 @@ use crate::auth::ApiKey;
 use crate::config::{ConfigError, Settings};
 use crate::core::Core;
 use crate::error::ServiceError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Proto};
+use crate::net::{Net, NetConfig, NetListener};
 
 /// Why the server could not start, or stopped other than by its shutdown signal.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
+    sweep_stop: watch::Sender<bool>,
+    net: Arc<Net>,
 }
 
 /// Opens the data directory, binds both listeners and starts serving in background tasks.
@@ -98,7 +102,11 @@ pub async fn start(settings: Settings) -> Result<Server, ServeError> {
     let (http_listener, http) = bind("HTTP", settings.http_addr).await?;
     let (grpc_listener, grpc) = bind("gRPC", settings.grpc_addr).await?;
     let addrs = BoundAddrs { http, grpc };
-    let metrics = Arc::new(Metrics::default());
+    let net = Net::new(NetConfig::from_settings(&settings));
+    warn_if_the_cap_exceeds_descriptors(net.config().max_connections);
+    let mut metrics = Metrics::default();
+    metrics.register_net(net.clone());
+    let metrics = Arc::new(metrics);
     let key = ApiKey::new(settings.api_key.as_deref());
     let max = settings.limits.max_request_bytes;
     let (stop, _) = watch::channel(false);
@@ -109,17 +117,27 @@ pub async fn start(settings: Settings) -> Result<Server, ServeError> {
         }
     };
     let router = crate::rest::router(core.clone(), metrics.clone(), key.clone(), max);
-    let http = tokio::spawn(crate::rest::serve(http_listener, router, signal(&stop)));
+    let http = tokio::spawn(crate::rest::serve(
+        NetListener::new(http_listener, net.clone(), Proto::Rest),
+        router,
+        net.clone(),
+        signal(&stop),
+    ));
     let api = crate::grpc::GrpcApi::new(core.clone(), metrics);
     let grpc = tokio::spawn(crate::grpc::serve(
-        grpc_listener,
+        NetListener::new(grpc_listener, net.clone(), Proto::Grpc),
         api,
         key,
         max,
+        net.clone(),
         signal(&stop),
     ));
+    // Runs until both listeners are done: connections still draining at shutdown are timed too.
+    let (sweep_stop, sweep_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(net.clone().sweep(sweep_rx));
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, data_dir = %settings.data_dir.display(),
-        api_key = settings.api_key.is_some(), "chamfer is listening; opening collections");
+        api_key = settings.api_key.is_some(), max_connections = net.config().max_connections,
+        request_memory_bytes = net.config().request_memory_bytes, "chamfer is listening; opening collections");
     let loader = core.clone();
     tokio::task::spawn_blocking(move || loader.load())
         .await
@@ -135,7 +153,28 @@ pub async fn start(settings: Settings) -> Result<Server, ServeError> {
         stop,
         http,
         grpc,
+        sweeper,
+        sweep_stop,
+        net,
     })
+}
+
+/// A WARN when `cap` connections, with the server's own files, could run out of descriptors (an explicit
+/// `limits.max_connections` above the automatic one): accepts then fail, and each failure closes the
+/// longest-waiting connection, but file opens could fail too.
+fn warn_if_the_cap_exceeds_descriptors(cap: usize) {
+    let Some(limit) = crate::net::descriptor_limit() else {
+        return;
+    };
+    let auto = crate::net::auto_max_connections(Some(limit));
+    if cap > auto {
+        tracing::warn!(
+            max_connections = cap,
+            descriptor_limit = limit,
+            "limits.max_connections leaves too few file descriptors for the server's own files (at most \
+             {auto} with this limit): raise the limit (ulimit -n) or lower limits.max_connections"
+        );
+    }
 }
 
 impl Server {
@@ -147,6 +186,11 @@ impl Server {
     /// The service core (for in-process inspection in tests).
     pub fn core(&self) -> &Core {
         &self.core
+    }
+
+    /// The connection table and request memory budget (for in-process inspection in tests).
+    pub fn net(&self) -> &Arc<Net> {
+        &self.net
     }
 
     /// Serves until `shutdown` resolves (or a listener fails), then shuts down gracefully.
@@ -184,6 +228,9 @@ impl Server {
         } else {
             self.grpc.await
         };
+        // Both listeners are done: stop the sweeper (it has no result).
+        let _ = self.sweep_stop.send(true);
+        let _ = self.sweeper.await;
         tokio::task::spawn_blocking(move || core.shutdown())
             .await
             .map_err(|source| ServeError::Panicked {

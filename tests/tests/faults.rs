@@ -160,7 +160,7 @@ async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
         for flush in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let s = start_server(dir.path(), |_| {}).await;
-            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            let h = Http::new(s.addrs().http, None);
             h.ok(
                 "POST",
                 "/v1/collections",
@@ -197,7 +197,7 @@ async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
             let wiped = std::fs::read(&newest).unwrap();
 
             let s = start_server(dir.path(), |_| {}).await;
-            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            let h = Http::new(s.addrs().http, None);
             let (status, body) = h.call("GET", "/v1/collections/c", None).await;
             let case = format!("{how}, flush {flush}");
             assert_eq!(status, 503, "{case}: {body}");
@@ -217,7 +217,7 @@ async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
 
             std::fs::write(&newest, &saved).unwrap();
             let s = start_server(dir.path(), |_| {}).await;
-            let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+            let h = Http::new(s.addrs().http, None);
             let (status, body) = h
                 .call(
                     "POST",
@@ -234,7 +234,7 @@ async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
     // Item 6: b's descriptor replaced by a's.
     let dir = tempfile::tempdir().unwrap();
     let s = start_server(dir.path(), |_| {}).await;
-    let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+    let h = Http::new(s.addrs().http, None);
     for name in ["a", "b"] {
         h.ok(
             "POST",
@@ -251,7 +251,7 @@ async fn a_wiped_log_tail_or_a_foreign_descriptor_is_refused() {
     )
     .unwrap();
     let s = start_server(dir.path(), |_| {}).await;
-    let h = chamfer_tests::http::Http::new(s.addrs().http, None);
+    let h = Http::new(s.addrs().http, None);
     let list = h.ok("GET", "/v1/collections", None).await;
     let names: Vec<&str> = list["collections"]
         .as_array()

@@ -48,9 +48,10 @@ fn error_description(status: u16) -> &'static str {
         400 => "bad request (malformed, invalid_argument, dimension_mismatch, non_finite, empty, invalid_parameter, duplicate_id, invalid_config, out_of_range)",
         401 => "unauthenticated: missing or wrong API key",
         404 => "collection_not_found or not_found",
+        408 => "request_timeout: the client stopped sending its body for body_read_timeout_ms",
         409 => "already_exists",
         413 => "too_large or too_many_tokens",
-        429 => "overloaded: retry after the Retry-After header",
+        429 => "overloaded (writers faster than flushing, or the server's request memory budget full): retry after the Retry-After header",
         500 => "internal server error (io, corrupt, unsupported_version, incompatible, dataset, internal)",
         503 => "unavailable, collection_unavailable or cancelled",
         504 => "deadline_exceeded",
@@ -79,7 +80,8 @@ fn error_statuses(path: &str, op: &Operation) -> Vec<u16> {
             out.push(400);
         }
         if op.request_body.is_some() {
-            out.push(413);
+            // 408: the body stopped arriving; 429: the server's request memory budget is full.
+            out.extend([408, 413, 429]);
         }
         if WRITES.contains(&id) {
             out.push(507);

@@ -6,6 +6,29 @@
 pub mod fixtures;
 pub mod soak;
 
+/// Raw connections and metrics text, for the slow-client tests.
+pub mod raw {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    /// A connection that sent `bytes` and nothing more.
+    pub async fn sent(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        s
+    }
+
+    /// The value of one series (`name{labels}`) in a metrics text.
+    pub fn metric(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+            .trim()
+            .parse::<f64>()
+            .unwrap() as u64
+    }
+}
+
 /// The tests' REST helper over `chamfer_client::RestClient::send` (hyper-util's client): exact body bytes on the
 /// wire (so malformed requests can be sent too), the status, headers and body of every answer whatever its
 /// status.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use chamfer_proto::v1 as pb;
 use chamfer_tests::fixtures::chamfer_bin_or_skip;
 use chamfer_tests::http::Http;
+use chamfer_tests::raw::{metric, sent};
 use pb::collections_client::CollectionsClient;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Slack on top of a timeout before the test calls it missed.
@@ -33,23 +34,6 @@ async fn until_closed(s: &mut TcpStream, limit: Duration) -> Result<Duration, ()
             Err(_) => return Err(()),
         }
     }
-}
-
-/// A connection that sent `bytes` and nothing more.
-async fn sent(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    s
-}
-
-/// The value of one series (`name{labels}`) in a metrics text.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-        .trim()
-        .parse::<f64>()
-        .unwrap() as u64
 }
 
 /// The check: `chamfer serve` under a 1024-descriptor limit (automatic cap: 768), 2000 slow

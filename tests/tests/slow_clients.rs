@@ -27,6 +27,7 @@ use chamfer_server::config::Settings;
 use chamfer_server::serve::Server;
 use chamfer_tests::fixtures::{f16_tokens, grpc_channel, start_server};
 use chamfer_tests::http::Http;
+use chamfer_tests::raw::{metric, sent};
 use pb::collections_client::CollectionsClient;
 use pb::documents_client::DocumentsClient;
 use serde_json::{json, Value};
@@ -56,23 +57,6 @@ async fn until_closed(s: &mut TcpStream, limit: Duration) -> Result<(Duration, V
             Err(_) => return Err(got),
         }
     }
-}
-
-/// A connection that sent `bytes` and nothing more.
-async fn sent(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    s
-}
-
-/// The value of one series (`name{labels}`) in a metrics text.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-        .trim()
-        .parse::<f64>()
-        .unwrap() as u64
 }
 
 async fn metrics(server: &Server) -> String {

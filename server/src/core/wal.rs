@@ -1397,11 +1397,22 @@ mod tests {
                                 "{case}: {e}"
                             );
                         }
-                        // Only records already in shards were wiped: nothing acknowledged is lost either way.
+                        // Only records already in shards were wiped, so nothing acknowledged is lost: a zeroed
+                        // file still has its header and opens; an emptied closed file has none and is refused.
                         (false, Ok((recs, r))) => {
+                            assert_eq!(
+                                how, "records zeroed",
+                                "{case}: a headerless closed file opened"
+                            );
                             assert_eq!((seqs(&recs), r.last_seq), (vec![3, 4, 5, 6], 6), "{case}")
                         }
-                        (false, Err(_)) => {}
+                        (false, Err(e)) => {
+                            let e = e.to_string();
+                            assert!(
+                                how == "truncated to 0 bytes" && e.contains("without a header"),
+                                "{case}: {e}"
+                            );
+                        }
                     }
                     let after: Vec<Vec<u8>> =
                         files.iter().map(|f| fs::read(&f.path).unwrap()).collect();

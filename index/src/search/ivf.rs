@@ -6,13 +6,31 @@
 //! centroid `j` did not probe (an upper bound of what the unprobed tokens could score). Documents in no probed
 //! list are not candidates. Scores are stored minus `sum_j impute_j` (the same for every document), so that a
 //! document touched by one list costs one addition.
-use super::{DocFilter, Hit, Shard};
+use super::collector::Fruit;
+use super::context::{Limits, QueryContext};
+use super::source::CandidateSource;
+use super::{DocFilter, Hit};
 use crate::codebook::QueryTable;
+use crate::shard::Shard;
 use crate::sys::prefetch::prefetch;
-use crate::Result;
+use crate::{IndexError, Result};
+
+/// The inverted-file walk of a shard with an inverted file: its best `candidates` by imputed score.
+pub(crate) struct Ivf;
+
+impl CandidateSource for Ivf {
+    fn candidates(&self, ctx: &QueryContext<'_>, si: usize, limits: &Limits) -> Result<Fruit> {
+        let probes = ctx
+            .probes(si)
+            .ok_or_else(|| IndexError::param("plan", "this shard has no token codebook"))?;
+        let shard = &*ctx.searcher.shards()[si];
+        let hits = probes.gather(shard, si, limits.ivf_candidates, ctx.filter, &|| ctx.check())?;
+        Ok(Fruit::Probed(hits))
+    }
+}
 
 /// Per query token: the probed centroids (best first, with their scores) and the imputed score.
-pub(super) struct Probes {
+pub(crate) struct Probes {
     lists: Vec<Vec<(u32, f32)>>,
     impute: Vec<f32>,
 }
@@ -20,7 +38,7 @@ pub(super) struct Probes {
 impl Probes {
     /// The best `nprobe` centroids of every query token of `table` (one sequential pass over the table), and the
     /// score of the next best one as the imputed value.
-    pub(super) fn new(table: &QueryTable, nprobe: usize) -> Probes {
+    pub(crate) fn new(table: &QueryTable, nprobe: usize) -> Probes {
         let (k, nq) = (table.centroids(), table.query_tokens());
         let keep = (nprobe + 1).min(k);
         // Per token, the best `keep` (score, centroid) so far, ascending by score (best last).
@@ -80,7 +98,7 @@ impl Probes {
     /// The best `limit` documents of `shard` (index `si`) in a probed list that pass `filter`, by their imputed
     /// scores (minus the constant `sum_j impute_j`), in no particular order; ties go to the lower document, as
     /// the search's score order has them. `check` runs once per query token.
-    pub(super) fn gather(
+    pub(crate) fn gather(
         &self,
         shard: &Shard,
         si: usize,

@@ -585,10 +585,17 @@ impl Collection {
         let searcher = if segs.is_empty() {
             None
         } else {
-            match Searcher::new(
-                self.config.params.clone(),
-                segs.iter().map(|s| s.shard.clone()).collect(),
-            ) {
+            // Shards are keyed by their segment ids (searches break equal scores on them), and the new searcher
+            // shares the previous one's query encoder instead of building it again.
+            let shards = segs.iter().map(|s| s.shard.clone()).collect();
+            let built = segs
+                .iter()
+                .try_for_each(|s| s.shard.set_key(s.id))
+                .and_then(|()| match &self.snapshot().searcher {
+                    Some(prev) => prev.with_shards(shards),
+                    None => Searcher::new(self.config.params.clone(), shards),
+                });
+            match built {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(collection = %self.config.name, error = %e, "cannot build a searcher; keeping the previous snapshot");

@@ -181,11 +181,7 @@ fn ties_break_on_the_shard_key() {
             for pair in hits.chunks(2) {
                 assert_eq!(pair[0].score, pair[1].score, "{plan:?} query {j}");
                 assert_eq!(pair[0].doc, pair[1].doc, "{plan:?} query {j}");
-                assert_eq!(
-                    (pair[0].shard, pair[1].shard),
-                    (1, 0),
-                    "{plan:?} query {j}"
-                );
+                assert_eq!((pair[0].shard, pair[1].shard), (1, 0), "{plan:?} query {j}");
             }
         }
     }

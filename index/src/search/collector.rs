@@ -107,7 +107,10 @@ pub(crate) fn scan_ranges(
 }
 
 /// Runs `f` in `pool` (its parallel iterators then use the pool's threads), or here without one.
-pub(crate) fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn in_pool<R: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    f: impl FnOnce() -> R + Send,
+) -> R {
     match pool {
         Some(p) => p.install(f),
         None => f(),

@@ -127,8 +127,8 @@ impl<'a> QueryContext<'a> {
             .iter()
             .zip(&plans)
             .map(|(s, plan)| match (plan, s.codebook_arc()) {
-                (Plan::CentroidScan | Plan::Ivf | Plan::Hnsw, Some(book)) if !s.is_empty() => {
-                    Some(match books.iter().position(|b| Arc::ptr_eq(&b.book, book)) {
+                (Plan::CentroidScan | Plan::Ivf | Plan::Hnsw, Some(book)) if !s.is_empty() => Some(
+                    match books.iter().position(|b| Arc::ptr_eq(&b.book, book)) {
                         Some(at) => at,
                         None => {
                             books.push(Book {
@@ -138,8 +138,8 @@ impl<'a> QueryContext<'a> {
                             });
                             books.len() - 1
                         }
-                    })
-                }
+                    },
+                ),
                 _ => None,
             })
             .collect();

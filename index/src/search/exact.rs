@@ -19,7 +19,8 @@ pub(crate) struct Exact;
 impl CandidateSource for Exact {
     fn candidates(&self, ctx: &QueryContext<'_>, si: usize, limits: &Limits) -> Result<Fruit> {
         let shard = &*ctx.searcher.shards()[si];
-        let (prepared, filter, keys, k) = (&ctx.prepared, ctx.filter, ctx.searcher.keys(), limits.k);
+        let (prepared, filter, keys, k) =
+            (&ctx.prepared, ctx.filter, ctx.searcher.keys(), limits.k);
         let scored = AtomicUsize::new(0);
         let score_range = |r: std::ops::Range<usize>| -> Vec<Hit> {
             let mut hits: Vec<Hit> = r

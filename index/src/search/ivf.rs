@@ -24,7 +24,9 @@ impl CandidateSource for Ivf {
             .probes(si)
             .ok_or_else(|| IndexError::param("plan", "this shard has no token codebook"))?;
         let shard = &*ctx.searcher.shards()[si];
-        let hits = probes.gather(shard, si, limits.ivf_candidates, ctx.filter, &|| ctx.check())?;
+        let hits = probes.gather(shard, si, limits.ivf_candidates, ctx.filter, &|| {
+            ctx.check()
+        })?;
         Ok(Fruit::Probed(hits))
     }
 }

@@ -153,4 +153,3 @@ impl SearchParams {
             .max(self.rerank_for(n))
     }
 }
-

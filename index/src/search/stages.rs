@@ -164,12 +164,15 @@ impl Searcher {
                     .flatten()
             })
             .collect();
-        let interaction = |h: &Hit| {
-            tables[h.shard].map_or(h.score, |t| t.score(shards[h.shard].codes(h.doc)))
-        };
+        let interaction =
+            |h: &Hit| tables[h.shard].map_or(h.score, |t| t.score(shards[h.shard].codes(h.doc)));
         let interaction: Vec<f32> = if ctx.pool.is_some() {
             in_pool(ctx.pool, || {
-                probed.par_iter().with_min_len(64).map(interaction).collect()
+                probed
+                    .par_iter()
+                    .with_min_len(64)
+                    .map(interaction)
+                    .collect()
             })
         } else {
             probed.iter().map(interaction).collect()
@@ -249,7 +252,11 @@ impl Searcher {
                 .zip(&local.interaction)
                 .map(|(h, &s)| with(h, Some(h.score), s))
                 .collect(),
-            approx: local.approx.iter().map(|h| with(h, None, h.score)).collect(),
+            approx: local
+                .approx
+                .iter()
+                .map(|h| with(h, None, h.score))
+                .collect(),
             exact: local.exact.iter().map(|h| with(h, None, h.score)).collect(),
             scored: local.scored,
             plan: local.plan,

@@ -8,10 +8,26 @@ fn ties_follow_the_shard_key_not_the_position() {
     // Shard 0 is keyed 9, shard 1 keyed 2: at equal scores, shard 1's documents come first.
     let keys = [9u64, 2];
     let mut hits = vec![
-        Hit { shard: 0, doc: 0, score: 1.0 },
-        Hit { shard: 1, doc: 5, score: 1.0 },
-        Hit { shard: 1, doc: 3, score: 1.0 },
-        Hit { shard: 0, doc: 1, score: 2.0 },
+        Hit {
+            shard: 0,
+            doc: 0,
+            score: 1.0,
+        },
+        Hit {
+            shard: 1,
+            doc: 5,
+            score: 1.0,
+        },
+        Hit {
+            shard: 1,
+            doc: 3,
+            score: 1.0,
+        },
+        Hit {
+            shard: 0,
+            doc: 1,
+            score: 2.0,
+        },
     ];
     keep_best(&mut hits, 3, &keys);
     hits.sort_by(by_score(&keys));

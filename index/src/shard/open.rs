@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::writer::{self, read_u64s};
-use super::{dir_and_base, Bytes, Meta, Shard, ALIGN, END_MAGIC, FOOTER, FORMAT_VERSION, MAGIC, READ_VERSIONS};
+use super::{
+    dir_and_base, Bytes, Meta, Shard, ALIGN, END_MAGIC, FOOTER, FORMAT_VERSION, MAGIC,
+    READ_VERSIONS,
+};
 use crate::codebook::Codebook;
 use crate::hnsw::CandidateIndex;
 use crate::kernels;

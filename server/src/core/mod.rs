@@ -18,6 +18,8 @@ mod upsert;
 pub mod wal;
 
 #[cfg(test)]
+mod dtype_tests;
+#[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
 mod tests;

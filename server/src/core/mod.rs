@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use chamfer_index::fsutil;
@@ -59,6 +61,7 @@ struct Inner {
     limits: Limits,
     tuning: Tuning,
     root: PathBuf,
+    /// The registry (parking_lot: taken on async workers, never held across I/O or an await).
     collections: RwLock<BTreeMap<String, Slot>>,
     /// Serialises create and drop (a dropped collection's directory is gone before a new one of the same name
     /// can be made). A tokio lock: held across blocking file work run on the blocking pool, never on a worker.
@@ -253,18 +256,12 @@ impl Core {
         !self.inner.closed.load(Ordering::SeqCst)
     }
 
-    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
-        self.inner
-            .collections
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+    fn registry(&self) -> RwLockReadGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.collections.read()
     }
 
-    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
-        self.inner
-            .collections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+    fn registry_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.collections.write()
     }
 
     fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {

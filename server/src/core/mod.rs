@@ -4,6 +4,9 @@
 //! (see [`input`]), runs CPU work on the pool, and returns protocol-neutral results or a [`ServiceError`]. The
 //! adapters only translate wire types to and from these.
 //!
+//! `types.rs` holds the operations' results, `upsert.rs` the write pipeline (the collection encodes the log
+//! records: this module does not touch the log).
+//!
 //! On disk: `<data_dir>/LOCK` (an advisory lock: one server per data directory) and
 //! `<data_dir>/collections/<name>/` (see [`manifest`]).
 pub mod collection;

@@ -33,7 +33,8 @@
 //!
 //! `mod.rs` the collection and its public API; `state.rs` segments, tombstones and the id map; `sequencer.rs`
 //! the one mutator thread (group commit, install); `maintenance.rs` flush and compaction; `recovery.rs` opening
-//! a directory (manifest, shards, log replay).
+//! a directory (manifest, shards, log replay); `upsert.rs` the write path (an upsert's codes, memory segment and
+//! log record: the collection encodes its records).
 mod codebook;
 #[cfg(test)]
 mod lifecycle_tests;

@@ -53,16 +53,24 @@ fn validate_and_store(docs: &[DocInput]) -> Result<usize, ServiceError> {
     params.fde.projection_dimension = 4;
     params.hnsw.prefix_repetitions = 1;
     params.codebook_size = 8;
+    let values: Vec<_> = valid.iter().map(|d| d.tokens_f32()).collect();
     let shard_docs = valid
         .iter()
-        .map(|d| d.shard_doc(dim))
+        .zip(&values)
+        .map(|(d, v)| {
+            Ok(chamfer_index::shard::ShardDoc {
+                id: &d.id,
+                tokens: chamfer_index::tokens::TokenMatrix::new(v, dim, "document")?,
+                payload: &d.metadata,
+            })
+        })
         .collect::<Result<Vec<_>, IndexError>>()
         .unwrap_or_else(|e| panic!("validated tokens rejected by the engine: {e}"));
     let shard = Shard::build_in_memory(&params, &shard_docs)
         .unwrap_or_else(|e| panic!("validated documents made an unreadable shard: {e}"));
     for (i, d) in valid.iter().enumerate() {
         assert_eq!(shard.id(i), d.id);
-        assert_eq!(shard.tokens(i).len(), d.tokens.len());
+        assert_eq!(shard.tokens(i).len(), d.tokens.n_values());
     }
     Ok(valid.len())
 }

@@ -403,6 +403,60 @@ fn build_tokens_only_f16(params: &IndexParams, docs: &[HalfDoc<'_>]) -> Result<B
     })
 }
 
+/// [`build_tokens_only_f16`] coded with a given codebook whose codes the documents already have (an upsert's
+/// f16 batch coded by the server): the same as [`build`] with [`Coding::Given`] and every code known, for a
+/// shard that stores no FDE (fewer than `hnsw.min_docs` documents; else [`IndexError::InvalidParam`]).
+fn build_coded_f16(
+    params: &IndexParams,
+    docs: &[HalfDoc<'_>],
+    codebook: &Arc<Codebook>,
+    codes: &[&[u16]],
+) -> Result<Built> {
+    if stored_fde_repetitions(params, true, docs.len()) != 0 {
+        return Err(IndexError::param(
+            "documents",
+            "an f16 shard without FDEs holds fewer than hnsw.min_docs documents",
+        ));
+    }
+    let mut built = build_tokens_only_f16(params, docs)?;
+    if codebook.dim() != params.fde.dimension {
+        return Err(IndexError::DimensionMismatch {
+            expected: params.fde.dimension,
+            got: codebook.dim(),
+        });
+    }
+    if codes.len() != docs.len() {
+        return Err(IndexError::param(
+            "codes",
+            format!("{} code lists for {} documents", codes.len(), docs.len()),
+        ));
+    }
+    let mut token_start = Vec::with_capacity(docs.len() + 1);
+    token_start.push(0usize);
+    for (d, c) in docs.iter().zip(codes) {
+        let n = d.tokens.len() / d.dim.max(1);
+        if c.len() != n || c.iter().any(|&k| k as usize >= codebook.len()) {
+            return Err(IndexError::param(
+                "codes",
+                format!(
+                    "document {:?}: its codes do not fit its tokens or the codebook",
+                    d.id
+                ),
+            ));
+        }
+        token_start.push(token_start[token_start.len() - 1] + n);
+    }
+    if !docs.is_empty() {
+        let all: Vec<u16> = codes.concat();
+        let (s, d) = inverted_file(&all, &token_start, codebook.len());
+        built.codebook = Some(Arc::clone(codebook));
+        built.codes = all;
+        built.ivf_start = s;
+        built.ivf_docs = d;
+    }
+    Ok(built)
+}
+
 fn build(
     params: &IndexParams,
     docs: &[ShardDoc<'_>],
@@ -1038,6 +1092,20 @@ impl Shard {
     pub fn build_in_memory_tokens_f16(params: &IndexParams, docs: &[HalfDoc<'_>]) -> Result<Shard> {
         let built = build_tokens_only_f16(params, docs)?;
         in_memory(&built, docs, None)
+    }
+
+    /// [`build_in_memory_coded`](Self::build_in_memory_coded) with [`Coding::Given`] and every code known, for
+    /// documents whose tokens are f16 already (an upsert the client sent as f16): the same bytes, laid out
+    /// from the f16 values as they are. Only for shards that store no FDE (fewer than `hnsw.min_docs`
+    /// documents); `codes` holds each document's codes under `codebook`.
+    pub fn build_in_memory_f16_coded(
+        params: &IndexParams,
+        docs: &[HalfDoc<'_>],
+        codebook: &Arc<Codebook>,
+        codes: &[&[u16]],
+    ) -> Result<Shard> {
+        let built = build_coded_f16(params, docs, codebook, codes)?;
+        in_memory(&built, docs, Some(codebook))
     }
 }
 

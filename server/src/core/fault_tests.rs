@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::collection::Tuning;
-use super::input::CollectionParamsInput;
+use super::input::{CollectionParamsInput, DocInput};
 use super::tests::{doc, open_core as open, settings, DIM};
 use super::*;
 

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use chamfer_index::shard::IndexParams;
-use chamfer_index::tokens::TokenMatrix;
+use chamfer_index::tokens::{TokenValues, Tokens};
 use chamfer_index::IndexError;
 
 use crate::config::Limits;
@@ -14,23 +14,8 @@ use crate::error::ServiceError;
 
 use super::filter::{Filter, FilterInput};
 
-/// Element type of packed token bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dtype {
-    /// 4-byte little-endian floats.
-    F32,
-    /// 2-byte little-endian half floats.
-    F16,
-}
-
-impl Dtype {
-    fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 => 2,
-        }
-    }
-}
+/// Element type of packed token bytes (the engine's: tokens keep it from the wire to the log and the shard).
+pub use chamfer_index::tokens::Dtype;
 
 /// Token vectors as a client sent them.
 #[derive(Clone, Debug)]
@@ -172,20 +157,23 @@ impl CollectionParamsInput {
 pub struct ValidDoc {
     /// External id.
     pub id: String,
-    /// Token values, row-major (`n_tokens * dim`).
-    pub tokens: Vec<f32>,
+    /// Token values (validated), in the width the client sent them: f16 stays f16 to the log and the shard.
+    pub tokens: Tokens,
     /// Compact JSON object text, or empty for none (the shard payload).
     pub metadata: Vec<u8>,
 }
 
 impl ValidDoc {
-    /// The engine's view of the document (the tokens checked once more by [`TokenMatrix::new`]).
-    pub fn shard_doc(&self, dim: usize) -> Result<chamfer_index::shard::ShardDoc<'_>, IndexError> {
-        Ok(chamfer_index::shard::ShardDoc {
-            id: &self.id,
-            tokens: TokenMatrix::new(&self.tokens, dim, "document")?,
-            payload: &self.metadata,
-        })
+    /// The tokens as f32 values, f16 ones widened (tools and tests: the write path keeps them as they came).
+    pub fn tokens_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.tokens.values() {
+            TokenValues::F32(v) => std::borrow::Cow::Borrowed(v),
+            TokenValues::F16(_) => {
+                let mut v = Vec::with_capacity(self.tokens.n_values());
+                self.tokens.extend_f32(&mut v);
+                std::borrow::Cow::Owned(v)
+            }
+        }
     }
 }
 
@@ -250,14 +238,15 @@ pub fn check_batch(what: &'static str, n: usize, limits: &Limits) -> Result<(), 
 
 /// Decodes and validates token vectors: shape, dimension, token count, byte length, finite values, and the
 /// f16 range |x| <= 65504 (`chamfer_index::tokens::MAX_TOKEN_VALUE`: tokens are stored as f16), for documents
-/// and queries alike (400 `out_of_range`). `what` is "document" or "query".
-pub fn decode_tokens(
+/// and queries alike (400 `out_of_range`). `what` is "document" or "query". The values keep the width they were
+/// sent in (packed f16 stays f16; JSON rows and packed f32 are f32).
+pub fn decode_tokens_typed(
     input: &TokenInput,
     dim: usize,
     max_tokens: usize,
     what: &'static str,
-) -> Result<Vec<f32>, ServiceError> {
-    let data = match input {
+) -> Result<Tokens, ServiceError> {
+    let tokens = match input {
         TokenInput::Packed {
             dtype,
             n_tokens,
@@ -292,14 +281,22 @@ pub fn decode_tokens(
                 )));
             }
             match dtype {
-                Dtype::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                    .collect(),
+                Dtype::F32 => Tokens::from_f32(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    dim,
+                    what,
+                )?,
+                Dtype::F16 => Tokens::from_f16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                        .collect(),
+                    dim,
+                    what,
+                )?,
             }
         }
         TokenInput::Rows(rows) => {
@@ -320,13 +317,28 @@ pub fn decode_tokens(
                     expected: dim,
                 });
             }
-            let mut buf = Vec::with_capacity(rows.len() * dim);
-            TokenMatrix::from_rows(rows, dim, what, &mut buf)?;
-            buf
+            Tokens::from_f32(rows.concat(), dim, what)?
         }
     };
-    TokenMatrix::new(&data, dim, what)?;
-    Ok(data)
+    Ok(tokens)
+}
+
+/// [`decode_tokens_typed`] as f32 values (queries: the engine scores f32 queries).
+pub fn decode_tokens(
+    input: &TokenInput,
+    dim: usize,
+    max_tokens: usize,
+    what: &'static str,
+) -> Result<Vec<f32>, ServiceError> {
+    Ok(
+        match decode_tokens_typed(input, dim, max_tokens, what)?.into_values() {
+            TokenValues::F32(v) => v,
+            TokenValues::F16(v) => {
+                use half::slice::HalfFloatSliceExt;
+                v.to_f32_vec()
+            }
+        },
+    )
 }
 
 /// Validates metadata: a JSON object (or nothing) of at most `max_bytes`, returned as compact JSON bytes.
@@ -394,7 +406,7 @@ pub fn validate_docs(
         if !seen.insert(d.id.as_str()) {
             return Err(IndexError::DuplicateId(d.id.clone()).into());
         }
-        let tokens = decode_tokens(&d.tokens, dim, limits.max_tokens_per_doc, "document")
+        let tokens = decode_tokens_typed(&d.tokens, dim, limits.max_tokens_per_doc, "document")
             .map_err(|e| in_doc(&d.id, e))?;
         let metadata = encode_metadata(&d.metadata, limits.max_metadata_bytes)
             .map_err(|e| in_doc(&d.id, e))?;

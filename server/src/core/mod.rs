@@ -4,6 +4,9 @@
 //! (see [`input`]), runs CPU work on the pool, and returns protocol-neutral results or a [`ServiceError`]. The
 //! adapters only translate wire types to and from these.
 //!
+//! `types.rs` holds the operations' results, `upsert.rs` the write pipeline (the collection encodes the log
+//! records: this module does not touch the log).
+//!
 //! On disk: `<data_dir>/LOCK` (an advisory lock: one server per data directory) and
 //! `<data_dir>/collections/<name>/` (see [`manifest`]).
 pub mod collection;
@@ -13,8 +16,12 @@ pub mod manifest;
 pub mod pool;
 pub mod rerank;
 pub mod storage_error;
+mod types;
+mod upsert;
 pub mod wal;
 
+#[cfg(test)]
+mod dtype_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
@@ -24,111 +31,24 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use chamfer_index::codebook::Codebook;
 use chamfer_index::fsutil;
-use chamfer_index::shard::IndexParams;
 use chamfer_index::tokens::TokenMatrix;
-use chamfer_index::IndexError;
 
 use crate::config::{Limits, Settings};
 use crate::error::ServiceError;
-use collection::{Collection, Snapshot, Stats, Tuning, WriteOp};
-use input::{CollectionParamsInput, DocInput, SearchInput, ValidSearch};
+use collection::{Collection, Snapshot, Stats, Tuning};
+use input::{CollectionParamsInput, SearchInput, ValidSearch};
 use manifest::{CollectionConfig, Layout, MANIFEST_VERSION};
 use pool::{CancelToken, CpuPool, PoolStats, Ticket};
+pub use types::{CollectionInfo, DeleteOutcome, DocOut, GetOutcome, Health, HitOut, UpsertOutcome};
 
 /// Largest token dimension a collection may have.
 pub const MAX_DIMENSION: usize = 65_536;
-
-/// Documents per coding task of an upsert: about 4096 tokens at 64 per document, one block of the two-level
-/// assignment, a few tens of milliseconds of one core.
-const CODE_CHUNK_DOCS: usize = 64;
-
-/// Token codes of `docs` under `book`, one vector per document (the chunk's tokens assigned in one call). Empty
-/// vectors when the dimensions disagree (the shard build then refuses them as not fitting).
-fn code_documents(book: &Codebook, docs: &[input::ValidDoc], dim: usize) -> Vec<Vec<u16>> {
-    if book.dim() != dim || dim == 0 {
-        return vec![Vec::new(); docs.len()];
-    }
-    let all: Vec<f32> = docs.iter().flat_map(|d| d.tokens.iter().copied()).collect();
-    let codes = book.assign_sequential(&all);
-    let mut at = 0;
-    docs.iter()
-        .map(|d| {
-            let n = d.tokens.len() / dim;
-            let mine = codes.get(at..at + n).unwrap_or_default().to_vec();
-            at += n;
-            mine
-        })
-        .collect()
-}
-
-/// A collection's description.
-#[derive(Clone, Debug)]
-pub struct CollectionInfo {
-    /// Collection name.
-    pub name: String,
-    /// Token vector dimension.
-    pub dimension: usize,
-    /// Resolved engine parameters (FDE, graph, codebook).
-    pub params: IndexParams,
-    /// Statistics as of the current snapshot.
-    pub stats: Stats,
-}
-
-/// Result of an upsert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UpsertOutcome {
-    /// Documents written.
-    pub upserted: u64,
-    /// Sequence number of the write.
-    pub sequence: u64,
-}
-
-/// Result of a delete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeleteOutcome {
-    /// Documents that existed and were deleted.
-    pub deleted: u64,
-    /// Sequence number of the write.
-    pub sequence: u64,
-}
-
-/// A fetched document.
-#[derive(Clone, Debug)]
-pub struct DocOut {
-    /// External document id.
-    pub id: String,
-    /// Number of token vectors.
-    pub n_tokens: usize,
-    /// Row-major f32 values, when asked for.
-    pub tokens: Option<Vec<f32>>,
-    /// Compact JSON object text, or None.
-    pub metadata: Option<String>,
-}
-
-/// Result of a get.
-#[derive(Clone, Debug, Default)]
-pub struct GetOutcome {
-    /// Documents found, in request order.
-    pub documents: Vec<DocOut>,
-    /// Requested ids that do not exist.
-    pub missing: Vec<String>,
-}
-
-/// One search result.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HitOut {
-    /// External document id.
-    pub id: String,
-    /// Exact Chamfer score (higher is better).
-    pub score: f32,
-    /// Compact JSON object text when metadata was asked for and the document has some.
-    pub metadata: Option<String>,
-}
 
 /// A collection directory as the registry knows it.
 #[derive(Clone)]
@@ -140,23 +60,11 @@ enum Slot {
     Unavailable(String),
 }
 
-/// Why the server is or is not ready, for `/readyz` and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Health {
-    /// True when every collection has been opened (or found damaged) and shutdown has not begun.
-    pub ready: bool,
-    /// Why not ready.
-    pub reason: Option<String>,
-    /// Collections that cannot serve, with the reason.
-    pub unavailable: Vec<(String, String)>,
-    /// Collections whose writes fail for lack of disk space, with the error.
-    pub storage_full: Vec<(String, String)>,
-}
-
 struct Inner {
     limits: Limits,
     tuning: Tuning,
     root: PathBuf,
+    /// The registry (parking_lot: taken on async workers, never held across I/O or an await).
     collections: RwLock<BTreeMap<String, Slot>>,
     /// Serialises create and drop (a dropped collection's directory is gone before a new one of the same name
     /// can be made). A tokio lock: held across blocking file work run on the blocking pool, never on a worker.
@@ -351,18 +259,12 @@ impl Core {
         !self.inner.closed.load(Ordering::SeqCst)
     }
 
-    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
-        self.inner
-            .collections
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+    fn registry(&self) -> RwLockReadGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.collections.read()
     }
 
-    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
-        self.inner
-            .collections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+    fn registry_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.collections.write()
     }
 
     fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
@@ -538,125 +440,6 @@ impl Core {
     }
 
     // ----- documents --------------------------------------------------------------------------------------
-
-    /// Inserts or replaces a batch; returns once it is durable and visible.
-    pub async fn upsert(
-        &self,
-        name: &str,
-        docs: Vec<DocInput>,
-    ) -> Result<UpsertOutcome, ServiceError> {
-        self.upsert_until(name, docs, None).await
-    }
-
-    /// [`Core::upsert`] with a client deadline. The deadline covers only the CPU part (validation, encoding);
-    /// once the batch is handed to the log it is never abandoned, whatever the time.
-    pub async fn upsert_until(
-        &self,
-        name: &str,
-        docs: Vec<DocInput>,
-        deadline: Option<Instant>,
-    ) -> Result<UpsertOutcome, ServiceError> {
-        let c = self.collection(name)?;
-        let memtable = c.stats().memtable_documents;
-        if memtable >= self.inner.tuning.max_memtable_docs as u64 {
-            c.nudge_if_needed();
-            return Err(ServiceError::Overloaded {
-                reason: format!(
-                    "{memtable} documents are waiting to be flushed (the limit is {})",
-                    self.inner.tuning.max_memtable_docs
-                ),
-                retry_after_ms: 1000,
-            });
-        }
-        let ticket = self.ticket(deadline);
-        let (dim, limits) = (c.config.dimension, self.inner.limits.clone());
-        let valid = self
-            .inner
-            .pool
-            .run(&ticket, move |_| {
-                input::validate_docs(&docs, dim, &limits).map(Arc::new)
-            })
-            .await?;
-        // Coding is most of an upsert's CPU: it runs as small tasks of this request, so that searches and other
-        // requests take turns with it in the pool instead of waiting for the whole batch.
-        let book = c.codebook();
-        let codes = match &book {
-            Some(book) => {
-                let tasks = (0..valid.len())
-                    .step_by(CODE_CHUNK_DOCS)
-                    .map(|first| {
-                        let (valid, book) = (valid.clone(), book.clone());
-                        move |_: &CancelToken| {
-                            let chunk = &valid[first..(first + CODE_CHUNK_DOCS).min(valid.len())];
-                            Ok(code_documents(&book, chunk, dim))
-                        }
-                    })
-                    .collect();
-                Some(self.inner.pool.run_all(&ticket, tasks).await?.concat())
-            }
-            None => None,
-        };
-        let coll = c.clone();
-        let (shard, (kind, body)) = self
-            .inner
-            .pool
-            .run(&ticket, move |tok| {
-                if tok.is_cancelled() {
-                    return Err(tok.exceeded());
-                }
-                let shard_docs = valid
-                    .iter()
-                    .map(|d| d.shard_doc(dim))
-                    .collect::<Result<Vec<_>, IndexError>>()?;
-                let known: Option<Vec<Option<&[u16]>>> = codes
-                    .as_ref()
-                    .map(|codes| codes.iter().map(|c| Some(c.as_slice())).collect());
-                let shard =
-                    coll.build_memory_shard_coded(&shard_docs, book.as_ref(), known.as_deref())?;
-                let record = wal::encode_upsert_compact(valid.iter().map(|d| {
-                    (
-                        d.id.as_str(),
-                        dim,
-                        d.tokens.as_slice(),
-                        d.metadata.as_slice(),
-                    )
-                }));
-                Ok((shard, record))
-            })
-            .await?;
-        drop(ticket);
-        let ack = c
-            .write(
-                WriteOp::Upsert {
-                    shard: Arc::new(shard),
-                },
-                kind,
-                body,
-            )
-            .await?;
-        Ok(UpsertOutcome {
-            upserted: ack.affected as u64,
-            sequence: ack.seq,
-        })
-    }
-
-    /// Deletes documents by id (unknown ids are ignored); returns once durable.
-    pub async fn delete(
-        &self,
-        name: &str,
-        ids: Vec<String>,
-    ) -> Result<DeleteOutcome, ServiceError> {
-        let c = self.collection(name)?;
-        input::validate_ids(&ids, &self.inner.limits)?;
-        let body = wal::encode_delete(&ids);
-        let ack = c
-            .write(WriteOp::Delete { ids }, wal::KIND_DELETE, body)
-            .await?;
-        Ok(DeleteOutcome {
-            deleted: ack.affected as u64,
-            sequence: ack.seq,
-        })
-    }
 
     /// Fetches documents by id.
     pub async fn get(

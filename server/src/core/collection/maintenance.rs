@@ -61,12 +61,19 @@ impl Collection {
         )
     }
 
-    /// Wakes the maintenance thread when a flush or compaction is due.
+    /// Wakes the maintenance thread when a flush or compaction is due (takes the state lock: not for async
+    /// workers, see [`Collection::nudge`]).
     pub fn nudge_if_needed(&self) {
         if self.needs_flush() || self.needs_compaction() {
-            if let Some(tx) = lock(&self.maint_tx).as_ref() {
-                let _ = tx.try_send(());
-            }
+            self.nudge();
+        }
+    }
+
+    /// Wakes the maintenance thread, which checks what is due. Lock-free: the overload refusal of an upsert
+    /// calls it on an async worker.
+    pub fn nudge(&self) {
+        if let Some(tx) = self.maint_tx.load().as_ref() {
+            let _ = tx.try_send(());
         }
     }
 
@@ -140,7 +147,7 @@ impl Collection {
 
     /// The maintenance lock for a flush or compaction: counted while waiting, so that a re-coding in progress
     /// gives way ([`Collection::recode_stale`]).
-    fn maint_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn maint_turn(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.maint_waiting.fetch_add(1, Ordering::SeqCst);
         let guard = lock(&self.maint_lock);
         self.maint_waiting.fetch_sub(1, Ordering::SeqCst);

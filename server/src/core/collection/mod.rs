@@ -33,7 +33,8 @@
 //!
 //! `mod.rs` the collection and its public API; `state.rs` segments, tombstones and the id map; `sequencer.rs`
 //! the one mutator thread (group commit, install); `maintenance.rs` flush and compaction; `recovery.rs` opening
-//! a directory (manifest, shards, log replay).
+//! a directory (manifest, shards, log replay); `upsert.rs` the write path (an upsert's codes, memory segment and
+//! log record: the collection encodes its records).
 mod codebook;
 #[cfg(test)]
 mod lifecycle_tests;
@@ -41,16 +42,19 @@ mod maintenance;
 mod recovery;
 mod sequencer;
 mod state;
+mod upsert;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use chamfer_index::codebook::Codebook;
 use chamfer_index::search::Searcher;
 use chamfer_index::shard::{Coding, Shard, ShardDoc};
 use chamfer_index::IndexError;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::manifest::{self, CollectionConfig, Layout, Manifest, MANIFEST_VERSION};
@@ -63,12 +67,14 @@ use recovery::recover;
 use sequencer::Cmd;
 use state::State;
 pub use state::{Bitset, MetaCache};
+pub use upsert::{PreparedUpsert, Widening};
 
 type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
 
-/// Locks a mutex, ignoring poisoning (state is only mutated by the sequencer, which does not panic mid-update).
+/// Locks a mutex (parking_lot: no poisoning; state is only mutated by the sequencer, which does not panic
+/// mid-update). None of the collection's mutexes is taken on an async worker.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock()
 }
 
 /// What one write does once it is in the log.
@@ -203,10 +209,12 @@ pub struct Collection {
     layout: Layout,
     tuning: Tuning,
     state: Mutex<State>,
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// The published snapshot: readers load it without a lock; the sequencer (or start-up) stores a new one.
+    snapshot: ArcSwap<Snapshot>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     maint_lock: Mutex<()>,
-    maint_tx: Mutex<Option<mpsc::SyncSender<()>>>,
+    /// Wakes the maintenance thread (lock-free, see [`Collection::nudge`]); taken by `close`.
+    maint_tx: ArcSwapOption<mpsc::SyncSender<()>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_segment: AtomicU64,
     /// Set by `close`: flushes and compactions stop at their next check and touch no file after it.
@@ -224,6 +232,8 @@ pub struct Collection {
     maint_waiting: std::sync::atomic::AtomicUsize,
     /// Held-out tokens of the last flush, for the drift check of the next re-training decision.
     recent_tokens: Mutex<Vec<f32>>,
+    /// f16 values the write path widened to f32 (see [`Widening`]).
+    widening: Widening,
 }
 
 impl Collection {
@@ -284,17 +294,17 @@ impl Collection {
             layout,
             tuning,
             state: Mutex::new(state),
-            snapshot: RwLock::new(Arc::new(Snapshot {
+            snapshot: ArcSwap::from_pointee(Snapshot {
                 searcher: None,
                 segs: vec![],
                 any_deleted: false,
                 ids: imbl::HashMap::new(),
                 stats: Stats::default(),
                 codebook: None,
-            })),
+            }),
             tx: Mutex::new(None),
             maint_lock: Mutex::new(()),
-            maint_tx: Mutex::new(None),
+            maint_tx: ArcSwapOption::empty(),
             threads: Mutex::new(Vec::new()),
             next_segment: AtomicU64::new(next_segment),
             closing: AtomicBool::new(false),
@@ -304,12 +314,13 @@ impl Collection {
             retraining: AtomicBool::new(false),
             maint_waiting: std::sync::atomic::AtomicUsize::new(0),
             recent_tokens: Mutex::new(Vec::new()),
+            widening: Widening::default(),
         });
         c.publish();
         let (tx, rx) = mpsc::channel();
         let (mtx, mrx) = mpsc::sync_channel(1);
         *lock(&c.tx) = Some(tx);
-        *lock(&c.maint_tx) = Some(mtx);
+        c.maint_tx.store(Some(Arc::new(mtx)));
         let name = &c.config.name;
         let spawn = |what: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -341,27 +352,7 @@ impl Collection {
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Appends a write to the log and waits until it is durable and applied.
-    pub async fn write(
-        &self,
-        op: WriteOp,
-        kind: u8,
-        body: Vec<u8>,
-    ) -> Result<WriteAck, ServiceError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Write {
-            op,
-            kind,
-            body,
-            reply,
-        })?;
-        rx.await.map_err(|_| closing())?
+        self.snapshot.load_full()
     }
 
     /// Where each id lives (None: no such live document), as of the current snapshot. Never waits for the
@@ -510,7 +501,7 @@ impl Collection {
     /// everything). When `close` returns, no thread of this collection touches its directory. Idempotent.
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        lock(&self.maint_tx).take();
+        self.maint_tx.store(None);
         // Wait for a flush or compaction in progress (run by the maintenance thread or a caller): it stops at
         // its next cancellation check.
         drop(lock(&self.maint_lock));
@@ -604,14 +595,14 @@ impl Collection {
             }
         };
         let any_deleted = segs.iter().any(|s| s.deleted.ones() > 0);
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
+        self.snapshot.store(Arc::new(Snapshot {
             searcher,
             segs,
             any_deleted,
             ids,
             stats,
             codebook,
-        });
+        }));
     }
 }
 

@@ -219,7 +219,12 @@ impl Codebook {
         same as f64 / n as f64
     }
 
-    pub(super) fn assign_two_level(&self, coarse: &Coarse, block: &[f32], kernel: bool) -> Vec<u16> {
+    pub(super) fn assign_two_level(
+        &self,
+        coarse: &Coarse,
+        block: &[f32],
+        kernel: bool,
+    ) -> Vec<u16> {
         let dim = self.dim;
         let rows = block.len() / dim;
         let kc = coarse.centroids.len() / dim;

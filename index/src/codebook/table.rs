@@ -55,7 +55,6 @@ impl Codebook {
     }
 }
 
-
 /// A query's centroid table: `<query token j, centroid c>` for every centroid, in 16-bit fixed point.
 ///
 /// A value is stored as `round(v * scale)`, where `scale` maps the largest query-token norm (a bound of every

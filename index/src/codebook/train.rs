@@ -14,7 +14,6 @@ pub(super) fn normalise(v: &mut [f32]) {
     }
 }
 
-
 /// Spherical k-means of `sample` (row-major) into `k` unit centroids; None when `cancel()` turns true.
 pub(super) fn kmeans(
     sample: &[f32],

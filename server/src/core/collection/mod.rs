@@ -41,6 +41,7 @@ mod maintenance;
 mod recovery;
 mod sequencer;
 mod state;
+mod tombstones;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;

@@ -102,6 +102,7 @@ fn streamed_generation_writes_what_generate_writes() {
             );
         }
         assert!(!streamed.join("doc_tokens.npy.tmp").exists());
+        assert!(!streamed.join("doc_tokens.npy.staged").exists());
         let readme = fs::read_to_string(streamed.join("README.md")).unwrap();
         assert!(
             readme.contains("--docs 500 --queries 5 --seed 7"),

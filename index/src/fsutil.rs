@@ -1,10 +1,13 @@
-//! Durable file replacement: the one way chamfer (engine and server) writes a small file it must not lose.
+//! The durable-write primitives under the local store ([`crate::storage::LocalDir`]): the error naming the file,
+//! the temporary name, the directory fsync, and [`write_atomic`] for callers that hold a path.
 //!
-//! [`write_atomic`] writes a temporary file beside the target, fsyncs it, renames it over the target and
-//! fsyncs the directory, so that after a crash the target holds either its old bytes or all of its new ones.
+//! A file is written to a temporary file beside the target, fsynced, renamed over the target, and the directory
+//! is fsynced, so that after a crash the target holds either its old bytes or all of its new ones.
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::storage::{LocalDir, PutMode, Storage};
 
 /// An I/O error of a durable write, with the file it happened on (the target or its temporary twin).
 #[derive(Debug, thiserror::Error)]
@@ -15,15 +18,6 @@ pub struct FsError {
     /// What the operating system said.
     #[source]
     pub source: io::Error,
-}
-
-impl FsError {
-    fn at(path: &Path) -> impl Fn(io::Error) -> FsError + '_ {
-        move |source| FsError {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
 }
 
 impl From<FsError> for crate::IndexError {
@@ -39,18 +33,11 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, directory fsync).
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, directory fsync): a
+/// [`PutMode::Overwrite`] put of the file through the [`LocalDir`] of its folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
-    let tmp = temp_path(path);
-    let mut f = fs::File::create(&tmp).map_err(FsError::at(&tmp))?;
-    f.write_all(bytes).map_err(FsError::at(&tmp))?;
-    f.sync_all().map_err(FsError::at(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(FsError::at(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir);
-    }
-    Ok(())
+    let (store, name) = LocalDir::for_file(path)?;
+    store.put(&name, bytes, PutMode::Overwrite)
 }
 
 /// fsyncs a directory so that a created, renamed or removed entry is durable (best effort where unsupported).

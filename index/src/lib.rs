@@ -9,7 +9,9 @@
 //! * [`shard`]: the memory-mapped, versioned, checksummed shard file (token panels, Matryoshka FDEs, ids).
 //! * [`hnsw`]: the candidate layer, hnsw_rs over a Matryoshka prefix of the FDE with a safe inner-product distance.
 //! * [`search`]: search plans (exhaustive exact, FDE scan, FDE+HNSW) over a set of shards.
-//! * [`fsutil`]: atomic, durable file replacement (used by the server's manifests too).
+//! * [`storage`]: the storage seam: one trait for immutable files (put-if-absent or atomic replace, streamed
+//!   writes with a final commit, read, map), on a local directory or in memory (with fault injection).
+//! * [`fsutil`]: the durable-write primitives under the local store (temporary file, fsync, rename).
 //!
 //! The data set folder format, synthetic corpora and recall / nDCG live in the `chamfer-data` crate.
 //!
@@ -29,6 +31,7 @@ pub mod index_dir;
 pub mod kernels;
 pub mod search;
 pub mod shard;
+pub mod storage;
 pub mod tokens;
 
 #[allow(unsafe_code)]

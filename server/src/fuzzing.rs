@@ -348,6 +348,7 @@ mod tests {
                 id: 2,
                 docs: 4,
                 deleted: vec![1],
+                tombstones: None,
             }],
             ..Default::default()
         };

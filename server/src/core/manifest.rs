@@ -3,38 +3,44 @@
 //! ```text
 //! <data_dir>/collections/<name>/
 //!   collection.json          name, dimension, IndexParams (FDE config with its seed, graph params): never changes
-//!   manifest.json            which shard files are live, their deleted documents, and flushed_seq
+//!   manifest.json            which shard files are live, their tombstone sidecars, and flushed_seq
 //!   codebook-<gen>.bin       the collection's token codebook (see `collection::codebook`), named by the manifest
 //!   segments/seg-<id>.shard  immutable engine shards (+ graph files beside them)
+//!   segments/seg-<id>.tomb-<gen>  the segment's deleted documents, generation <gen> (see `collection::tombstones`)
 //!   wal/wal-<seq>.log        the write-ahead log (see `wal`)
 //!   quarantine/              evidence kept aside (torn log tails); never read, never deleted by the server
 //! ```
 //!
-//! Both JSON files are written as version 2: `{"format_version": 2, "crc32": C, "body": {...}}`, where `C` is
+//! Both JSON files are written as version 3: `{"format_version": 3, "crc32": C, "body": {...}}`, where `C` is
 //! the CRC32 of the body's compact serialization, so an edited or bit-flipped file is refused instead of
-//! trusted. Version 1 files (the body alone, no checksum) are still read. Both files are replaced atomically
-//! (temp file, fsync, rename, directory fsync), so a crash leaves either the old or the new version.
+//! trusted. Version 3 moved a segment's deleted documents out of the manifest into a sidecar file the manifest
+//! names ([`TombstoneRef`]), so that a delete-heavy collection stops rewriting a large manifest; version 2 files
+//! (the same envelope, deletions inline in `deleted`) and version 1 files (the body alone, no checksum) are
+//! still read, and their inline deletions move to sidecars at the next change. Both files are replaced
+//! atomically through the storage seam (`chamfer_index::storage`: temp file, fsync, rename, directory fsync on
+//! a local disk), so a crash leaves either the old or the new version; the manifest is the commit point of
+//! everything it names.
 //!
 //! The state of a collection is: the manifest's shards minus its deletions, plus every log record with
 //! `seq > flushed_seq` replayed in order. A missing or damaged manifest is damage, never "an empty
 //! collection": the collection is refused and nothing in its directory is touched. A shard file that a VALID
 //! manifest does not name (a flush or compaction that crashed before its manifest) is deleted at start-up.
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use chamfer_index::shard::IndexParams;
+use chamfer_index::storage::{LocalDir, PutMode, Storage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use chamfer_index::fsutil;
 
 use super::storage_error::StorageError;
 
 /// Format version this build writes (both files).
-pub const MANIFEST_VERSION: u32 = 2;
-/// The oldest version still read.
+pub const MANIFEST_VERSION: u32 = 3;
+/// The oldest version still read (the body alone, no checksum).
 const OLDEST_VERSION: u32 = 1;
+/// The first version with the checksummed envelope.
+const ENVELOPE_VERSION: u32 = 2;
 
 /// `collection.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -57,8 +63,25 @@ pub struct SegmentEntry {
     pub id: u64,
     /// Documents in the shard file, deleted ones included (checked against the shard on open).
     pub docs: usize,
-    /// Deleted (or overwritten) document indices, ascending.
+    /// Deleted (or overwritten) document indices, ascending, inline: what versions 1 and 2 wrote. Still read
+    /// (together with the sidecar); version 3 writes it empty (always serialized, so the checksum of a version
+    /// 2 body, which always had it, is recomputed the same).
     pub deleted: Vec<u32>,
+    /// The segment's tombstone sidecar (version 3; absent while nothing of the segment is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstones: Option<TombstoneRef>,
+}
+
+/// A tombstone sidecar as the manifest names it: the file is `segments/seg-<id>.tomb-<generation>` (see
+/// `collection::tombstones`); a new generation is written for every change of the segment's deletions.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TombstoneRef {
+    /// Generation: 1 for the segment's first sidecar, one more for every later one.
+    pub generation: u64,
+    /// Deleted documents the file holds (checked against the file).
+    pub count: u64,
+    /// CRC32 of the file's body (checked against the file).
+    pub crc32: u32,
 }
 
 /// The collection's token codebook, as `manifest.json` names it (the file is `codebook-<generation>.bin`, see
@@ -143,6 +166,19 @@ impl Layout {
     pub fn segment(&self, id: u64) -> PathBuf {
         self.segments().join(format!("seg-{id:010}.shard"))
     }
+    /// The tombstone sidecar of segment `id`, generation `generation`, as a name in [`Layout::store`].
+    pub fn tombstones(id: u64, generation: u64) -> String {
+        format!("segments/seg-{id:010}.tomb-{generation:08}")
+    }
+    /// The (segment id, generation) of a tombstone sidecar's file name (`seg-<id>.tomb-<generation>`).
+    pub fn tombstones_of(name: &str) -> Option<(u64, u64)> {
+        let (id, generation) = name.strip_prefix("seg-")?.split_once(".tomb-")?;
+        Some((id.parse().ok()?, generation.parse().ok()?))
+    }
+    /// The collection directory as a store (the storage seam); names are relative to it.
+    pub fn store(&self) -> LocalDir {
+        LocalDir::new(&self.dir)
+    }
     /// The file of collection codebook generation `generation`.
     pub fn codebook(&self, generation: u64) -> PathBuf {
         self.dir.join(format!("codebook-{generation:08}.bin"))
@@ -198,20 +234,27 @@ fn body_crc<T: Serialize>(path: &Path, body: &T) -> Result<u32, StorageError> {
     Ok(crc32fast::hash(&bytes))
 }
 
-/// Reads a checked JSON file (version 2, or an unchecked version 1). A missing file is an error saying so.
+/// Reads a checked JSON file (version 2 or 3, or an unchecked version 1). A missing file is an error saying so.
 pub fn read_checked<T: Versioned>(path: &Path) -> Result<T, StorageError> {
-    let bytes = match fs::read(path) {
+    let (store, name) = LocalDir::for_file(path)?;
+    read_checked_from(&store, &name)
+}
+
+/// [`read_checked`] of the file `name` of `store`.
+pub fn read_checked_from<T: Versioned>(store: &dyn Storage, name: &str) -> Result<T, StorageError> {
+    let path = store.locate(name);
+    let bytes = match store.read(name) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
             return Err(StorageError::damaged(
                 path,
                 None,
                 "the file is missing (it always exists in a collection; refusing to open, nothing was deleted)",
             ))
         }
-        Err(e) => return Err(StorageError::io(path, e)),
+        Err(e) => return Err(e.into()),
     };
-    parse_checked(path, &bytes)
+    parse_checked(&path, &bytes)
 }
 
 /// Parses the bytes of a checked JSON file (see [`read_checked`]).
@@ -220,7 +263,7 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Stora
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
     let value: T = match probe.format_version {
         OLDEST_VERSION => serde_json::from_slice(bytes).map_err(corrupt)?,
-        MANIFEST_VERSION => {
+        ENVELOPE_VERSION..=MANIFEST_VERSION => {
             let env: Envelope<T> = serde_json::from_slice(bytes).map_err(corrupt)?;
             let got = body_crc(path, &env.body)?;
             if got != env.crc32 {
@@ -257,16 +300,28 @@ pub fn parse_checked<T: Versioned>(path: &Path, bytes: &[u8]) -> Result<T, Stora
     Ok(value)
 }
 
-/// Writes a checked JSON file (version 2) atomically and durably.
+/// Writes a checked JSON file atomically and durably, in the version its body records (this build writes
+/// [`MANIFEST_VERSION`]; the envelope needs version 2 or later).
 pub fn write_checked<T: Versioned>(path: &Path, body: &T) -> Result<(), StorageError> {
+    let (store, name) = LocalDir::for_file(path)?;
+    write_checked_to(&store, &name, body)
+}
+
+/// [`write_checked`] as the file `name` of `store` (replacing it atomically: [`PutMode::Overwrite`]).
+pub fn write_checked_to<T: Versioned>(
+    store: &dyn Storage,
+    name: &str,
+    body: &T,
+) -> Result<(), StorageError> {
+    let path = store.locate(name);
     let env = Envelope {
-        format_version: MANIFEST_VERSION,
-        crc32: body_crc(path, body)?,
+        format_version: body.version().max(ENVELOPE_VERSION),
+        crc32: body_crc(&path, body)?,
         body,
     };
     let bytes = serde_json::to_vec_pretty(&env)
-        .map_err(|e| StorageError::damaged(path, None, e.to_string()))?;
-    fsutil::write_atomic(path, &bytes).map_err(StorageError::from)
+        .map_err(|e| StorageError::damaged(&path, None, e.to_string()))?;
+    Ok(store.put(name, &bytes, PutMode::Overwrite)?)
 }
 
 /// Recomputes the CRC of a version-2 file whose body parses as `T` (for fuzzing: mutations then reach the
@@ -281,6 +336,7 @@ pub fn reseal<T: Versioned>(bytes: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn manifest() -> Manifest {
         Manifest {
@@ -291,6 +347,7 @@ mod tests {
                 id: 2,
                 docs: 10,
                 deleted: vec![1, 7],
+                tombstones: None,
             }],
             ..Manifest::default()
         }
@@ -309,7 +366,11 @@ mod tests {
             format!(r#"{{"format_version":2,"crc32":{crc},"body":{body}}}"#),
         )
         .unwrap();
-        assert_eq!(read_checked::<Manifest>(&path).unwrap(), manifest());
+        let v2 = Manifest {
+            format_version: 2,
+            ..manifest()
+        };
+        assert_eq!(read_checked::<Manifest>(&path).unwrap(), v2);
         // And one with them round-trips.
         let with = Manifest {
             codebook: Some(CodebookEntry {
@@ -344,6 +405,60 @@ mod tests {
         assert!(matches!(e, StorageError::Damaged { .. }), "{e}");
     }
 
+    /// Through the storage seam in memory (no root, no tmpfs): a full disk fails the manifest write with `Full`
+    /// naming the file and leaves the old manifest as it was; damage in the stored bytes is refused; a version-3
+    /// manifest naming a tombstone sidecar round-trips.
+    #[test]
+    fn a_full_disk_or_damage_in_memory_leaves_the_old_manifest() {
+        use chamfer_index::storage::{Fault, MemoryStorage};
+        let store = MemoryStorage::new();
+        let old = manifest();
+        write_checked_to(&store, "manifest.json", &old).unwrap();
+        let new = Manifest {
+            flushed_seq: 99,
+            segments: vec![SegmentEntry {
+                id: 2,
+                docs: 10,
+                deleted: vec![],
+                tombstones: Some(TombstoneRef {
+                    generation: 4,
+                    count: 2,
+                    crc32: 9,
+                }),
+            }],
+            ..manifest()
+        };
+        store.inject(Fault::Capacity(store.used_bytes()));
+        let e = write_checked_to(&store, "manifest.json", &new).unwrap_err();
+        assert!(
+            e.is_full() && e.to_string().contains("manifest.json"),
+            "{e}"
+        );
+        assert_eq!(
+            read_checked_from::<Manifest>(&store, "manifest.json").unwrap(),
+            old
+        );
+        store.heal();
+        write_checked_to(&store, "manifest.json", &new).unwrap();
+        assert_eq!(
+            read_checked_from::<Manifest>(&store, "manifest.json").unwrap(),
+            new
+        );
+        let len = store.read("manifest.json").unwrap().len();
+        for at in (0..len).step_by(7) {
+            write_checked_to(&store, "manifest.json", &new).unwrap();
+            store.damage("manifest.json", at, 0x01);
+            let got = read_checked_from::<Manifest>(&store, "manifest.json");
+            // A flipped bit may leave equivalent JSON (whitespace, a key's case is not); never a different body.
+            if let Ok(m) = got {
+                assert_eq!(m, new, "byte {at}");
+            }
+        }
+        store.delete("manifest.json").unwrap();
+        let e = read_checked_from::<Manifest>(&store, "manifest.json").unwrap_err();
+        assert!(matches!(e, StorageError::Damaged { .. }), "{e}");
+    }
+
     #[test]
     fn reads_version_1_and_refuses_unknown_versions() {
         let dir = tempfile::tempdir().unwrap();
@@ -375,16 +490,18 @@ mod tests {
 }
 
 /// The bytes of `collection.json` are a file format: a known collection's file must equal a golden string, the
-/// one this and every earlier release write (parameters through `chamfer_index::shard::persisted`).
+/// one this release writes (parameters through `chamfer_index::shard::persisted`). Version 3 differs from what
+/// earlier releases wrote only in the version number (and so the checksum): the body's bytes are unchanged.
 #[cfg(test)]
 mod golden_tests {
     use super::*;
+    use std::fs;
 
     const GOLDEN: &str = r#"{
-  "format_version": 2,
-  "crc32": 824210986,
+  "format_version": 3,
+  "crc32": 657114867,
   "body": {
-    "format_version": 2,
+    "format_version": 3,
     "name": "legacy",
     "dimension": 4,
     "params": {

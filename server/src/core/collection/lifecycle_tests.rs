@@ -14,7 +14,7 @@ use chamfer_index::tokens::TokenMatrix;
 
 const DIM: usize = 8;
 
-fn config() -> CollectionConfig {
+pub(super) fn config() -> CollectionConfig {
     CollectionConfig {
         format_version: MANIFEST_VERSION,
         name: "c".into(),
@@ -24,7 +24,7 @@ fn config() -> CollectionConfig {
 }
 
 /// Deterministic tokens of version `v` of a document (3 to 6 unit rows).
-fn toks(v: u64) -> Vec<f32> {
+pub(super) fn toks(v: u64) -> Vec<f32> {
     let mut x = v.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let n = 3 + (v % 4) as usize;
     let mut out = Vec::with_capacity(n * DIM);
@@ -44,7 +44,7 @@ fn toks(v: u64) -> Vec<f32> {
 }
 
 /// Upserts `(id, version)` pairs as one write, the way the core does (memory shard built by the collection).
-async fn upsert(c: &Collection, docs: &[(String, u64)]) {
+pub(super) async fn upsert(c: &Collection, docs: &[(String, u64)]) {
     let tokens: Vec<Vec<f32>> = docs.iter().map(|d| toks(d.1)).collect();
     let shard_docs: Vec<ShardDoc<'_>> = docs
         .iter()
@@ -69,7 +69,7 @@ async fn upsert(c: &Collection, docs: &[(String, u64)]) {
         .unwrap();
 }
 
-async fn delete(c: &Collection, ids: Vec<String>) {
+pub(super) async fn delete(c: &Collection, ids: Vec<String>) {
     let body = encode_delete(&ids);
     c.write(WriteOp::Delete { ids }, KIND_DELETE, body)
         .await
@@ -77,12 +77,12 @@ async fn delete(c: &Collection, ids: Vec<String>) {
 }
 
 /// Documents `d{i}` with version `i` for `i` in `r`.
-fn docs(r: std::ops::Range<u64>) -> Vec<(String, u64)> {
+pub(super) fn docs(r: std::ops::Range<u64>) -> Vec<(String, u64)> {
     r.map(|i| (format!("d{i}"), i)).collect()
 }
 
 /// Runs a blocking collection call (flush, compaction, re-training) off the async workers; panics on error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     c: &Arc<Collection>,
     f: impl FnOnce(&Collection) -> Result<T, ServiceError> + Send + 'static,
 ) -> T {
@@ -94,7 +94,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Every live document with its tokens, as the collection serves them.
-fn contents(c: &Collection, ids: impl Iterator<Item = String>) -> BTreeMap<String, Vec<f32>> {
+pub(super) fn contents(
+    c: &Collection,
+    ids: impl Iterator<Item = String>,
+) -> BTreeMap<String, Vec<f32>> {
     let ids: Vec<String> = ids.collect();
     ids.iter()
         .zip(c.get(&ids).unwrap())

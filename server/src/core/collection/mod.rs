@@ -42,6 +42,7 @@ mod maintenance;
 mod recovery;
 mod sequencer;
 mod state;
+mod tombstones;
 mod upsert;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

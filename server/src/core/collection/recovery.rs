@@ -14,6 +14,7 @@ use crate::error::ServiceError;
 
 use super::codebook::{self, Current};
 use super::state::{Bitset, Loc, Segment, State};
+use super::tombstones;
 
 /// Documents per memory segment rebuilt from the log at start-up (8 in tests, so that their small logs replay
 /// into many segments built in parallel).
@@ -77,6 +78,7 @@ pub(super) fn recover(
     verify_now_bytes: usize,
 ) -> Result<(State, WalWriter, u64), ServiceError> {
     let mpath = layout.manifest();
+    let store = layout.store();
     let manifest: Manifest = manifest::read_checked(&mpath)?;
     let current = match &manifest.codebook {
         Some(entry) => {
@@ -135,18 +137,7 @@ pub(super) fn recover(
             ))
             .into());
         }
-        let mut deleted = Bitset::new(shard.len());
-        for &d in &e.deleted {
-            if d as usize >= shard.len() {
-                return Err(StorageError::damaged(
-                    &mpath,
-                    None,
-                    format!("deleted document {d} beyond shard {}", e.id),
-                )
-                .into());
-            }
-            deleted.set(d as usize);
-        }
+        let deleted = tombstones::load(&store, layout, e, shard.len())?;
         for d in (0..shard.len()).filter(|&d| !deleted.get(d)) {
             if let Some(old) = st.ids.insert(
                 shard.id(d).to_string(),
@@ -170,6 +161,7 @@ pub(super) fn recover(
             durable: true,
             max_seq: 0,
             deleted: Arc::new(deleted),
+            tomb: e.tombstones,
             meta: Arc::default(),
         });
     }
@@ -283,6 +275,7 @@ pub(super) fn recover(
             durable: false,
             max_seq: st.last_seq,
             deleted: Arc::new(Bitset::new(shard.len())),
+            tomb: None,
             meta: Arc::default(),
         });
     }
@@ -337,9 +330,18 @@ pub(super) fn remove_orphans(layout: &Layout, manifest: &Manifest) {
         let Some(id) = Layout::segment_id_of(&name) else {
             continue;
         };
-        if manifest.segments.iter().all(|s| s.id != id) {
+        let Some(seg) = manifest.segments.iter().find(|s| s.id == id) else {
             tracing::warn!(file = %name, "removing a shard file the (valid) manifest does not name: an interrupted flush or compaction");
             let _ = std::fs::remove_file(entry.path());
+            continue;
+        };
+        // A tombstone sidecar of a live segment that the manifest does not name: an older generation whose
+        // deletion did not happen, or a newer one whose manifest was never written (its deletions are in the log).
+        if let Some((_, generation)) = Layout::tombstones_of(&name) {
+            if seg.tombstones.map(|t| t.generation) != Some(generation) {
+                tracing::info!(file = %name, "removing a tombstone sidecar the (valid) manifest does not name");
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
     // A codebook file the manifest does not name: a training whose manifest was never written (derived data:

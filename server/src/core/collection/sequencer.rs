@@ -14,6 +14,7 @@ use crate::error::ServiceError;
 
 use super::codebook::Current;
 use super::state::{Bitset, Loc, Segment};
+use super::tombstones;
 use super::{lock, Collection, Reply, WriteAck, WriteOp};
 
 /// Most bytes of log records written by one group commit.
@@ -190,9 +191,16 @@ impl Collection {
                     durable: true,
                     max_seq: 0,
                     deleted: Arc::new(deleted),
+                    tomb: None,
                     meta: Arc::default(),
                 }
             });
+            let removed_tombs: Vec<(u64, u64)> = st
+                .segments
+                .iter()
+                .filter(|s| inst.remove.contains(&s.id))
+                .filter_map(|s| s.tomb.map(|t| (s.id, t.generation)))
+                .collect();
             st.segments.retain(|s| !inst.remove.contains(&s.id));
             st.segments.extend(added);
             st.sort();
@@ -207,14 +215,40 @@ impl Collection {
                 None => None,
             };
             let obsolete_codebook = replaced.map(|c| self.layout.codebook(c.entry.generation));
+            let pending = tombstones::plan(&st);
             (
-                st.manifest(self.next_segment.load(Ordering::SeqCst)),
+                st.manifest(self.next_segment.load(Ordering::SeqCst), &pending),
                 obsolete_codebook,
+                pending,
+                removed_tombs,
             )
         };
-        let (manifest, obsolete_codebook) = manifest;
+        let (manifest, obsolete_codebook, pending, removed_tombs) = manifest;
         self.publish();
-        manifest::write_checked(&self.layout.manifest(), &manifest)?;
+        // The changed segments' deletions first, then the manifest that names them (the commit point).
+        let store = self.layout.store();
+        let written = tombstones::write(&store, &pending)
+            .and_then(|()| manifest::write_checked(&self.layout.manifest(), &manifest));
+        if let Err(e) = written {
+            // Unnamed sidecars are garbage (best effort: start-up removes what is left).
+            tombstones::remove(&store, pending.iter().map(|p| (p.id, p.tomb.generation)));
+            return Err(e.into());
+        }
+        {
+            let mut st = lock(&self.state);
+            for p in &pending {
+                if let Some(s) = st.segments.iter_mut().find(|s| s.id == p.id) {
+                    s.tomb = Some(p.tomb);
+                }
+            }
+        }
+        tombstones::remove(
+            &store,
+            pending
+                .iter()
+                .filter_map(|p| p.replaces.map(|g| (p.id, g)))
+                .chain(removed_tombs),
+        );
         // Only now is the old state unreachable from disk.
         if let Err(e) = wal.remove(&inst.obsolete_wal) {
             tracing::warn!(collection = %self.config.name, error = %e, "cannot delete an obsolete log file");

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use chamfer_index::shard::Shard;
 use serde_json::Value;
 
-use crate::core::manifest::{Manifest, SegmentEntry, MANIFEST_VERSION};
+use crate::core::manifest::{Manifest, SegmentEntry, TombstoneRef, MANIFEST_VERSION};
 
 use super::WriteOp;
 
@@ -87,6 +87,9 @@ pub(super) struct Segment {
     /// Memory segments: the sequence number of the record that created it.
     pub(super) max_seq: u64,
     pub(super) deleted: Arc<Bitset>,
+    /// Durable segments: the tombstone sidecar the manifest on disk names (None: none, or deletions inline in
+    /// an older manifest). Deletions only grow, so a count other than `deleted.ones()` means they changed.
+    pub(super) tomb: Option<TombstoneRef>,
     pub(super) meta: Arc<MetaCache>,
 }
 
@@ -148,6 +151,7 @@ impl State {
                     durable: false,
                     max_seq: seq,
                     deleted: Arc::new(Bitset::new(n)),
+                    tomb: None,
                     meta: Arc::default(),
                 };
                 self.segments.push(seg);
@@ -166,7 +170,13 @@ impl State {
         }
     }
 
-    pub(super) fn manifest(&self, next_segment_id: u64) -> Manifest {
+    /// The manifest of this state, naming the tombstone sidecars of `pending` (about to be written) and, for
+    /// the other durable segments, the ones on disk.
+    pub(super) fn manifest(
+        &self,
+        next_segment_id: u64,
+        pending: &[super::tombstones::Pending],
+    ) -> Manifest {
         Manifest {
             format_version: MANIFEST_VERSION,
             flushed_seq: self.flushed_seq,
@@ -178,7 +188,12 @@ impl State {
                 .map(|s| SegmentEntry {
                     id: s.id,
                     docs: s.shard.len(),
-                    deleted: s.deleted.iter_ones().map(|d| d as u32).collect(),
+                    deleted: Vec::new(),
+                    tombstones: pending
+                        .iter()
+                        .find(|p| p.id == s.id)
+                        .map(|p| p.tomb)
+                        .or(s.tomb),
                 })
                 .collect(),
             codebook: self.codebook.as_ref().map(|c| c.entry.clone()),

@@ -38,12 +38,12 @@ impl FromArgMatches for SettingFlags {
 impl Args for SettingFlags {
     fn augment_args(cmd: Command) -> Command {
         SETTINGS.iter().fold(cmd, |cmd, s| match s.flag {
-            Some(flag) => cmd.arg(
-                Arg::new(s.key)
-                    .long(flag)
-                    .value_name("VALUE")
-                    .help(format!("{} [env {}; default {}]", s.doc, s.env, s.default_text())),
-            ),
+            Some(flag) => cmd.arg(Arg::new(s.key).long(flag).value_name("VALUE").help(format!(
+                "{} [env {}; default {}]",
+                s.doc,
+                s.env,
+                s.default_text()
+            ))),
             None => cmd,
         })
     }

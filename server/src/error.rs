@@ -544,7 +544,9 @@ mod tests {
     /// README's "Errors" table rows as (code, HTTP, gRPC), rows of a nested error ("the inner error's") left out.
     fn readme_rows() -> Vec<(String, u16, String)> {
         let readme = include_str!("../../README.md");
-        let start = readme.find("| condition | `code` | HTTP | gRPC |").expect("README's Errors table");
+        let start = readme
+            .find("| condition | `code` | HTTP | gRPC |")
+            .expect("README's Errors table");
         readme[start..]
             .lines()
             .skip(2)
@@ -575,11 +577,18 @@ mod tests {
             let s = e.status();
             let grpc = format!("{:?}", s.grpc);
             let row = (s.code.to_owned(), s.http.as_u16(), screaming(&grpc));
-            assert!(rows.contains(&row), "{} ({e}) answers {row:?}, which README's Errors table lacks", variant(e));
+            assert!(
+                rows.contains(&row),
+                "{} ({e}) answers {row:?}, which README's Errors table lacks",
+                variant(e)
+            );
             answered.push(row);
         }
         for row in &rows {
-            assert!(answered.contains(row), "README's Errors table row {row:?} is answered by no error");
+            assert!(
+                answered.contains(row),
+                "README's Errors table row {row:?} is answered by no error"
+            );
         }
     }
 

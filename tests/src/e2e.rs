@@ -292,7 +292,6 @@ pub async fn wait_healthy(http: u16) {
     }
 }
 
-
 /// Row of document `id` in the demo set.
 pub fn doc_row(id: &str) -> usize {
     static ROWS: OnceLock<std::collections::HashMap<String, usize>> = OnceLock::new();

@@ -6,9 +6,11 @@ use chamfer_tests::e2e::*;
 use chamfer_tests::fixtures::{code_of, demo_dataset, f16_tokens, grpc_channel, start_server};
 use chamfer_tests::http::Http;
 use serde_json::{json, Value};
-use tonic::Code;
 use tonic::transport::Channel;
+use tonic::Code;
 
+/// Every bad input of the issue, over both protocols, with the exact status codes; the server keeps serving
+/// and nothing stored is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_matrix_over_both_protocols() {
     let ds = demo_dataset();

@@ -335,6 +335,3 @@ async fn deletes_never_come_back_and_filters_return_k_matches() {
     }
     server.shutdown().await.unwrap();
 }
-
-/// Every bad input of the issue, over both protocols, with the exact status codes; the server keeps serving
-/// and nothing stored is lost.

@@ -212,7 +212,13 @@ impl IngestRun<'_> {
                     input_done = true;
                     break;
                 };
-                self.spawn(&mut set, &mut in_flight, &clients.grpc, rows, Arc::new(docs));
+                self.spawn(
+                    &mut set,
+                    &mut in_flight,
+                    &clients.grpc,
+                    rows,
+                    Arc::new(docs),
+                );
             }
             if set.is_empty() {
                 break;

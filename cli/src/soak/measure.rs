@@ -90,7 +90,11 @@ pub(super) async fn pass(client: &Client, collection: &str, queries: &[Query]) -
 }
 
 /// Mean recall@10 of `ids` (one list per query, from query 0) against the ground truth.
-pub(super) fn recall_at_10(ds: &Dataset, row_of: &HashMap<&str, usize>, ids: &[Vec<String>]) -> Option<f64> {
+pub(super) fn recall_at_10(
+    ds: &Dataset,
+    row_of: &HashMap<&str, usize>,
+    ids: &[Vec<String>],
+) -> Option<f64> {
     let recalls: Vec<f64> = ids
         .iter()
         .enumerate()

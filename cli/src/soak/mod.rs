@@ -385,7 +385,8 @@ impl SoakCmd {
             .stats
             .unwrap_or_default()
             .documents;
-        let missing = missing_ids(&c.grpc, &collection, &stream, &ingest.acked, lookup_chunk).await?;
+        let missing =
+            missing_ids(&c.grpc, &collection, &stream, &ingest.acked, lookup_chunk).await?;
         let lost = missing.len();
         let after = pass(&c.grpc, &collection, &queries[..n_q]).await;
         if let Some(e) = &after.first_error {
@@ -487,5 +488,4 @@ impl SoakCmd {
         }
         Ok(())
     }
-
 }

@@ -124,7 +124,8 @@ pub(super) async fn start_server(
             if let Some(status) = server.exited() {
                 let tail = log_tail(log, from);
                 // Someone took the port between our probe and the server's bind: try other ports.
-                if tail.contains("cannot listen on") && attempt < START_ATTEMPTS && ports.is_none() {
+                if tail.contains("cannot listen on") && attempt < START_ATTEMPTS && ports.is_none()
+                {
                     break;
                 }
                 bail!("the server exited during start-up ({status}): {tail}");

@@ -32,9 +32,8 @@ impl Settings {
                     for (key, value) in values {
                         match setting(&key).map(|s| s.check(&value)) {
                             Some(Ok(v)) => set(&key, v),
-                            Some(Err(why)) => {
-                                problems.push(format!("config file {}: {key}: {why}", path.display()))
-                            }
+                            Some(Err(why)) => problems
+                                .push(format!("config file {}: {key}: {why}", path.display())),
                             None => problems.push(format!(
                                 "config file {}: unknown key `{key}`",
                                 path.display()

@@ -37,8 +37,20 @@ pub struct Setting {
     pub doc: &'static str,
 }
 
-const fn s(key: &'static str, env: &'static str, flag: &'static str, kind: Kind, doc: &'static str) -> Setting {
-    Setting { key, env, flag: Some(flag), kind, doc }
+const fn s(
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+    kind: Kind,
+    doc: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        env,
+        flag: Some(flag),
+        kind,
+        doc,
+    }
 }
 
 /// Every setting, in README's order.
@@ -150,7 +162,8 @@ fn human(n: u128, bytes: bool) -> String {
 
 /// README's configuration table, generated from [`SETTINGS`] and the defaults.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| setting | file key | env var | flag | default |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| setting | file key | env var | flag | default |\n|---|---|---|---|---|\n");
     for s in SETTINGS {
         let flag = s.flag.map(|f| format!("`--{f}`")).unwrap_or_default();
         out.push_str(&format!(

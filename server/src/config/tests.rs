@@ -122,17 +122,9 @@ fn an_empty_api_key_is_refused_not_read_as_off() {
     let keyed = dir.path().join("k.toml");
     std::fs::write(&keyed, "api_key = \"k3y-k3y-k3y\"\n").unwrap();
     let cases = [
-        (
-            None,
-            env(&[("CHAMFER_API_KEY", "")]),
-            NO_FLAGS.to_vec(),
-        ),
+        (None, env(&[("CHAMFER_API_KEY", "")]), NO_FLAGS.to_vec()),
         (Some(file.as_path()), env(&[]), NO_FLAGS.to_vec()),
-        (
-            None,
-            env(&[]),
-            vec![("api_key", "")],
-        ),
+        (None, env(&[]), vec![("api_key", "")]),
         // An empty variable over a file's key is refused too (it used to turn the key off).
         (
             Some(keyed.as_path()),
@@ -155,21 +147,12 @@ fn an_empty_api_key_is_refused_not_read_as_off() {
         .to_string()
         .contains("api_key is empty"));
     // Whitespace is refused as before, and no key at all is fine.
-    let err = Settings::load(
-        None,
-        env(&[("CHAMFER_API_KEY", "          ")]),
-        NO_FLAGS,
-    )
-    .unwrap_err();
+    let err =
+        Settings::load(None, env(&[("CHAMFER_API_KEY", "          ")]), NO_FLAGS).unwrap_err();
     assert!(err.to_string().contains("printable ASCII"), "{err}");
     let s = Settings::load(None, env(&[]), NO_FLAGS).unwrap();
     assert_eq!(s.api_key, None);
-    let s = Settings::load(
-        None,
-        env(&[("CHAMFER_API_KEY", "k3y-k3y-k3y")]),
-        NO_FLAGS,
-    )
-    .unwrap();
+    let s = Settings::load(None, env(&[("CHAMFER_API_KEY", "k3y-k3y-k3y")]), NO_FLAGS).unwrap();
     assert_eq!(s.api_key.as_deref(), Some("k3y-k3y-k3y"));
 }
 
@@ -223,7 +206,8 @@ fn connection_and_memory_settings_load_and_are_bounded() {
 /// a setting added to the struct without its key, variable and doc (or the reverse) fails here.
 #[test]
 fn every_field_has_one_entry_in_the_table() {
-    let defaults = figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()));
+    let defaults =
+        figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()));
     let dict = defaults.extract::<figment::value::Dict>().unwrap();
     let mut fields = Vec::new();
     for (k, v) in dict {
@@ -242,7 +226,12 @@ fn every_field_has_one_entry_in_the_table() {
     // The names follow one rule, so a reader can guess any of them from the file key.
     for s in SETTINGS {
         let leaf = s.key.rsplit('.').next().unwrap();
-        assert_eq!(s.env, format!("CHAMFER_{}", leaf.to_uppercase()), "{}", s.key);
+        assert_eq!(
+            s.env,
+            format!("CHAMFER_{}", leaf.to_uppercase()),
+            "{}",
+            s.key
+        );
         if let Some(flag) = s.flag {
             assert_eq!(flag, leaf.replace('_', "-"), "{}", s.key);
         }
@@ -272,7 +261,11 @@ fn every_setting_loads_from_file_env_and_flag() {
             Kind::Text => "k3y-k3y-k3y",
         };
         let (table, leaf) = s.key.rsplit_once('.').unwrap_or(("", s.key));
-        let value = if s.kind == Kind::Uint { text.to_owned() } else { format!("{text:?}") };
+        let value = if s.kind == Kind::Uint {
+            text.to_owned()
+        } else {
+            format!("{text:?}")
+        };
         let toml = if table.is_empty() {
             format!("{leaf} = {value}\n")
         } else {

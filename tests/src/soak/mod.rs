@@ -3,18 +3,18 @@
 //!
 //! [`run`] is the whole soak (the `chamfer-soak` binary parses flags and prints its [`Summary`]); the CI smoke
 //! test calls it with two kill cycles.
+mod config;
 pub mod damage;
 pub mod http;
 pub mod model;
 pub mod rng;
 pub mod server;
-mod config;
 mod verify;
 mod workload;
 
+use config::finding;
 pub use config::{Config, Finding, Mode, Outcomes, Summary};
 pub use verify::verify;
-use config::finding;
 use verify::Outcome;
 use workload::{lock, writer, Shared};
 

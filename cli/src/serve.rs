@@ -1,43 +1,66 @@
 //! `chamfer serve`: the server process (tracing, tokio runtime, signals) around `chamfer_server::serve::run`.
 use std::path::PathBuf;
 
-use chamfer_server::config::{Settings, SettingsLayer};
-use clap::Args;
+use chamfer_server::config::{Settings, SETTINGS};
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 
-/// Where the server listens and keeps its data (shared by `serve` and `demo`).
+/// Where the server listens and keeps its data, and every other setting (shared by `serve` and `demo`).
 #[derive(Args, Debug)]
 pub(crate) struct ServerArgs {
     /// Configuration file (TOML, or JSON when it ends in .json). Precedence: flags > CHAMFER_* env > file > defaults.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory [env CHAMFER_DATA_DIR; default ./chamfer-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// HTTP (REST) listen address [env CHAMFER_HTTP_ADDR; default 127.0.0.1:8080].
-    #[arg(long)]
-    http_addr: Option<String>,
-    /// gRPC listen address [env CHAMFER_GRPC_ADDR; default 127.0.0.1:50051].
-    #[arg(long)]
-    grpc_addr: Option<String>,
-    /// CPU threads for encoding and search, 0 = all cores [env CHAMFER_SEARCH_THREADS].
-    #[arg(long)]
-    search_threads: Option<usize>,
+    #[command(flatten)]
+    flags: SettingFlags,
+}
+
+/// One flag per setting that has one, built from the server's table of settings (`chamfer_server::config::
+/// SETTINGS`: its flag name, variable, meaning and default), so that the flags cannot drift from it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SettingFlags(Vec<(&'static str, String)>);
+
+impl FromArgMatches for SettingFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let set = SETTINGS
+            .iter()
+            .filter(|s| s.flag.is_some())
+            .filter_map(|s| Some((s.key, m.get_one::<String>(s.key)?.clone())))
+            .collect();
+        Ok(SettingFlags(set))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for SettingFlags {
+    fn augment_args(cmd: Command) -> Command {
+        SETTINGS.iter().fold(cmd, |cmd, s| match s.flag {
+            Some(flag) => cmd.arg(Arg::new(s.key).long(flag).value_name("VALUE").help(format!(
+                "{} [env {}; default {}]",
+                s.doc,
+                s.env,
+                s.default_text()
+            ))),
+            None => cmd,
+        })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
 }
 
 impl ServerArgs {
     /// The validated settings (all problems at once).
     pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
-        let flags = SettingsLayer {
-            data_dir: self.data_dir.clone(),
-            http_addr: self.http_addr.clone(),
-            grpc_addr: self.grpc_addr.clone(),
-            search_threads: self.search_threads,
-            ..SettingsLayer::default()
-        };
+        let flags = self.flags.0.iter().map(|(k, v)| (*k, v.as_str()));
         Ok(Settings::load(
             self.config.as_deref(),
             std::env::vars(),
-            &flags,
+            flags,
         )?)
     }
 }

@@ -509,15 +509,15 @@ fn max_kernel_caps_the_kernels_with_the_same_results() {
 /// texts come along; a re-run reads nothing; both report the ingest rate and their own peak RSS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_load_stream_the_data_set_as_f16_in_bounded_memory() {
-    use chamfer_server::config::{Settings, SettingsLayer};
+    use chamfer_server::config::Settings;
     let dir = tempfile::tempdir().unwrap();
-    let flags = SettingsLayer {
-        data_dir: Some(dir.path().join("data")),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        ..SettingsLayer::default()
-    };
-    let settings = Settings::load(None, Vec::<(String, String)>::new(), &flags).unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        ("data_dir", data.to_str().unwrap()),
+        ("http_addr", "127.0.0.1:0"),
+        ("grpc_addr", "127.0.0.1:0"),
+    ];
+    let settings = Settings::load(None, Vec::<(String, String)>::new(), flags).unwrap();
     let server = chamfer_server::serve::start(settings).await.unwrap();
     let grpc = server.addrs().grpc.to_string();
     let run = |args: Vec<String>| {

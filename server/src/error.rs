@@ -5,38 +5,8 @@
 //! `code` string. The matches are exhaustive, with no `_ =>` arm: a new variant in the engine or here does not
 //! compile until someone decides how clients see it.
 //!
-//! | condition | `code` | gRPC | HTTP |
-//! |---|---|---|---|
-//! | malformed JSON, bytes or field | `malformed` | INVALID_ARGUMENT | 400 |
-//! | other bad argument | `invalid_argument` | INVALID_ARGUMENT | 400 |
-//! | wrong token dimension (or one token's length) | `dimension_mismatch` | INVALID_ARGUMENT | 400 |
-//! | any of these in one document of a batch | the inner error's | | |
-//! | NaN / infinity | `non_finite` | INVALID_ARGUMENT | 400 |
-//! | document or query without tokens | `empty` | INVALID_ARGUMENT | 400 |
-//! | k, ef, ... out of range | `invalid_parameter` | INVALID_ARGUMENT | 400 |
-//! | duplicate id in one batch | `duplicate_id` | INVALID_ARGUMENT | 400 |
-//! | bad collection parameters | `invalid_config` | INVALID_ARGUMENT | 400 |
-//! | unknown collection | `collection_not_found` | NOT_FOUND | 404 |
-//! | unknown document | `not_found` | NOT_FOUND | 404 |
-//! | unknown REST route | `not_found` | UNIMPLEMENTED | 404 |
-//! | collection name taken | `already_exists` | ALREADY_EXISTS | 409 |
-//! | too many tokens | `too_many_tokens` | RESOURCE_EXHAUSTED | 413 |
-//! | request / body / batch / metadata too large | `too_large` | RESOURCE_EXHAUSTED | 413 |
-//! | missing or wrong API key | `unauthenticated` | UNAUTHENTICATED | 401 |
-//! | value too large to store (f16: abs(x) > 65504) | `out_of_range` | INVALID_ARGUMENT | 400 |
-//! | shutting down / collection closing | `unavailable` | UNAVAILABLE | 503 |
-//! | collection damaged or still loading | `collection_unavailable` | UNAVAILABLE | 503 |
-//! | writers faster than flushing, or the request memory budget full (retry later) | `overloaded` | RESOURCE_EXHAUSTED | 429 |
-//! | request deadline passed | `deadline_exceeded` | DEADLINE_EXCEEDED | 504 |
-//! | the client stopped sending its request body (`body_read_timeout_ms`) | `request_timeout` | DEADLINE_EXCEEDED | 408 |
-//! | work cancelled (shutdown) | `cancelled` | CANCELLED | 503 |
-//! | out of disk space | `storage_full` | RESOURCE_EXHAUSTED | 507 |
-//! | I/O error | `io` | INTERNAL | 500 |
-//! | corrupt file | `corrupt` | DATA_LOSS | 500 |
-//! | file of another format version | `unsupported_version` | FAILED_PRECONDITION | 500 |
-//! | incompatible shards | `incompatible` | FAILED_PRECONDITION | 500 |
-//! | data-set folder problem | `dataset` | FAILED_PRECONDITION | 500 |
-//! | bug | `internal` | INTERNAL | 500 |
+//! The codes, statuses and conditions clients see are README.md's "Errors" table, which a test below pins to
+//! [`ServiceError::status`] (every row is produced by some variant, and every variant's status is a row).
 //!
 //! A 500's message names only its `code` (its details name server files and go to the log at ERROR); a
 //! damaged collection's reason names the file relative to the data directory.
@@ -425,5 +395,212 @@ mod tests {
             let s = e.status();
             assert_eq!((s.grpc, s.http.as_u16()), (grpc, http), "{e}");
         }
+    }
+
+    /// One error of every variant, the engine's and the storage layer's included (the `variant` matches below
+    /// have no catch-all arm, so a new variant does not compile until it is named here and given an example).
+    fn one_of_each() -> Vec<ServiceError> {
+        let io = |kind: std::io::ErrorKind| std::io::Error::new(kind, "x");
+        let index = vec![
+            IndexError::InvalidConfig("x".into()),
+            IndexError::DimensionMismatch {
+                expected: 2,
+                got: 3,
+            },
+            IndexError::Empty { what: "query" },
+            IndexError::NonFinite { token: 0, coord: 0 },
+            IndexError::TooManyTokens { got: 9, max: 8 },
+            IndexError::param("k", "0"),
+            IndexError::DuplicateId("a".into()),
+            IndexError::NotFound("a".into()),
+            IndexError::io("/f", io(std::io::ErrorKind::StorageFull)),
+            IndexError::io("/f", io(std::io::ErrorKind::PermissionDenied)),
+            IndexError::Corrupt {
+                path: "/f".into(),
+                reason: "x".into(),
+            },
+            IndexError::UnsupportedVersion {
+                path: "/f".into(),
+                found: 9,
+                supported: 1,
+            },
+            IndexError::Incompatible("x".into()),
+            IndexError::ValueOutOfRange {
+                token: 0,
+                coord: 0,
+                value: 1e6,
+                limit: 65504.0,
+            },
+            IndexError::Cancelled("x"),
+        ];
+        let storage = vec![
+            StorageError::io("/f", io(std::io::ErrorKind::PermissionDenied)),
+            StorageError::io("/f", io(std::io::ErrorKind::StorageFull)),
+            StorageError::damaged("/f", None, "x"),
+            StorageError::Version {
+                path: "/f".into(),
+                found: 9,
+                supported: 1,
+            },
+            StorageError::Poisoned {
+                path: "/f".into(),
+                reason: "x".into(),
+            },
+        ];
+        let mut all: Vec<ServiceError> = index.into_iter().map(ServiceError::from).collect();
+        all.extend(storage.into_iter().map(ServiceError::from));
+        all.extend([
+            ServiceError::Malformed("x".into()),
+            ServiceError::InvalidArgument("x".into()),
+            ServiceError::TokenLength {
+                token: 0,
+                got: 1,
+                expected: 2,
+            },
+            ServiceError::Malformed("x".into()).in_document("a"),
+            ServiceError::CollectionNotFound("x".into()),
+            ServiceError::RouteNotFound("x".into()),
+            ServiceError::CollectionExists("x".into()),
+            ServiceError::TooLarge {
+                what: "request",
+                got: 2,
+                max: 1,
+            },
+            ServiceError::RequestTooLarge { max: 1 },
+            ServiceError::Unauthenticated,
+            ServiceError::Unavailable("x".into()),
+            ServiceError::CollectionUnavailable {
+                name: "x".into(),
+                reason: "x".into(),
+            },
+            ServiceError::Overloaded {
+                reason: "x".into(),
+                retry_after_ms: 1,
+            },
+            ServiceError::DeadlineExceeded("x".into()),
+            ServiceError::RequestTimeout("x".into()),
+            ServiceError::Internal("x".into()),
+        ]);
+        all
+    }
+
+    /// The variant's name (nested variants as `Index::NotFound`); exhaustive, no catch-all.
+    fn variant(e: &ServiceError) -> String {
+        use ServiceError as S;
+        let name = match e {
+            S::Index(e) => {
+                return format!(
+                    "Index::{}",
+                    match e {
+                        IndexError::InvalidConfig(_) => "InvalidConfig",
+                        IndexError::DimensionMismatch { .. } => "DimensionMismatch",
+                        IndexError::Empty { .. } => "Empty",
+                        IndexError::NonFinite { .. } => "NonFinite",
+                        IndexError::TooManyTokens { .. } => "TooManyTokens",
+                        IndexError::InvalidParam { .. } => "InvalidParam",
+                        IndexError::DuplicateId(_) => "DuplicateId",
+                        IndexError::NotFound(_) => "NotFound",
+                        IndexError::Io { .. } => "Io",
+                        IndexError::Corrupt { .. } => "Corrupt",
+                        IndexError::UnsupportedVersion { .. } => "UnsupportedVersion",
+                        IndexError::Incompatible(_) => "Incompatible",
+                        IndexError::ValueOutOfRange { .. } => "ValueOutOfRange",
+                        IndexError::Cancelled(_) => "Cancelled",
+                    }
+                )
+            }
+            S::Storage(e) => {
+                return format!(
+                    "Storage::{}",
+                    match e {
+                        StorageError::Io { .. } => "Io",
+                        StorageError::Full { .. } => "Full",
+                        StorageError::Damaged { .. } => "Damaged",
+                        StorageError::Version { .. } => "Version",
+                        StorageError::Poisoned { .. } => "Poisoned",
+                    }
+                )
+            }
+            S::Malformed(_) => "Malformed",
+            S::InvalidArgument(_) => "InvalidArgument",
+            S::TokenLength { .. } => "TokenLength",
+            S::InDocument { .. } => "InDocument",
+            S::CollectionNotFound(_) => "CollectionNotFound",
+            S::RouteNotFound(_) => "RouteNotFound",
+            S::CollectionExists(_) => "CollectionExists",
+            S::TooLarge { .. } => "TooLarge",
+            S::RequestTooLarge { .. } => "RequestTooLarge",
+            S::Unauthenticated => "Unauthenticated",
+            S::Unavailable(_) => "Unavailable",
+            S::CollectionUnavailable { .. } => "CollectionUnavailable",
+            S::Overloaded { .. } => "Overloaded",
+            S::DeadlineExceeded(_) => "DeadlineExceeded",
+            S::RequestTimeout(_) => "RequestTimeout",
+            S::Internal(_) => "Internal",
+        };
+        name.into()
+    }
+
+    /// README's "Errors" table rows as (code, HTTP, gRPC), rows of a nested error ("the inner error's") left out.
+    fn readme_rows() -> Vec<(String, u16, String)> {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| condition | `code` | HTTP | gRPC |")
+            .expect("README's Errors table");
+        readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells[2].strip_prefix('`')?.strip_suffix('`')?;
+                Some((code.to_owned(), cells[3].parse().ok()?, cells[4].to_owned()))
+            })
+            .collect()
+    }
+
+    /// Issue 22 item 6: README's error table is exactly what `status` answers: every variant's (code, HTTP
+    /// status, gRPC code) is a row, and every row is answered by some variant (no dead code like the old
+    /// `dataset`).
+    #[test]
+    fn readme_error_table_is_the_status_table() {
+        let rows = readme_rows();
+        assert!(rows.len() >= 20, "{rows:?}");
+        let all = one_of_each();
+        let mut names: Vec<String> = all.iter().map(variant).collect();
+        names.sort();
+        names.dedup();
+        // Each variant has an example (Index::Io twice: disk full and other I/O).
+        assert_eq!(names.len(), 14 + 5 + 16, "{names:?}");
+        let mut answered = Vec::new();
+        for e in &all {
+            let s = e.status();
+            let grpc = format!("{:?}", s.grpc);
+            let row = (s.code.to_owned(), s.http.as_u16(), screaming(&grpc));
+            assert!(
+                rows.contains(&row),
+                "{} ({e}) answers {row:?}, which README's Errors table lacks",
+                variant(e)
+            );
+            answered.push(row);
+        }
+        for row in &rows {
+            assert!(
+                answered.contains(row),
+                "README's Errors table row {row:?} is answered by no error"
+            );
+        }
+    }
+
+    /// `DeadlineExceeded` -> `DEADLINE_EXCEEDED` (how README names gRPC codes).
+    fn screaming(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
     }
 }

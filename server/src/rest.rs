@@ -4,18 +4,32 @@
 //! [`crate::core`]. Errors are `{"code": ..., "message": ...}` with the status from the one table in
 //! [`crate::error`]; malformed or oversized bodies go through the same table (see [`ApiJson`]).
 //!
+//! One row per route (a test in tests/tests/docs.rs pins this table to the routes of [`openapi_document`], which
+//! is generated from the same route lists as [`router`]):
+//!
 //! | method | path | operation |
 //! |---|---|---|
-//! | GET | `/healthz`, `/readyz` | liveness, readiness (no API key) |
+//! | GET | `/healthz` | liveness (no API key) |
+//! | GET | `/readyz` | readiness (no API key) |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/openapi.json`, `/docs` | the OpenAPI 3.1 document (generated from `crate::api`), a Scalar page over it |
-//! | POST / GET | `/v1/collections` | create (201) / list |
-//! | GET / DELETE | `/v1/collections/{name}` | describe / drop |
-//! | POST | `/v1/collections/{name}/flush`, `/compact` | maintenance now |
+//! | GET | `/openapi.json` | the OpenAPI 3.1 document (generated from `crate::api`) |
+//! | GET | `/docs` | a Scalar page over the OpenAPI document |
+//! | POST | `/v1/collections` | create (201) |
+//! | GET | `/v1/collections` | list |
+//! | GET | `/v1/collections/{name}` | describe |
+//! | DELETE | `/v1/collections/{name}` | drop |
+//! | POST | `/v1/collections/{name}/flush` | flush now |
+//! | POST | `/v1/collections/{name}/compact` | compact now |
 //! | POST | `/v1/collections/{name}/documents` | upsert a batch |
-//! | POST | `/v1/collections/{name}/documents/get`, `/documents/delete` | get / delete by ids |
-//! | GET / DELETE | `/v1/collections/{name}/documents/{id}` | one document |
-//! | POST | `/v1/collections/{name}/search`, `/search/batch` | search |
+//! | POST | `/v1/collections/{name}/documents/get` | get by ids |
+//! | POST | `/v1/collections/{name}/documents/delete` | delete by ids |
+//! | GET | `/v1/collections/{name}/documents/{id}` | get one document |
+//! | DELETE | `/v1/collections/{name}/documents/{id}` | delete one document |
+//! | POST | `/v1/collections/{name}/search` | search |
+//! | POST | `/v1/collections/{name}/search/batch` | several searches |
+//! | POST | `/v1/collections/{name}/rerank` | exact Chamfer re-rank of stored documents by id |
+//! | POST | `/v1/rerank` | exact Chamfer re-rank of documents sent with the request |
+//! | POST | `/v1/rerank/batch` | several re-ranks of sent documents |
 //!
 //! Slow and many clients (`crate::net`, on every request through its `TrackLayer`): a body that stops arriving
 //! answers 408 `request_timeout`, one that does not fit the server's request memory budget 429 `overloaded`

@@ -1,5 +1,6 @@
 //! Fixtures the end-to-end test files share: the bundled demo data set, the real server on 127.0.0.1 (port 0
-//! for both listeners), a gRPC channel to it, and the `chamfer` binary for the tests that run it as a child.
+//! for both listeners) and a gRPC channel to it. (The tests that run the `chamfer` binary live in cli/tests,
+//! where cargo guarantees it: `CARGO_BIN_EXE_chamfer`.)
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -63,30 +64,4 @@ pub fn code_of<T>(r: Result<T, tonic::Status>) -> Code {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
     }
-}
-
-/// The `chamfer` binary: `$CHAMFER_BIN`, or the one next to this test binary (target/<profile>/chamfer).
-pub fn chamfer_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHAMFER_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe
-        .parent()?
-        .parent()?
-        .join(format!("chamfer{}", std::env::consts::EXE_SUFFIX));
-    bin.exists().then_some(bin)
-}
-
-/// [`chamfer_bin`], or a skip (printed; an error in CI, where `.ci/run` builds the binary first).
-pub fn chamfer_bin_or_skip() -> Option<PathBuf> {
-    let bin = chamfer_bin();
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the chamfer binary must be built before the tests in CI"
-        );
-        eprintln!("SKIPPED: build the binary first (cargo build -p chamfer-cli --bin chamfer)");
-    }
-    bin
 }

@@ -3,6 +3,7 @@
 // Tests read CHAMFER_BIN / CI from the environment; the libraries may not (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+pub mod e2e;
 pub mod fixtures;
 pub mod soak;
 

@@ -21,10 +21,21 @@ pub(crate) fn demo() -> Dataset {
     Dataset::open(&root().join("data/demo")).expect("bundled demo data set")
 }
 
+/// The shared manpages set (`../shared/data/manpages`). When it is missing the tests that need it fail in CI
+/// (`CI` set, as `.ci/run` does) and say SKIPPED loudly elsewhere.
+#[allow(clippy::disallowed_methods)] // a test reads CI; the library never reads the environment
 pub(crate) fn manpages() -> Option<Dataset> {
     let p = root().join("../shared/data/manpages");
-    p.exists()
-        .then(|| Dataset::open(&p).expect("shared manpages data set"))
+    if !p.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: the manpages data set {} is missing (data-dependent tests fail in CI instead of skipping)",
+            p.display()
+        );
+        eprintln!("SKIPPED (not in CI): {} not found", p.display());
+        return None;
+    }
+    Some(Dataset::open(&p).expect("shared manpages data set"))
 }
 
 pub(crate) fn docs(ds: &Dataset) -> Vec<ShardDoc<'_>> {

@@ -1,4 +1,5 @@
-//! Issue 21's checks that need the `chamfer` binary (`chamfer_bin_or_skip`: built first in CI):
+//! Issue 21's checks that run the `chamfer` binary (this package's, `CARGO_BIN_EXE_chamfer`: cargo builds it
+//! before these tests, so they cannot skip):
 //!
 //! * 2000 slow connections against `chamfer serve` under a 1024-descriptor limit: new REST and gRPC clients
 //!   are still served, every slow connection is closed within the configured timeout, no accept fails;
@@ -8,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use chamfer_proto::v1 as pb;
-use chamfer_tests::fixtures::chamfer_bin_or_skip;
 use chamfer_tests::http::Http;
 use chamfer_tests::raw::{metric, sent};
 use pb::collections_client::CollectionsClient;
@@ -41,9 +41,7 @@ async fn until_closed(s: &mut TcpStream, limit: Duration) -> Result<Duration, ()
 /// and every slow connection is closed within the configured timeout (3 s) plus slack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_slow_connections_against_1024_descriptors() {
-    let Some(bin) = chamfer_bin_or_skip() else {
-        return;
-    };
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_chamfer"));
     const SLOW: usize = 2000;
     let own = chamfer_server::net::descriptor_limit().unwrap_or(u64::MAX);
     assert!(
@@ -199,9 +197,7 @@ async fn two_thousand_slow_connections_against_1024_descriptors() {
 /// `CHAMFER_API_KEY=` (set, empty) is refused at start-up with a clear message, not read as "no key".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chamfer_serve_refuses_an_empty_api_key() {
-    let Some(bin) = chamfer_bin_or_skip() else {
-        return;
-    };
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_chamfer"));
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),

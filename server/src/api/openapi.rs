@@ -226,15 +226,47 @@ pub fn parameter_defaults() -> Vec<(&'static str, &'static str, serde_json::Valu
 /// Fills the descriptions' `{CONSTANT}` placeholders ([`quoted_constants`]) and the collection parameters'
 /// `default`s ([`parameter_defaults`]) from the engine.
 fn fill_engine_values(doc: &mut Document) {
-    let mut text = serde_json::to_string(doc).expect("an OpenAPI document serializes");
-    for (name, value) in quoted_constants() {
-        text = text.replace(&format!("{{{name}}}"), &value.to_string());
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+
+    let constants = quoted_constants();
+    let fill = |text: &mut String| {
+        for (name, value) in &constants {
+            *text = text.replace(&format!("{{{name}}}"), &value.to_string());
+        }
+    };
+    // The description and default slots of a schema, whatever its kind.
+    fn slots(s: &mut RefOr<Schema>) -> (Option<&mut String>, Option<&mut Option<serde_json::Value>>) {
+        match s {
+            RefOr::Ref(r) => (Some(&mut r.description), None),
+            RefOr::T(Schema::Object(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::OneOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::AllOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::AnyOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(_) => (None, None),
+        }
     }
-    let mut v: serde_json::Value = serde_json::from_str(&text).expect("it parses back");
-    for (schema, property, value) in parameter_defaults() {
-        let prop = &mut v["components"]["schemas"][schema]["properties"][property];
-        assert!(prop.is_object(), "no property {schema}.{property}");
-        prop["default"] = value;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, schema) in components.schemas.iter_mut() {
+        if let (Some(d), _) = slots(schema) {
+            fill(d);
+        }
+        let RefOr::T(Schema::Object(o)) = schema else {
+            continue;
+        };
+        for (property, p) in o.properties.iter_mut() {
+            let (description, default) = slots(p);
+            if let Some(d) = description {
+                fill(d);
+            }
+            if let Some((_, _, value)) = parameter_defaults()
+                .into_iter()
+                .find(|(s, f, _)| s == name && f == property)
+            {
+                *default.expect("a collection parameter's schema has a default slot") = Some(value);
+            }
+        }
     }
-    *doc = serde_json::from_value(v).expect("the filled document is an OpenAPI document");
 }

@@ -236,7 +236,9 @@ fn fill_engine_values(doc: &mut Document) {
         }
     };
     // The description and default slots of a schema, whatever its kind.
-    fn slots(s: &mut RefOr<Schema>) -> (Option<&mut String>, Option<&mut Option<serde_json::Value>>) {
+    fn slots(
+        s: &mut RefOr<Schema>,
+    ) -> (Option<&mut String>, Option<&mut Option<serde_json::Value>>) {
         match s {
             RefOr::Ref(r) => (Some(&mut r.description), None),
             RefOr::T(Schema::Object(o)) => (o.description.as_mut(), Some(&mut o.default)),

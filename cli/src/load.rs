@@ -26,7 +26,7 @@ use chamfer_data::eval::{percentiles, recall_at_k};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::client::{ingest, ingest_json, IngestOpts, Source};
+use super::client::{add_knobs, ingest, ingest_json, IngestOpts, KnobArgs, Source};
 use super::params::peak_rss_bytes;
 
 #[derive(Args, Debug)]
@@ -59,15 +59,9 @@ pub(crate) struct LoadCmd {
     /// Results per query (recall is measured at 10).
     #[arg(long, default_value_t = 10)]
     k: u32,
-    /// Re-rank depth knob sent with every query (default: the server's).
-    #[arg(long)]
-    rerank: Option<u32>,
-    /// Candidate count knob.
-    #[arg(long)]
-    candidates: Option<u32>,
-    /// HNSW beam width knob.
-    #[arg(long)]
-    ef: Option<u32>,
+    /// Knobs sent with every query (default: the server's).
+    #[command(flatten)]
+    knobs: KnobArgs,
     /// API key, when the server has one.
     #[arg(long, env = "CHAMFER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -221,20 +215,10 @@ impl LoadCmd {
         };
         for j in 0..data.n_queries() {
             let t = data.query_tokens(j);
-            let mut q = Query::from_vectors(Vectors::lossless(t, dim)).k(self.k);
-            let mut body = json!({"query": t.chunks(dim).collect::<Vec<_>>(), "k": self.k});
-            if let Some(v) = self.rerank {
-                q = q.rerank(v);
-                body["rerank"] = json!(v);
-            }
-            if let Some(v) = self.candidates {
-                q = q.candidates(v);
-                body["candidates"] = json!(v);
-            }
-            if let Some(v) = self.ef {
-                q = q.ef(v);
-                body["ef"] = json!(v);
-            }
+            let knobs = self.knobs.knobs(self.k, false);
+            let mut body = json!({"query": t.chunks(dim).collect::<Vec<_>>()});
+            add_knobs(&mut body, &knobs);
+            let q = Query::from_vectors(Vectors::lossless(t, dim)).knobs(knobs);
             reqs.grpc.push(q);
             reqs.http.push(Bytes::from(serde_json::to_vec(&body)?));
         }

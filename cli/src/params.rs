@@ -9,16 +9,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Args, Debug, Clone)]
 pub(crate) struct IndexArgs {
     /// FDE repetitions R.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = FdeConfig::paper_default(1).num_repetitions)]
     pub repetitions: usize,
     /// SimHash projections k_sim (2^k_sim partitions).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = FdeConfig::paper_default(1).num_simhash_projections)]
     pub simhash_projections: u32,
     /// AMS-sketch projection dimension d_proj (0 = identity projection).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = FdeConfig::paper_default(1).projection_dimension)]
     pub projection_dimension: usize,
     /// FDE seed (stored in the index; queries use the same).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = FdeConfig::paper_default(1).seed)]
     pub seed: u64,
     /// Fill empty document partitions with the nearest token (the paper's option).
     #[arg(long)]

@@ -10,7 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::types::{Document, Hit, Query, StoredDocument};
+use crate::types::{Document, Hit, Query, SearchResult, StoredDocument};
 use crate::{Error, Result};
 
 /// Adds `authorization: Bearer KEY` to every call when a key is set.
@@ -346,18 +346,19 @@ impl Client {
 
     /// One query: the best hits first.
     pub async fn search(&self, collection: impl Into<String>, query: Query) -> Result<Vec<Hit>> {
+        Ok(self.search_with_knobs(collection, query).await?.hits)
+    }
+
+    /// One query: the best hits first, and the knobs the server says the search ran with.
+    pub async fn search_with_knobs(
+        &self,
+        collection: impl Into<String>,
+        query: Query,
+    ) -> Result<SearchResult> {
         let mut req = query.0;
         req.collection = collection.into();
-        Ok(self
-            .search
-            .clone()
-            .search(req)
-            .await?
-            .into_inner()
-            .hits
-            .into_iter()
-            .map(Hit::from_proto)
-            .collect())
+        let r = self.search.clone().search(req).await?.into_inner();
+        Ok(SearchResult::from_proto(r))
     }
 
     /// Several queries against one collection, answered from one consistent snapshot, in order.

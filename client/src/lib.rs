@@ -101,7 +101,7 @@ pub use chamfer_proto::v1 as pb;
 pub use client::{Client, ClientBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::Error;
 pub use rest::{RestClient, RestResponse};
-pub use types::{Document, Filter, Hit, Query, StoredDocument, Vectors};
+pub use types::{Document, Filter, Hit, Query, SearchResult, StoredDocument, Vectors};
 
 /// The result type of every call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -287,7 +287,7 @@ impl Query {
         self.0.ef = Some(ef);
         self
     }
-    /// Candidates taken from the FDE stage.
+    /// Candidates taken from the first stage (the graph, or the inverted file).
     pub fn candidates(mut self, n: u32) -> Query {
         self.0.candidates = Some(n);
         self
@@ -295,6 +295,11 @@ impl Query {
     /// Candidates re-ranked with exact Chamfer.
     pub fn rerank(mut self, n: u32) -> Query {
         self.0.rerank = Some(n);
+        self
+    }
+    /// Centroids probed per query token by the inverted-file plan (the default plan's main recall knob).
+    pub fn nprobe(mut self, n: u32) -> Query {
+        self.0.nprobe = Some(n);
         self
     }
     /// Matryoshka prefix (FDE repetitions) for candidate search.
@@ -305,6 +310,20 @@ impl Query {
     /// Exhaustive exact Chamfer over every document (slow, exact).
     pub fn exact(mut self, exact: bool) -> Query {
         self.0.exact = exact;
+        self
+    }
+    /// Every knob at once, from a [`pb::SearchKnobs`] (e.g. a previous search's echo): `k`, the optional knobs
+    /// (unset ones stay unset: the server's defaults), `exact` and `with_metadata`.
+    pub fn knobs(mut self, k: pb::SearchKnobs) -> Query {
+        let r = &mut self.0;
+        r.k = k.k;
+        r.ef = k.ef;
+        r.candidates = k.candidates;
+        r.rerank = k.rerank;
+        r.prefix_repetitions = k.prefix_repetitions;
+        r.nprobe = k.nprobe;
+        r.exact = k.exact;
+        r.with_metadata = k.with_metadata;
         self
     }
     /// Only documents passing `filter`.
@@ -341,6 +360,25 @@ impl Hit {
             metadata: parse_metadata(&h.metadata_json),
             id: h.id,
             score: h.score,
+        }
+    }
+}
+
+/// A search's answer: the hits, best first, and the knobs the server says it ran with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchResult {
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// The knobs as the server received them (unset: the engine's default); `None` from a server that does not
+    /// echo them.
+    pub knobs: Option<pb::SearchKnobs>,
+}
+
+impl SearchResult {
+    pub(crate) fn from_proto(r: pb::SearchResponse) -> SearchResult {
+        SearchResult {
+            hits: r.hits.into_iter().map(Hit::from_proto).collect(),
+            knobs: r.knobs,
         }
     }
 }

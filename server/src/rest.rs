@@ -58,8 +58,8 @@ use crate::api::openapi::ApiDoc;
 use crate::api::{
     Collection, CollectionList, CreateCollection, DeleteResult, DocumentOut, Documents, Empty,
     GetOneQuery, Hits, Ids, Liveness, Readiness, Rerank, RerankBatch, RerankBatchResult,
-    RerankStored, RerankStoredResult, Search, SearchBatch, SearchBatchResult,
-    UnavailableCollection, Upsert, UpsertResult,
+    RerankStored, RerankStoredResult, Search, SearchBatch, SearchBatchResult, SearchHits,
+    SearchKnobs, UnavailableCollection, Upsert, UpsertResult,
 };
 use crate::auth::ApiKey;
 use crate::core::input::DocInput;
@@ -377,22 +377,19 @@ async fn delete_one(
     params(("name" = String, Path, description = NAME),
            ("x-timeout-ms" = Option<u64>, Header, description = TIMEOUT_DOC)),
     request_body = Search,
-    responses((status = 200, description = "best first", body = Hits)))]
+    responses((status = 200, description = "best first, with the knobs the search ran with", body = SearchHits)))]
 async fn search(
     State(s): State<RestApi>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body<Search>,
-) -> Result<Json<Hits>, ServiceError> {
+) -> Result<Json<SearchHits>, ServiceError> {
     s.observe("search", async {
         let deadline = client_deadline(&headers)?;
-        let b = body?.0;
-        let with_metadata = b.with_metadata;
-        let hits = s
-            .core
-            .search_until(&name, b.into_input()?, deadline)
-            .await?;
-        Ok(Json(Hits::from_core(hits, with_metadata)))
+        let input = body?.0.into_input()?;
+        let knobs = SearchKnobs::of(&input);
+        let hits = s.core.search_until(&name, input, deadline).await?;
+        Ok(Json(SearchHits::from_core(hits, knobs)))
     })
     .await
 }
@@ -411,18 +408,18 @@ async fn search_batch(
     s.observe("search_batch", async {
         let deadline = client_deadline(&headers)?;
         let b = body?.0;
-        let meta: Vec<bool> = b.searches.iter().map(|q| q.with_metadata).collect();
         let inputs = b
             .searches
             .into_iter()
             .map(Search::into_input)
             .collect::<Result<Vec<_>, _>>()?;
+        let knobs: Vec<SearchKnobs> = inputs.iter().map(SearchKnobs::of).collect();
         let results = s.core.search_batch_until(&name, inputs, deadline).await?;
         Ok(Json(SearchBatchResult {
             results: results
                 .into_iter()
-                .zip(meta)
-                .map(|(h, m)| Hits::from_core(h, m))
+                .zip(knobs)
+                .map(|(h, k)| SearchHits::from_core(h, k))
                 .collect(),
         }))
     })

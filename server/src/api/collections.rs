@@ -26,42 +26,43 @@ pub struct CreateCollection {
     /// Graph parameters; unset fields take the defaults.
     #[serde(default)]
     pub hnsw: HnswParamsIn,
-    /// Centroids of each shard's token codebook (0: no codes). Default 4096.
+    /// Most centroids of the token codebook, 0-{MAX_CODEBOOK_SIZE} (0: no codes; the codebook grows with the
+    /// corpus up to this cap).
     #[serde(default)]
     pub codebook_size: Option<usize>,
 }
 
-/// FDE parameters of a new collection (unset: default).
+/// FDE parameters of a new collection (unset: the engine's default, listed as each field's `default`).
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FdeParamsIn {
-    /// Repetitions R of the FDE (independent estimates, summed). Default 20.
+    /// Repetitions R of the FDE (independent estimates, summed).
     pub num_repetitions: Option<usize>,
-    /// SimHash hyperplanes per repetition: 2^n partitions each. Default 5.
+    /// SimHash hyperplanes per repetition: 2^n partitions each.
     pub num_simhash_projections: Option<u32>,
     /// Part of the index: stored, never changes.
     pub seed: Option<u64>,
-    /// Inner projection of each token. Default `ams_sketch`.
+    /// Inner projection of each token.
     pub projection_type: Option<ProjectionTypeDto>,
-    /// Dimension of the AMS sketch (used only with `ams_sketch`). Default 16.
+    /// Dimension of the AMS sketch (used only with `ams_sketch`).
     pub projection_dimension: Option<usize>,
-    /// Documents only: fill empty partitions with the nearest token (in SimHash distance). Default false.
+    /// Documents only: fill empty partitions with the nearest token (in SimHash distance).
     pub fill_empty_partitions: Option<bool>,
-    /// 0: none.
+    /// Final random projection of the whole FDE (0: none; an index needs none).
     pub final_projection_dimension: Option<usize>,
 }
 
-/// Graph parameters of a new collection (unset: default).
+/// Graph parameters of a new collection (unset: the engine's default, listed as each field's `default`).
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HnswParamsIn {
-    /// Matryoshka prefix of the FDE (in repetitions) the graph is built on.
+    /// Matryoshka prefix of the FDE (in repetitions) the graph is built on (at most `num_repetitions`).
     pub prefix_repetitions: Option<usize>,
-    /// Graph degree (max connections per node), 1-128. Default 16.
+    /// Graph degree (max connections per node), 1-{MAX_HNSW_M}.
     pub m: Option<usize>,
-    /// Beam width while building the graph, 1-4096. Default 100.
+    /// Beam width while building the graph, 1-{MAX_EF_CONSTRUCTION}.
     pub ef_construction: Option<usize>,
-    /// Precision of the graph's vectors. Default `f16`.
+    /// Precision of the graph's vectors.
     pub storage: Option<StorageDto>,
     /// Shards with fewer documents get no graph.
     pub min_docs: Option<usize>,

@@ -99,8 +99,10 @@ fn error_statuses(path: &str, op: &Operation) -> Vec<u16> {
 }
 
 /// Completes the generated document: security schemes (bearer or `x-api-key`, required everywhere except
-/// where an operation says `security(())`) and every operation's error responses with the [`ErrorBody`] schema.
+/// where an operation says `security(())`), every operation's error responses with the [`ErrorBody`] schema, and
+/// the engine's values in the descriptions and defaults ([`fill_engine_values`]).
 pub fn finish(doc: &mut Document) {
+    fill_engine_values(doc);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -135,6 +137,137 @@ pub fn finish(doc: &mut Document) {
                             .build()
                             .into()
                     });
+            }
+        }
+    }
+}
+
+/// The engine constants the field descriptions quote, by the placeholder they are written as (`{MAX_K}`): the
+/// generated document states each value once, from its constant (a test pins the proto's comments to them).
+pub fn quoted_constants() -> Vec<(&'static str, usize)> {
+    use chamfer_index::search as s;
+    use chamfer_index::shard as sh;
+    vec![
+        ("MAX_K", s::MAX_K),
+        ("DEFAULT_CANDIDATE_FACTOR", s::DEFAULT_CANDIDATE_FACTOR),
+        (
+            "DEFAULT_IVF_CANDIDATE_FACTOR",
+            s::DEFAULT_IVF_CANDIDATE_FACTOR,
+        ),
+        ("DEFAULT_IVF_RERANK", s::DEFAULT_IVF_RERANK),
+        ("DEFAULT_RERANK_MIN", s::DEFAULT_RERANK_MIN),
+        ("DEFAULT_RERANK_MAX", s::DEFAULT_RERANK_MAX),
+        ("MAX_NPROBE", s::MAX_NPROBE),
+        ("NPROBE_SHARE", s::NPROBE_SHARE),
+        ("DEFAULT_NPROBE_MIN", s::DEFAULT_NPROBE_MIN),
+        ("DEFAULT_NPROBE_MAX", s::DEFAULT_NPROBE_MAX),
+        ("MAX_CODEBOOK_SIZE", sh::MAX_CODEBOOK_SIZE),
+        ("MAX_HNSW_M", sh::MAX_HNSW_M),
+        ("MAX_EF_CONSTRUCTION", sh::MAX_EF_CONSTRUCTION),
+    ]
+}
+
+/// The `default` of every collection parameter, from the engine's own defaults ([`IndexParams::new`]), as
+/// `(schema, property, value)`.
+///
+/// [`IndexParams::new`]: chamfer_index::shard::IndexParams::new
+pub fn parameter_defaults() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use serde_json::json;
+
+    use super::collections::{ProjectionTypeDto, StorageDto};
+    // Every default below is independent of the token dimension.
+    let p = chamfer_index::shard::IndexParams::new(128);
+    let (f, h) = (&p.fde, &p.hnsw);
+    vec![
+        ("FdeParamsIn", "num_repetitions", json!(f.num_repetitions)),
+        (
+            "FdeParamsIn",
+            "num_simhash_projections",
+            json!(f.num_simhash_projections),
+        ),
+        ("FdeParamsIn", "seed", json!(f.seed)),
+        (
+            "FdeParamsIn",
+            "projection_type",
+            json!(ProjectionTypeDto::from(f.projection_type)),
+        ),
+        (
+            "FdeParamsIn",
+            "projection_dimension",
+            json!(f.projection_dimension),
+        ),
+        (
+            "FdeParamsIn",
+            "fill_empty_partitions",
+            json!(f.fill_empty_partitions),
+        ),
+        (
+            "FdeParamsIn",
+            "final_projection_dimension",
+            json!(f.final_projection_dimension.unwrap_or(0)),
+        ),
+        (
+            "HnswParamsIn",
+            "prefix_repetitions",
+            json!(h.prefix_repetitions),
+        ),
+        ("HnswParamsIn", "m", json!(h.m)),
+        ("HnswParamsIn", "ef_construction", json!(h.ef_construction)),
+        (
+            "HnswParamsIn",
+            "storage",
+            json!(StorageDto::from(h.storage)),
+        ),
+        ("HnswParamsIn", "min_docs", json!(h.min_docs)),
+        ("CreateCollection", "codebook_size", json!(p.codebook_size)),
+    ]
+}
+
+/// Fills the descriptions' `{CONSTANT}` placeholders ([`quoted_constants`]) and the collection parameters'
+/// `default`s ([`parameter_defaults`]) from the engine.
+fn fill_engine_values(doc: &mut Document) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+
+    let constants = quoted_constants();
+    let fill = |text: &mut String| {
+        for (name, value) in &constants {
+            *text = text.replace(&format!("{{{name}}}"), &value.to_string());
+        }
+    };
+    // The description and default slots of a schema, whatever its kind.
+    fn slots(
+        s: &mut RefOr<Schema>,
+    ) -> (Option<&mut String>, Option<&mut Option<serde_json::Value>>) {
+        match s {
+            RefOr::Ref(r) => (Some(&mut r.description), None),
+            RefOr::T(Schema::Object(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::OneOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::AllOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(Schema::AnyOf(o)) => (o.description.as_mut(), Some(&mut o.default)),
+            RefOr::T(_) => (None, None),
+        }
+    }
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, schema) in components.schemas.iter_mut() {
+        if let (Some(d), _) = slots(schema) {
+            fill(d);
+        }
+        let RefOr::T(Schema::Object(o)) = schema else {
+            continue;
+        };
+        for (property, p) in o.properties.iter_mut() {
+            let (description, default) = slots(p);
+            if let Some(d) = description {
+                fill(d);
+            }
+            if let Some((_, _, value)) = parameter_defaults()
+                .into_iter()
+                .find(|(s, f, _)| s == name && f == property)
+            {
+                *default.expect("a collection parameter's schema has a default slot") = Some(value);
             }
         }
     }

@@ -20,18 +20,21 @@ pub struct Search {
     /// Number of results, 1 to the server's `limits.max_k` (1000 unless configured).
     #[schema(minimum = 1)]
     pub k: usize,
-    /// HNSW beam width, 1-10000 (default and minimum: `candidates`). Only graph searches use it.
+    /// HNSW beam width, 1-{MAX_K} (default and minimum: `candidates`). Only shards searched by their graph use
+    /// it.
     pub ef: Option<usize>,
-    /// Documents the graph returns per shard, 1-10000 (default: 3 x `rerank`). Only graph searches use it.
+    /// Candidates taken from the first stage, 1-{MAX_K}: per shard from the graph (default:
+    /// {DEFAULT_CANDIDATE_FACTOR} x `rerank`) or from the inverted file, re-scored by centroid interaction
+    /// (default: {DEFAULT_IVF_CANDIDATE_FACTOR} x `rerank`).
     pub candidates: Option<usize>,
-    /// Documents re-ranked exactly, 1-10000 (default: 128 on shards searched by their inverted file, else 2% of
-    /// the collection within 128-2048; at least `k`).
+    /// Documents re-ranked exactly, 1-{MAX_K} (default: {DEFAULT_IVF_RERANK} on shards searched by their inverted
+    /// file, else 2% of the collection within {DEFAULT_RERANK_MIN}-{DEFAULT_RERANK_MAX}; at least `k`).
     pub rerank: Option<usize>,
-    /// Matryoshka prefix (in FDE repetitions) for graph queries; if set, must equal the collection's
+    /// Matryoshka prefix (in FDE repetitions) of graph queries; if set, must equal the collection's
     /// `hnsw.prefix_repetitions`.
     pub prefix_repetitions: Option<usize>,
-    /// Centroids probed per query token by the inverted-file plan, 1-1024 (default: the codebook size / 1024, within 16-64). Only shards with an
-    /// inverted file use it.
+    /// Centroids probed per query token by the inverted-file plan, 1-{MAX_NPROBE} (default: the codebook size /
+    /// {NPROBE_SHARE}, within {DEFAULT_NPROBE_MIN}-{DEFAULT_NPROBE_MAX}). Only shards with an inverted file use it.
     pub nprobe: Option<usize>,
     /// Score every document exactly.
     #[serde(default)]
@@ -121,11 +124,67 @@ pub struct Hit {
     pub metadata: Option<Value>,
 }
 
-/// The answer of a search: best first.
+/// Scored documents, best first (the answer of a re-rank of sent documents).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Hits {
     /// Results, best first (at most `k`).
     pub hits: Vec<Hit>,
+}
+
+/// The knobs a search ran with, as the server received them (null: the engine's default, chosen per shard).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchKnobs {
+    /// Results wanted.
+    pub k: usize,
+    /// HNSW beam width.
+    pub ef: Option<usize>,
+    /// First-stage candidates.
+    pub candidates: Option<usize>,
+    /// Exact re-rank depth.
+    pub rerank: Option<usize>,
+    /// Matryoshka prefix of graph queries.
+    pub prefix_repetitions: Option<usize>,
+    /// Centroids probed per query token.
+    pub nprobe: Option<usize>,
+    /// Every document scored exactly.
+    pub exact: bool,
+    /// Each hit's metadata returned.
+    pub with_metadata: bool,
+}
+
+impl SearchKnobs {
+    /// The knobs of a search input (taken before the core consumes it).
+    pub fn of(s: &SearchInput) -> Self {
+        SearchKnobs {
+            k: s.k,
+            ef: s.ef,
+            candidates: s.candidates,
+            rerank: s.rerank,
+            prefix_repetitions: s.prefix_repetitions,
+            nprobe: s.nprobe,
+            exact: s.exact,
+            with_metadata: s.with_metadata,
+        }
+    }
+}
+
+/// The answer of a search: the hits, best first, and the knobs it ran with.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SearchHits {
+    /// Results, best first (at most `k`).
+    pub hits: Vec<Hit>,
+    /// The knobs this search ran with.
+    pub knobs: SearchKnobs,
+}
+
+impl SearchHits {
+    /// Core hits of a search that ran with `knobs` (their `with_metadata` adds each hit's metadata).
+    pub fn from_core(hits: Vec<HitOut>, knobs: SearchKnobs) -> Self {
+        SearchHits {
+            hits: Hits::from_core(hits, knobs.with_metadata).hits,
+            knobs,
+        }
+    }
 }
 
 impl Hits {
@@ -148,5 +207,5 @@ impl Hits {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SearchBatchResult {
     /// One result per search, in request order.
-    pub results: Vec<Hits>,
+    pub results: Vec<SearchHits>,
 }

@@ -28,6 +28,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from ._knobs import CollectionParams, SearchKnobs
 from .types import (
     CollectionInfo,
     CollectionStats,
@@ -37,6 +38,7 @@ from .types import (
     Hit,
     ReadyStatus,
     RerankResult,
+    SearchHits,
     UploadResult,
     UpsertResult,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "Client",
     "CollectionInfo",
     "CollectionNotFound",
+    "CollectionParams",
     "CollectionStats",
     "DeadlineExceeded",
     "DeleteResult",
@@ -62,6 +65,8 @@ __all__ = [
     "Overloaded",
     "ReadyStatus",
     "RerankResult",
+    "SearchHits",
+    "SearchKnobs",
     "ServerError",
     "StorageFull",
     "TooLarge",

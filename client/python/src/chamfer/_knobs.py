@@ -1,4 +1,10 @@
-"""Keyword-argument types of :meth:`chamfer.Client.search` and :meth:`chamfer.Client.create_collection`."""
+"""Keyword-argument types of :meth:`chamfer.Client.search` and :meth:`chamfer.Client.create_collection`.
+
+They mirror the server's REST schemas (``/openapi.json``: ``Search`` and ``CreateCollection`` with its
+``FdeParamsIn`` / ``HnswParamsIn``): ``tests/test_knobs.py`` checks every field name and type against the served
+document, so a knob the server gains and this file lacks fails the tests. Defaults are the server's (see the
+schemas' ``default`` values and descriptions).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Literal, TypedDict
 class SearchKnobs(TypedDict, total=False):
     """Search knobs; unset ones take the server's defaults."""
 
+    nprobe: int
     ef: int
     candidates: int
     rerank: int

@@ -21,11 +21,12 @@ from .types import (
     Hit,
     ReadyStatus,
     RerankResult,
+    SearchHits,
     UpsertResult,
 )
 
 #: The search knobs a body may carry besides ``query``, ``k`` and ``filter``.
-SEARCH_KNOBS = ("ef", "candidates", "rerank", "prefix_repetitions", "exact", "with_metadata")
+SEARCH_KNOBS = ("nprobe", "ef", "candidates", "rerank", "prefix_repetitions", "exact", "with_metadata")
 
 #: ``create_collection`` keyword -> (JSON section, or None for the top level).
 COLLECTION_PARAMS: dict[str, str | None] = {
@@ -215,6 +216,10 @@ def _hits(out: dict[str, Any]) -> list[Hit]:
     return [Hit.from_json(h) for h in out["hits"]]
 
 
+def _search_hits(out: dict[str, Any]) -> SearchHits:
+    return SearchHits(_hits(out), knobs=dict(out.get("knobs") or {}))
+
+
 def search(
     codec: TokenCodec,
     collection: str,
@@ -223,9 +228,9 @@ def search(
     filter: Any,
     knobs: Mapping[str, Any],
     timeout_ms: int | None,
-) -> Op[list[Hit]]:
+) -> Op[SearchHits]:
     body = search_body(codec, query, k, filter, knobs)
-    return _hits((yield from call(Request("POST", _c(collection) + "/search", body, timeout_ms=timeout_ms))))
+    return _search_hits((yield from call(Request("POST", _c(collection) + "/search", body, timeout_ms=timeout_ms))))
 
 
 def search_batch(
@@ -236,7 +241,7 @@ def search_batch(
     filter: Any,
     knobs: Mapping[str, Any],
     timeout_ms: int | None,
-) -> Op[list[list[Hit]]]:
+) -> Op[list[SearchHits]]:
     """``filter``: one filter for every query, or a list with one filter (or None) per query."""
     if isinstance(filter, list):
         if len(filter) != len(queries):
@@ -246,7 +251,7 @@ def search_batch(
         filters = [filter] * len(queries)
     body = {"searches": [search_body(codec, q, k, f, knobs) for q, f in zip(queries, filters)]}
     out = yield from call(Request("POST", _c(collection) + "/search/batch", body, timeout_ms=timeout_ms))
-    return [_hits(r) for r in out["results"]]
+    return [_search_hits(r) for r in out["results"]]
 
 
 # ----- re-rank ------------------------------------------------------------------------------------------------
@@ -291,4 +296,4 @@ def rerank_documents_batch(
 ) -> Op[list[list[Hit]]]:
     body = {"requests": [rerank_documents_body(codec, q, docs, k) for q, docs in requests]}
     out = yield from call(Request("POST", "/v1/rerank/batch", body))
-    return [_hits(r) for r in out["results"]]
+    return [_search_hits(r) for r in out["results"]]

@@ -22,6 +22,7 @@ from .types import (
     Hit,
     ReadyStatus,
     RerankResult,
+    SearchHits,
     UploadResult,
     UpsertResult,
 )
@@ -229,7 +230,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,
         timeout_ms: int | None = None,
         **knobs: Unpack[SearchKnobs],
-    ) -> list[Hit]:
+    ) -> SearchHits:
         return await self._run(_ops.search(self._codec, collection, query, k, filter, knobs, timeout_ms))
 
     async def search_batch(
@@ -241,7 +242,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | list[Mapping[str, Any] | None] | None = None,
         timeout_ms: int | None = None,
         **knobs: Unpack[SearchKnobs],
-    ) -> list[list[Hit]]:
+    ) -> list[SearchHits]:
         return await self._run(_ops.search_batch(self._codec, collection, queries, k, filter, knobs, timeout_ms))
 
     async def rerank(

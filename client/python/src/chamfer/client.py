@@ -20,6 +20,7 @@ from .types import (
     Hit,
     ReadyStatus,
     RerankResult,
+    SearchHits,
     UploadResult,
     UpsertResult,
 )
@@ -273,12 +274,14 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         timeout_ms: int | None = None,
         **knobs: Unpack[SearchKnobs],
-    ) -> list[Hit]:
+    ) -> SearchHits:
         """The ``k`` documents with the highest Chamfer score for ``query`` (a ``[n_tokens, dim]`` array/tensor).
 
         ``filter``: ``{"must": [{"key": "lang", "any_of": ["en"]}], "ids": [...]}`` (conditions ANDed).
-        Knobs: ``ef``, ``candidates``, ``rerank``, ``prefix_repetitions``, ``exact`` (exhaustive exact search),
-        ``with_metadata`` (return each hit's metadata).
+        Knobs (:class:`chamfer.SearchKnobs`, the server's ``Search`` schema): ``nprobe`` (centroids probed per query
+        token by the inverted file, the default plan's recall knob), ``ef``, ``candidates``, ``rerank``,
+        ``prefix_repetitions``, ``exact`` (exhaustive exact search), ``with_metadata`` (return each hit's metadata).
+        The result is a list of hits whose ``knobs`` attribute is the server's echo of the knobs the search ran with.
         """
         return self._run(_ops.search(self._codec, collection, query, k, filter, knobs, timeout_ms))
 
@@ -291,7 +294,7 @@ class Client:
         filter: Mapping[str, Any] | list[Mapping[str, Any] | None] | None = None,
         timeout_ms: int | None = None,
         **knobs: Unpack[SearchKnobs],
-    ) -> list[list[Hit]]:
+    ) -> list[SearchHits]:
         """Several searches in one request, on one snapshot: one hit list per query. ``filter`` is one filter for
         all queries or a list with one per query; knobs as in :meth:`search`."""
         return self._run(_ops.search_batch(self._codec, collection, queries, k, filter, knobs, timeout_ms))

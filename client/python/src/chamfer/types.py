@@ -22,6 +22,18 @@ class Hit:
         return cls(id=v["id"], score=float(v["score"]), metadata=v.get("metadata"))
 
 
+class SearchHits(list[Hit]):
+    """A search's hits, best first (a ``list`` of :class:`Hit`), and ``knobs``: the knobs the server says the
+    search ran with (``k``, ``nprobe``, ``ef``, ``candidates``, ``rerank``, ``prefix_repetitions``, ``exact``,
+    ``with_metadata``; ``None`` for a knob left to the server's default)."""
+
+    knobs: dict[str, Any]
+
+    def __init__(self, hits: list[Hit], knobs: dict[str, Any] | None = None) -> None:
+        super().__init__(hits)
+        self.knobs = dict(knobs or {})
+
+
 @dataclass(frozen=True)
 class Document:
     """A stored document. ``tokens`` is a float32 ``[n_tokens, dim]`` array when asked for, else None."""

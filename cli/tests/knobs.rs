@@ -67,15 +67,15 @@ fn every_knob_and_parameter_of_the_schema_has_a_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_knob_and_parameter_reaches_the_server() {
-    use chamfer_server::config::{Settings, SettingsLayer};
+    use chamfer_server::config::Settings;
     let dir = tempfile::tempdir().unwrap();
-    let flags = SettingsLayer {
-        data_dir: Some(dir.path().join("data")),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        ..SettingsLayer::default()
-    };
-    let settings = Settings::load(None, Vec::<(String, String)>::new(), &flags).unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        ("data_dir", data.to_str().unwrap()),
+        ("http_addr", "127.0.0.1:0"),
+        ("grpc_addr", "127.0.0.1:0"),
+    ];
+    let settings = Settings::load(None, Vec::<(String, String)>::new(), flags).unwrap();
     let server = chamfer_server::serve::start(settings).await.unwrap();
     let addr = format!("http://{}", server.addrs().grpc);
     let run = |args: Vec<String>| {

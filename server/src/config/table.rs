@@ -127,7 +127,11 @@ impl Setting {
     /// A config file's `value` for this setting, or why it is not one.
     pub(super) fn check(&self, value: &Value) -> Result<Value, String> {
         match (self.kind, value) {
-            (Kind::Uint, Value::Num(..)) => match value.to_u128() {
+            // TOML integers arrive as i64: read either sign, then hold them to u64.
+            (Kind::Uint, Value::Num(..)) => match value
+                .to_u128()
+                .or_else(|| value.to_i128().and_then(|n| u128::try_from(n).ok()))
+            {
                 Some(n) if u64::try_from(n).is_ok() => Ok(value.clone()),
                 _ => Err(format!("{value:?} is not a non-negative integer")),
             },

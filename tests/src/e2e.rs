@@ -228,11 +228,6 @@ pub async fn ingest_rest(h: &Http, name: &str, range: std::ops::Range<usize>, ba
     }
 }
 
-// ----- tests ----------------------------------------------------------------------------------------------
-
-/// Ingest over gRPC (bulk stream, f16 bytes) and over REST (JSON rows) into two collections; every search
-/// over either protocol, on either collection, before and after flush + compaction, equals the engine's
-
 // ----- the `chamfer` binary as a child process -------------------------------------------------------------
 
 pub fn free_port() -> u16 {

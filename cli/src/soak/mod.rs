@@ -23,7 +23,7 @@
 //!    so they cannot count as lost); [`MAX_FAILURES_IN_A_ROW`] failures without a success in between stop the
 //!    run (something systematic, e.g. documents over the server's token limit), and so does the server process
 //!    exiting. Each acknowledged upsert marks its documents' rows ([`ingest::Acked`]).
-//! 2a. **Kill mid-ingest** (default; `--kill-at 0` turns it off). Once `--kill-at` of the documents are
+//!    **Kill mid-ingest** (default; `--kill-at 0` turns it off). Once `--kill-at` of the documents are
 //!    acknowledged: SIGKILL with `--pipeline` upserts in flight, restart on the same ports, look up every
 //!    acknowledged id (`kill_mid_ingest.lost_documents`, 0 or the command fails), send the in-flight upserts again
 //!    (their outcome is unknown; an upsert by id is idempotent) and go on. The search worker waits meanwhile.

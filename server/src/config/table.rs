@@ -157,7 +157,7 @@ impl Setting {
 /// A number; a byte count of a whole number of KiB or more also in its binary unit (`67108864 (64 MiB)`).
 fn human(n: u128, bytes: bool) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes && n >= 1 << shift && n % (1 << shift) == 0 {
+        if bytes && n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{n} ({} {unit})", n >> shift);
         }
     }
